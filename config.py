@@ -1,0 +1,173 @@
+"""Server configuration: command-line flags, each also readable from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One STUN or TURN server, in the shape of the browser's `RTCIceServer`."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"urls": self.urls}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told; defaults suit a developer's machine."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Given to clients in `hello` and used by the server's own peer connections.
+    ice_servers: tuple[IceServer, ...] = ()
+    # Seconds without any media from a peer (after it connected) before the
+    # server declares the connection dead and tells the partner.
+    media_timeout: float = 5.0
+    # Seconds a peer may take from offer to a connected media path.
+    connect_timeout: float = 20.0
+    interest_timeout: float = 5.0
+    rematch_after: float = 5.0
+    # Keyframe requests forwarded to one publisher: at most one per this many seconds.
+    keyframe_interval: float = 0.5
+    log_level: str = "INFO"
+    web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"RELAY_{name}", default)
+
+
+def _parse_ice(
+    stun: Sequence[str], turn: Sequence[str], user: str | None, password: str | None
+) -> tuple[IceServer, ...]:
+    servers = [IceServer(urls=u) for u in stun]
+    servers += [IceServer(urls=u, username=user, credential=password) for u in turn]
+    return tuple(servers)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="server.py",
+        description=(
+            "Roulette Relay: random 1:1 video chat. Every browser connects one WebRTC "
+            "connection to this server, which forwards the partner's media. Every "
+            "option can also be set through the environment variable named in brackets."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default=_env("HOST", d.host), help="address to listen on [RELAY_HOST]")
+    p.add_argument(
+        "--port", type=int, default=int(_env("PORT", str(d.port))), help="HTTP port [RELAY_PORT]"
+    )
+    p.add_argument(
+        "--stun",
+        action="append",
+        default=None,
+        metavar="URL",
+        help=(
+            "STUN server given to clients and used by the server, e.g. stun:stun.example.org:3478; "
+            "repeatable [RELAY_STUN, comma-separated]"
+        ),
+    )
+    p.add_argument(
+        "--turn",
+        action="append",
+        default=None,
+        metavar="URL",
+        help=(
+            "TURN server given to clients and used by the server, e.g. "
+            "turn:turn.example.org:3478?transport=tcp; repeatable [RELAY_TURN, comma-separated]"
+        ),
+    )
+    p.add_argument(
+        "--turn-username",
+        default=os.environ.get("RELAY_TURN_USERNAME"),
+        help="TURN username [RELAY_TURN_USERNAME]",
+    )
+    p.add_argument(
+        "--turn-password",
+        default=os.environ.get("RELAY_TURN_PASSWORD"),
+        help="TURN password; prefer the environment variable so it stays out of `ps` [RELAY_TURN_PASSWORD]",
+    )
+    p.add_argument(
+        "--media-timeout",
+        type=float,
+        default=float(_env("MEDIA_TIMEOUT", str(d.media_timeout))),
+        help="seconds of media silence before a connection counts as lost [RELAY_MEDIA_TIMEOUT]",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=float(_env("CONNECT_TIMEOUT", str(d.connect_timeout))),
+        help="seconds from offer to a connected media path before giving up [RELAY_CONNECT_TIMEOUT]",
+    )
+    p.add_argument(
+        "--interest-timeout",
+        type=float,
+        default=float(_env("INTEREST_TIMEOUT", str(d.interest_timeout))),
+        help="seconds to look for a partner with a shared interest before anyone will do [RELAY_INTEREST_TIMEOUT]",
+    )
+    p.add_argument(
+        "--rematch-after",
+        type=float,
+        default=float(_env("REMATCH_AFTER", str(d.rematch_after))),
+        help=(
+            "two people who just left each other are paired again only when nobody else is "
+            "waiting and both have waited this many seconds [RELAY_REMATCH_AFTER]"
+        ),
+    )
+    p.add_argument(
+        "--keyframe-interval",
+        type=float,
+        default=float(_env("KEYFRAME_INTERVAL", str(d.keyframe_interval))),
+        help="minimum seconds between keyframe requests forwarded to one sender [RELAY_KEYFRAME_INTERVAL]",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", d.log_level),
+        help="DEBUG, INFO, WARNING... [RELAY_LOG_LEVEL]",
+    )
+    p.add_argument(
+        "--web-dir",
+        default=_env("WEB_DIR", d.web_dir),
+        help="folder of the browser app [RELAY_WEB_DIR]",
+    )
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    stun = args.stun if args.stun is not None else _split(_env("STUN", ""))
+    turn = args.turn if args.turn is not None else _split(_env("TURN", ""))
+    if turn and not (args.turn_username and args.turn_password):
+        build_parser().error("--turn needs --turn-username and --turn-password")
+    return Settings(
+        host=args.host,
+        port=args.port,
+        ice_servers=_parse_ice(stun, turn, args.turn_username, args.turn_password),
+        media_timeout=args.media_timeout,
+        connect_timeout=args.connect_timeout,
+        interest_timeout=args.interest_timeout,
+        rematch_after=args.rematch_after,
+        keyframe_interval=args.keyframe_interval,
+        log_level=args.log_level.upper(),
+        web_dir=args.web_dir,
+    )

@@ -1,0 +1,294 @@
+"""The Lobby: every session, what each message does, and how pairs are made and ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler
+from rtc.peer import MediaState, Peer, PeerError
+from rtc.relay import Relay
+from signalling import protocol as p
+from signalling.session import CLOSE_FLOOD, CLOSE_GOING_AWAY, Session, State
+
+logger = logging.getLogger(__name__)
+
+MatcherFactory = Callable[[MatchHandler], Matcher]
+# A client that ignores this many `rate_limited` errors in a row is closed.
+MAX_REFUSED_IN_A_ROW = 100
+
+
+class Lobby:
+    """Turns client messages into state changes, matches and forwarding.
+
+    Handlers are thin: each message type maps to one method below, and every
+    state change goes through `_pair` / `_unpair`.
+    """
+
+    def __init__(
+        self, relay: Relay, matcher_factory: MatcherFactory, *, ice_servers: list[dict[str, str]]
+    ) -> None:
+        self.relay = relay
+        self.matcher = matcher_factory(self._on_match)
+        self.sessions: dict[str, Session] = {}
+        self.matches_made = 0
+        self._ice_servers = ice_servers
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.matcher.start()
+
+    def shutdown(self) -> None:
+        """Tell every client the server is going away (their handlers then clean up)."""
+        for session in list(self.sessions.values()):
+            session.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def close(self) -> None:
+        self.shutdown()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.matcher.close()
+        await self.relay.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+    # -- connection lifecycle ---------------------------------------------
+
+    def join(self, ws: web.WebSocketResponse) -> Session:
+        session = Session(ws)
+        self.sessions[session.id] = session
+        session.send(
+            {"type": "hello", "id": session.id, "iceServers": self._ice_servers, "limits": p.LIMITS}
+        )
+        logger.info("%r joined (%d online)", session, len(self.sessions))
+        return session
+
+    async def leave(self, session: Session) -> None:
+        """The WebSocket closed: end everything this session held."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        if session.state == State.PAIRED:
+            self._unpair(session, "disconnect")
+        session.state = State.IDLE
+        session.queued = False
+        await self.matcher.forget(session.id)
+        await self._drop_peer(session)
+        await session.finish()
+        logger.info("%r left (%d online)", session, len(self.sessions))
+
+    async def receive(self, session: Session, data: str | bytes) -> None:
+        """One WebSocket frame from the client."""
+        if not session.limiter.allow():
+            if session.limiter.refused_in_a_row > MAX_REFUSED_IN_A_ROW:
+                session.close(CLOSE_FLOOD, "flooding")
+            elif (
+                session.limiter.refused_in_a_row == 1 or session.limiter.refused_in_a_row % 20 == 0
+            ):
+                session.send(p.error_message("rate_limited", "too many messages; slow down"))
+            return
+        kind = "?"
+        try:
+            message = p.parse_message(data)
+            kind = type(message).__name__.lower()
+            await self._dispatch(session, message)
+        except p.ProtocolError as exc:
+            session.send(exc.to_json())
+        except PeerError as exc:
+            session.send(p.error_message(exc.code, exc.message, in_reply_to=kind))
+        except Exception:
+            logger.exception("%r: handling %s failed", session, kind)
+            session.send(
+                p.error_message(
+                    "internal", "the server failed to handle this message", in_reply_to=kind
+                )
+            )
+
+    async def _dispatch(self, session: Session, message: p.ClientMessage) -> None:
+        match message:
+            case p.Offer():
+                await self._offer(session, message)
+            case p.Candidate():
+                await self._candidate(session, message)
+            case p.Start():
+                await self._start(session, message)
+            case p.Next():
+                await self._next(session)
+            case p.Stop():
+                await self._stop(session)
+            case p.Chat():
+                self._partner_of(session, "chat").send({"type": "chat", "text": message.text})
+            case p.Typing():
+                self._partner_of(session, "typing").send(
+                    {"type": "typing", "active": message.active}
+                )
+            case p.Report():
+                self._report(session, message)
+
+    # -- media -----------------------------------------------------------
+
+    async def _offer(self, session: Session, offer: p.Offer) -> None:
+        if session.peer is not None:
+            raise p.ProtocolError(
+                "bad_state", "this connection already has a media session", in_reply_to="offer"
+            )
+        peer = self.relay.create_peer(session.id, self._on_media_state)
+        session.peer = peer
+        try:
+            answer = await peer.answer(offer.sdp)
+        except BaseException:
+            session.peer = None
+            await self.relay.close_peer(peer)
+            raise
+        session.send({"type": "answer", "sdp": answer})
+
+    async def _candidate(self, session: Session, candidate: p.Candidate) -> None:
+        if session.peer is None:
+            raise p.ProtocolError(
+                "bad_state", "send the offer before ICE candidates", in_reply_to="candidate"
+            )
+        if candidate.candidate is None:
+            return  # end of candidates: aiortc needs no signal for it
+        await session.peer.add_candidate(
+            candidate.candidate, candidate.sdp_mid, candidate.sdp_mline_index
+        )
+
+    def _on_media_state(self, peer: Peer, state: MediaState, why: str) -> None:
+        session = self.sessions.get(peer.name)
+        if session is None or session.peer is not peer:
+            return
+        if state == MediaState.CONNECTED:
+            self._spawn(self._enqueue(session), f"enqueue {session.id}")
+        elif state == MediaState.LOST:
+            self._spawn(self._media_lost(session, peer, why), f"media lost {session.id}")
+
+    async def _media_lost(self, session: Session, peer: Peer, why: str) -> None:
+        if session.peer is not peer:
+            return
+        if session.state == State.PAIRED:
+            self._unpair(session, "disconnect")
+        if session.queued:
+            session.queued = False
+            await self.matcher.dequeue(session.id)
+        session.state = State.IDLE
+        session.send(
+            p.error_message(
+                "media_lost",
+                f"the media connection was lost ({why}); send a new offer, then start again",
+            )
+        )
+        await self._drop_peer(session)
+
+    async def _drop_peer(self, session: Session) -> None:
+        peer, session.peer = session.peer, None
+        if peer is not None:
+            await self.relay.close_peer(peer)
+
+    # -- matching --------------------------------------------------------
+
+    async def _start(self, session: Session, start: p.Start) -> None:
+        if session.state != State.IDLE:
+            raise p.ProtocolError(
+                "bad_state",
+                f"already {session.state.value}; send stop or next instead",
+                in_reply_to="start",
+            )
+        session.interests = start.interests
+        session.state = State.WAITING
+        session.send({"type": "waiting"})
+        await self._enqueue(session)
+
+    async def _next(self, session: Session) -> None:
+        if session.state == State.IDLE:
+            raise p.ProtocolError("bad_state", "not chatting; send start first", in_reply_to="next")
+        if session.state == State.PAIRED:
+            self._unpair(session, "next")
+            session.state = State.WAITING
+        session.send({"type": "waiting"})
+        await self._enqueue(session)
+
+    async def _stop(self, session: Session) -> None:
+        if session.state == State.PAIRED:
+            self._unpair(session, "stop")
+        if session.queued:
+            session.queued = False
+            await self.matcher.dequeue(session.id)
+        session.state = State.IDLE
+        session.send({"type": "stopped"})
+
+    async def _enqueue(self, session: Session) -> None:
+        """Offer a waiting session to the matcher once its media can flow."""
+        if session.state != State.WAITING or session.queued or not session.media_ready:
+            return
+        if self.sessions.get(session.id) is not session:
+            return
+        session.queued = True
+        with contextlib.suppress(AlreadyWaiting):
+            await self.matcher.enqueue(session.id, session.interests)
+
+    def _on_match(self, match: Match) -> None:
+        a, b = self.sessions.get(match.a), self.sessions.get(match.b)
+        for session in (a, b):
+            if session is not None:
+                session.queued = False
+        if a is None or b is None or not _can_pair(a) or not _can_pair(b):
+            # One side vanished between queueing and matching: the other waits on.
+            for session in (a, b):
+                if session is not None and session.state == State.WAITING:
+                    self._spawn(self._enqueue(session), f"requeue {session.id}")
+            return
+        assert a.peer is not None and b.peer is not None
+        a.state = b.state = State.PAIRED
+        a.partner, b.partner = b, a
+        self.relay.pair(a.peer, b.peer)
+        self.matches_made += 1
+        shared = list(match.shared_interests)
+        a.send({"type": "matched", "interests": shared})
+        b.send({"type": "matched", "interests": shared})
+        logger.info("paired %s with %s (shared: %s)", a.id, b.id, shared)
+
+    def _unpair(self, session: Session, reason: str) -> None:
+        """End `session`'s pair; the partner is told why and left idle."""
+        partner = session.partner
+        session.partner = None
+        if partner is None:
+            return
+        partner.partner = None
+        partner.state = State.IDLE
+        if session.peer is not None and partner.peer is not None:
+            self.relay.unpair(session.peer, partner.peer)
+        partner.send({"type": "partner_left", "reason": reason})
+        logger.info("%s left %s (%s)", session.id, partner.id, reason)
+
+    # -- between partners --------------------------------------------------
+
+    @staticmethod
+    def _partner_of(session: Session, kind: str) -> Session:
+        if session.partner is None:
+            raise p.ProtocolError(
+                "not_paired", "there is no partner to send this to", in_reply_to=kind
+            )
+        return session.partner
+
+    def _report(self, session: Session, report: p.Report) -> None:
+        partner = self._partner_of(session, "report")
+        logger.warning("report by %s about %s: %r", session.id, partner.id, report.reason)
+        session.send({"type": "reported"})
+
+
+def _can_pair(session: Session) -> bool:
+    return session.state == State.WAITING and session.media_ready
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("task %s failed", task.get_name(), exc_info=task.exception())

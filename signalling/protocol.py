@@ -1,0 +1,242 @@
+"""The WebSocket protocol: every client message validated into a typed object.
+
+docs/protocol.md is the reference for clients; this module is the one place
+that decides what a well-formed message is. Anything else becomes a
+`ProtocolError` carrying the code and the human message sent back to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+MAX_MESSAGE_BYTES: Final = 65536
+# Frames above this are not even read: aiohttp closes the socket with 1009.
+HARD_MAX_MESSAGE_BYTES: Final = 1 << 20
+MAX_CHAT_CHARS: Final = 2000
+MAX_REPORT_CHARS: Final = 500
+MAX_INTERESTS: Final = 10
+MAX_INTEREST_CHARS: Final = 32
+MAX_SDP_CHARS: Final = 60000
+MAX_CANDIDATE_CHARS: Final = 1000
+
+LIMITS: Final = {
+    "maxMessageBytes": MAX_MESSAGE_BYTES,
+    "maxChatChars": MAX_CHAT_CHARS,
+    "maxInterests": MAX_INTERESTS,
+}
+
+
+class ProtocolError(Exception):
+    """Bad input from a client; becomes an `error` message, never a crash."""
+
+    def __init__(
+        self, code: str, message: str, *, field: str | None = None, in_reply_to: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.in_reply_to = in_reply_to
+
+    def to_json(self) -> dict[str, Any]:
+        return error_message(
+            self.code, self.message, field=self.field, in_reply_to=self.in_reply_to
+        )
+
+
+def error_message(
+    code: str, message: str, *, field: str | None = None, in_reply_to: str | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if field is not None:
+        out["field"] = field
+    if in_reply_to is not None:
+        out["inReplyTo"] = in_reply_to
+    return out
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trickled ICE candidate; `candidate` is None for end-of-candidates."""
+
+    candidate: str | None
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+
+
+@dataclass(frozen=True)
+class Start:
+    interests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Next:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Chat:
+    text: str
+
+
+@dataclass(frozen=True)
+class Typing:
+    active: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    reason: str
+
+
+ClientMessage = Offer | Candidate | Start | Next | Stop | Chat | Typing | Report
+
+
+def _string(
+    obj: dict[str, Any],
+    name: str,
+    kind: str,
+    *,
+    max_chars: int,
+    min_chars: int = 1,
+    strip: bool = False,
+) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise ProtocolError("bad_field", f"'{name}' must be a string", field=name, in_reply_to=kind)
+    if strip:
+        value = value.strip()
+    if not min_chars <= len(value) <= max_chars:
+        raise ProtocolError(
+            "bad_field",
+            f"'{name}' must be {min_chars} to {max_chars} characters long",
+            field=name,
+            in_reply_to=kind,
+        )
+    return value
+
+
+def normalize_interest(raw: str) -> str:
+    return " ".join(raw.split()).lower()
+
+
+def _interests(obj: dict[str, Any]) -> tuple[str, ...]:
+    raw = obj.get("interests", [])
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
+        raise ProtocolError(
+            "bad_field",
+            "'interests' must be a list of strings",
+            field="interests",
+            in_reply_to="start",
+        )
+    if len(raw) > MAX_INTERESTS:
+        raise ProtocolError(
+            "bad_field",
+            f"at most {MAX_INTERESTS} interests",
+            field="interests",
+            in_reply_to="start",
+        )
+    out: list[str] = []
+    for item in raw:
+        interest = normalize_interest(item)
+        if not 1 <= len(interest) <= MAX_INTEREST_CHARS:
+            raise ProtocolError(
+                "bad_field",
+                f"each of 'interests' must be 1 to {MAX_INTEREST_CHARS} characters long",
+                field="interests",
+                in_reply_to="start",
+            )
+        if interest not in out:
+            out.append(interest)
+    return tuple(out)
+
+
+def _candidate(obj: dict[str, Any]) -> Candidate:
+    cand = obj.get("candidate")
+    if cand is not None and (not isinstance(cand, str) or len(cand) > MAX_CANDIDATE_CHARS):
+        raise ProtocolError(
+            "bad_field",
+            f"'candidate' must be a string of at most {MAX_CANDIDATE_CHARS} characters, or null",
+            field="candidate",
+            in_reply_to="candidate",
+        )
+    mid = obj.get("sdpMid")
+    if mid is not None and not isinstance(mid, str):
+        raise ProtocolError(
+            "bad_field", "'sdpMid' must be a string", field="sdpMid", in_reply_to="candidate"
+        )
+    index = obj.get("sdpMLineIndex")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise ProtocolError(
+            "bad_field",
+            "'sdpMLineIndex' must be a non-negative integer",
+            field="sdpMLineIndex",
+            in_reply_to="candidate",
+        )
+    return Candidate(candidate=cand or None, sdp_mid=mid, sdp_mline_index=index)
+
+
+def _typing(obj: dict[str, Any]) -> Typing:
+    active = obj.get("active")
+    if not isinstance(active, bool):
+        raise ProtocolError(
+            "bad_field", "'active' must be true or false", field="active", in_reply_to="typing"
+        )
+    return Typing(active=active)
+
+
+def parse_message(data: str | bytes) -> ClientMessage:
+    """Validate one WebSocket frame; raise `ProtocolError` for anything malformed."""
+    if isinstance(data, bytes):
+        raise ProtocolError("bad_json", "binary frames are not accepted; send JSON text")
+    if (
+        len(data) > MAX_MESSAGE_BYTES
+        or len(data.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES
+    ):
+        raise ProtocolError("too_large", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        raise ProtocolError("bad_json", "the message is not valid JSON") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", "the JSON is nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_message", "a message must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_message", "a message needs a string 'type'", field="type")
+    match kind:
+        case "offer":
+            return Offer(sdp=_string(obj, "sdp", kind, max_chars=MAX_SDP_CHARS))
+        case "candidate":
+            return _candidate(obj)
+        case "start":
+            return Start(interests=_interests(obj))
+        case "next":
+            return Next()
+        case "stop":
+            return Stop()
+        case "chat":
+            return Chat(text=_string(obj, "text", kind, max_chars=MAX_CHAT_CHARS, strip=True))
+        case "typing":
+            return _typing(obj)
+        case "report":
+            return Report(
+                reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True)
+            )
+    shown = kind if len(kind) <= 40 else kind[:40] + "…"
+    raise ProtocolError("unknown_type", f"unknown message type '{shown}'", field="type")

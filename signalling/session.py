@@ -1,0 +1,132 @@
+"""A Session: one visitor's WebSocket, their place in the chat, and what is sent to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from enum import Enum
+from typing import Any, Final
+
+from aiohttp import web
+
+from rtc.peer import MediaState, Peer
+
+logger = logging.getLogger(__name__)
+
+# Messages waiting for a client that does not read. Past this the client is
+# dropped rather than letting its backlog grow.
+OUTBOX_SIZE: Final = 256
+CLOSE_FLOOD: Final = 4008
+CLOSE_GOING_AWAY: Final = 1001
+
+
+class State(Enum):
+    IDLE = "idle"
+    WAITING = "waiting"
+    PAIRED = "paired"
+
+
+class RateLimiter:
+    """Token bucket: `rate` messages per second on average, bursts of `burst`."""
+
+    def __init__(self, rate: float, burst: int, clock: Any) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+        # Messages refused in a row; a client that ignores refusals gets closed.
+        self.refused_in_a_row = 0
+
+    def allow(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self.refused_in_a_row = 0
+            return True
+        self.refused_in_a_row += 1
+        return False
+
+
+class Session:
+    """One visit: from WebSocket open to close."""
+
+    def __init__(self, ws: web.WebSocketResponse, *, rate: float = 20.0, burst: int = 60) -> None:
+        self.id = secrets.token_urlsafe(9)
+        self.ws = ws
+        self.state = State.IDLE
+        self.partner: Session | None = None
+        self.interests: tuple[str, ...] = ()
+        # Whether the matcher currently holds this session in its waiting set.
+        self.queued = False
+        self.peer: Peer | None = None
+        loop = asyncio.get_running_loop()
+        self.connected_at = loop.time()
+        self.limiter = RateLimiter(rate, burst, loop.time)
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
+        self._writer = asyncio.create_task(self._write(), name=f"writer {self.id}")
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.state.value}>"
+
+    @property
+    def media_ready(self) -> bool:
+        return self.peer is not None and self.peer.state == MediaState.CONNECTED
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message for this client; never blocks the caller."""
+        if self._closing:
+            return
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            logger.warning("%r does not read its messages; closing", self)
+            self.close(CLOSE_FLOOD, "not reading messages")
+
+    async def _write(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            if message is None:
+                return
+            try:
+                await self.ws.send_str(json.dumps(message))
+            except (ConnectionError, RuntimeError):
+                # The socket is going away; the reader side cleans up.
+                return
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the WebSocket after what is already queued has been sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._close_task = asyncio.create_task(self._close(code, reason), name=f"close {self.id}")
+
+    async def _close(self, code: int, reason: str) -> None:
+        # Let queued messages (the error that explains the close) go first.
+        if not self._writer.done():
+            self._outbox_put_final()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout=2)
+        await self.ws.close(code=code, message=reason.encode())
+
+    def _outbox_put_final(self) -> None:
+        try:
+            self._outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            self._writer.cancel()
+
+    async def finish(self) -> None:
+        """Stop the writer; called once the WebSocket is closed."""
+        self._closing = True
+        self._writer.cancel()
+        tasks: list[asyncio.Task[None]] = [self._writer]
+        if self._close_task is not None and self._close_task is not asyncio.current_task():
+            tasks.append(self._close_task)
+        await asyncio.gather(*tasks, return_exceptions=True)
