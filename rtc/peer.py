@@ -1,0 +1,226 @@
+"""A Peer: one user's RTCPeerConnection with the server, for their whole visit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from rtc import aiortc_seam
+from rtc.publisher import Publisher
+from rtc.subscriber import Subscriber
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("audio", "video")
+
+
+class PeerError(Exception):
+    """The client's offer or candidate cannot be used; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class MediaState(Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    # Failed, closed, silent for too long, or never connected in time.
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    ice_servers: tuple[RTCIceServer, ...] = ()
+    keyframe_interval: float = 0.5
+    media_timeout: float = 5.0
+    connect_timeout: float = 20.0
+    watchdog_interval: float = 0.5
+
+
+StateHandler = Callable[["Peer", MediaState, str], None]
+
+
+class Peer:
+    """Owns one RTCPeerConnection: its publishers (what the user sends) and
+    subscribers (what the server sends back, whoever the partner is)."""
+
+    def __init__(self, name: str, settings: PeerSettings, on_state: StateHandler) -> None:
+        self.name = name
+        self.state = MediaState.CONNECTING
+        self.publishers: dict[str, Publisher] = {}
+        self.subscribers: dict[str, Subscriber] = {}
+        self._settings = settings
+        self._on_state = on_state
+        self._loop = asyncio.get_running_loop()
+        self._pc: RTCPeerConnection | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._answered_at = 0.0
+        self._connected_at: float | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.name} {self.state.value}>"
+
+    @property
+    def connection(self) -> RTCPeerConnection | None:
+        return self._pc
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the client's offer and return the server's answer SDP.
+
+        The answer carries a send track for audio and for video, so partner
+        changes never need renegotiation.
+        """
+        if self._pc is not None:
+            raise PeerError("bad_state", "this connection already has a media session")
+        _check_offer(offer_sdp)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._settings.ice_servers)))
+        self._pc = pc
+        pc.on("connectionstatechange", self._on_connection_state)
+        try:
+            return await self._negotiate(pc, offer_sdp)
+        except BaseException:
+            # Leave nothing half-built: the client may send a corrected offer.
+            await self._discard_media()
+            raise
+
+    async def _negotiate(self, pc: RTCPeerConnection, offer_sdp: str) -> str:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:  # aiortc raises ValueError, OperationError, KeyError...
+            raise PeerError(
+                "bad_sdp", f"the offer was rejected: {exc or type(exc).__name__}"
+            ) from exc
+        encoder_keyframe = {}
+        for transceiver in pc.getTransceivers():
+            kind = transceiver.kind
+            self.publishers[kind] = Publisher(
+                self.name,
+                kind,
+                transceiver.receiver,
+                keyframe_interval=self._settings.keyframe_interval,
+            )
+            subscriber = Subscriber(self.name, kind)
+            self.subscribers[kind] = subscriber
+            sender = pc.addTrack(subscriber)
+            encoder_keyframe[kind] = aiortc_seam.on_keyframe_request(
+                sender, subscriber.on_keyframe_request
+            )
+        await pc.setLocalDescription(await pc.createAnswer())
+        for transceiver in pc.getTransceivers():
+            self.subscribers[transceiver.kind].set_codec(
+                aiortc_seam.negotiated_codec(transceiver), encoder_keyframe[transceiver.kind]
+            )
+        self._answered_at = self._loop.time()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"watchdog {self.name}")
+        return pc.localDescription.sdp
+
+    async def add_candidate(
+        self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+    ) -> None:
+        if self._pc is None:
+            raise PeerError("bad_state", "send the offer before ICE candidates")
+        line = candidate.removeprefix("a=").removeprefix("candidate:")
+        try:
+            parsed = candidate_from_sdp(line)
+        except Exception as exc:
+            raise PeerError("bad_candidate", f"the ICE candidate cannot be parsed: {exc}") from exc
+        parsed.sdpMid = sdp_mid
+        parsed.sdpMLineIndex = sdp_mline_index
+        if sdp_mid is None and sdp_mline_index is None:
+            parsed.sdpMLineIndex = 0
+        try:
+            await self._pc.addIceCandidate(parsed)
+        except Exception as exc:
+            raise PeerError("bad_candidate", f"the ICE candidate was rejected: {exc}") from exc
+
+    # -- liveness --------------------------------------------------------
+
+    def _on_connection_state(self) -> None:
+        if self._pc is None:
+            return
+        state = self._pc.connectionState
+        logger.debug("%r: connection %s", self, state)
+        if state == "connected":
+            self._set_state(MediaState.CONNECTED, "connected")
+        elif state in ("failed", "closed"):
+            self._set_state(MediaState.LOST, f"media connection {state}")
+
+    def _set_state(self, state: MediaState, why: str) -> None:
+        if self.state == state or self.state == MediaState.LOST or self._closed:
+            return
+        self.state = state
+        if state == MediaState.CONNECTED:
+            self._connected_at = self._loop.time()
+        logger.info("%r: %s", self, why)
+        self._on_state(self, state, why)
+
+    def last_media_at(self) -> float | None:
+        times = [p.last_frame_at for p in self.publishers.values() if p.last_frame_at is not None]
+        return max(times) if times else None
+
+    async def _watch(self) -> None:
+        """Declare the media lost when it never connects or goes silent."""
+        settings = self._settings
+        while self.state != MediaState.LOST:
+            await asyncio.sleep(settings.watchdog_interval)
+            now = self._loop.time()
+            if self.state == MediaState.CONNECTING:
+                if now - self._answered_at > settings.connect_timeout:
+                    self._set_state(MediaState.LOST, "media did not connect in time")
+                continue
+            last = self.last_media_at() or self._connected_at or now
+            if now - last > settings.media_timeout:
+                self._set_state(MediaState.LOST, f"no media for {now - last:.1f} s")
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._discard_media()
+
+    async def _discard_media(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+        for subscriber in self.subscribers.values():
+            subscriber.stop()
+        for publisher in self.publishers.values():
+            await publisher.close()
+        self.subscribers.clear()
+        self.publishers.clear()
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            await pc.close()
+
+
+def _check_offer(sdp: str) -> None:
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise PeerError(
+            "bad_sdp", f"the offer is not valid SDP: {exc or type(exc).__name__}"
+        ) from exc
+    kinds = [m.kind for m in parsed.media if m.kind in KINDS]
+    for kind in KINDS:
+        if kinds.count(kind) != 1:
+            raise PeerError(
+                "bad_sdp",
+                f"the offer must have exactly one {kind} m-line (has {kinds.count(kind)})",
+            )

@@ -1,0 +1,62 @@
+"""The Relay: owns every Peer and decides whose media each one receives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rtc.peer import KINDS, Peer, PeerSettings, StateHandler
+
+logger = logging.getLogger(__name__)
+
+
+class Relay:
+    """Connects peers' publishers to other peers' subscribers.
+
+    Pairing only re-points subscribers; no peer connection is renegotiated.
+    """
+
+    def __init__(self, settings: PeerSettings) -> None:
+        self.settings = settings
+        self._peers: set[Peer] = set()
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def create_peer(self, name: str, on_state: StateHandler) -> Peer:
+        peer = Peer(name, self.settings, on_state)
+        self._peers.add(peer)
+        return peer
+
+    async def close_peer(self, peer: Peer) -> None:
+        self._peers.discard(peer)
+        await peer.close()
+
+    @staticmethod
+    def pair(a: Peer, b: Peer) -> None:
+        """Send each one's media to the other, starting at a fresh keyframe."""
+        for kind in KINDS:
+            _watch(a, b, kind)
+            _watch(b, a, kind)
+
+    @staticmethod
+    def unpair(a: Peer, b: Peer) -> None:
+        """Stop forwarding between a and b (each keeps its connection)."""
+        for viewer, source in ((a, b), (b, a)):
+            for kind in KINDS:
+                subscriber = viewer.subscribers.get(kind)
+                if subscriber is not None and subscriber.source is source.publishers.get(kind):
+                    subscriber.detach()
+
+    async def close(self) -> None:
+        peers, self._peers = self._peers, set()
+        await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+
+
+def _watch(viewer: Peer, source: Peer, kind: str) -> None:
+    subscriber = viewer.subscribers.get(kind)
+    publisher = source.publishers.get(kind)
+    if subscriber is None or publisher is None:
+        logger.warning("%r cannot receive %s from %r: no such track", viewer, kind, source)
+        return
+    subscriber.attach(publisher)

@@ -1,0 +1,129 @@
+"""Shared fixtures: the real server in its own process, on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RelayServer:
+    """`server.py` running as a user would run it, in a subprocess."""
+
+    def __init__(self, log_path: Path, extra_args: list[str]) -> None:
+        self.port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.log_path = log_path
+        self._args = extra_args
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "server.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *self._args,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not come up:\n{self.log()}")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """Stop the server as an operator would (SIGINT) and return its exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._log.close()
+        return proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _log_path(request: pytest.FixtureRequest) -> Path:
+    name = (
+        request.node.nodeid.replace("/", "_").replace("::", "-").replace("[", "-").replace("]", "")
+    )
+    return ARTIFACTS / "server-logs" / f"{name}.log"
+
+
+@pytest.fixture
+def relay_server_args() -> list[str]:
+    """Extra command-line flags; override in a test module to configure the server."""
+    return ["--media-timeout", "3", "--interest-timeout", "2", "--rematch-after", "2"]
+
+
+@pytest.fixture
+def relay_server(
+    request: pytest.FixtureRequest, relay_server_args: list[str]
+) -> Iterator[RelayServer]:
+    server = RelayServer(_log_path(request), relay_server_args)
+    server.start()
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        # A server that crashes or hangs on shutdown is a failure of its own.
+        assert code in (0, None, -signal.SIGINT), f"server exited with {code}:\n{server.log()}"
+        assert "Traceback" not in server.log(), f"server logged a traceback:\n{server.log()}"
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[object]]:
+    """Collects ChatClients a test creates and closes them all at the end."""
+    made: list[object] = []
+    yield made
+    await asyncio.gather(*(c.close() for c in made), return_exceptions=True)  # type: ignore[attr-defined]
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")

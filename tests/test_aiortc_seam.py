@@ -1,0 +1,127 @@
+"""The private aiortc names the relay relies on, checked against the installed aiortc.
+
+If an aiortc upgrade breaks any of these, this file fails first and says which.
+Two real RTCPeerConnections talk over loopback; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from rtc import aiortc_seam
+from rtc.media import is_keyframe
+
+
+async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+async def _until(predicate, limit: float = 10.0) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), limit)
+
+
+@pytest.fixture
+async def pair():
+    sender_pc, receiver_pc = RTCPeerConnection(), RTCPeerConnection()
+    yield sender_pc, receiver_pc
+    await sender_pc.close()
+    await receiver_pc.close()
+
+
+async def test_tap_sees_encoded_frames_and_nothing_is_decoded(pair) -> None:
+    sender_pc, receiver_pc = pair
+    sender_pc.addTrack(VideoStreamTrack())
+    sender_pc.addTrack(AudioStreamTrack())
+    await sender_pc.setLocalDescription(await sender_pc.createOffer())
+    await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+
+    seen: dict[str, list[tuple[RTCRtpCodecParameters, bytes, int]]] = {"audio": [], "video": []}
+    taps = {}
+    for transceiver in receiver_pc.getTransceivers():
+        kind = transceiver.kind
+        taps[kind] = aiortc_seam.tap_receiver(
+            transceiver.receiver,
+            lambda codec, frame, kind=kind: seen[kind].append((codec, frame.data, frame.timestamp)),
+        )
+    await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+    await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+
+    await _until(lambda: len(seen["video"]) >= 20 and len(seen["audio"]) >= 20)
+    codec, data, _ = seen["video"][0]
+    assert codec.mimeType == "video/VP8"
+    assert is_keyframe(codec, data), "the first complete VP8 frame should be the stream's keyframe"
+    assert not any(is_keyframe(codec, d) for _, d, _ in seen["video"][1:5])
+    timestamps = [ts for _, _, ts in seen["video"]]
+    assert timestamps == sorted(timestamps) and len(set(timestamps)) == len(timestamps)
+    assert seen["audio"][0][0].mimeType == "audio/opus"
+
+    # With decoding off, aiortc's decoder thread got nothing to turn into frames.
+    for transceiver in receiver_pc.getTransceivers():
+        assert transceiver.receiver.track._queue.qsize() == 0
+        assert taps[transceiver.kind].qsize() == 0
+
+    # Turning decoding on feeds the decoder thread, which yields real frames.
+    video_receiver = next(t.receiver for t in receiver_pc.getTransceivers() if t.kind == "video")
+    taps["video"].decode = True
+    frame = await asyncio.wait_for(video_receiver.track.recv(), 10)
+    assert (frame.width, frame.height) == (640, 480)
+
+
+async def test_pli_reaches_the_sender_and_keyframe_requests_can_be_caught(pair) -> None:
+    sender_pc, receiver_pc = pair
+    sender = sender_pc.addTrack(VideoStreamTrack())
+    requests: list[int] = []
+    original = aiortc_seam.on_keyframe_request(sender, lambda: requests.append(1))
+    assert callable(original)
+
+    await sender_pc.setLocalDescription(await sender_pc.createOffer())
+    await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+    receiver = receiver_pc.getTransceivers()[0].receiver
+    frames: list[int] = []
+    aiortc_seam.tap_receiver(receiver, lambda codec, frame: frames.append(frame.timestamp))
+    await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+    await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+    await _until(lambda: len(frames) >= 5)
+
+    assert aiortc_seam.media_ssrcs(receiver) == [sender._ssrc]
+    assert await aiortc_seam.send_pli(receiver) == 1
+    await _until(lambda: len(requests) >= 1)
+
+
+async def test_negotiated_codec_follows_the_offer(pair) -> None:
+    sender_pc, receiver_pc = pair
+    sender_pc.addTrack(VideoStreamTrack())
+    await _connect(sender_pc, receiver_pc)
+    codec = aiortc_seam.negotiated_codec(receiver_pc.getTransceivers()[0])
+    assert codec is not None and codec.mimeType == "video/VP8" and codec.clockRate == 90000
+
+
+async def test_tapping_a_started_receiver_is_refused(pair) -> None:
+    sender_pc, receiver_pc = pair
+    sender_pc.addTrack(VideoStreamTrack())
+    await _connect(sender_pc, receiver_pc)
+    receiver = receiver_pc.getTransceivers()[0].receiver
+    await _until(lambda: receiver_pc.connectionState == "connected")
+    await _until(lambda: getattr(receiver, aiortc_seam._DECODER_THREAD) is not None)
+    with pytest.raises(aiortc_seam.SeamError):
+        aiortc_seam.tap_receiver(receiver, lambda codec, frame: None)
+
+
+def test_missing_private_name_is_reported_clearly() -> None:
+    class NotAReceiver:
+        pass
+
+    with pytest.raises(aiortc_seam.SeamError, match="aiortc changed"):
+        aiortc_seam.media_ssrcs(NotAReceiver())  # type: ignore[arg-type]
