@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from matcher.base import normalize_interests
+
 MAX_MESSAGE_BYTES: Final = 65536
 # Frames above this are not even read: aiohttp closes the socket with 1009.
 HARD_MAX_MESSAGE_BYTES: Final = 1 << 20
@@ -128,10 +130,6 @@ def _string(
     return value
 
 
-def normalize_interest(raw: str) -> str:
-    return " ".join(raw.split()).lower()
-
-
 def _interests(obj: dict[str, Any]) -> tuple[str, ...]:
     raw = obj.get("interests", [])
     if raw is None:
@@ -150,19 +148,16 @@ def _interests(obj: dict[str, Any]) -> tuple[str, ...]:
             field="interests",
             in_reply_to="start",
         )
-    out: list[str] = []
     for item in raw:
-        interest = normalize_interest(item)
-        if not 1 <= len(interest) <= MAX_INTEREST_CHARS:
+        if not 1 <= len(item.strip()) <= MAX_INTEREST_CHARS:
             raise ProtocolError(
                 "bad_field",
                 f"each of 'interests' must be 1 to {MAX_INTEREST_CHARS} characters long",
                 field="interests",
                 in_reply_to="start",
             )
-        if interest not in out:
-            out.append(interest)
-    return tuple(out)
+    # The matcher owns what makes two interests the same.
+    return tuple(sorted(normalize_interests(raw)))
 
 
 def _candidate(obj: dict[str, Any]) -> Candidate:
