@@ -42,6 +42,9 @@ class Settings:
     rematch_after: float = 5.0
     # Keyframe requests forwarded to one publisher: at most one per this many seconds.
     keyframe_interval: float = 0.5
+    # "passthrough" forwards encoded frames; "transcode" decodes and re-encodes
+    # every frame, which only exists as a baseline for the benchmark.
+    relay: str = "passthrough"
     log_level: str = "INFO"
     web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
 
@@ -141,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="minimum seconds between keyframe requests forwarded to one sender [RELAY_KEYFRAME_INTERVAL]",
     )
     p.add_argument(
+        "--relay",
+        choices=("passthrough", "transcode"),
+        default=_env("RELAY", d.relay),
+        help="forward encoded frames, or decode and re-encode every frame (a benchmark baseline) [RELAY_RELAY]",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", d.log_level),
         help="DEBUG, INFO, WARNING... [RELAY_LOG_LEVEL]",
@@ -168,6 +177,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         interest_timeout=args.interest_timeout,
         rematch_after=args.rematch_after,
         keyframe_interval=args.keyframe_interval,
+        relay=args.relay,
         log_level=args.log_level.upper(),
         web_dir=args.web_dir,
     )

@@ -48,6 +48,8 @@ class PeerSettings:
     media_timeout: float = 5.0
     connect_timeout: float = 20.0
     watchdog_interval: float = 0.5
+    # Decode and re-encode every frame instead of forwarding it (a baseline to measure against).
+    transcode: bool = False
 
 
 StateHandler = Callable[["Peer", MediaState, str], None]
@@ -113,7 +115,7 @@ class Peer:
                 transceiver.receiver,
                 keyframe_interval=self._settings.keyframe_interval,
             )
-            subscriber = Subscriber(self.name, kind)
+            subscriber = Subscriber(self.name, kind, transcode=self._settings.transcode)
             self.subscribers[kind] = subscriber
             sender = pc.addTrack(subscriber)
             encoder_keyframe[kind] = aiortc_seam.on_keyframe_request(

@@ -36,8 +36,10 @@ MIN_SWITCH_GAP = 0.02
 class Subscriber(MediaStreamTrack):
     """A send track fed by whichever Publisher it is attached to."""
 
-    def __init__(self, name: str, kind: str) -> None:
+    def __init__(self, name: str, kind: str, *, transcode: bool = False) -> None:
         super().__init__()
+        # Always decode and re-encode (the benchmark's baseline), even when codecs meet.
+        self._transcode = transcode
         self.kind = kind
         self.name = name
         # The codec negotiated for sending to this peer; set once the answer exists.
@@ -99,7 +101,7 @@ class Subscriber(MediaStreamTrack):
     def push_encoded(self, frame: EncodedFrame) -> None:
         if self._decoding or self.readyState != "live":
             return
-        if self.codec is not None and not same_codec(frame.codec, self.codec):
+        if self.codec is not None and (self._transcode or not same_codec(frame.codec, self.codec)):
             self._start_decoding(frame.codec)
             return
         if self._need_keyframe:
@@ -128,12 +130,13 @@ class Subscriber(MediaStreamTrack):
         assert self.codec is not None
         if self._source is None:
             return
-        logger.warning(
-            "%r: codecs do not meet (%s in, %s out); decoding and re-encoding this direction",
-            self,
-            publisher_codec.mimeType,
-            self.codec.mimeType,
-        )
+        if not self._transcode:
+            logger.warning(
+                "%r: codecs do not meet (%s in, %s out); decoding and re-encoding this direction",
+                self,
+                publisher_codec.mimeType,
+                self.codec.mimeType,
+            )
         self._decoding = True
         self._offset = None
         self._source.decode_for(self)

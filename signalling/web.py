@@ -47,6 +47,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         keyframe_interval=settings.keyframe_interval,
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
+        transcode=settings.relay == "transcode",
     )
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
