@@ -1,0 +1,1 @@
+"""Media: peers, relay and the synthetic stamped video used to measure them."""

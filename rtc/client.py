@@ -1,0 +1,820 @@
+"""A headless chat client: real WebRTC media over the signalling protocol.
+
+:class:`ChatClient` speaks ``docs/protocol.md`` with an aiortc peer connection.
+It sends stamped synthetic video (:mod:`rtc.stamp`) and a sine tone, decodes
+whatever the partner sends and keeps the numbers a test or a benchmark checks:
+which partner's frames arrived, in order or not, how late, and which tone is
+heard. Run ``python -m rtc.client --help`` to test a deployment from a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import random
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError
+
+from rtc.stamp import Stamp, draw_video_frame, luma, read_stamp
+
+__all__ = ["ChatClient", "ReceivedFrame", "SignallingError", "main"]
+
+Message = dict[str, Any]
+
+VIDEO_CLOCK_RATE = 90_000
+AUDIO_RATE = 48_000
+AUDIO_SAMPLES = 960  # 20 ms, what Opus packs into one packet
+# Bounds on what a long benchmark run keeps in memory.
+MAX_FRAMES_KEPT = 10_000
+MAX_LATENCIES_KEPT = 10_000
+# 160 ms of audio: enough for a 6 Hz FFT resolution, short enough that the
+# peak follows a partner change quickly.
+AUDIO_FRAMES_FOR_PEAK = 8
+# The peak is only meaningful while audio flows.
+AUDIO_STALE_SECONDS = 1.0
+# An s16 peak below this is silence, not a tone.
+AUDIO_SILENCE = 100
+# The server answers within milliseconds; this only bounds a broken server.
+ANSWER_TIMEOUT = 10.0
+
+
+@dataclass
+class ReceivedFrame:
+    """One decoded video frame: when it arrived and what its stamp says."""
+
+    recv_time: float
+    """``time.time()`` when the decoded frame reached the client."""
+    stamp: Stamp | None
+    """The sender's stamp, or ``None`` for video that is not stamped."""
+
+
+class SignallingError(Exception):
+    """The server answered a request with an ``error`` message."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(f"{message.get('code')}: {message.get('message')}")
+        self.message = message
+
+
+class StampedVideoTrack(MediaStreamTrack):
+    """Stamped synthetic video (:func:`rtc.stamp.draw_video_frame`) at a steady rate."""
+
+    kind = "video"
+
+    def __init__(self, tag: int, width: int, height: int, fps: int, first_counter: int = 0) -> None:
+        super().__init__()
+        self._tag = tag
+        self._width = width
+        self._height = height
+        self._fps = fps
+        self.counter = first_counter
+        """The counter the next frame will carry."""
+        self._slot = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._slot += 1
+            delay = self._start + self._slot / self._fps - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1 / self._fps:
+                # Behind schedule (a busy machine): skip the missed slots rather
+                # than burst, so pts keep following the wall clock.
+                self._slot = int((now - self._start) * self._fps)
+        stamp = Stamp(self._tag, self.counter % (1 << 32), int(time.time() * 1000))
+        self.counter += 1
+        frame = draw_video_frame(stamp, self._width, self._height)
+        frame.pts = self._slot * VIDEO_CLOCK_RATE // self._fps
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        return frame
+
+
+class ToneAudioTrack(MediaStreamTrack):
+    """A continuous sine tone: 48 kHz mono s16 in 20 ms frames."""
+
+    kind = "audio"
+
+    def __init__(self, tone_hz: float) -> None:
+        super().__init__()
+        self._step = 2 * np.pi * tone_hz / AUDIO_RATE
+        self._ramp = np.arange(AUDIO_SAMPLES, dtype=np.float64) * self._step
+        self._sample = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._sample += AUDIO_SAMPLES
+            delay = self._start + self._sample / AUDIO_RATE - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+        phase = (self._sample * self._step) % (2 * np.pi)
+        samples = (8000 * np.sin(phase + self._ramp)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self._sample
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        return frame
+
+
+@dataclass
+class _MatchEvent:
+    """One ``matched``: when, and whose frames were arriving just before."""
+
+    matched_at: float
+    previous_tag: int | None
+    next_sent_at: float | None
+    first_frame_at: float | None = None
+    tag: int | None = None
+
+
+@dataclass
+class _FrameWaiter:
+    tag: int | None
+    after: float
+    count: int
+    done: asyncio.Future[None]
+    frames: list[ReceivedFrame] = field(default_factory=list)
+
+    def offer(self, frame: ReceivedFrame) -> None:
+        if frame.recv_time < self.after:
+            return
+        if self.tag is not None and (frame.stamp is None or frame.stamp.tag != self.tag):
+            return
+        self.frames.append(frame)
+        if len(self.frames) >= self.count and not self.done.done():
+            self.done.set_result(None)
+
+
+def _codec_preferences(kind: str, name: str) -> list[Any]:
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    wanted = f"{kind}/{name}".lower()
+    chosen = [c for c in capabilities if c.mimeType.lower() == wanted]
+    if not chosen:
+        names = sorted({c.mimeType.split("/")[1] for c in capabilities} - {"rtx"})
+        raise ValueError(f"unknown {kind} codec {name!r}; aiortc offers {', '.join(names)}")
+    # Keep retransmissions for the chosen codec.
+    return chosen + [c for c in capabilities if c.mimeType.lower() == f"{kind}/rtx"]
+
+
+class ChatClient:
+    """One visitor: a WebSocket to the server plus one media connection.
+
+    ``tag`` goes into every video stamp this client sends, so a partner can tell
+    whose frames it receives. Use as ``async with ChatClient(url, tag=1) as c``
+    or call :meth:`connect` and :meth:`close` yourself.
+
+    What it observed is kept on the instance: ``hello`` and ``id`` (from the
+    first message), ``messages`` (every server message, in order),
+    ``close_code`` (set when the server closes the WebSocket), ``frames`` (the
+    last :data:`MAX_FRAMES_KEPT` decoded video frames), ``audio_frames`` and
+    :attr:`audio_peak_hz`; :meth:`summary` has the running totals.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        tag: int,
+        width: int = 320,
+        height: int = 240,
+        fps: int = 15,
+        tone_hz: float = 440.0,
+        media_file: str | None = None,
+        video_codec: str | None = None,
+    ) -> None:
+        if not 0 <= tag < 1 << 16:
+            raise ValueError(f"tag {tag} is not a 16-bit number")
+        self.url = url
+        self.tag = tag
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self.tone_hz = tone_hz
+        self.media_file = media_file
+        self._video_preferences = (
+            _codec_preferences("video", video_codec) if video_codec is not None else None
+        )
+
+        self.hello: Message = {}
+        self.id = ""
+        self.messages: list[Message] = []
+        self.close_code: int | None = None
+        self.frames: deque[ReceivedFrame] = deque(maxlen=MAX_FRAMES_KEPT)
+        self.audio_frames = 0
+
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._local_tracks: list[MediaStreamTrack] = []
+        self._stamped_video: StampedVideoTrack | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._ws_done = False
+
+        self._consumed: set[int] = set()
+        self._messages_changed = asyncio.Condition()
+
+        self._frame_waiters: list[_FrameWaiter] = []
+        self._frames_received = 0
+        self._frames_stamped = 0
+        self._frames_per_tag: Counter[int] = Counter()
+        self._last_counter: dict[int, int] = {}
+        self._counter_regressions = 0
+        self._frames_missing = 0
+        self._latencies_ms: deque[float] = deque(maxlen=MAX_LATENCIES_KEPT)
+        self._partner_tag: int | None = None
+        self._matches: list[_MatchEvent] = []
+        self._last_next_at: float | None = None
+        self._next_presses = 0
+
+        self._audio_recent: deque[npt.NDArray[np.int16]] = deque(maxlen=AUDIO_FRAMES_FOR_PEAK)
+        self._last_audio_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def pc(self) -> RTCPeerConnection:
+        """The media connection, once :meth:`negotiate` (or :meth:`connect`) has run."""
+        if self._pc is None:
+            raise RuntimeError("not connected")
+        return self._pc
+
+    async def __aenter__(self) -> ChatClient:
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the WebSocket, read ``hello``, then set up media (:meth:`negotiate`).
+
+        Raises :class:`SignallingError` if the server rejects the offer.
+        """
+        await self.connect_signalling()
+        await self.negotiate()
+
+    async def connect_signalling(self) -> None:
+        """Open the WebSocket and read ``hello``; no media yet."""
+        if self._session is not None:
+            raise RuntimeError("already connected")
+        self._session = aiohttp.ClientSession()
+        self._ws = await self._session.ws_connect(self.url)
+        self._spawn(self._read_messages())
+        self.hello = await self.wait_for("hello")
+        self.id = str(self.hello.get("id", ""))
+
+    async def negotiate(self) -> None:
+        """Create the media connection: offer, wait for the answer, apply it.
+
+        Calling it again replaces the media connection with a new one, which is
+        how a client recovers after a ``media_lost`` error. Raises
+        :class:`SignallingError` if the server rejects the offer.
+        """
+        await self._close_media()
+        ice_servers = [
+            RTCIceServer(
+                urls=server["urls"],
+                username=server.get("username"),
+                credential=server.get("credential"),
+            )
+            for server in self.hello.get("iceServers", [])
+        ]
+        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
+        pc.on("track", self._on_track)
+        audio, video = self._make_tracks()
+        pc.addTrack(audio)
+        pc.addTrack(video)
+        if self._video_preferences is not None:
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.setCodecPreferences(self._video_preferences)
+
+        # aiortc gathers every ICE candidate inside setLocalDescription, so the
+        # offer is complete and nothing needs trickling.
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        async with asyncio.timeout(ANSWER_TIMEOUT):
+            reply = await self._take(
+                lambda m: (
+                    m.get("type") == "answer"
+                    or (m.get("type") == "error" and m.get("inReplyTo") == "offer")
+                ),
+                what="answer",
+            )
+        if reply["type"] == "error":
+            raise SignallingError(reply)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+
+    def _make_tracks(self) -> tuple[MediaStreamTrack, MediaStreamTrack]:
+        audio: MediaStreamTrack | None = None
+        video: MediaStreamTrack | None = None
+        if self.media_file is not None:
+            # The player stops reading the file once both its tracks are stopped.
+            player = MediaPlayer(self.media_file, loop=True)
+            audio, video = player.audio, player.video
+        # The protocol needs both m-lines: a file without one kind gets the
+        # synthetic source for it.
+        if audio is None:
+            audio = ToneAudioTrack(self.tone_hz)
+        if video is None:
+            # A new media connection continues the count: to a partner it is
+            # still the same sender, whose frames must stay in order.
+            video = self._stamped_video = StampedVideoTrack(
+                self.tag,
+                self.width,
+                self.height,
+                self.fps,
+                first_counter=self._stamped_video.counter if self._stamped_video else 0,
+            )
+        self._local_tracks = [audio, video]
+        return audio, video
+
+    async def close(self) -> None:
+        """Close media, WebSocket and session and end every task; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._close_media()
+        if self._ws is not None:
+            await self._ws.close()
+            if self.close_code is None:
+                self.close_code = self._ws.close_code
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        for waiter in self._frame_waiters:
+            waiter.done.cancel()
+
+    async def _close_media(self) -> None:
+        # Closing the connection ends the remote tracks, which ends their readers.
+        for track in self._local_tracks:
+            track.stop()
+        self._local_tracks = []
+        if self._pc is not None:
+            await self._pc.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- signalling ----------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        """Send one JSON object as a text frame."""
+        await self.send_raw(json.dumps(message))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        """Send a text (``str``) or binary (``bytes``) frame as is."""
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        if isinstance(data, bytes):
+            await self._ws.send_bytes(data)
+        else:
+            await self._ws.send_str(data)
+
+    async def start(self, interests: Sequence[str] = ()) -> None:
+        """Ask for a partner; the server answers ``waiting`` then ``matched``."""
+        message: Message = {"type": "start"}
+        if interests:
+            message["interests"] = list(interests)
+        await self.send(message)
+
+    async def next(self) -> None:
+        """Leave the current partner and look for another."""
+        self._last_next_at = time.time()
+        self._next_presses += 1
+        await self.send({"type": "next"})
+
+    async def stop(self) -> None:
+        """Leave the current partner or stop waiting."""
+        await self.send({"type": "stop"})
+
+    async def chat(self, text: str) -> None:
+        """Send a chat line to the partner."""
+        await self.send({"type": "chat", "text": text})
+
+    async def wait_for(
+        self,
+        type: str,
+        timeout: float | None = 10.0,  # noqa: ASYNC109 - the one knob every test sets
+        predicate: Callable[[Message], bool] | None = None,
+    ) -> Message:
+        """The oldest server message of ``type`` no earlier call has returned.
+
+        Messages that arrived before the call count, so there is no race with a
+        fast server. Raises ``TimeoutError`` after ``timeout`` seconds (``None``:
+        wait forever) and ``ConnectionError`` if the WebSocket closes first.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._take(
+                    lambda m: m.get("type") == type and (predicate is None or predicate(m)),
+                    what=type,
+                )
+        except TimeoutError:
+            seen = [m.get("type") for m in self.messages[-10:]]
+            raise TimeoutError(f"no {type!r} within {timeout} s; last messages: {seen}") from None
+
+    async def _take(self, match: Callable[[Message], bool], *, what: str) -> Message:
+        """Consume the oldest unconsumed message that ``match`` accepts."""
+
+        def find() -> Message | None:
+            for index, message in enumerate(self.messages):
+                if index not in self._consumed and match(message):
+                    self._consumed.add(index)
+                    return message
+            return None
+
+        async with self._messages_changed:
+            while (found := find()) is None:
+                if self._ws_done:
+                    raise ConnectionError(
+                        f"WebSocket closed (code {self.close_code}) before {what!r}"
+                    )
+                await self._messages_changed.wait()
+            return found
+
+    async def _read_messages(self) -> None:
+        assert self._ws is not None
+        try:
+            async for frame in self._ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    message = json.loads(frame.data)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                self._on_message(message)
+                async with self._messages_changed:
+                    self.messages.append(message)
+                    self._messages_changed.notify_all()
+        finally:
+            self.close_code = self._ws.close_code
+            self._ws_done = True
+            async with self._messages_changed:
+                self._messages_changed.notify_all()
+
+    def _on_message(self, message: Message) -> None:
+        if message.get("type") == "matched":
+            # A `next` counts for this match only if no match came after it.
+            previous = self._matches[-1].matched_at if self._matches else 0.0
+            next_at = self._last_next_at
+            self._matches.append(
+                _MatchEvent(
+                    matched_at=time.time(),
+                    previous_tag=self._partner_tag,
+                    next_sent_at=next_at if next_at is not None and next_at > previous else None,
+                )
+            )
+            # Counter gaps between two pairings are frames nobody forwarded, not losses.
+            self._last_counter.clear()
+
+    # -- media ---------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            self._spawn(self._consume_video(track))
+        elif track.kind == "audio":
+            self._spawn(self._consume_audio(track))
+
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, av.VideoFrame)
+            self._record_frame(ReceivedFrame(time.time(), read_stamp(luma(frame))))
+
+    def _record_frame(self, frame: ReceivedFrame) -> None:
+        self.frames.append(frame)
+        self._frames_received += 1
+        stamp = frame.stamp
+        if stamp is not None:
+            self._frames_stamped += 1
+            self._frames_per_tag[stamp.tag] += 1
+            self._latencies_ms.append(frame.recv_time * 1000 - stamp.send_time_ms)
+            last = self._last_counter.get(stamp.tag)
+            if last is not None:
+                if stamp.counter <= last:
+                    self._counter_regressions += 1
+                else:
+                    self._frames_missing += stamp.counter - last - 1
+            self._last_counter[stamp.tag] = stamp.counter
+            self._partner_tag = stamp.tag
+        if self._matches:
+            match = self._matches[-1]
+            # Tags tell the new partner's first frame from the old one's last;
+            # unstamped video (a browser, a file) can only be timed by arrival.
+            if (
+                match.first_frame_at is None
+                and frame.recv_time >= match.matched_at
+                and (stamp is None or stamp.tag != match.previous_tag)
+            ):
+                match.first_frame_at = frame.recv_time
+                match.tag = None if stamp is None else stamp.tag
+        for waiter in self._frame_waiters:
+            waiter.offer(frame)
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, av.AudioFrame)
+            samples = np.asarray(frame.to_ndarray(), dtype=np.int16)
+            # Packed stereo interleaves channels in one row; the first is enough.
+            channels = 1 if frame.format.is_planar else len(frame.layout.channels)
+            self._audio_recent.append(samples[0, ::channels])
+            self.audio_frames += 1
+            self._last_audio_at = time.time()
+
+    @property
+    def audio_peak_hz(self) -> float | None:
+        """Dominant frequency of the last ~160 ms of received audio.
+
+        ``None`` before any audio, when audio stopped arriving over a second
+        ago, or when it is silence.
+        """
+        if not self._audio_recent or time.time() - self._last_audio_at > AUDIO_STALE_SECONDS:
+            return None
+        samples = np.concatenate(self._audio_recent).astype(np.float64)
+        if np.abs(samples).max() < AUDIO_SILENCE:
+            return None
+        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+        spectrum[0] = 0
+        peak = int(np.argmax(spectrum))
+        # Parabolic interpolation between neighbouring bins: ~1 Hz precision
+        # instead of the 6 Hz bin width.
+        offset = 0.0
+        if 0 < peak < len(spectrum) - 1:
+            left, centre, right = np.log(spectrum[peak - 1 : peak + 2] + 1e-9)
+            denominator = left - 2 * centre + right
+            if denominator != 0:
+                offset = 0.5 * (left - right) / denominator
+        return float((peak + offset) * AUDIO_RATE / len(samples))
+
+    async def wait_frames(
+        self,
+        *,
+        tag: int | None = None,
+        count: int = 1,
+        after: float | None = None,
+        timeout: float = 15.0,  # noqa: ASYNC109 - see wait_for
+    ) -> list[ReceivedFrame]:
+        """Wait for ``count`` decoded frames with ``recv_time >= after``.
+
+        With ``tag``, only frames whose stamp carries that tag count; without,
+        every decoded frame counts, stamped or not. Frames already received
+        (and still in :attr:`frames`) count too. Raises ``TimeoutError``.
+        """
+        waiter = _FrameWaiter(
+            tag=tag,
+            after=after if after is not None else 0.0,
+            count=count,
+            done=asyncio.get_running_loop().create_future(),
+        )
+        for frame in self.frames:
+            waiter.offer(frame)
+        if waiter.done.done():
+            return waiter.frames[:count]
+        self._frame_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter.done, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{len(waiter.frames)} of {count} frames (tag {tag}) within {timeout} s; "
+                f"tags seen: {dict(self._frames_per_tag)}"
+            ) from None
+        finally:
+            self._frame_waiters.remove(waiter)
+        return waiter.frames[:count]
+
+    # -- results -------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """What arrived so far, as plain JSON-ready values.
+
+        ``content_ok`` is true when stamped frames arrived and each sender's
+        counters only ever increased (frames in order, none repeated).
+        Latencies compare the sender's and this machine's clocks: they mean
+        something only on one machine or with synchronised clocks.
+        """
+        latencies = np.array(self._latencies_ms)
+        first_match = self._matches[0] if self._matches else None
+        return {
+            "id": self.id,
+            "tag": self.tag,
+            "matched": bool(self._matches),
+            "matches": len(self._matches),
+            "frames_received": self._frames_received,
+            "frames_stamped": self._frames_stamped,
+            "frames_per_tag": {str(tag): n for tag, n in sorted(self._frames_per_tag.items())},
+            "frames_missing": self._frames_missing,
+            "counter_regressions": self._counter_regressions,
+            "content_ok": self._frames_stamped > 0 and self._counter_regressions == 0,
+            "latency_ms": (
+                {
+                    "p50": round(float(np.percentile(latencies, 50)), 1),
+                    "p95": round(float(np.percentile(latencies, 95)), 1),
+                }
+                if len(latencies)
+                else None
+            ),
+            "first_frame_after_matched_s": (
+                _seconds(first_match.matched_at, first_match.first_frame_at)
+                if first_match
+                else None
+            ),
+            "next_presses": self._next_presses,
+            "switches": [
+                {
+                    "next_to_first_frame_s": _seconds(match.next_sent_at, match.first_frame_at),
+                    "matched_to_first_frame_s": _seconds(match.matched_at, match.first_frame_at),
+                    "tag": match.tag,
+                }
+                for match in self._matches
+                if match.next_sent_at is not None
+            ],
+            "audio_frames": self.audio_frames,
+            "audio_peak_hz": _rounded(self.audio_peak_hz),
+            "close_code": self.close_code,
+        }
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round(end - start, 3)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+# -- command line ------------------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m rtc.client",
+        description="Join a Roulette Relay server as a headless visitor and report what arrives.",
+    )
+    parser.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="signalling WebSocket")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long to stay")
+    parser.add_argument("--interests", default="", help="comma-separated, e.g. music,chess")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--fps", type=int, default=15)
+    parser.add_argument("--tone", type=float, default=440.0, help="sine tone to send, Hz")
+    parser.add_argument("--media", metavar="FILE", help="send this file instead (looped)")
+    parser.add_argument("--codec", help="offer only this video codec, e.g. VP8 or H264")
+    parser.add_argument("--tag", type=int, help="16-bit id stamped on our video (default random)")
+    parser.add_argument(
+        "--next-every", type=float, metavar="S", help="press next every S seconds once matched"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
+    return parser.parse_args(argv)
+
+
+async def _visit(args: argparse.Namespace) -> dict[str, Any]:
+    interests = [i.strip() for i in args.interests.split(",") if i.strip()]
+    client = ChatClient(
+        args.url,
+        tag=args.tag if args.tag is not None else random.randrange(1 << 16),
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        tone_hz=args.tone,
+        media_file=args.media,
+        video_codec=args.codec,
+    )
+
+    async def stay_in_pool() -> None:
+        # A partner who leaves makes us idle; a visitor on this tool wants the next one.
+        while True:
+            await client.wait_for("partner_left", timeout=None)
+            await client.start(interests)
+
+    async with client:
+        await client.start(interests)
+        rejoin = asyncio.create_task(stay_in_pool())
+        try:
+            deadline = time.monotonic() + args.seconds
+            if args.next_every:
+                with contextlib.suppress(TimeoutError):
+                    await client.wait_for("matched", timeout=args.seconds)
+                while deadline - time.monotonic() > args.next_every:
+                    await asyncio.sleep(args.next_every)
+                    await client.next()
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            rejoin.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await rejoin
+        return client.summary()
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f} ms"
+
+    latency = summary["latency_ms"]
+    lines = [
+        f"id {summary['id']}, tag {summary['tag']}",
+        f"matched:            {'yes' if summary['matched'] else 'no'} ({summary['matches']}x)",
+        f"frames received:    {summary['frames_received']} "
+        f"({summary['frames_stamped']} stamped, {summary['frames_missing']} missing)",
+        f"per partner tag:    {summary['frames_per_tag'] or '-'}",
+        "content check:      "
+        + (
+            "not possible (no stamped frames)"
+            if not summary["frames_stamped"]
+            else f"{'ok' if summary['content_ok'] else 'FAILED'} "
+            f"({summary['counter_regressions']} out-of-order or repeated frames)"
+        ),
+        "latency:            "
+        + (f"p50 {latency['p50']:.0f} ms, p95 {latency['p95']:.0f} ms" if latency else "-"),
+        f"first frame:        {ms(summary['first_frame_after_matched_s'])} after matched",
+        f"audio:              {summary['audio_frames']} frames, peak "
+        + ("-" if summary["audio_peak_hz"] is None else f"{summary['audio_peak_hz']:.0f} Hz"),
+    ]
+    if summary["next_presses"]:
+        lines.append(
+            f"next pressed:       {summary['next_presses']}x, "
+            f"{len(summary['switches'])} led to a new partner"
+        )
+    for index, switch in enumerate(summary["switches"], 1):
+        lines.append(
+            f"  switch #{index}:        first frame of tag {switch['tag']} "
+            f"{ms(switch['next_to_first_frame_s'])} after next"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one visit from the command line; 1 if no video frame ever arrived."""
+    args = _parse_args(argv)
+    try:
+        summary = asyncio.run(_visit(args))
+    except (OSError, aiohttp.ClientError, SignallingError, TimeoutError, ConnectionError) as e:
+        print(f"failed: {e}", file=sys.stderr)
+        return 2
+    print(_describe(summary))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(summary, file, indent=2)
+            file.write("\n")
+    return 0 if summary["frames_received"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
