@@ -69,6 +69,10 @@ class ReceivedFrame:
     """``time.time()`` when the decoded frame reached the client."""
     stamp: Stamp | None
     """The sender's stamp, or ``None`` for video that is not stamped."""
+    media_time: float | None = None
+    """The frame's RTP timestamp in seconds as this client's receiver saw it
+    (counted from the first frame), so a test can check the stream the server
+    sends is continuous."""
 
 
 class SignallingError(Exception):
@@ -533,7 +537,12 @@ class ChatClient:
             except MediaStreamError:
                 return
             assert isinstance(frame, av.VideoFrame)
-            self._record_frame(ReceivedFrame(time.time(), read_stamp(luma(frame))))
+            media_time = (
+                float(frame.pts * frame.time_base)
+                if frame.pts is not None and frame.time_base
+                else None
+            )
+            self._record_frame(ReceivedFrame(time.time(), read_stamp(luma(frame)), media_time))
 
     def _record_frame(self, frame: ReceivedFrame) -> None:
         self.frames.append(frame)

@@ -106,6 +106,8 @@ class Subscriber(MediaStreamTrack):
             return
         if self._need_keyframe:
             if not frame.keyframe:
+                # Undecodable without the frames before it; counted as dropped.
+                self.dropped += 1
                 self._request_keyframe()
                 return
             self._need_keyframe = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import time
@@ -96,6 +97,13 @@ async def test_next_moves_on_to_a_third_user(relay_server, clients) -> None:
     # The new partner's picture arrives on the same connection, no renegotiation.
     c_frames = await a.wait_frames(tag=3, count=10, after=sent_next, timeout=TIMEOUT)
     assert counters(c_frames) == sorted(counters(c_frames))
+    # What A receives is one continuous stream: the media clock moves forward
+    # across the partner change, by about the time that passed (a backwards
+    # step would show up here as a 13-hour jump after aiortc's wrap handling).
+    times = [f.media_time for f in a.frames if f.stamp is not None]
+    assert all(t is not None for t in times)
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0 < step < 5 for step in steps), max(steps)
     await c.wait_frames(tag=1, count=10, timeout=TIMEOUT)
     # B was left behind and is idle, not re-queued: it has no partner to chat to.
     await b.chat("anyone?")
