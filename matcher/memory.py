@@ -158,7 +158,9 @@ class MemoryMatcher:
         return all(not w.interests or now - w.since >= timeout for w in (x, y))
 
     def _recently_paired(self, x: str, y: str) -> bool:
-        return self._last_partner.get(x) == y or self._last_partner.get(y) == x
+        # Mutual: each one's most recent partner is the other. Once either has
+        # been with someone else since, they did not "just" leave each other.
+        return self._last_partner.get(x) == y and self._last_partner.get(y) == x
 
     def _rematch_allowed(self, seeker: _Waiter, partner: _Waiter, now: float) -> bool:
         """A recent pair meets again only if both waited long enough and have no one else."""

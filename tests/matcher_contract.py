@@ -278,6 +278,22 @@ class MatcherContract:
         assert "carol" in rec.pairs()[1]
         assert await s.matcher.waiting() == 1
 
+    async def test_once_one_has_moved_on_they_are_not_recent(
+        self, make_matcher: MakeMatcher
+    ) -> None:
+        # alice left bob for carol; later alice and bob both look again. alice's
+        # last partner is carol, so alice and bob did not just leave each other.
+        rec = Recorder()
+        s = await make_matcher(rec, SETTINGS)
+        await s.matcher.enqueue("alice")
+        await s.matcher.enqueue("bob")
+        await s.matcher.enqueue("carol")
+        await s.matcher.enqueue("alice")
+        assert rec.pairs() == [pair("alice", "bob"), pair("alice", "carol")]
+        await s.matcher.enqueue("bob")
+        await s.matcher.enqueue("alice")
+        assert rec.pairs()[2] == pair("alice", "bob"), "no waiting: only the mutual last pair waits"
+
     async def test_recent_partners_meet_again_when_alone(self, make_matcher: MakeMatcher) -> None:
         rec = Recorder()
         s = await make_matcher(rec, SETTINGS)
@@ -517,7 +533,7 @@ class _Model:
                 waited = self.time - self.since[u]
                 if self.interests[u] and waited < self.settings.interest_timeout:
                     self.violations.append(f"{match}: {u} lost interest window after {waited}")
-        if self.last_partner.get(a) == b or self.last_partner.get(b) == a:
+        if self.last_partner.get(a) == b and self.last_partner.get(b) == a:
             for u in (a, b):
                 if self.time - self.since[u] < self.settings.rematch_after:
                     self.violations.append(f"{match}: rematched too soon")
