@@ -1,14 +1,18 @@
 # The two commands a user needs: `make run` and `make test`.
-PYTHON ?= python3.11
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-HOST   ?= 127.0.0.1
-PORT   ?= 8080
+PYTHON   ?= python3.11
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+HOST     ?= 127.0.0.1
+PORT     ?= 8080
+CHROMIUM ?= /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: run test lint typecheck check clean
 
+# Debian's python3.11 ships venv separately (python3.11-venv).
 $(VENV)/.installed: setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { $(APT) update -qq && $(APT) install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
 	touch $@
@@ -17,10 +21,20 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# Debian's Chromium for tests/browser. Never `playwright install`: browsers
+# are not downloaded, Playwright drives this one.
+$(CHROMIUM):
+	$(APT) update -qq
+	$(APT) install -y -qq chromium
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test
+# Lint and type checks first: they take seconds and are part of "the tests pass".
+test: $(VENV)/.installed-test $(CHROMIUM)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
@@ -33,4 +47,4 @@ typecheck: $(VENV)/.installed-test
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -37,6 +37,8 @@ class Lobby:
         self.matcher = matcher_factory(self._on_match)
         self.sessions: dict[str, Session] = {}
         self.matches_made = 0
+        # Called with both sessions each time a pair is made (metrics observe here).
+        self.pair_listeners: list[Callable[[Session, Session], None]] = []
         self._ice_servers = ice_servers
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -99,7 +101,7 @@ class Lobby:
         kind = "?"
         try:
             message = p.parse_message(data)
-            kind = type(message).__name__.lower()
+            kind = p.message_type(message)
             await self._dispatch(session, message)
         except p.ProtocolError as exc:
             session.send(exc.to_json())
@@ -130,6 +132,10 @@ class Lobby:
             case p.Typing():
                 self._partner_of(session, "typing").send(
                     {"type": "typing", "active": message.active}
+                )
+            case p.MediaStateMessage():
+                self._partner_of(session, "media_state").send(
+                    {"type": "media_state", "camera": message.camera, "mic": message.mic}
                 )
             case p.Report():
                 self._report(session, message)
@@ -204,6 +210,7 @@ class Lobby:
             )
         session.interests = start.interests
         session.state = State.WAITING
+        session.waiting_since = asyncio.get_running_loop().time()
         session.send({"type": "waiting"})
         await self._enqueue(session)
 
@@ -213,6 +220,7 @@ class Lobby:
         if session.state == State.PAIRED:
             self._unpair(session, "next")
             session.state = State.WAITING
+            session.waiting_since = asyncio.get_running_loop().time()
         session.send({"type": "waiting"})
         await self._enqueue(session)
 
@@ -251,6 +259,8 @@ class Lobby:
         a.partner, b.partner = b, a
         self.relay.pair(a.peer, b.peer)
         self.matches_made += 1
+        for listener in self.pair_listeners:
+            listener(a, b)
         shared = list(match.shared_interests)
         a.send({"type": "matched", "interests": shared})
         b.send({"type": "matched", "interests": shared})

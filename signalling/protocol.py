@@ -103,7 +103,33 @@ class Report:
     reason: str
 
 
-ClientMessage = Offer | Candidate | Start | Next | Stop | Chat | Typing | Report
+@dataclass(frozen=True)
+class MediaStateMessage:
+    """The sender turned their camera or microphone off or on."""
+
+    camera: bool
+    mic: bool
+
+
+ClientMessage = Offer | Candidate | Start | Next | Stop | Chat | Typing | Report | MediaStateMessage
+
+
+_TYPE_NAMES: Final[dict[type, str]] = {
+    Offer: "offer",
+    Candidate: "candidate",
+    Start: "start",
+    Next: "next",
+    Stop: "stop",
+    Chat: "chat",
+    Typing: "typing",
+    Report: "report",
+    MediaStateMessage: "media_state",
+}
+
+
+def message_type(message: ClientMessage) -> str:
+    """The protocol's `type` for a parsed message."""
+    return _TYPE_NAMES[type(message)]
 
 
 def _string(
@@ -185,13 +211,13 @@ def _candidate(obj: dict[str, Any]) -> Candidate:
     return Candidate(candidate=cand or None, sdp_mid=mid, sdp_mline_index=index)
 
 
-def _typing(obj: dict[str, Any]) -> Typing:
-    active = obj.get("active")
-    if not isinstance(active, bool):
+def _boolean(obj: dict[str, Any], name: str, kind: str) -> bool:
+    value = obj.get(name)
+    if not isinstance(value, bool):
         raise ProtocolError(
-            "bad_field", "'active' must be true or false", field="active", in_reply_to="typing"
+            "bad_field", f"'{name}' must be true or false", field=name, in_reply_to=kind
         )
-    return Typing(active=active)
+    return value
 
 
 def parse_message(data: str | bytes) -> ClientMessage:
@@ -228,10 +254,16 @@ def parse_message(data: str | bytes) -> ClientMessage:
         case "chat":
             return Chat(text=_string(obj, "text", kind, max_chars=MAX_CHAT_CHARS, strip=True))
         case "typing":
-            return _typing(obj)
+            return Typing(active=_boolean(obj, "active", kind))
+        case "media_state":
+            return MediaStateMessage(
+                camera=_boolean(obj, "camera", kind), mic=_boolean(obj, "mic", kind)
+            )
         case "report":
             return Report(
                 reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True)
             )
     shown = kind if len(kind) <= 40 else kind[:40] + "…"
-    raise ProtocolError("unknown_type", f"unknown message type '{shown}'", field="type")
+    raise ProtocolError(
+        "unknown_type", f"unknown message type '{shown}'", field="type", in_reply_to=shown
+    )

@@ -64,6 +64,8 @@ class Session:
         self.interests: tuple[str, ...] = ()
         # Whether the matcher currently holds this session in its waiting set.
         self.queued = False
+        # loop.time() of the start or next that made this session wait (for time to match).
+        self.waiting_since: float | None = None
         self.peer: Peer | None = None
         loop = asyncio.get_running_loop()
         self.connected_at = loop.time()

@@ -15,6 +15,7 @@ from matcher.memory import MemoryMatcher
 from rtc.peer import PeerSettings
 from rtc.relay import Relay
 from signalling.lobby import Lobby
+from signalling.metrics import setup_metrics
 from signalling.protocol import HARD_MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
+    setup_metrics(app, LOBBY, settings.relay)
     if os.path.isdir(settings.web_dir):
         app.router.add_static("/static/", settings.web_dir, follow_symlinks=False)
     return app

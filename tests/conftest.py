@@ -36,8 +36,15 @@ class RelayServer:
         self.log_path = log_path
         self._args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
+        self._logs: list[Path] = []
 
     def start(self) -> None:
+        """Start the server; after a stop() it comes back on the same port with a new log."""
+        if self._proc is not None:
+            self._logs.append(self.log_path)
+            self.log_path = self.log_path.with_name(
+                f"{self.log_path.stem}.run{len(self._logs) + 1}.log"
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
@@ -66,6 +73,14 @@ class RelayServer:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"server did not come up:\n{self.log()}")
+
+    def all_logs(self) -> str:
+        """Every run's log, for checks that cover restarts."""
+        return "".join(
+            path.read_text(errors="replace")
+            for path in [*self._logs, self.log_path]
+            if path.exists()
+        )
 
     @property
     def running(self) -> bool:
@@ -115,7 +130,9 @@ def relay_server(
         code = server.stop()
         # A server that crashes or hangs on shutdown is a failure of its own.
         assert code in (0, None, -signal.SIGINT), f"server exited with {code}:\n{server.log()}"
-        assert "Traceback" not in server.log(), f"server logged a traceback:\n{server.log()}"
+        assert "Traceback" not in server.all_logs(), (
+            f"server logged a traceback:\n{server.all_logs()}"
+        )
 
 
 @pytest.fixture

@@ -77,6 +77,9 @@ async def test_chat_and_typing_reach_the_partner(relay_server, clients) -> None:
     assert (await a.wait_for("typing", timeout=TIMEOUT))["active"] is True
     await b.chat("  hi  ")
     assert (await a.wait_for("chat", timeout=TIMEOUT))["text"] == "hi"
+    await a.send({"type": "media_state", "camera": False, "mic": True})
+    state = await b.wait_for("media_state", timeout=TIMEOUT)
+    assert (state["camera"], state["mic"]) == (False, True)
 
 
 async def test_next_moves_on_to_a_third_user(relay_server, clients) -> None:

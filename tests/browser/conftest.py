@@ -1,0 +1,134 @@
+"""Real Chromium, driven by Playwright, against the real server on loopback.
+
+Debian's Chromium (`apt-get install chromium`) is used as installed: browsers
+cannot be downloaded here, so `playwright install` is never run. Without
+Chromium or the playwright package these tests are skipped on a developer's
+machine and fail under CI (`CI=true`), where a skipped browser test would hide
+a broken page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from chatpage import DESKTOP, RECORD_PEER_CONNECTIONS, UI_TIMEOUT, ChatPage, OpenChat
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Playwright
+
+CHROMIUM = os.environ.get("RELAY_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+
+# NOTES.md section 1: flags that work for Debian's Chromium on this kind of machine.
+BASE_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # A fake camera (test pattern) and microphone (beeps) instead of real devices.
+    "--use-fake-device-for-media-stream",
+]
+# Grants camera and microphone without a prompt. It also keeps host candidates
+# as plain addresses instead of mDNS names aioice cannot resolve, so
+# WebRtcHideLocalIpsWithMdns need not be disabled.
+GRANT_MEDIA = "--use-fake-ui-for-media-stream"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _missing_browser() -> str | None:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (make test installs it)"
+    if shutil.which(CHROMIUM) is None:
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium; make test does)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
+
+
+@pytest.fixture
+async def playwright() -> AsyncIterator[Playwright]:
+    problem = _missing_browser()
+    if problem is not None:
+        if _in_ci():
+            pytest.fail(f"browser tests cannot run under CI: {problem}", pytrace=False)
+        pytest.skip(problem)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        yield p
+
+
+async def _launch(playwright: Playwright, *, grant_media: bool) -> Browser:
+    flags = [*BASE_FLAGS, GRANT_MEDIA] if grant_media else BASE_FLAGS
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=flags, timeout=60_000
+    )
+
+
+@pytest.fixture
+async def browser(playwright: Playwright) -> AsyncIterator[Browser]:
+    """Chromium that grants camera and microphone, like a person who says yes."""
+    b = await _launch(playwright, grant_media=True)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def browser_without_media(playwright: Playwright) -> AsyncIterator[Browser]:
+    """Chromium that never gets camera or microphone permission: the prompt is refused."""
+    b = await _launch(playwright, grant_media=False)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenChat]:
+    """Opens the page for one more person; `await open_chat("alice")`.
+
+    Each person is a separate browser context (separate storage, devices and
+    permissions). At the end every context is closed, and the test fails if a
+    page threw an uncaught error.
+    """
+    opened: list[ChatPage] = []
+
+    async def open_(
+        name: str, *, viewport: dict[str, int] = DESKTOP, on: Browser | None = None
+    ) -> ChatPage:
+        context = await (on or browser).new_context(viewport=viewport)
+        await context.add_init_script(RECORD_PEER_CONNECTIONS)
+        page = await context.new_page()
+        page.set_default_timeout(UI_TIMEOUT * 1000)
+        chat = ChatPage(context, page, name)
+        opened.append(chat)
+        await page.goto(relay_server.http_url + "/")
+        return chat
+
+    yield open_
+    errors = {c.name: c.errors for c in opened if c.errors}
+    for chat in opened:
+        try:
+            await chat.close()
+        except Exception as exc:  # the browser may already be gone
+            print(f"closing {chat.name}: {exc}")
+    assert not errors, f"uncaught errors in the page: {errors}"

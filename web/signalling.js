@@ -1,0 +1,118 @@
+// The WebSocket to the relay server: JSON messages both ways, reconnecting with back-off.
+
+const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
+// A close code the server uses for a client it will not talk to any more: do not reconnect.
+const CLOSE_FLOODING = 4008;
+
+export function socketUrl(loc = window.location) {
+  const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${loc.host}/ws`;
+}
+
+/**
+ * One logical connection to the server that survives drops.
+ *
+ * handlers.message(msg)  every JSON object received
+ * handlers.up()          the socket opened
+ * handlers.down(info)    the socket closed or never opened; info = {everUp, retryInMs, final}
+ */
+export class Signalling {
+  constructor(url, handlers) {
+    this.url = url;
+    this.handlers = handlers;
+    this.ws = null;
+    this.attempt = 0;
+    this.everUp = false;
+    this.closed = true;
+    this.retryTimer = 0;
+    this.onOnline = () => this.retryNow();
+  }
+
+  get isOpen() {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  open() {
+    if (!this.closed) return;
+    this.closed = false;
+    window.addEventListener("online", this.onOnline);
+    this.connect();
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    window.removeEventListener("online", this.onOnline);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onclose = ws.onerror = ws.onmessage = ws.onopen = null;
+      ws.close(1000);
+    }
+  }
+
+  send(msg) {
+    if (!this.isOpen) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  // Skip the rest of the back-off wait (the network came back, or the person asked).
+  retryNow() {
+    if (this.closed || this.ws) return;
+    clearTimeout(this.retryTimer);
+    this.connect();
+  }
+
+  connect() {
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      console.error("WebSocket could not be created", err);
+      this.scheduleRetry(1006);
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      this.everUp = true;
+      this.handlers.up?.();
+    };
+    ws.onmessage = (event) => {
+      if (typeof event.data !== "string") return;
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch {
+        console.warn("ignored a frame that is not JSON", event.data);
+        return;
+      }
+      if (msg === null || typeof msg !== "object" || typeof msg.type !== "string") return;
+      // A working exchange, not just an open socket, resets the back-off.
+      this.attempt = 0;
+      this.handlers.message(msg);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.scheduleRetry(event.code);
+    };
+    // Errors are always followed by close; the close handler does the work.
+    ws.onerror = () => {};
+  }
+
+  scheduleRetry(code) {
+    if (this.closed) return;
+    if (code === CLOSE_FLOODING) {
+      this.closed = true;
+      this.handlers.down({ everUp: this.everUp, retryInMs: null, final: true, code });
+      return;
+    }
+    const base = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    // Jitter, so that a restarted server is not hit by every browser in the same second.
+    const retryInMs = Math.round(base * (0.8 + Math.random() * 0.4));
+    this.attempt += 1;
+    this.retryTimer = setTimeout(() => this.connect(), retryInMs);
+    this.handlers.down({ everUp: this.everUp, retryInMs, final: false, code });
+  }
+}
