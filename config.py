@@ -110,39 +110,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RELAY_TURN_PASSWORD"),
         help="TURN password; prefer the environment variable so it stays out of `ps` [RELAY_TURN_PASSWORD]",
     )
-    p.add_argument(
-        "--media-timeout",
-        type=float,
-        default=float(_env("MEDIA_TIMEOUT", str(d.media_timeout))),
-        help="seconds of media silence before a connection counts as lost [RELAY_MEDIA_TIMEOUT]",
-    )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=float(_env("CONNECT_TIMEOUT", str(d.connect_timeout))),
-        help="seconds from offer to a connected media path before giving up [RELAY_CONNECT_TIMEOUT]",
-    )
-    p.add_argument(
-        "--interest-timeout",
-        type=float,
-        default=float(_env("INTEREST_TIMEOUT", str(d.interest_timeout))),
-        help="seconds to look for a partner with a shared interest before anyone will do [RELAY_INTEREST_TIMEOUT]",
-    )
-    p.add_argument(
-        "--rematch-after",
-        type=float,
-        default=float(_env("REMATCH_AFTER", str(d.rematch_after))),
-        help=(
-            "two people who just left each other are paired again only when nobody else is "
-            "waiting and both have waited this many seconds [RELAY_REMATCH_AFTER]"
+    seconds = [
+        (
+            "media-timeout",
+            d.media_timeout,
+            "seconds of media silence before a connection counts as lost",
         ),
-    )
-    p.add_argument(
-        "--keyframe-interval",
-        type=float,
-        default=float(_env("KEYFRAME_INTERVAL", str(d.keyframe_interval))),
-        help="minimum seconds between keyframe requests forwarded to one sender [RELAY_KEYFRAME_INTERVAL]",
-    )
+        (
+            "connect-timeout",
+            d.connect_timeout,
+            "seconds from offer to a connected media path before giving up",
+        ),
+        (
+            "interest-timeout",
+            d.interest_timeout,
+            "seconds to look for a partner with a shared interest before anyone will do",
+        ),
+        (
+            "rematch-after",
+            d.rematch_after,
+            "two people who just left each other are paired again only when nobody else is "
+            "waiting and both have waited this many seconds",
+        ),
+        (
+            "keyframe-interval",
+            d.keyframe_interval,
+            "minimum seconds between keyframe requests forwarded to one sender",
+        ),
+    ]
+    for flag, default, text in seconds:
+        env = flag.replace("-", "_").upper()
+        p.add_argument(
+            f"--{flag}",
+            type=float,
+            default=float(_env(env, str(default))),
+            help=f"{text} [RELAY_{env}]",
+        )
     p.add_argument(
         "--relay",
         choices=("passthrough", "transcode"),

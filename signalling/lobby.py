@@ -209,16 +209,17 @@ class Lobby:
                 in_reply_to="start",
             )
         session.interests = start.interests
-        session.state = State.WAITING
-        session.waiting_since = asyncio.get_running_loop().time()
-        session.send({"type": "waiting"})
-        await self._enqueue(session)
+        await self._look_for_partner(session)
 
     async def _next(self, session: Session) -> None:
         if session.state == State.IDLE:
             raise p.ProtocolError("bad_state", "not chatting; send start first", in_reply_to="next")
         if session.state == State.PAIRED:
             self._unpair(session, "next")
+        await self._look_for_partner(session)
+
+    async def _look_for_partner(self, session: Session) -> None:
+        if session.state != State.WAITING:
             session.state = State.WAITING
             session.waiting_since = asyncio.get_running_loop().time()
         session.send({"type": "waiting"})

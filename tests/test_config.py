@@ -1,0 +1,90 @@
+"""Flags and their environment variables, as an operator sets them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from config import IceServer, Settings, parse_settings
+from tests.conftest import ROOT
+
+
+def test_defaults_suit_a_developer_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RELAY_PORT", "RELAY_STUN", "RELAY_TURN", "RELAY_MEDIA_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = parse_settings([])
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.ice_servers == ()
+    assert settings.relay == "passthrough"
+    assert settings.media_timeout == Settings().media_timeout
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_PORT", "9000")
+    monkeypatch.setenv("RELAY_MEDIA_TIMEOUT", "2.5")
+    monkeypatch.setenv("RELAY_STUN", "stun:a.example:3478, stun:b.example:3478")
+    settings = parse_settings([])
+    assert settings.port == 9000
+    assert settings.media_timeout == 2.5
+    assert [s.urls for s in settings.ice_servers] == ["stun:a.example:3478", "stun:b.example:3478"]
+    # A flag wins over the environment.
+    assert parse_settings(["--port", "9001", "--media-timeout", "7"]).port == 9001
+
+
+def test_turn_servers_carry_their_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_TURN_PASSWORD", "s3cret")
+    settings = parse_settings(
+        [
+            "--turn",
+            "turn:t.example:3478?transport=tcp",
+            "--turn-username",
+            "u",
+            "--stun",
+            "stun:s.example",
+        ]
+    )
+    assert settings.ice_servers == (
+        IceServer("stun:s.example"),
+        IceServer("turn:t.example:3478?transport=tcp", "u", "s3cret"),
+    )
+    assert settings.ice_servers[1].to_json() == {
+        "urls": "turn:t.example:3478?transport=tcp",
+        "username": "u",
+        "credential": "s3cret",
+    }
+
+
+def test_turn_without_credentials_is_refused_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RELAY_TURN_PASSWORD", raising=False)
+    monkeypatch.delenv("RELAY_TURN_USERNAME", raising=False)
+    with pytest.raises(SystemExit):
+        parse_settings(["--turn", "turn:t.example:3478"])
+
+
+def test_help_documents_every_option() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag in (
+        "--host",
+        "--port",
+        "--stun",
+        "--turn",
+        "--turn-username",
+        "--turn-password",
+        "--media-timeout",
+        "--connect-timeout",
+        "--interest-timeout",
+        "--rematch-after",
+        "--keyframe-interval",
+        "--relay",
+        "--log-level",
+        "--web-dir",
+    ):
+        assert flag in out
+    assert "RELAY_PORT" in out
