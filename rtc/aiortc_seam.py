@@ -25,7 +25,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,40 @@ class ReceiverTap:
         return self._decoder_input.qsize()
 
 
+class PromptJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, but a frame leaves as soon as it is complete.
+
+    aiortc's own buffer only knows a frame is complete when the first packet
+    of the *next* frame arrives, which holds every frame back one frame
+    interval (33 ms at 30 fps) before the relay can forward it. A video frame
+    is complete when the contiguous packets from its first one reach the
+    packet carrying the RTP marker bit (RFC 7741 / RFC 6184: last packet of
+    the frame); an audio packet is a whole frame by itself.
+    """
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        packets: list[RtpPacket] = []
+        timestamp: int | None = None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]  # type: ignore[operator]
+            if packet is None:
+                return None
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:
+                # The previous frame ended without a marker (lost or a sender
+                # that does not set it): it is complete all the same.
+                return self._release(packets, timestamp, count)
+            packets.append(packet)
+            if packet.marker or not self._is_video:
+                return self._release(packets, timestamp, count + 1)
+        return None
+
+    def _release(self, packets: list[RtpPacket], timestamp: int, count: int) -> JitterFrame:
+        self.remove(count)
+        return JitterFrame(data=b"".join(p._data for p in packets), timestamp=timestamp)  # type: ignore[attr-defined]
+
+
 def _require(obj: object, name: str) -> None:
     if not hasattr(obj, name):
         raise SeamError(
@@ -117,12 +153,17 @@ def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler) -> ReceiverTa
         raise SeamError("tap_receiver() called after the receiver started")
     tap = ReceiverTap(on_frame)
     setattr(receiver, _DECODER_QUEUE, tap)
-    # aiortc holds 4 audio frames back (80 ms) to reorder; the browser that
-    # finally plays the audio has its own jitter buffer, so one is enough here.
+    # Forward each frame as soon as it is complete (see PromptJitterBuffer);
+    # the browser that finally plays it has its own jitter buffer.
     _require(receiver, _JITTER_BUFFER)
-    jitter_buffer = getattr(receiver, _JITTER_BUFFER)
-    _require(jitter_buffer, "_prefetch")
-    jitter_buffer._prefetch = 0
+    old = getattr(receiver, _JITTER_BUFFER)
+    for name in ("_capacity", "_is_video", "_packets", "_origin"):
+        _require(old, name)
+    setattr(
+        receiver,
+        _JITTER_BUFFER,
+        PromptJitterBuffer(capacity=old._capacity, prefetch=0, is_video=old._is_video),
+    )
     return tap
 
 

@@ -125,3 +125,48 @@ def test_missing_private_name_is_reported_clearly() -> None:
 
     with pytest.raises(aiortc_seam.SeamError, match="aiortc changed"):
         aiortc_seam.media_ssrcs(NotAReceiver())  # type: ignore[arg-type]
+
+
+def _packet(seq: int, timestamp: int, data: bytes, marker: bool = False):
+    from aiortc.rtp import RtpPacket
+
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=timestamp)
+    packet.marker = int(marker)
+    packet._data = data  # what aiortc's depayloader leaves on each packet
+    return packet
+
+
+def test_video_frames_leave_on_their_marker_bit() -> None:
+    buffer = aiortc_seam.PromptJitterBuffer(capacity=128, is_video=True)
+    assert buffer.add(_packet(100, 3000, b"a")) == (False, None)
+    _, frame = buffer.add(_packet(101, 3000, b"b", marker=True))
+    # Released now, not when the next frame's first packet arrives.
+    assert frame is not None and (frame.data, frame.timestamp) == (b"ab", 3000)
+    # A hole holds the frame back until the missing packet arrives.
+    assert buffer.add(_packet(103, 6000, b"d", marker=True))[1] is None
+    _, frame = buffer.add(_packet(102, 6000, b"c"))
+    assert frame is not None and frame.data == b"cd"
+
+
+def test_a_frame_without_marker_still_leaves_when_the_next_begins() -> None:
+    buffer = aiortc_seam.PromptJitterBuffer(capacity=128, is_video=True)
+    buffer.add(_packet(1, 100, b"x"))
+    _, frame = buffer.add(_packet(2, 200, b"y"))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"x", 100)
+
+
+def test_audio_packets_are_frames_by_themselves() -> None:
+    buffer = aiortc_seam.PromptJitterBuffer(capacity=16, is_video=False)
+    for seq in range(5):
+        _, frame = buffer.add(_packet(seq, seq * 960, bytes([seq])))
+        assert frame is not None and frame.data == bytes([seq])
+
+
+async def test_tap_installs_the_prompt_jitter_buffer(pair) -> None:
+    sender_pc, receiver_pc = pair
+    sender_pc.addTrack(VideoStreamTrack())
+    await sender_pc.setLocalDescription(await sender_pc.createOffer())
+    await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+    receiver = receiver_pc.getTransceivers()[0].receiver
+    aiortc_seam.tap_receiver(receiver, lambda codec, frame: None)
+    assert isinstance(getattr(receiver, aiortc_seam._JITTER_BUFFER), aiortc_seam.PromptJitterBuffer)
