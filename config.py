@@ -46,6 +46,18 @@ class Settings:
     # every frame, which only exists as a baseline for the benchmark.
     relay: str = "passthrough"
     log_level: str = "INFO"
+    # Moderation (docs/moderation.md). No moderators configured: /moderate refuses everyone.
+    moderators_file: str | None = None
+    db: str = "data/moderation.sqlite3"
+    recordings_dir: str = "data/recordings"
+    # Seconds a recording (live or report evidence) is kept before retention deletes it.
+    recording_retention: float = 30 * 86400.0
+    evidence_seconds: float = 30.0
+    # Seconds between sampled frames per video stream, for thumbnails and analyzers.
+    analyzer_interval: float = 2.0
+    report_moves_on: bool = True
+    # Read the client address from X-Forwarded-For (only behind your own proxy).
+    trusted_proxy: bool = False
     web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
 
 
@@ -158,6 +170,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING... [RELAY_LOG_LEVEL]",
     )
     p.add_argument(
+        "--moderators-file",
+        default=os.environ.get("RELAY_MODERATORS_FILE"),
+        help="file of name:secret lines, one per moderator; without it RELAY_MODERATORS "
+        "(name:secret entries separated by commas) is read [RELAY_MODERATORS_FILE]",
+    )
+    p.add_argument(
+        "--db",
+        default=_env("DB", d.db),
+        help="SQLite file for reports, bans and the audit log [RELAY_DB]",
+    )
+    p.add_argument(
+        "--recordings-dir",
+        default=_env("RECORDINGS_DIR", d.recordings_dir),
+        help="folder for recordings and report evidence [RELAY_RECORDINGS_DIR]",
+    )
+    moderation_seconds = [
+        ("recording-retention", d.recording_retention, "seconds a recording is kept"),
+        ("evidence-seconds", d.evidence_seconds, "seconds of media saved with a report"),
+        (
+            "analyzer-interval",
+            d.analyzer_interval,
+            "seconds between sampled frames per stream, for thumbnails and analyzers",
+        ),
+    ]
+    for flag, default, text in moderation_seconds:
+        env = flag.replace("-", "_").upper()
+        p.add_argument(
+            f"--{flag}",
+            type=float,
+            default=float(_env(env, str(default))),
+            help=f"{text} [RELAY_{env}]",
+        )
+    p.add_argument(
+        "--report-moves-on",
+        action=argparse.BooleanOptionalAction,
+        default=_env("REPORT_MOVES_ON", "1").lower() not in ("0", "false", "no"),
+        help="move a user who reports on to a new partner [RELAY_REPORT_MOVES_ON]",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action=argparse.BooleanOptionalAction,
+        default=_env("TRUSTED_PROXY", "0").lower() in ("1", "true", "yes"),
+        help="take the client address from X-Forwarded-For; only behind your own reverse "
+        "proxy [RELAY_TRUSTED_PROXY]",
+    )
+    p.add_argument(
         "--web-dir",
         default=_env("WEB_DIR", d.web_dir),
         help="folder of the browser app [RELAY_WEB_DIR]",
@@ -183,4 +241,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         relay=args.relay,
         log_level=args.log_level.upper(),
         web_dir=args.web_dir,
+        moderators_file=args.moderators_file,
+        db=args.db,
+        recordings_dir=args.recordings_dir,
+        recording_retention=args.recording_retention,
+        evidence_seconds=args.evidence_seconds,
+        analyzer_interval=args.analyzer_interval,
+        report_moves_on=args.report_moves_on,
+        trusted_proxy=args.trusted_proxy,
     )

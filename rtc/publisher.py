@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpReceiver
@@ -42,6 +43,8 @@ class Publisher:
         self._receiver = receiver
         self._tap = aiortc_seam.tap_receiver(receiver, self._on_frame)
         self._subscribers: set[Subscriber] = set()
+        # Called with every EncodedFrame too (moderation: ring buffers, recordings, sampling).
+        self._frame_listeners: list[Callable[[EncodedFrame], None]] = []
         self._decoded_subscribers: set[Subscriber] = set()
         self._decode_task: asyncio.Task[None] | None = None
         self._keyframe_interval = keyframe_interval
@@ -68,6 +71,20 @@ class Publisher:
         encoded = EncodedFrame(codec, data, frame.timestamp, is_keyframe(codec, data))
         for subscriber in tuple(self._subscribers):
             subscriber.push_encoded(encoded)
+        for listener in tuple(self._frame_listeners):
+            try:
+                listener(encoded)
+            except Exception:
+                logger.exception("%r: frame listener failed; removing it", self)
+                self.remove_frame_listener(listener)
+
+    def add_frame_listener(self, listener: Callable[[EncodedFrame], None]) -> None:
+        """Also hand every encoded frame to `listener` (called on the event loop; keep it short)."""
+        self._frame_listeners.append(listener)
+
+    def remove_frame_listener(self, listener: Callable[[EncodedFrame], None]) -> None:
+        if listener in self._frame_listeners:
+            self._frame_listeners.remove(listener)
 
     # -- subscribers -----------------------------------------------------
 
@@ -152,6 +169,7 @@ class Publisher:
         for subscriber in tuple(self._subscribers):
             subscriber.detach()
         self._subscribers.clear()
+        self._frame_listeners.clear()
         self._decoded_subscribers.clear()
         self._tap.decode = False
         tasks = list(self._pli_tasks)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,10 @@ from signalling.session import CLOSE_FLOOD, CLOSE_GOING_AWAY, Session, State
 logger = logging.getLogger(__name__)
 
 MatcherFactory = Callable[[MatchHandler], Matcher]
+# Called with (reporter, reported, reason) before anything changes; answers the report id.
+ReportHandler = Callable[["Session", "Session", str], Awaitable[int | None]]
+# Close code for a session a moderator ended (kick or ban).
+CLOSE_KICKED = 4003
 # A client that ignores this many `rate_limited` errors in a row is closed.
 MAX_REFUSED_IN_A_ROW = 100
 
@@ -39,6 +44,9 @@ class Lobby:
         self.matches_made = 0
         # Called with both sessions each time a pair is made (metrics observe here).
         self.pair_listeners: list[Callable[[Session, Session], None]] = []
+        # Moderation saves evidence here; without one a report is only logged.
+        self.report_handler: ReportHandler | None = None
+        self.report_moves_on = True
         self._ice_servers = ice_servers
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -66,8 +74,10 @@ class Lobby:
 
     # -- connection lifecycle ---------------------------------------------
 
-    def join(self, ws: web.WebSocketResponse) -> Session:
-        session = Session(ws)
+    def join(
+        self, ws: web.WebSocketResponse, *, identity: str | None = None, ip: str | None = None
+    ) -> Session:
+        session = Session(ws, identity=identity, ip=ip)
         self.sessions[session.id] = session
         session.send(
             {"type": "hello", "id": session.id, "iceServers": self._ice_servers, "limits": p.LIMITS}
@@ -128,7 +138,11 @@ class Lobby:
             case p.Stop():
                 await self._stop(session)
             case p.Chat():
-                self._partner_of(session, "chat").send({"type": "chat", "text": message.text})
+                partner = self._partner_of(session, "chat")
+                line = (time.time(), session.id, message.text)
+                session.transcript.append(line)
+                partner.transcript.append(line)
+                partner.send({"type": "chat", "text": message.text})
             case p.Typing():
                 self._partner_of(session, "typing").send(
                     {"type": "typing", "active": message.active}
@@ -138,7 +152,7 @@ class Lobby:
                     {"type": "media_state", "camera": message.camera, "mic": message.mic}
                 )
             case p.Report():
-                self._report(session, message)
+                await self._report(session, message)
 
     # -- media -----------------------------------------------------------
 
@@ -258,6 +272,7 @@ class Lobby:
         assert a.peer is not None and b.peer is not None
         a.state = b.state = State.PAIRED
         a.partner, b.partner = b, a
+        a.transcript, b.transcript = [], []
         self.relay.pair(a.peer, b.peer)
         self.matches_made += 1
         for listener in self.pair_listeners:
@@ -290,10 +305,30 @@ class Lobby:
             )
         return session.partner
 
-    def _report(self, session: Session, report: p.Report) -> None:
+    async def _report(self, session: Session, report: p.Report) -> None:
         partner = self._partner_of(session, "report")
         logger.warning("report by %s about %s: %r", session.id, partner.id, report.reason)
-        session.send({"type": "reported"})
+        report_id = None
+        if self.report_handler is not None:
+            report_id = await self.report_handler(session, partner, report.reason)
+        reply: dict[str, Any] = {"type": "reported"}
+        if report_id is not None:
+            reply["reportId"] = report_id
+        session.send(reply)
+        move_on = self.report_moves_on if report.move_on is None else report.move_on
+        if move_on and session.partner is partner:
+            await self._next(session)
+
+    # -- moderation ------------------------------------------------------
+
+    def kick(self, session_id: str, message: str, *, code: str = "kicked", **fields: Any) -> bool:
+        """End a session now: the client gets an `error` explaining why, then the close."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        session.send(p.error_message(code, message) | fields)
+        session.close(CLOSE_KICKED, code)
+        return True
 
 
 def _can_pair(session: Session) -> bool:

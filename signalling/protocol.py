@@ -101,6 +101,8 @@ class Typing:
 @dataclass(frozen=True)
 class Report:
     reason: str
+    # Whether the reporter moves on to a new partner; None: the server's default.
+    move_on: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,8 @@ def parse_message(data: str | bytes) -> ClientMessage:
             )
         case "report":
             return Report(
-                reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True)
+                reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True),
+                move_on=_boolean(obj, "moveOn", kind) if "moveOn" in obj else None,
             )
     shown = kind if len(kind) <= 40 else kind[:40] + "…"
     raise ProtocolError(

@@ -56,9 +56,22 @@ class RateLimiter:
 class Session:
     """One visit: from WebSocket open to close."""
 
-    def __init__(self, ws: web.WebSocketResponse, *, rate: float = 20.0, burst: int = 60) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        *,
+        rate: float = 20.0,
+        burst: int = 60,
+        identity: str | None = None,
+        ip: str | None = None,
+    ) -> None:
         self.id = secrets.token_urlsafe(9)
         self.ws = ws
+        # The browser's persistent random id (`/ws?clientId=`) and address, for bans.
+        self.identity = identity
+        self.ip = ip
+        # The current pair's chat, (time.time(), sender session id, text), for reports.
+        self.transcript: list[tuple[float, str, str]] = []
         self.state = State.IDLE
         self.partner: Session | None = None
         self.interests: tuple[str, ...] = ()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 
 from aiohttp import WSMsgType, web
@@ -12,16 +13,22 @@ from aiortc import RTCIceServer
 from config import Settings
 from matcher.base import MatcherSettings
 from matcher.memory import MemoryMatcher
+from moderation import auth
+from moderation.routes import MODERATION, WATCH_ICE, setup_routes
+from moderation.service import FlagCollector, Moderation, ModerationSettings, ban_message
+from moderation.store import ModerationStore
 from rtc.peer import PeerSettings
 from rtc.relay import Relay
-from signalling.lobby import Lobby
-from signalling.metrics import setup_metrics
-from signalling.protocol import HARD_MAX_MESSAGE_BYTES
+from signalling.lobby import CLOSE_KICKED, Lobby
+from signalling.metrics import METRICS, setup_metrics
+from signalling.protocol import HARD_MAX_MESSAGE_BYTES, error_message
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 LOBBY = web.AppKey("lobby", Lobby)
+# What the page may send as its persistent client id (`/ws?clientId=`).
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -29,11 +36,23 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_lobby_context)
+    app.cleanup_ctx.append(_moderation_context)
+    moderators = (
+        auth.Moderators.from_file(settings.moderators_file)
+        if settings.moderators_file
+        else auth.Moderators.from_env()
+    )
+    if not len(moderators):
+        logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
+    auth.install(app, moderators)
+    app[WATCH_ICE] = list(_rtc_ice_servers(settings))
+    setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     setup_metrics(app, LOBBY, settings.relay)
+    app.on_startup.append(_moderation_metrics)
     if os.path.isdir(settings.web_dir):
         app.router.add_static("/static/", settings.web_dir, follow_symlinks=False)
     return app
@@ -42,10 +61,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     peer_settings = PeerSettings(
-        ice_servers=tuple(
-            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-            for s in settings.ice_servers
-        ),
+        ice_servers=_rtc_ice_servers(settings),
         keyframe_interval=settings.keyframe_interval,
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
@@ -59,10 +75,44 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         lambda on_match: MemoryMatcher(on_match, matcher_settings),
         ice_servers=[s.to_json() for s in settings.ice_servers],
     )
+    lobby.report_moves_on = settings.report_moves_on
     await lobby.start()
     app[LOBBY] = lobby
     yield
     await lobby.close()
+
+
+async def _moderation_metrics(app: web.Application) -> None:
+    # After setup_metrics' own on_startup handler has made the registry.
+    app[METRICS].registry.register(FlagCollector(app[MODERATION]))
+
+
+def _rtc_ice_servers(settings: Settings) -> tuple[RTCIceServer, ...]:
+    return tuple(
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+        for s in settings.ice_servers
+    )
+
+
+async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if os.path.dirname(settings.db):
+        os.makedirs(os.path.dirname(settings.db), mode=0o700, exist_ok=True)
+    moderation = Moderation(
+        app[LOBBY],
+        ModerationStore(settings.db),
+        app[auth.MODERATORS],
+        ModerationSettings(
+            recordings_dir=settings.recordings_dir,
+            recording_retention=settings.recording_retention,
+            evidence_seconds=settings.evidence_seconds,
+            analyzer_interval=settings.analyzer_interval,
+        ),
+    )
+    await moderation.start()
+    app[MODERATION] = moderation
+    yield
+    await moderation.close()
 
 
 async def _close_sessions(app: web.Application) -> None:
@@ -82,10 +132,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     lobby = request.app[LOBBY]
+    client_id = request.query.get("clientId")
+    identity = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
+    ip = client_ip(request)
+    ban = await request.app[MODERATION].ban_for(identity, ip)
     # heartbeat finds sockets whose TCP died without a close frame.
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=HARD_MAX_MESSAGE_BYTES)
     await ws.prepare(request)
-    session = lobby.join(ws)
+    if ban is not None:
+        refusal = error_message("banned", ban_message(ban))
+        await ws.send_json(refusal | {"reason": ban.reason, "until": ban.expires_at})
+        await ws.close(code=CLOSE_KICKED, message=b"banned")
+        return ws
+    session = lobby.join(ws, identity=identity, ip=ip)
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -96,3 +155,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         await lobby.leave(session)
     return ws
+
+
+def client_ip(request: web.Request) -> str | None:
+    """The client's address: the socket peer, or behind a trusted proxy its X-Forwarded-For."""
+    if request.app[SETTINGS].trusted_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        # The proxy appends the address it saw: the last entry is the one it vouches for.
+        last = forwarded.split(",")[-1].strip()
+        if last:
+            return last
+    return request.remote

@@ -88,3 +88,19 @@ def test_help_documents_every_option() -> None:
     ):
         assert flag in out
     assert "RELAY_PORT" in out
+
+
+def test_moderation_flags_and_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RELAY_DB", "RELAY_REPORT_MOVES_ON", "RELAY_MODERATORS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = parse_settings([])
+    assert settings.report_moves_on and not settings.trusted_proxy
+    assert settings.moderators_file is None
+    assert settings.db == Settings().db
+    monkeypatch.setenv("RELAY_EVIDENCE_SECONDS", "12")
+    monkeypatch.setenv("RELAY_REPORT_MOVES_ON", "false")
+    settings = parse_settings(["--db", "/tmp/x.sqlite3", "--recording-retention", "60"])
+    assert (settings.db, settings.recording_retention) == ("/tmp/x.sqlite3", 60.0)
+    assert settings.evidence_seconds == 12.0
+    assert not settings.report_moves_on
+    assert parse_settings(["--report-moves-on"]).report_moves_on

@@ -30,6 +30,9 @@ def test_well_formed_messages_parse() -> None:
     assert parse({"type": "chat", "text": "  hi  "}) == p.Chat(text="hi")
     assert parse({"type": "typing", "active": True}) == p.Typing(active=True)
     assert parse({"type": "report", "reason": "rude"}) == p.Report(reason="rude")
+    assert parse({"type": "report", "reason": "rude", "moveOn": False}) == p.Report(
+        reason="rude", move_on=False
+    )
     assert parse({"type": "media_state", "camera": False, "mic": True}) == p.MediaStateMessage(
         camera=False, mic=True
     )
@@ -84,6 +87,7 @@ def test_malformed_frames(data: str | bytes, code: str) -> None:
         ({"type": "media_state", "camera": 0, "mic": True}, "camera"),
         ({"type": "media_state", "camera": True}, "mic"),
         ({"type": "report", "reason": ""}, "reason"),
+        ({"type": "report", "reason": "rude", "moveOn": "no"}, "moveOn"),
         ({"type": "start", "interests": "music"}, "interests"),
         ({"type": "start", "interests": [1]}, "interests"),
         ({"type": "start", "interests": [""]}, "interests"),

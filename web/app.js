@@ -233,6 +233,11 @@ function onPartnerLeft(reason) {
 function onServerError(msg) {
   const code = msg.code;
   if (code === "media_lost") return onMediaLost();
+  if (code === "banned" || code === "kicked") {
+    // The close that follows shows this instead of the generic text.
+    state.moderatedText = msg.message;
+    return;
+  }
   // Races that are harmless: "start" while already queued, chat after the partner left.
   if (code === "bad_state" && msg.inReplyTo === "start") return;
   if (code === "unknown_type") {
@@ -322,7 +327,7 @@ function onSignallingDown({ everUp, retryInMs, final }) {
   if (state.phase === "matched") chat.system(text.chat.connectionLost, { strong: true });
   if (final) {
     setPhase("closed");
-    showBanner(text.connection.kicked, "error", "connection");
+    showBanner(state.moderatedText ?? text.connection.kicked, "error", "connection");
     return;
   }
   if (state.phase !== "reconnecting" && state.phase !== "connecting") {
@@ -459,7 +464,8 @@ ui.reportDialog.addEventListener("close", () => {
   const data = new FormData(ui.reportForm);
   const details = ui.reportDetails.value.trim();
   const reason = [data.get("reason") ?? "unspecified", details].filter(Boolean).join(": ").slice(0, 500);
-  if (state.phase === "matched" && send({ type: "report", reason })) {
+  // The page moves on itself (Next), so the server is told not to.
+  if (state.phase === "matched" && send({ type: "report", reason, moveOn: false })) {
     // The server confirms with `reported`; a server without moderation does not.
     clearTimeout(state.reportTimer);
     state.reportTimer = setTimeout(() => toast(text.notes.reportSent), 3000);

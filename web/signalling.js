@@ -3,10 +3,28 @@
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
 // A close code the server uses for a client it will not talk to any more: do not reconnect.
 const CLOSE_FLOODING = 4008;
+// A moderator ended this visit (kick or ban): reconnecting would be refused too.
+const CLOSE_MODERATED = 4003;
 
 export function socketUrl(loc = window.location) {
   const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${loc.host}/ws`;
+  return `${scheme}//${loc.host}/ws?clientId=${encodeURIComponent(clientId())}`;
+}
+
+// A random id kept in this browser, so a ban outlives one visit (docs/protocol.md).
+function clientId() {
+  const key = "relay.clientId";
+  try {
+    let id = localStorage.getItem(key);
+    if (!id || !/^[A-Za-z0-9_-]{8,64}$/.test(id)) {
+      const bytes = crypto.getRandomValues(new Uint8Array(18));
+      id = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
+      localStorage.setItem(key, id);
+    }
+    return id;
+  } catch {
+    return "";
+  }
 }
 
 /**
@@ -103,7 +121,7 @@ export class Signalling {
 
   scheduleRetry(code) {
     if (this.closed) return;
-    if (code === CLOSE_FLOODING) {
+    if (code === CLOSE_FLOODING || code === CLOSE_MODERATED) {
       this.closed = true;
       this.handlers.down({ everUp: this.everUp, retryInMs: null, final: true, code });
       return;

@@ -1,0 +1,512 @@
+"""Moderation: the building blocks of this package wired to the live Lobby.
+
+One `Moderation` per server. It follows every session with media through
+frame listeners on its Publishers: ring buffers (while paired, for report
+evidence), live recordings, and a sparse sampler that decodes one keyframe
+per stream every `analyzer_interval` seconds for thumbnails and analyzers.
+Everything blocking (SQLite, decoding, writing files) runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+from prometheus_client.core import GaugeMetricFamily
+
+from moderation.analyzers import Flag, StreamAnalysis, default_analyzers
+from moderation.auth import Moderators
+from moderation.recorder import Recorder, Track, delete_expired, new_recording_path
+from moderation.ringbuffer import BufferedFrame, RingBuffer
+from moderation.store import Ban, ModerationStore, ReportStatus, TranscriptLine, normalize_ip
+from rtc.media import EncodedFrame
+from rtc.peer import KINDS, Peer
+from rtc.publisher import Publisher
+from signalling.lobby import Lobby
+from signalling.session import Session, State
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_WIDTH = 192
+# How often the sampler and the bookkeeping run, and how often retention runs.
+TICK = 0.25
+RETENTION_EVERY = 60.0
+_DECODERS = {"vp8": "vp8", "h264": "h264"}
+
+
+@dataclass
+class ModerationSettings:
+    recordings_dir: str
+    recording_retention: float = 30 * 86400.0
+    evidence_seconds: float = 30.0
+    analyzer_interval: float = 2.0
+
+
+@dataclass
+class Recording:
+    """A live recording of one user, running until stopped or until they leave."""
+
+    session_id: str
+    started_by: str
+    recorder: Recorder
+    started_at: float = field(default_factory=time.time)
+
+
+class Followed:
+    """What moderation keeps about one session's media (one Peer)."""
+
+    def __init__(self, session: Session, peer: Peer, analysis: StreamAnalysis) -> None:
+        self.session = session
+        self.peer = peer
+        self.buffers: dict[str, RingBuffer] = {}
+        self.recording: Recording | None = None
+        self.analysis = analysis
+        self.thumbnail: bytes | None = None
+        self.thumbnail_at: float | None = None
+        self.sample_wanted_at: float | None = None
+        self.last_sample_at = -1e9
+        self.decoding = False
+        self._listeners: dict[str, Any] = {}
+
+    def listen(self, on_frame: Any) -> None:
+        for kind, publisher in self.peer.publishers.items():
+            if kind not in self._listeners:
+                listener = on_frame(self, kind)
+                self._listeners[kind] = (publisher, listener)
+                publisher.add_frame_listener(listener)
+
+    def unlisten(self) -> None:
+        for publisher, listener in self._listeners.values():
+            publisher.remove_frame_listener(listener)
+        self._listeners.clear()
+
+    @property
+    def flags(self) -> list[Flag]:
+        return list(self.analysis.active.values())
+
+
+class Moderation:
+    """Reports with evidence, bans, recordings, thumbnails and flags for one Lobby."""
+
+    def __init__(
+        self,
+        lobby: Lobby,
+        store: ModerationStore,
+        moderators: Moderators,
+        settings: ModerationSettings,
+    ) -> None:
+        self.lobby = lobby
+        self.store = store
+        self.moderators = moderators
+        self.settings = settings
+        self.recordings_dir = Path(settings.recordings_dir)
+        self.followed: dict[str, Followed] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        self.recordings_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.lobby.report_handler = self.on_report
+        self.lobby.pair_listeners.append(self._on_pair)
+        self._loop_task = asyncio.create_task(self._run(), name="moderation")
+        self._retention_task = asyncio.create_task(self._retention(), name="retention")
+
+    async def close(self) -> None:
+        for task in (self._loop_task, self._retention_task, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._loop_task, self._retention_task, *self._tasks) if t is not None),
+            return_exceptions=True,
+        )
+        for followed in list(self.followed.values()):
+            self._forget(followed)
+        self.lobby.report_handler = None
+        with contextlib.suppress(ValueError):
+            self.lobby.pair_listeners.remove(self._on_pair)
+        await asyncio.to_thread(self.store.close)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._reconcile()
+                self._sample()
+            except Exception:
+                logger.exception("moderation tick failed")
+            await asyncio.sleep(TICK)
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except Exception:
+                logger.exception("retention failed")
+            await asyncio.sleep(min(RETENTION_EVERY, max(1.0, self.settings.recording_retention)))
+
+    async def apply_retention(self) -> list[Path]:
+        """Delete recordings older than the retention age; detach them from reports."""
+        deleted = await asyncio.to_thread(
+            delete_expired, self.recordings_dir, self.settings.recording_retention
+        )
+        if deleted:
+            gone = {str(path) for path in deleted}
+            reports = await asyncio.to_thread(self.store.reports, limit=10_000)
+            for report in reports:
+                if report.evidence_path in gone:
+                    await asyncio.to_thread(self.store.set_evidence, report.id, None)
+            logger.info("retention deleted %d recordings", len(deleted))
+        return deleted
+
+    # -- following sessions ----------------------------------------------
+
+    def _on_pair(self, a: Session, b: Session) -> None:
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Follow every session whose media is up; buffer only paired ones."""
+        sessions = self.lobby.sessions
+        for session_id, gone in list(self.followed.items()):
+            session = sessions.get(session_id)
+            if session is None or session.peer is not gone.peer:
+                self._forget(gone)
+        for session in sessions.values():
+            peer = session.peer
+            if peer is None or not peer.publishers:
+                continue
+            followed = self.followed.get(session.id)
+            if followed is None:
+                followed = self.followed[session.id] = Followed(
+                    session, peer, StreamAnalysis(default_analyzers())
+                )
+            followed.listen(self._frame_listener)
+            if session.state == State.PAIRED:
+                for kind, publisher in peer.publishers.items():
+                    if kind not in followed.buffers:
+                        followed.buffers[kind] = RingBuffer(
+                            max_seconds=self.settings.evidence_seconds,
+                            on_keyframe_needed=publisher.request_keyframe,
+                        )
+            elif followed.buffers:
+                # Not paired: nobody to report, nothing to keep.
+                followed.buffers.clear()
+
+    def _forget(self, followed: Followed) -> None:
+        followed.unlisten()
+        followed.buffers.clear()
+        self.followed.pop(followed.session.id, None)
+        self._close_recording(followed)
+
+    def _frame_listener(self, followed: Followed, kind: str) -> Any:
+        def on_frame(frame: EncodedFrame) -> None:
+            at = time.monotonic()
+            buffer = followed.buffers.get(kind)
+            if buffer is not None:
+                buffer.push(frame, at)
+            if followed.recording is not None:
+                followed.recording.recorder.write(kind, frame, at)
+            if (
+                kind == "video"
+                and frame.keyframe
+                and followed.sample_wanted_at is not None
+                and not followed.decoding
+            ):
+                followed.sample_wanted_at = None
+                followed.decoding = True
+                self._spawn(self._analyse(followed, frame), f"sample {followed.session.id}")
+
+        return on_frame
+
+    # -- sampling: thumbnails and analyzers --------------------------------
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        interval = self.settings.analyzer_interval
+        for followed in self.followed.values():
+            publisher = followed.peer.publishers.get("video")
+            if publisher is None or publisher.codec is None or followed.decoding:
+                continue
+            wanted = followed.sample_wanted_at
+            if wanted is None and now - followed.last_sample_at >= interval:
+                followed.sample_wanted_at = now
+                publisher.request_keyframe()
+            elif wanted is not None and now - wanted > 2 * interval:
+                # The keyframe request was lost or ignored: ask again.
+                followed.sample_wanted_at = now
+                publisher.request_keyframe()
+
+    async def _analyse(self, followed: Followed, frame: EncodedFrame) -> None:
+        try:
+            followed.last_sample_at = time.monotonic()
+            result = await asyncio.to_thread(_decode_and_thumbnail, frame)
+            if result is None:
+                return
+            image, jpeg = result
+            followed.thumbnail = jpeg
+            followed.thumbnail_at = time.time()
+            changes = followed.analysis.feed(image, time.monotonic())
+            for flag in changes.raised:
+                logger.info("%s flagged %s: %s", followed.session.id, flag.name, flag.detail)
+        except Exception:
+            logger.exception("sampling %s failed", followed.session.id)
+        finally:
+            followed.decoding = False
+
+    # -- reports -----------------------------------------------------------
+
+    async def on_report(self, reporter: Session, reported: Session, reason: str) -> int:
+        """Save the pair's last seconds and chat with a new report; answer its id."""
+        snapshots: dict[str, list[BufferedFrame]] = {}
+        for prefix, session in (("", reported), ("reporter_", reporter)):
+            followed = self.followed.get(session.id)
+            if followed is None:
+                continue
+            for kind in KINDS:
+                buffer = followed.buffers.get(kind)
+                if buffer is not None and len(buffer):
+                    snapshots[f"{prefix}{kind}"] = buffer.snapshot()
+        transcript = [TranscriptLine(at, sender, text) for at, sender, text in reporter.transcript]
+        evidence = await asyncio.to_thread(self._write_evidence, snapshots)
+        report = await asyncio.to_thread(
+            self.store.add_report,
+            reporter.id,
+            reported.id,
+            reason,
+            transcript=transcript,
+            evidence_path=None if evidence is None else str(evidence),
+        )
+        logger.info("report %d saved (evidence: %s)", report.id, evidence is not None)
+        return report.id
+
+    def _write_evidence(self, snapshots: dict[str, list[BufferedFrame]]) -> Path | None:
+        tracks = [
+            Track(name, frames[0].frame.codec)
+            for name, frames in snapshots.items()
+            if frames[0].frame.codec.mimeType.lower() in ("video/vp8", "audio/opus")
+        ]
+        if not tracks:
+            return None
+        path = new_recording_path(self.recordings_dir)
+        recorder = Recorder(path, tracks)
+        try:
+            recorder.write_buffered({t.name: snapshots[t.name] for t in tracks})
+        finally:
+            recorder.close()
+        return path if path.exists() else None
+
+    # -- recordings --------------------------------------------------------
+
+    def start_recording(self, session_id: str, moderator: str) -> Recording:
+        followed = self.followed.get(session_id)
+        if followed is None:
+            raise KeyError(session_id)
+        if followed.recording is not None:
+            return followed.recording
+        tracks = []
+        for kind in KINDS:
+            publisher: Publisher | None = followed.peer.publishers.get(kind)
+            if publisher is not None and publisher.codec is not None:
+                tracks.append(Track(kind, publisher.codec))
+        if not tracks:
+            raise ValueError("no media yet")
+        recorder = Recorder(new_recording_path(self.recordings_dir), tracks)
+        followed.recording = Recording(session_id, moderator, recorder)
+        video = followed.peer.publishers.get("video")
+        if video is not None:
+            video.request_keyframe()
+        return followed.recording
+
+    def stop_recording(self, session_id: str) -> Path | None:
+        followed = self.followed.get(session_id)
+        if followed is None or followed.recording is None:
+            return None
+        return self._close_recording(followed)
+
+    def _close_recording(self, followed: Followed) -> Path | None:
+        recording, followed.recording = followed.recording, None
+        if recording is None:
+            return None
+        recording.recorder.close()
+        path = recording.recorder.path
+        return path if path.exists() else None
+
+    def recording_path(self, name: str) -> Path | None:
+        """The recording called `name`, if it is a regular file directly in the folder."""
+        if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".webm"):
+            return None
+        path = self.recordings_dir / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return path if stat.S_ISREG(st.st_mode) else None
+
+    def recordings(self) -> list[dict[str, Any]]:
+        live = {
+            f.recording.recorder.path.name: f.recording
+            for f in self.followed.values()
+            if f.recording is not None
+        }
+        out: list[dict[str, Any]] = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.recordings_dir):
+                if not entry.name.endswith(".webm") or not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                recording = live.get(entry.name)
+                out.append(
+                    {
+                        "name": entry.name,
+                        "bytes": st.st_size,
+                        "modified": st.st_mtime,
+                        "live": recording is not None,
+                        "sessionId": recording.session_id if recording else None,
+                    }
+                )
+        out.sort(key=lambda r: r["modified"], reverse=True)
+        return out
+
+    # -- bans --------------------------------------------------------------
+
+    async def ban_for(self, identity: str | None, ip: str | None) -> Ban | None:
+        return await asyncio.to_thread(self.store.active_ban, identity, ip)
+
+    async def ban(
+        self,
+        moderator: str,
+        *,
+        identity: str | None,
+        ip: str | None,
+        seconds: float | None,
+        reason: str,
+    ) -> Ban:
+        expires = None if seconds is None else time.time() + seconds
+        ban = await asyncio.to_thread(
+            lambda: self.store.add_ban(
+                identity=identity, ip=ip, reason=reason, created_by=moderator, expires_at=expires
+            )
+        )
+        for session in list(self.lobby.sessions.values()):
+            if (identity is not None and session.identity == identity) or (
+                ban.ip is not None and session.ip is not None and _same_ip(session.ip, ban.ip)
+            ):
+                self.lobby.kick(
+                    session.id,
+                    ban_message(ban),
+                    code="banned",
+                    reason=ban.reason,
+                    until=ban.expires_at,
+                )
+        return ban
+
+    # -- the live view -----------------------------------------------------
+
+    async def live_view(self) -> list[dict[str, Any]]:
+        reports = await asyncio.to_thread(
+            self.store.reports, status=ReportStatus.OPEN, limit=10_000
+        )
+        open_reports: dict[str, int] = {}
+        for report in reports:
+            open_reports[report.reported_id] = open_reports.get(report.reported_id, 0) + 1
+        loop_now = asyncio.get_running_loop().time()
+        out: list[dict[str, Any]] = []
+        for session in self.lobby.sessions.values():
+            followed = self.followed.get(session.id)
+            out.append(
+                {
+                    "id": session.id,
+                    "state": session.state.value,
+                    "partner": session.partner.id if session.partner is not None else None,
+                    "onlineSeconds": round(loop_now - session.connected_at, 1),
+                    "interests": list(session.interests),
+                    "identity": session.identity,
+                    "ip": session.ip,
+                    "media": session.media_ready,
+                    "openReports": open_reports.get(session.id, 0),
+                    "flags": [
+                        {"name": f.name, "detail": f.detail}
+                        for f in (followed.flags if followed else [])
+                    ],
+                    "thumbnailAt": followed.thumbnail_at if followed else None,
+                    "recording": bool(followed and followed.recording),
+                }
+            )
+        out.sort(key=lambda s: float(s["onlineSeconds"]), reverse=True)
+        return out
+
+
+class FlagCollector:
+    """`relay_moderation_flags{flag=...}`: streams with each analyzer flag raised now."""
+
+    def __init__(self, moderation: Moderation) -> None:
+        self._moderation = moderation
+
+    def collect(self) -> Any:
+        gauge = GaugeMetricFamily(
+            "relay_moderation_flags", "Streams with this analyzer flag raised now", labels=["flag"]
+        )
+        counts: dict[str, int] = dict.fromkeys(("black", "frozen", "no_face"), 0)
+        for followed in self._moderation.followed.values():
+            for flag in followed.flags:
+                counts[flag.name] = counts.get(flag.name, 0) + 1
+        for name, count in sorted(counts.items()):
+            gauge.add_metric([name], count)
+        yield gauge
+
+
+def ban_message(ban: Ban) -> str:
+    until = (
+        "for good"
+        if ban.expires_at is None
+        else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ban.expires_at))
+    )
+    return f"you are banned {until}: {ban.reason}"
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return normalize_ip(a) == normalize_ip(b)
+    except ValueError:
+        return False
+
+
+def _decode_and_thumbnail(
+    frame: EncodedFrame,
+) -> tuple[npt.NDArray[np.uint8], bytes] | None:
+    """Decode one keyframe on its own (no decoder state kept) and make a JPEG thumbnail."""
+    name = _DECODERS.get(frame.codec.name.lower())
+    if name is None:
+        return None
+    context: Any = av.CodecContext.create(name, "r")
+    try:
+        frames = context.decode(av.Packet(frame.data))
+    except av.error.FFmpegError:
+        return None
+    if not frames:
+        return None
+    image: npt.NDArray[np.uint8] = frames[-1].to_ndarray(format="rgb24")
+    height, width = image.shape[:2]
+    small: Any = cv2.resize(  # type: ignore[call-overload]
+        image, (THUMBNAIL_WIDTH, max(1, height * THUMBNAIL_WIDTH // max(width, 1))), cv2.INTER_AREA
+    )
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    return (image, jpeg.tobytes()) if ok else None

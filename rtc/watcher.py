@@ -1,0 +1,114 @@
+"""A Watcher: a moderator's receive-only connection showing other peers' media.
+
+It is a third partner that sends nothing: its Subscribers attach to the
+watched peers' Publishers like any partner's, so frames are forwarded as they
+arrive (no decoding) and the watched pair's own streams are not touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.sdp import SessionDescription
+
+from rtc import aiortc_seam
+from rtc.peer import KINDS, Peer, PeerError
+from rtc.subscriber import Subscriber
+
+logger = logging.getLogger(__name__)
+
+
+class Watcher:
+    """One moderator connection receiving audio and video of up to two peers.
+
+    The offer carries, per watched peer, one audio and one video m-line
+    (receive-only), in the order of `peers`.
+    """
+
+    def __init__(self, moderator: str, ice_servers: Sequence[RTCIceServer] = ()) -> None:
+        self.id = secrets.token_urlsafe(9)
+        self.moderator = moderator
+        self.watched: list[str] = []
+        self.subscribers: list[Subscriber] = []
+        self._ice_servers = list(ice_servers)
+        self._pc: RTCPeerConnection | None = None
+        self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Watcher {self.id} by {self.moderator} of {self.watched}>"
+
+    async def answer(self, offer_sdp: str, peers: Sequence[Peer]) -> str:
+        try:
+            parsed = SessionDescription.parse(offer_sdp)
+        except Exception as exc:
+            raise PeerError("bad_sdp", f"the offer is not valid SDP: {exc}") from exc
+        kinds = [m.kind for m in parsed.media]
+        for kind in KINDS:
+            if kinds.count(kind) < len(peers):
+                raise PeerError("bad_sdp", f"the offer needs {len(peers)} {kind} m-lines")
+        # aiortc's default "balanced" policy gives a second m-line of the same kind
+        # the first one's transport before BUNDLE replaces it, leaving that
+        # m-line on a dead transport; max-bundle puts every m-line on one.
+        pc = self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=self._ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        pc.on("connectionstatechange", self._on_connection_state)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        keyframe_hooks = []
+        # addTrack takes the first transceiver of its kind without a track, so
+        # adding in peer order fills the m-lines in offer order.
+        for peer in peers:
+            self.watched.append(peer.name)
+            for kind in KINDS:
+                subscriber = Subscriber(f"watch:{peer.name}", kind)
+                sender = pc.addTrack(subscriber)
+                hook = aiortc_seam.on_keyframe_request(sender, subscriber.on_keyframe_request)
+                self.subscribers.append(subscriber)
+                keyframe_hooks.append((subscriber, sender, hook))
+        await pc.setLocalDescription(await pc.createAnswer())
+        by_sender = {id(t.sender): t for t in pc.getTransceivers()}
+        for (subscriber, sender, hook), peer in zip(
+            keyframe_hooks, [p for p in peers for _ in KINDS], strict=True
+        ):
+            transceiver = by_sender[id(sender)]
+            subscriber.set_codec(aiortc_seam.negotiated_codec(transceiver), hook)
+            publisher = peer.publishers.get(subscriber.kind)
+            if publisher is not None:
+                subscriber.attach(publisher)
+        return str(pc.localDescription.sdp)
+
+    def _on_connection_state(self) -> None:
+        if self._pc is not None and self._pc.connectionState in ("failed", "closed"):
+            self._close_task = asyncio.ensure_future(self.close())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        logger.info(
+            "%r closed: %s",
+            self,
+            ", ".join(
+                f"{s!r} forwarded {s.forwarded} dropped {s.dropped}" for s in self.subscribers
+            ),
+        )
+        for subscriber in self.subscribers:
+            subscriber.stop()
+        pc, self._pc = self._pc, None
+        if pc is not None:
+            await pc.close()

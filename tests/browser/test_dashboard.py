@@ -1,0 +1,121 @@
+"""The moderation dashboard in real Chromium, while two fake-camera browsers are paired."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from chatpage import OpenChat, eventually
+from playwright.async_api import Browser
+
+pytestmark = pytest.mark.browser
+
+SECRET = "dashboard-secret-0123456789abcdef"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.fixture
+def relay_server_args(tmp_path: Path) -> list[str]:
+    moderators = tmp_path / "moderators"
+    moderators.write_text(f"mia:{SECRET}\n")
+    moderators.chmod(0o600)
+    return [
+        "--moderators-file",
+        str(moderators),
+        "--db",
+        str(tmp_path / "moderation.sqlite3"),
+        "--recordings-dir",
+        str(tmp_path / "recordings"),
+        "--analyzer-interval",
+        "1",
+    ]
+
+
+async def test_dashboard_shows_thumbnails_and_watches_a_pair_live(
+    open_chat: OpenChat, browser: Browser, relay_server, artifacts: Path
+) -> None:
+    alice = await open_chat("alice")
+    bob = await open_chat("bob")
+    await asyncio.gather(alice.start(("chess",)), bob.start(("chess",)))
+    await asyncio.gather(alice.expect_status("matched"), bob.expect_status("matched"))
+    await alice.send_chat("hi bob")
+
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": "mia", "password": SECRET},
+    )
+    errors: list[str] = []
+    try:
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(relay_server.http_url + "/moderate")
+
+        # A thumbnail for each of the pair, made on the server.
+        async def thumbnails() -> int:
+            return int(
+                await page.evaluate(
+                    "[...document.querySelectorAll('img[data-thumb]')]"
+                    ".filter(i => i.complete && i.naturalWidth > 0).length"
+                )
+            )
+
+        await eventually(thumbnails, lambda n: n >= 2, what="two thumbnails", within=30)
+        assert "2 online" in (await page.text_content("#summary") or "")
+
+        # Watch the pair: both users' video plays in the dashboard, frames advancing.
+        await page.click("button[data-act=watch]")
+
+        async def decoded() -> list[int]:
+            return list(
+                await page.evaluate(
+                    "[0, 1].map(i => document.querySelector(`#watch-video-${i}`)"
+                    ".getVideoPlaybackQuality().totalVideoFrames)"
+                )
+            )
+
+        first = await eventually(decoded, lambda n: min(n) >= 5, what="watched video", within=30)
+        await eventually(
+            decoded,
+            lambda n: all(b >= a + 10 for a, b in zip(first, n, strict=True)),
+            what="watched frames advancing",
+            within=30,
+        )
+        # The pair's own streams are undisturbed.
+        await asyncio.gather(alice.expect_video_flowing(), bob.expect_video_flowing())
+
+        shot = artifacts / "browser" / "dashboard.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(shot), full_page=False)
+        shutil.copyfile(shot, DOCS / "dashboard.png")
+        await page.click("#watch-stop")
+
+        # Record the pair for a few seconds, then play one file in the dashboard.
+        await page.click("button[data-act=record][data-ids*=',']")
+        await eventually(
+            lambda: page.locator(".rec").count(), lambda n: n >= 2, what="recording shown"
+        )
+        await asyncio.gather(alice.expect_video_flowing(frames=60), bob.expect_video_flowing())
+        await page.click("button[data-act=stoprec]")
+        await page.click("button[data-act=stoprec]")
+        await eventually(
+            lambda: page.locator("#recordings button[data-act=play]").count(),
+            lambda n: n >= 1,
+            what="a finished recording listed",
+            within=15,
+        )
+        await page.click("#recordings button[data-act=play]")
+
+        async def played() -> int:
+            return int(
+                await page.evaluate(
+                    "document.querySelector('#player').getVideoPlaybackQuality().totalVideoFrames"
+                )
+            )
+
+        await eventually(played, lambda n: n >= 20, what="the recording playing", within=30)
+        assert await page.evaluate("document.querySelector('#player').error") is None
+        assert not errors, errors
+    finally:
+        await context.close()

@@ -1,0 +1,187 @@
+// The moderation dashboard: polls /api/moderate, shows thumbnails, watches pairs live.
+// Served only behind moderator authentication (moderation/routes.py).
+
+const API = "/api/moderate";
+const POLL_MS = 1000;
+const THUMB_MS = 2000;
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
+const duration = (s) => (s < 60 ? `${Math.round(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
+
+async function api(path, { method = "GET", body } = {}) {
+  const response = await fetch(API + path, {
+    method,
+    headers: body ? { "Content-Type": "application/json" } : {},
+    body: body ? JSON.stringify(body) : undefined,
+    credentials: "same-origin",
+  });
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+let watching = null; // {id, pc, sessionIds}
+let thumbTick = 0;
+
+function sessionCard(s) {
+  const thumb = s.thumbnailAt
+    ? `<img alt="thumbnail of ${esc(s.id)}" data-thumb="${esc(s.id)}" src="${API}/sessions/${encodeURIComponent(s.id)}/thumbnail?t=${thumbTick}">`
+    : `<div class="nothumb">${s.media ? "no picture yet" : "no media"}</div>`;
+  const flags = s.flags.map((f) => `<span class="flag" title="${esc(f.detail)}">${esc(f.name)}</span>`).join("");
+  const partner = s.partner ? ` with <code>${esc(s.partner)}</code>` : "";
+  const pairIds = s.partner ? [s.id, s.partner] : [s.id];
+  return `<article class="card${s.flags.length ? " flagged" : ""}" data-session="${esc(s.id)}">
+    ${thumb}
+    <h3>${esc(s.id)} ${s.recording ? '<span class="rec">● REC</span>' : ""}</h3>
+    <p class="meta"><span class="state ${esc(s.state)}">${esc(s.state)}</span>${partner}</p>
+    <p class="meta">online ${duration(s.onlineSeconds)} · ${esc(s.ip ?? "?")}</p>
+    <p class="meta">interests: ${esc(s.interests.join(", ") || "none")}</p>
+    <p class="meta">open reports: ${s.openReports}</p>
+    <div>${flags}</div>
+    <div class="actions">
+      <button data-act="watch" data-ids="${esc(pairIds.join(","))}" ${s.media ? "" : "disabled"}>Watch${s.partner ? " pair" : ""}</button>
+      <button data-act="${s.recording ? "stoprec" : "record"}" data-ids="${esc(s.id)}">${s.recording ? "Stop rec" : "Record"}</button>
+      ${s.partner ? `<button data-act="record" data-ids="${esc(pairIds.join(","))}">Record pair</button>` : ""}
+      <button class="danger" data-act="kick" data-ids="${esc(s.id)}">Kick</button>
+      <button class="danger" data-act="ban" data-ids="${esc(s.id)}">Ban</button>
+    </div>
+  </article>`;
+}
+
+async function refreshSessions() {
+  const { sessions } = await api("/sessions");
+  const paired = sessions.filter((s) => s.state === "paired").length;
+  const flagged = sessions.filter((s) => s.flags.length).length;
+  const pairs = paired / 2;
+  $("#summary").textContent = `${sessions.length} online · ${pairs} pair${pairs === 1 ? "" : "s"} · ${flagged} flagged`;
+  $("#sessions").innerHTML = sessions.map(sessionCard).join("") || '<p class="meta">nobody online</p>';
+}
+
+async function refreshTables() {
+  const [{ reports }, { recordings }, { bans }, { audit }] = await Promise.all([
+    api("/reports?status=open"), api("/recordings"), api("/bans"), api("/audit"),
+  ]);
+  $("#reports tbody").innerHTML = reports.map((r) => `<tr>
+    <td>${r.id}</td><td>${when(r.createdAt)}</td><td><code>${esc(r.reportedId)}</code></td><td><code>${esc(r.reporterId)}</code></td>
+    <td>${esc(r.reason)}</td><td>${r.transcript.map((l) => `<div><code>${esc(l.sender)}</code>: ${esc(l.text)}</div>`).join("")}</td>
+    <td>${r.evidence ? `<button data-act="play" data-name="${esc(r.evidence)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.evidence)}?download=1">download</a>` : "none"}</td>
+    <td><button data-act="review" data-id="${r.id}">mark reviewed</button></td></tr>`).join("");
+  $("#recordings tbody").innerHTML = recordings.map((r) => `<tr>
+    <td><code>${esc(r.name)}</code>${r.live ? ' <span class="rec">● recording</span>' : ""}</td><td>${Math.round(r.bytes / 1024)} KiB</td><td>${when(r.modified)}</td>
+    <td>${r.live ? "" : `<button data-act="play" data-name="${esc(r.name)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.name)}?download=1">download</a>`}</td></tr>`).join("");
+  $("#bans tbody").innerHTML = bans.map((b) => `<tr>
+    <td>${b.id}</td><td><code>${esc(b.identity ?? "")}</code></td><td>${esc(b.ip ?? "")}</td><td>${esc(b.reason)}</td>
+    <td>${b.expiresAt ? when(b.expiresAt) : "for good"}</td><td>${esc(b.createdBy)}</td>
+    <td>${!b.expiresAt || b.expiresAt > Date.now() / 1000 ? `<button data-act="lift" data-id="${b.id}">lift</button>` : ""}</td></tr>`).join("");
+  $("#audit tbody").innerHTML = audit.slice(0, 50).map((e) => `<tr>
+    <td>${when(e.at)}</td><td>${esc(e.who)}</td><td>${esc(e.action)}</td><td><code>${esc(e.target)}</code></td><td>${esc(e.detail)}</td></tr>`).join("");
+}
+
+// ---------- watching a pair ----------
+
+async function watch(ids) {
+  await stopWatching();
+  const pc = new RTCPeerConnection();
+  const streams = ids.map(() => new MediaStream());
+  // Per watched user: audio then video, in the order of `ids` (rtc/watcher.py).
+  const transceivers = [];
+  for (const _ of ids) {
+    transceivers.push(pc.addTransceiver("audio", { direction: "recvonly" }));
+    transceivers.push(pc.addTransceiver("video", { direction: "recvonly" }));
+  }
+  transceivers.forEach((t, i) => streams[Math.floor(i / 2)].addTrack(t.receiver.track));
+  ids.forEach((id, i) => {
+    $(`#watch-video-${i}`).srcObject = streams[i];
+    $(`#watch-name-${i}`).textContent = id;
+  });
+  if (ids.length < 2) {
+    $("#watch-video-1").srcObject = null;
+    $("#watch-name-1").textContent = "";
+  }
+  await pc.setLocalDescription(await pc.createOffer());
+  // No trickle: the server answers once, so send every candidate with the offer.
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
+    setTimeout(resolve, 3000);
+  });
+  const answer = await api("/watch", { method: "POST", body: { sessionIds: ids, sdp: pc.localDescription.sdp } });
+  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  watching = { id: answer.watchId, pc, ids };
+  $("#watch-who").textContent = ids.join(" & ");
+  $("#watch").hidden = false;
+}
+
+async function stopWatching() {
+  if (!watching) return;
+  const { id, pc } = watching;
+  watching = null;
+  pc.close();
+  $("#watch").hidden = true;
+  await api(`/watch/${encodeURIComponent(id)}`, { method: "DELETE" }).catch(() => {});
+}
+
+function play(name) {
+  const player = $("#player");
+  player.hidden = false;
+  player.src = `${API}/recordings/${encodeURIComponent(name)}`;
+  player.play().catch(() => {});
+}
+
+// ---------- actions ----------
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-act]");
+  if (!button) return;
+  const ids = (button.dataset.ids ?? "").split(",").filter(Boolean);
+  try {
+    switch (button.dataset.act) {
+      case "watch": return await watch(ids);
+      case "record": await api("/recordings", { method: "POST", body: { sessionIds: ids } }); break;
+      case "stoprec": await api("/recordings/stop", { method: "POST", body: { sessionIds: ids } }); break;
+      case "kick": {
+        const message = prompt("Message to the user", "A moderator ended your session.");
+        if (message === null) return;
+        await api(`/sessions/${encodeURIComponent(ids[0])}/kick`, { method: "POST", body: { message } });
+        break;
+      }
+      case "ban": {
+        const reason = prompt("Reason for the ban");
+        if (!reason) return;
+        const hours = prompt("Hours (empty: for good)", "24");
+        if (hours === null) return;
+        const seconds = hours.trim() ? Number(hours) * 3600 : null;
+        await api("/bans", { method: "POST", body: { sessionId: ids[0], reason, seconds } });
+        break;
+      }
+      case "lift": await api(`/bans/${button.dataset.id}/lift`, { method: "POST", body: {} }); break;
+      case "review": await api(`/reports/${button.dataset.id}/review`, { method: "POST", body: {} }); break;
+      case "play": return play(button.dataset.name);
+    }
+    await Promise.all([refreshSessions(), refreshTables()]);
+  } catch (error) {
+    alert(error.message);
+  }
+});
+
+$("#watch-stop").addEventListener("click", () => stopWatching());
+$("#watch-audio").addEventListener("change", (e) => {
+  for (const i of [0, 1]) $(`#watch-video-${i}`).muted = !e.target.checked;
+});
+
+async function loop(fn, ms) {
+  for (;;) {
+    try {
+      await fn();
+    } catch (error) {
+      console.warn(error);
+      $("#summary").textContent = `error: ${error.message}`;
+    }
+    await new Promise((r) => setTimeout(r, ms));
+  }
+}
+
+setInterval(() => { thumbTick += 1; }, THUMB_MS);
+loop(refreshSessions, POLL_MS);
+loop(refreshTables, 5000);
