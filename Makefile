@@ -5,10 +5,11 @@ PY       := $(VENV)/bin/python
 HOST     ?= 127.0.0.1
 PORT     ?= 8080
 CHROMIUM ?= /usr/bin/chromium
+JANUS    ?= /usr/bin/janus
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint typecheck check clean
+.PHONY: run test bench lint typecheck check clean
 
 # Debian's python3.11 ships venv separately (python3.11-venv).
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -18,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
 # Debian's Chromium for tests/browser. Never `playwright install`: browsers
@@ -27,15 +28,24 @@ $(CHROMIUM):
 	$(APT) update -qq
 	$(APT) install -y -qq chromium
 
+# Debian's Janus, the C SFU the benchmark relays the same load through as an anchor.
+$(JANUS):
+	$(APT) update -qq
+	$(APT) install -y -qq janus
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The relay benchmark, e.g. make bench BENCH_ARGS="--pairs 10 --seconds 30 --compare --janus"
+bench: $(VENV)/.installed-test $(JANUS)
+	$(PY) -m bench.relay $(BENCH_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

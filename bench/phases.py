@@ -1,0 +1,401 @@
+"""The parts of a benchmark run: direct pairs, pairs through our relay, pairs through Janus.
+
+Each phase connects fresh load clients in the workers, lets them settle,
+measures one steady window (CPU of every process, and the frames sent in it),
+and hands the clients' logs to :mod:`bench.analysis`. The relay phase then
+goes on to switch partners with `next`, to time the first frame of each new
+partner; its CPU and delivery numbers come from the steady window only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.analysis import MediaReport, analyse, percentile
+from bench.janus import JanusServer
+from bench.meter import Meter, Reading, cpu_percent, machine
+from bench.pool import WorkerError, WorkerPool
+from bench.profile import record, write_summary
+from bench.target import RelayServer
+
+# After every pair is matched: keyframes arrive, queues and rates settle.
+WARMUP = 2.0
+# After the window: frames sent at its very end still arrive.
+GRACE = 1.0
+# Between two partner switches: the new partner's first frame arrives in well under this.
+SWITCH_SETTLE = 0.8
+SIGNAL_TIMEOUT = 30.0
+# How long one look at the machine's load lasts, while waiting for quiet.
+QUIET_SAMPLE = 2.0
+# Beyond these a result says it may not measure the relay alone.
+OTHER_CPU_WARNING = 25.0
+LAG_WARNING_MS = 20.0
+
+# Server counters whose change over the window the result reports.
+SERVER_COUNTERS = (
+    "relay_received_frames_total",
+    "relay_forwarded_frames_total",
+    "relay_forwarded_packets_total",
+    "relay_forwarded_bytes_total",
+    "relay_dropped_frames_total",
+    "relay_keyframe_requests_received_total",
+    "relay_keyframe_requests_sent_total",
+    "relay_event_loop_cpu_seconds_total",
+    "process_cpu_seconds_total",
+)
+
+Progress = Callable[[str], None]
+
+
+def print_progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a phase runs: how many pairs, how long a window, how many switches."""
+
+    pairs: int
+    seconds: float
+    switches: int = 10
+    # Wait before a window until other processes use at most this (% of a core).
+    max_other_cpu: float | None = None
+    quiet_wait: float = 300.0
+
+
+def _pairs(phase: str, pairs: int) -> list[tuple[str, int, str, int]]:
+    base = {"direct": 10_000, "relay": 20_000, "janus": 30_000}[phase]
+    return [
+        (f"{phase}-{k}a", base + 2 * k, f"{phase}-{k}b", base + 2 * k + 1) for k in range(pairs)
+    ]
+
+
+async def _quiet(load: Load, meter: Meter, progress: Progress, label: str) -> float:
+    """Wait (at most ``load.quiet_wait`` s) until other people's processes leave the CPU.
+
+    On a shared machine someone else's test suite can take a core in the
+    middle of a window; measuring then tells more about them than about us.
+    Returns the seconds waited.
+    """
+    if load.max_other_cpu is None:
+        return 0.0
+    started = time.monotonic()
+    while True:
+        before = meter.read()
+        await asyncio.sleep(QUIET_SAMPLE)
+        other = cpu_percent(before, meter.read())["other"]
+        waited = time.monotonic() - started
+        if other <= load.max_other_cpu:
+            return round(waited, 1)
+        if waited >= load.quiet_wait:
+            progress(f"{label}: other processes still use {other:.0f}% of a core; measuring anyway")
+            return round(waited, 1)
+        progress(
+            f"{label}: other processes use {other:.0f}% of a core; waiting for a quieter machine"
+        )
+
+
+async def _measure(
+    seconds: float,
+    meter: Meter,
+    progress: Progress,
+    label: str,
+) -> tuple[Reading, Reading]:
+    """Sleep through the window, telling how it goes every few seconds."""
+    start = meter.read()
+    last = start
+    end_at = start.at + seconds
+    while (left := end_at - time.monotonic()) > 0:
+        await asyncio.sleep(min(5.0, left))
+        now = meter.read()
+        cpu = cpu_percent(last, now)
+        shown = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if k != "bench")
+        progress(f"{label}: {now.at - start.at:4.0f}/{seconds:.0f} s  cpu {shown}")
+        last = now
+    return start, meter.read()
+
+
+def _client_numbers(
+    cpu: dict[str, float],
+    pairs: int,
+    lags: list[tuple[float, float]],
+    window: tuple[Reading, Reading],
+    workers: int,
+    waited: float,
+) -> dict[str, Any]:
+    start, end = window[0].at, window[1].at
+    p95 = percentile([ms for at, ms in lags if start <= at <= end], 95)
+    cores = psutil.cpu_count() or 1
+    warnings = []
+    if cpu["machine"] > 90 * cores:
+        warnings.append(
+            f"the machine was saturated ({cpu['machine']:.0f}% of {cores} cores): "
+            "the relay and the load clients competed for CPU"
+        )
+    if cpu["other"] > OTHER_CPU_WARNING:
+        warnings.append(f"other processes used {cpu['other']:.0f}% of a core during the window")
+    if p95 is not None and p95 > LAG_WARNING_MS:
+        warnings.append(
+            f"the load clients' event loops lagged (p95 {p95:.0f} ms): "
+            "latency includes their own delay"
+        )
+    return {
+        "measurement_warnings": warnings,
+        "waited_for_quiet_s": waited,
+        "clients_cpu_pct": cpu["clients"],
+        "clients_cpu_per_pair_pct": round(cpu["clients"] / pairs, 2),
+        "client_workers": workers,
+        "clients_loop_lag_ms_p95": None if p95 is None else round(p95, 1),
+        "bench_cpu_pct": cpu["bench"],
+        "machine_cpu_pct": cpu["machine"],
+        "other_cpu_pct": cpu["other"],
+        "machine": machine(),
+    }
+
+
+async def direct_phase(
+    pool: WorkerPool,
+    load: Load,
+    progress: Progress = print_progress,
+    *,
+    dump: Path | None = None,
+) -> dict[str, Any]:
+    """The same load clients paired straight to each other: the latency baseline."""
+    pairs = _pairs("direct", load.pairs)
+    meter = Meter({"clients": pool.pids, "bench": [_own_pid()]})
+    # Wait for quiet before connecting: pairs left streaming through a long
+    # wait on a busy machine would not survive it.
+    waited = await _quiet(load, meter, progress, "direct")
+    progress(f"direct: connecting {load.pairs} pairs of load clients to each other")
+    await asyncio.gather(
+        *(
+            pool.call(w, "direct_pairs", pairs=[list(p) for p in pairs[w :: pool.count]])
+            for w in range(pool.count)
+        )
+    )
+    await asyncio.sleep(WARMUP)
+    start, end = await _measure(load.seconds, meter, progress, "direct")
+    await asyncio.sleep(GRACE)
+    clients, lags = await pool.collect()
+    dump_logs(clients, dump)
+    report = analyse(clients, (start.at, end.at))
+    cpu = cpu_percent(start, end)
+    return {
+        "seconds": load.seconds,
+        **report.summary(),
+        **_client_numbers(cpu, load.pairs, lags, (start, end), pool.count, waited),
+    }
+
+
+async def relay_phase(
+    pool: WorkerPool,
+    server: RelayServer,
+    load: Load,
+    progress: Progress = print_progress,
+    *,
+    profile: Path | None = None,
+    dump: Path | None = None,
+) -> dict[str, Any]:
+    """Pairs through our server: a steady window, then `next` after `next`.
+
+    With ``profile``, py-spy samples the server through the window (collapsed
+    stacks there, a summary beside it with `.txt` added).
+    """
+    label = server.mode
+    meter = Meter({"server": [server.pid], "clients": pool.pids, "bench": [_own_pid()]})
+    rss_idle = meter.rss_mb("server")
+    pairs = _pairs("relay", load.pairs)
+    where: dict[str, int] = {}
+    for k, (a, _, b, _) in enumerate(pairs):
+        where[a] = where[b] = k % pool.count
+
+    waited = await _quiet(load, meter, progress, label)
+    progress(f"{label}: connecting {2 * load.pairs} load clients to the server")
+    await asyncio.gather(
+        *(
+            pool.call(
+                w,
+                "relay_users",
+                url=server.ws_url,
+                names=[n for p in pairs[w :: pool.count] for n in (p[0], p[2])],
+                tags=[t for p in pairs[w :: pool.count] for t in (p[1], p[3])],
+            )
+            for w in range(pool.count)
+        )
+    )
+    # One pair at a time, so the bench knows who is with whom.
+    for a, _, b, _ in pairs:
+        w = where[a]
+        await pool.call(w, "start", name=a)
+        await pool.call(w, "start", name=b)
+        await asyncio.gather(
+            pool.call(w, "wait", name=a, type="matched", timeout=SIGNAL_TIMEOUT),
+            pool.call(w, "wait", name=b, type="matched", timeout=SIGNAL_TIMEOUT),
+        )
+    progress(f"{label}: {load.pairs} pairs matched; warming up")
+    await asyncio.sleep(WARMUP)
+
+    before = await server.scrape()
+    profiling = asyncio.create_task(record(server.pid, load.seconds, profile)) if profile else None
+    start, end = await _measure(load.seconds, meter, progress, label)
+    after = await server.scrape()
+    if profiling is not None and profile is not None:
+        await profiling
+        progress(f"{label}: profile summary in {write_summary(profile)}")
+    rss = meter.rss_mb("server")
+    await asyncio.sleep(GRACE)
+
+    partners = {a: b for a, _, b, _ in pairs} | {b: a for a, _, b, _ in pairs}
+    switch_error = None
+    if load.switches:
+        progress(f"{label}: {load.switches} partner switches with next")
+        try:
+            await _switches(pool, server, load.switches, partners, where)
+        except (WorkerError, TimeoutError) as exc:
+            # An overwhelmed relay may not pair in time; the window's numbers still stand.
+            switch_error = str(exc)
+            progress(f"{label}: switching stopped: {exc}")
+    clients, lags = await pool.collect()
+    dump_logs(clients, dump)
+    report = analyse(clients, (start.at, end.at))
+    cpu = cpu_percent(start, end)
+    return {
+        "relay": server.mode,
+        "pairs": load.pairs,
+        "seconds": load.seconds,
+        "server_cpu_per_pair_pct": round(cpu["server"] / load.pairs, 2),
+        "server_cpu_pct": cpu["server"],
+        "server_cpu_ms_per_delivered_frame": _per_frame(cpu["server"], load.seconds, report),
+        **report.summary(),
+        "server_rss_mb_per_pair": round((rss - rss_idle) / load.pairs, 2),
+        "server_rss_mb": round(rss, 1),
+        "server_rss_idle_mb": round(rss_idle, 1),
+        **_client_numbers(cpu, load.pairs, lags, (start, end), pool.count, waited),
+        "server_metrics": _deltas(before, after, end.at - start.at),
+        "switch_error": switch_error,
+    }
+
+
+async def _switches(
+    pool: WorkerPool,
+    server: RelayServer,
+    rounds: int,
+    partners: dict[str, str],
+    where: dict[str, int],
+) -> None:
+    """Each round one paired user sends `next` and gets the one stranger who is waiting.
+
+    The partner left behind starts again and becomes the stranger who waits for
+    the next round, so a waiting user is always there, as on a busy server.
+    """
+    spare = "relay-spare"
+    where[spare] = 0
+    await pool.call(0, "relay_users", url=server.ws_url, names=[spare], tags=[29_999])
+    await pool.call(0, "start", name=spare)
+    waiting = spare
+    last_partner: dict[str, str] = {}
+    order = [*partners, spare]
+    for turn in range(rounds):
+        # The matcher will not re-pair two people who just left each other.
+        candidates = [
+            name for name in order if name in partners and name != last_partner.get(waiting)
+        ]
+        leaver = candidates[turn % len(candidates)]
+        left = partners.pop(leaver)
+        await pool.call(where[leaver], "next", name=leaver)
+        await asyncio.gather(
+            pool.call(where[leaver], "wait", name=leaver, type="matched", timeout=SIGNAL_TIMEOUT),
+            pool.call(where[waiting], "wait", name=waiting, type="matched", timeout=SIGNAL_TIMEOUT),
+            pool.call(where[left], "wait", name=left, type="partner_left", timeout=SIGNAL_TIMEOUT),
+        )
+        del partners[left]
+        partners[leaver], partners[waiting] = waiting, leaver
+        last_partner[left] = leaver
+        await pool.call(where[left], "start", name=left)
+        waiting = left
+        await asyncio.sleep(SWITCH_SETTLE)
+
+
+async def janus_phase(
+    pool: WorkerPool,
+    janus: JanusServer,
+    load: Load,
+    progress: Progress = print_progress,
+    *,
+    dump: Path | None = None,
+) -> dict[str, Any]:
+    """The same load through Janus's VideoRoom: one room per pair, no partner switches."""
+    meter = Meter({"server": [janus.pid], "clients": pool.pids, "bench": [_own_pid()]})
+    rss_idle = meter.rss_mb("server")
+    pairs = _pairs("janus", load.pairs)
+    waited = await _quiet(load, meter, progress, "janus")
+    progress(f"janus: connecting {load.pairs} pairs through Janus VideoRoom")
+    await asyncio.gather(
+        *(
+            pool.call(
+                w,
+                "janus_pairs",
+                url=janus.ws_url,
+                pairs=[[1000 + pairs.index(p), *p] for p in pairs[w :: pool.count]],
+            )
+            for w in range(pool.count)
+        )
+    )
+    await asyncio.sleep(WARMUP)
+    start, end = await _measure(load.seconds, meter, progress, "janus")
+    rss = meter.rss_mb("server")
+    await asyncio.sleep(GRACE)
+    clients, lags = await pool.collect()
+    dump_logs(clients, dump)
+    report = analyse(clients, (start.at, end.at))
+    cpu = cpu_percent(start, end)
+    return {
+        "relay": "janus",
+        "pairs": load.pairs,
+        "seconds": load.seconds,
+        "server_cpu_per_pair_pct": round(cpu["server"] / load.pairs, 2),
+        "server_cpu_pct": cpu["server"],
+        "server_cpu_ms_per_delivered_frame": _per_frame(cpu["server"], load.seconds, report),
+        **report.summary(),
+        "server_rss_mb_per_pair": round((rss - rss_idle) / load.pairs, 2),
+        "server_rss_mb": round(rss, 1),
+        "server_rss_idle_mb": round(rss_idle, 1),
+        **_client_numbers(cpu, load.pairs, lags, (start, end), pool.count, waited),
+    }
+
+
+def _per_frame(cpu_pct: float, seconds: float, report: MediaReport) -> float | None:
+    """Server CPU per video frame that reached a subscriber: fair even when a relay saturates."""
+    if not report.frames_delivered:
+        return None
+    return round(cpu_pct / 100 * seconds * 1000 / report.frames_delivered, 3)
+
+
+def dump_logs(clients: dict[str, Any], path: Path | None) -> None:
+    """Keep the raw client logs (for bench.analysis by hand) when a log folder was given."""
+    if path is not None:
+        path.write_text(json.dumps(clients))
+
+
+def _deltas(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"window_seconds": round(seconds, 2)}
+    for key, value in after.items():
+        if key.split("{")[0] in SERVER_COUNTERS:
+            out[key] = round(value - before.get(key, 0.0), 3)
+    out["relay_users_paired"] = after.get("relay_users_paired")
+    return out
+
+
+def _own_pid() -> int:
+    import os
+
+    return os.getpid()

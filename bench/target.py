@@ -1,0 +1,98 @@
+"""The relay under test: `server.py` in its own process, as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RelayServer:
+    """One `server.py --relay MODE` on a free loopback port."""
+
+    def __init__(self, mode: str, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.mode = mode
+        self.port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.log_path = log_path
+        self._args = extra_args
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    async def start(self) -> None:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in stop()
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--relay",
+            self.mode,
+            "--log-level",
+            "WARNING",
+            *self._args,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with aiohttp.ClientSession() as http, asyncio.timeout(START_TIMEOUT):
+            while True:
+                if self._proc.returncode is not None:
+                    raise RuntimeError(f"server exited early; see {self.log_path}")
+                try:
+                    async with http.get(self.http_url + "/healthz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def scrape(self) -> dict[str, float]:
+        """`GET /metrics` as ``{'name{label="value"}': value}``."""
+        async with aiohttp.ClientSession() as http, http.get(self.http_url + "/metrics") as r:
+            text = await r.text()
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    async def stop(self) -> int | None:
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._log is not None:
+            self._log.close()
+        return proc.returncode

@@ -1,0 +1,110 @@
+"""`GET /metrics` on the real server: the names are there and the numbers follow the media."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtc.client import ChatClient
+
+TIMEOUT = 20.0
+
+NAMES = (
+    "relay_users_connected",
+    "relay_users_waiting",
+    "relay_users_paired",
+    "relay_media_connections",
+    "relay_matches_total",
+    "relay_time_to_match_seconds_count",
+    "relay_received_frames_total",
+    "relay_received_bytes_total",
+    "relay_forwarded_frames_total",
+    "relay_forwarded_packets_total",
+    "relay_forwarded_bytes_total",
+    "relay_dropped_frames_total",
+    "relay_keyframe_requests_received_total",
+    "relay_keyframe_requests_sent_total",
+    "relay_event_loop_cpu_seconds_total",
+    "process_cpu_seconds_total",
+    "relay_mode_info",
+)
+
+
+def scrape(server) -> dict[str, float]:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+async def test_metrics_follow_a_pair_that_forwards_media(relay_server, clients) -> None:
+    idle = await asyncio.to_thread(scrape, relay_server)
+    names = {key.split("{")[0] for key in idle}
+    assert set(NAMES) <= names, set(NAMES) - names
+    assert idle["relay_users_connected"] == 0
+    assert idle["relay_mode_info{mode=passthrough}"] == 1
+
+    a = ChatClient(relay_server.ws_url, tag=1)
+    b = ChatClient(relay_server.ws_url, tag=2)
+    clients += [a, b]
+    await a.connect()
+    await b.connect()
+    await a.start()
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    await a.wait_frames(tag=2, count=10, timeout=TIMEOUT)
+    await b.wait_frames(tag=1, count=10, timeout=TIMEOUT)
+
+    first = await asyncio.to_thread(scrape, relay_server)
+    assert first["relay_users_connected"] == 2
+    assert first["relay_users_paired"] == 2
+    assert first["relay_users_waiting"] == 0
+    assert first["relay_media_connections"] == 2
+    assert first["relay_matches_total"] == 1
+    assert first["relay_time_to_match_seconds_count"] == 2
+    # Attaching asks each publisher for a keyframe.
+    assert first["relay_keyframe_requests_sent_total{kind=video}"] >= 1
+    for kind in ("audio", "video"):
+        for name in (
+            "relay_received_frames_total",
+            "relay_received_bytes_total",
+            "relay_forwarded_frames_total",
+            "relay_forwarded_packets_total",
+            "relay_forwarded_bytes_total",
+        ):
+            assert first[f"{name}{{kind={kind}}}"] > 0, (name, kind)
+
+    await a.wait_frames(tag=2, count=10, after=a.frames[-1].recv_time, timeout=TIMEOUT)
+    second = await asyncio.to_thread(scrape, relay_server)
+    for name in ("relay_forwarded_frames_total", "relay_forwarded_packets_total"):
+        assert second[f"{name}{{kind=video}}"] > first[f"{name}{{kind=video}}"], name
+
+    # A visitor who leaves takes their peer away; the totals must not go back.
+    await a.close()
+    await b.wait_for("partner_left", timeout=TIMEOUT)
+    await _until(lambda: scrape(relay_server)["relay_users_connected"] == 1)
+    after = await asyncio.to_thread(scrape, relay_server)
+    assert after["relay_users_paired"] == 0
+    for key, value in second.items():
+        if key.startswith(("relay_forwarded", "relay_received", "relay_keyframe")):
+            assert after[key] >= value, key
+
+
+def test_healthz_answers(relay_server) -> None:
+    with urllib.request.urlopen(relay_server.http_url + "/healthz", timeout=10) as response:
+        assert response.status == 200
+
+
+async def _until(predicate) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while not await asyncio.to_thread(predicate):
+            await asyncio.sleep(0.1)
