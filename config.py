@@ -77,6 +77,18 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _add_seconds(p: argparse.ArgumentParser, options: list[tuple[str, float, str]]) -> None:
+    """Flags that take seconds, each also read from RELAY_<NAME>."""
+    for flag, default, text in options:
+        env = flag.replace("-", "_").upper()
+        p.add_argument(
+            f"--{flag}",
+            type=float,
+            default=float(_env(env, str(default))),
+            help=f"{text} [RELAY_{env}]",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Settings()
     p = argparse.ArgumentParser(
@@ -150,14 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
             "minimum seconds between keyframe requests forwarded to one sender",
         ),
     ]
-    for flag, default, text in seconds:
-        env = flag.replace("-", "_").upper()
-        p.add_argument(
-            f"--{flag}",
-            type=float,
-            default=float(_env(env, str(default))),
-            help=f"{text} [RELAY_{env}]",
-        )
+    _add_seconds(p, seconds)
     p.add_argument(
         "--relay",
         choices=("passthrough", "transcode"),
@@ -194,14 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
             "seconds between sampled frames per stream, for thumbnails and analyzers",
         ),
     ]
-    for flag, default, text in moderation_seconds:
-        env = flag.replace("-", "_").upper()
-        p.add_argument(
-            f"--{flag}",
-            type=float,
-            default=float(_env(env, str(default))),
-            help=f"{text} [RELAY_{env}]",
-        )
+    _add_seconds(p, moderation_seconds)
     p.add_argument(
         "--report-moves-on",
         action=argparse.BooleanOptionalAction,
