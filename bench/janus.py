@@ -18,16 +18,15 @@ import contextlib
 import itertools
 import json
 import shutil
-import signal
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 
 from bench.load import LoadPeer
 from bench.media import LoadMedia
-from bench.target import free_port
+from bench.target import ServiceProcess
 
 # Where Debian installs the modules.
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
@@ -106,41 +105,23 @@ admin: {{
     return folder / "janus.jcfg"
 
 
-class JanusServer:
+class JanusServer(ServiceProcess):
     """Janus on loopback, configured from a temporary folder."""
 
     def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
+        super().__init__(log_path)
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.log_path = log_path
         self._folder = Path(tempfile.mkdtemp(prefix="bench-janus-"))
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
 
     async def start(self) -> None:
         binary = janus_binary()
         if binary is None:
             raise RuntimeError("Janus is not installed (apt-get install janus)")
         config = write_config(self._folder, self.port)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in stop()
-        self._proc = await asyncio.create_subprocess_exec(
-            binary,
-            "-C",
-            str(config),
-            "-F",
-            str(self._folder),
-            "-o",
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        proc = await self._spawn(binary, "-C", str(config), "-F", str(self._folder), "-o")
         async with aiohttp.ClientSession() as http, asyncio.timeout(START_TIMEOUT):
             while True:
-                if self._proc.returncode is not None:
+                if proc.returncode is not None:
                     raise RuntimeError(f"Janus exited early; see {self.log_path}")
                 try:
                     ws = await http.ws_connect(self.ws_url, protocols=("janus-protocol",))
@@ -150,18 +131,9 @@ class JanusServer:
                     await asyncio.sleep(0.1)
 
     async def stop(self) -> int | None:
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._log is not None:
-            self._log.close()
+        code = await self._terminate(15)
         shutil.rmtree(self._folder, ignore_errors=True)
-        return None if proc is None else proc.returncode
+        return code
 
 
 class JanusError(RuntimeError):

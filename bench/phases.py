@@ -264,22 +264,10 @@ async def relay_phase(
             # An overwhelmed relay may not pair in time; the window's numbers still stand.
             switch_error = str(exc)
             progress(f"{label}: switching stopped: {exc}")
-    clients, lags = await pool.collect()
-    dump_logs(clients, dump)
-    report = analyse(clients, (start.at, end.at))
-    cpu = cpu_percent(start, end)
-    return {
-        "relay": server.mode,
-        "pairs": load.pairs,
-        "seconds": load.seconds,
-        "server_cpu_per_pair_pct": round(cpu["server"] / load.pairs, 2),
-        "server_cpu_pct": cpu["server"],
-        "server_cpu_ms_per_delivered_frame": _per_frame(cpu["server"], load.seconds, report),
-        **report.summary(),
-        "server_rss_mb_per_pair": round((rss - rss_idle) / load.pairs, 2),
-        "server_rss_mb": round(rss, 1),
-        "server_rss_idle_mb": round(rss_idle, 1),
-        **_client_numbers(cpu, load.pairs, lags, (start, end), pool.count, waited),
+    result = await _window_result(
+        server.mode, pool, load, (start, end), (rss_idle, rss), waited, dump
+    )
+    return result | {
         "server_metrics": _deltas(before, after, end.at - start.at),
         "switch_error": switch_error,
     }
@@ -354,12 +342,27 @@ async def janus_phase(
     start, end = await _measure(load.seconds, meter, progress, "janus")
     rss = meter.rss_mb("server")
     await asyncio.sleep(GRACE)
+    return await _window_result("janus", pool, load, (start, end), (rss_idle, rss), waited, dump)
+
+
+async def _window_result(
+    relay: str,
+    pool: WorkerPool,
+    load: Load,
+    window: tuple[Reading, Reading],
+    rss_idle_and_end: tuple[float, float],
+    waited: float,
+    dump: Path | None,
+) -> dict[str, Any]:
+    """Collect the clients' logs and turn one measured window into the result fields."""
+    start, end = window
+    rss_idle, rss = rss_idle_and_end
     clients, lags = await pool.collect()
     dump_logs(clients, dump)
     report = analyse(clients, (start.at, end.at))
     cpu = cpu_percent(start, end)
     return {
-        "relay": "janus",
+        "relay": relay,
         "pairs": load.pairs,
         "seconds": load.seconds,
         "server_cpu_per_pair_pct": round(cpu["server"] / load.pairs, 2),

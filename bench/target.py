@@ -23,16 +23,12 @@ def free_port() -> int:
         return port
 
 
-class RelayServer:
-    """One `server.py --relay MODE` on a free loopback port."""
+class ServiceProcess:
+    """A relay (ours or Janus) in its own process, logging to a file, stopped with SIGINT."""
 
-    def __init__(self, mode: str, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
-        self.mode = mode
+    def __init__(self, log_path: Path) -> None:
         self.port = free_port()
-        self.http_url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.log_path = log_path
-        self._args = extra_args
         self._proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
 
@@ -41,9 +37,39 @@ class RelayServer:
         assert self._proc is not None
         return self._proc.pid
 
-    async def start(self) -> None:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in stop()
+    async def _spawn(self, *argv: str, cwd: Path | None = None) -> asyncio.subprocess.Process:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in _terminate()
         self._proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+        )
+        return self._proc
+
+    async def _terminate(self, grace: float) -> int | None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._log is not None:
+            self._log.close()
+        return None if proc is None else proc.returncode
+
+
+class RelayServer(ServiceProcess):
+    """One `server.py --relay MODE` on a free loopback port."""
+
+    def __init__(self, mode: str, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        super().__init__(log_path)
+        self.mode = mode
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self._args = extra_args
+
+    async def start(self) -> None:
+        proc = await self._spawn(
             sys.executable,
             str(ROOT / "server.py"),
             "--host",
@@ -56,12 +82,10 @@ class RelayServer:
             "WARNING",
             *self._args,
             cwd=ROOT,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
         )
         async with aiohttp.ClientSession() as http, asyncio.timeout(START_TIMEOUT):
             while True:
-                if self._proc.returncode is not None:
+                if proc.returncode is not None:
                     raise RuntimeError(f"server exited early; see {self.log_path}")
                 try:
                     async with http.get(self.http_url + "/healthz") as response:
@@ -83,16 +107,4 @@ class RelayServer:
         return samples
 
     async def stop(self) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        if self._log is not None:
-            self._log.close()
-        return proc.returncode
+        return await self._terminate(20)

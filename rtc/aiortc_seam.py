@@ -28,6 +28,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+from av.frame import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class ReceiverTap:
     passthrough costs no decoding at all.
     """
 
-    def __init__(self, on_frame: FrameHandler) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, on_frame: FrameHandler) -> None:
+        self._receiver = receiver
         self._on_frame = on_frame
         self._decoder_input: queue.Queue[Any] = queue.Queue()
         self.decode = False
@@ -97,6 +99,19 @@ class ReceiverTap:
 
     def qsize(self) -> int:
         return self._decoder_input.qsize()
+
+    async def next_decoded(self) -> Frame:
+        """The next frame aiortc's decoder thread produced (only while `decode` is on).
+
+        Raises MediaStreamError when the receiver has ended.
+        """
+        frame = await self._receiver.track.recv()
+        assert isinstance(frame, Frame)
+        return frame
+
+    async def request_keyframe(self) -> int:
+        """Send a PLI upstream for every media stream; returns how many were asked."""
+        return await send_pli(self._receiver)
 
 
 class PromptJitterBuffer(JitterBuffer):
@@ -151,7 +166,7 @@ def tap_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler) -> ReceiverTa
     _require(receiver, _DECODER_THREAD)
     if getattr(receiver, _DECODER_THREAD) is not None:
         raise SeamError("tap_receiver() called after the receiver started")
-    tap = ReceiverTap(on_frame)
+    tap = ReceiverTap(receiver, on_frame)
     setattr(receiver, _DECODER_QUEUE, tap)
     # Forward each frame as soon as it is complete (see PromptJitterBuffer);
     # the browser that finally plays it has its own jitter buffer.

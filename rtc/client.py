@@ -83,6 +83,31 @@ class SignallingError(Exception):
         self.message = message
 
 
+class _Pacer:
+    """Hands out frame slots at a steady rate, sleeping until each one is due."""
+
+    def __init__(self, rate: float, *, skip_when_behind: bool) -> None:
+        self._rate = rate
+        self._skip = skip_when_behind
+        self._slot = 0
+        self._start: float | None = None
+
+    async def next_slot(self) -> int:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+            return 0
+        self._slot += 1
+        delay = self._start + self._slot / self._rate - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif self._skip and delay < -1 / self._rate:
+            # Behind schedule (a busy machine): skip the missed slots rather
+            # than burst, so pts keep following the wall clock.
+            self._slot = int((now - self._start) * self._rate)
+        return self._slot
+
+
 class StampedVideoTrack(MediaStreamTrack):
     """Stamped synthetic video (:func:`rtc.stamp.draw_video_frame`) at a steady rate."""
 
@@ -96,28 +121,16 @@ class StampedVideoTrack(MediaStreamTrack):
         self._fps = fps
         self.counter = first_counter
         """The counter the next frame will carry."""
-        self._slot = 0
-        self._start: float | None = None
+        self._pacer = _Pacer(fps, skip_when_behind=True)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._slot += 1
-            delay = self._start + self._slot / self._fps - now
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -1 / self._fps:
-                # Behind schedule (a busy machine): skip the missed slots rather
-                # than burst, so pts keep following the wall clock.
-                self._slot = int((now - self._start) * self._fps)
+        slot = await self._pacer.next_slot()
         stamp = Stamp(self._tag, self.counter % (1 << 32), int(time.time() * 1000))
         self.counter += 1
         frame = draw_video_frame(stamp, self._width, self._height)
-        frame.pts = self._slot * VIDEO_CLOCK_RATE // self._fps
+        frame.pts = slot * VIDEO_CLOCK_RATE // self._fps
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
         return frame
 
@@ -131,25 +144,18 @@ class ToneAudioTrack(MediaStreamTrack):
         super().__init__()
         self._step = 2 * np.pi * tone_hz / AUDIO_RATE
         self._ramp = np.arange(AUDIO_SAMPLES, dtype=np.float64) * self._step
-        self._sample = 0
-        self._start: float | None = None
+        # Audio never skips: a gap in samples would be heard as a click.
+        self._pacer = _Pacer(AUDIO_RATE / AUDIO_SAMPLES, skip_when_behind=False)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._sample += AUDIO_SAMPLES
-            delay = self._start + self._sample / AUDIO_RATE - now
-            if delay > 0:
-                await asyncio.sleep(delay)
-        phase = (self._sample * self._step) % (2 * np.pi)
+        sample = await self._pacer.next_slot() * AUDIO_SAMPLES
+        phase = (sample * self._step) % (2 * np.pi)
         samples = (8000 * np.sin(phase + self._ramp)).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
         frame.sample_rate = AUDIO_RATE
-        frame.pts = self._sample
+        frame.pts = sample
         frame.time_base = fractions.Fraction(1, AUDIO_RATE)
         return frame
 

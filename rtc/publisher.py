@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from aiortc import RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from av.frame import Frame
 
 from rtc import aiortc_seam
 from rtc.media import EncodedFrame, is_keyframe
@@ -40,7 +39,6 @@ class Publisher:
         self.keyframe_requests = 0
         self.last_frame_at: float | None = None
         self._loop = asyncio.get_running_loop()
-        self._receiver = receiver
         self._tap = aiortc_seam.tap_receiver(receiver, self._on_frame)
         self._subscribers: set[Subscriber] = set()
         # Called with every EncodedFrame too (moderation: ring buffers, recordings, sampling).
@@ -112,12 +110,9 @@ class Publisher:
             self._tap.decode = False
 
     async def _run_decoded(self) -> None:
-        track = self._receiver.track
         try:
             while True:
-                frame = await track.recv()
-                if not isinstance(frame, Frame):
-                    continue
+                frame = await self._tap.next_decoded()
                 for subscriber in tuple(self._decoded_subscribers):
                     subscriber.push_decoded(frame)
         except (MediaStreamError, asyncio.CancelledError):
@@ -155,7 +150,7 @@ class Publisher:
 
     async def _send_pli(self) -> None:
         try:
-            await aiortc_seam.send_pli(self._receiver)
+            await self._tap.request_keyframe()
         except Exception:
             logger.exception("%r: sending PLI failed", self)
 

@@ -57,6 +57,9 @@ class Subscriber(MediaStreamTrack):
         self._force_encoder_keyframe: Callable[[], None] | None = None
         # Timestamp rebasing (in `_clock` units): out = source timestamp + offset.
         self._clock = 90000 if kind == "video" else 48000
+        self._time_base = Fraction(1, self._clock)
+        # The last publisher codec found to match ours (frames pass as they are).
+        self._forwardable: RTCRtpCodecParameters | None = None
         self._offset: int | None = None
         self._last_out: int | None = None
         self._last_out_at = 0.0
@@ -74,6 +77,8 @@ class Subscriber(MediaStreamTrack):
         self.codec = codec
         if codec is not None:
             self._clock = codec.clockRate
+            self._time_base = Fraction(1, self._clock)
+        self._forwardable = None
         self._force_encoder_keyframe = force_encoder_keyframe
 
     # -- source ----------------------------------------------------------
@@ -101,9 +106,13 @@ class Subscriber(MediaStreamTrack):
     def push_encoded(self, frame: EncodedFrame) -> None:
         if self._decoding or self.readyState != "live":
             return
-        if self.codec is not None and (self._transcode or not same_codec(frame.codec, self.codec)):
-            self._start_decoding(frame.codec)
-            return
+        if frame.codec is not self._forwardable and self.codec is not None:
+            if self._transcode or not same_codec(frame.codec, self.codec):
+                self._start_decoding(frame.codec)
+                return
+            # aiortc hands over the same codec object with every frame of a
+            # stream: compare once, not per frame.
+            self._forwardable = frame.codec
         if self._need_keyframe:
             if not frame.keyframe:
                 # Undecodable without the frames before it; counted as dropped.
@@ -113,7 +122,7 @@ class Subscriber(MediaStreamTrack):
             self._need_keyframe = False
         packet = av.Packet(frame.data)
         packet.pts = self._rebase(frame.timestamp, frame.codec.clockRate)
-        packet.time_base = Fraction(1, self._clock)
+        packet.time_base = self._time_base
         self._enqueue(packet)
 
     def push_decoded(self, frame: Frame) -> None:
@@ -125,7 +134,7 @@ class Subscriber(MediaStreamTrack):
         # Rebase in our clock: pts * time_base seconds, expressed in 1/_clock.
         clock = time_base.denominator // max(time_base.numerator, 1)
         frame.pts = self._rebase(frame.pts, clock)
-        frame.time_base = Fraction(1, self._clock)
+        frame.time_base = self._time_base
         self._enqueue(frame)
 
     def _start_decoding(self, publisher_codec: RTCRtpCodecParameters) -> None:
