@@ -106,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PCT",
         help=(
             "before each window, wait until other processes on the machine use at most this "
-            "much CPU (% of a core); negative: never wait"
+            "much CPU (%% of a core); negative: never wait"
         ),
     )
     p.add_argument(

@@ -164,3 +164,24 @@ def _sane(run: dict) -> None:
     assert run["server_rss_mb_per_pair"] is not None
     assert run["clients_cpu_pct"] > 0
     assert run["machine"]["cpus"] >= 1
+
+
+def test_help_describes_every_option() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.relay", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for option in (
+        "--pairs",
+        "--relay",
+        "--compare",
+        "--janus",
+        "--sweep",
+        "--profile",
+        "--max-other-cpu",
+    ):
+        assert option in done.stdout
