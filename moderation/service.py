@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client.core import GaugeMetricFamily
 
-from moderation.analyzers import Flag, StreamAnalysis, default_analyzers
+from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
 from moderation.auth import Moderators
 from moderation.recorder import Recorder, Track, delete_expired, new_recording_path
 from moderation.ringbuffer import BufferedFrame, RingBuffer
@@ -257,13 +257,16 @@ class Moderation:
     async def _analyse(self, followed: Followed, frame: EncodedFrame) -> None:
         try:
             followed.last_sample_at = time.monotonic()
-            result = await asyncio.to_thread(_decode_and_thumbnail, frame)
+            # Decoding and the analyzers (a face cascade takes tens of
+            # milliseconds) run off the event loop, which forwards everyone's media.
+            # `followed.decoding` keeps one sample per stream in flight, so
+            # its analysis is never fed from two threads at once.
+            result = await asyncio.to_thread(_sample, frame, followed.analysis)
             if result is None:
                 return
-            image, jpeg = result
+            jpeg, changes = result
             followed.thumbnail = jpeg
             followed.thumbnail_at = time.time()
-            changes = followed.analysis.feed(image, time.monotonic())
             for flag in changes.raised:
                 logger.info("%s flagged %s: %s", followed.session.id, flag.name, flag.detail)
         except Exception:
@@ -487,6 +490,15 @@ def _same_ip(a: str, b: str) -> bool:
         return normalize_ip(a) == normalize_ip(b)
     except ValueError:
         return False
+
+
+def _sample(frame: EncodedFrame, analysis: StreamAnalysis) -> tuple[bytes, FlagChanges] | None:
+    """In a worker thread: the thumbnail of one keyframe, and what the analyzers make of it."""
+    result = _decode_and_thumbnail(frame)
+    if result is None:
+        return None
+    image, jpeg = result
+    return jpeg, analysis.feed(image, time.monotonic())
 
 
 def _decode_and_thumbnail(
