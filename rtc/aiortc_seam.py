@@ -1,7 +1,7 @@
 """Every use of aiortc's private names, in one place.
 
 aiortc always decodes what it receives and has no public API for encoded
-frames (aiortc issues #449, #544). The relay needs four things aiortc keeps
+frames (aiortc issues #449, #544). The relay needs these things aiortc keeps
 private:
 
 1. the complete encoded frames its receiver reassembles (we replace the
@@ -10,7 +10,14 @@ private:
 2. sending a PLI upstream to the publisher's browser;
 3. catching the PLI/FIR a subscriber's browser sends to our sender, which
    aiortc would otherwise turn into a "force keyframe" flag that packets ignore;
-4. the codec negotiated for a transceiver.
+4. the codec negotiated for a transceiver;
+5. packet-level forwarding (`receive_packets`, `PacketSender`): RTP packets
+   are taken at the ICE connection, decrypted with the DTLS transport's SRTP
+   session and handed over as they are, while aiortc's receiver still gets
+   what its RTCP needs (statistics, NACK, REMB); on the way out, the sender's
+   RTP loop and retransmission are replaced by ours, which write the header,
+   encrypt and send on the nominated ICE pair, and keep the counters aiortc's
+   sender reports are built from.
 
 tests/test_aiortc_seam.py exercises each of these against the installed aiortc,
 so an upgrade that renames or reshapes them fails loudly there. setup.cfg pins
@@ -19,16 +26,33 @@ aiortc to the minor version those tests pass on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
+import random
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+import pylibsrtp
+from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 from av.frame import Frame
+
+from rtc import rtp
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +65,34 @@ _RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"
 _SEND_PLI = "_send_rtcp_pli"
 _SEND_KEYFRAME = "_send_keyframe"
 _CODECS = "_codecs"
+# Packet-level forwarding.
+_ICE_CONNECTION = "_connection"  # RTCIceTransport -> aioice.Connection
+_NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
+_DTLS_STATE = "_state"
+_RX_SRTP = "_rx_srtp"
+_TX_SRTP = "_tx_srtp"
+_ROUTER = "_rtp_router"
+_EXTENSIONS_MAP = "_rtp_header_extensions_map"
+_EXTENSION_IDS = "_HeaderExtensionsMap__ids"
+_RECEIVER_CODECS = "_RTCRtpReceiver__codecs"
+_NACK_GENERATOR = "_RTCRtpReceiver__nack_generator"
+_BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
+_RUN_RTP = "_run_rtp"
+_RETRANSMIT = "_retransmit"
+_NEXT_ENCODED_FRAME = "_next_encoded_frame"
+_RTX_SSRC_OUT = "_rtx_ssrc"
+_SENDER_MID = "_RTCRtpSender__mid"
+_SENDER_EXTENSIONS_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_SENDER_RTX_PT = "_RTCRtpSender__rtx_payload_type"
+_SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
+_SENDER_RTP_EXITED = "_RTCRtpSender__rtp_exited"
+_SENDER_ENCODER = "_RTCRtpSender__encoder"
+# What aiortc's RTCP sender reports are built from.
+_SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
+_SENDER_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
+_SENDER_OCTETS = "_RTCRtpSender__octet_count"
+_SENDER_PACKETS = "_RTCRtpSender__packet_count"
 
 # Decoded-on-demand frames waiting for aiortc's decoder thread. Beyond this the
 # decoder is behind; dropping is better than growing.
@@ -94,6 +146,15 @@ class ReceiverTap:
             else:
                 self.decoder_drops += 1
 
+    def decode_frame(self, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> None:
+        """Give aiortc's decoder thread a frame reassembled outside aiortc (see `receive_packets`)."""
+        if not self.decode:
+            return
+        if self._decoder_input.qsize() < DECODER_BACKLOG:
+            self._decoder_input.put((codec, JitterFrame(data=data, timestamp=timestamp)))
+        else:
+            self.decoder_drops += 1
+
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         return self._decoder_input.get(block, timeout)
 
@@ -112,6 +173,10 @@ class ReceiverTap:
     async def request_keyframe(self) -> int:
         """Send a PLI upstream for every media stream; returns how many were asked."""
         return await send_pli(self._receiver)
+
+    def receive_packets(self, handler: PacketHandler) -> None:
+        """See the module function `receive_packets`."""
+        receive_packets(self._receiver, handler)
 
 
 class PromptJitterBuffer(JitterBuffer):
@@ -217,3 +282,384 @@ def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | 
     _require(transceiver, _CODECS)
     codecs: list[RTCRtpCodecParameters] = getattr(transceiver, _CODECS)
     return codecs[0] if codecs else None
+
+
+# -- packet-level forwarding -------------------------------------------------
+
+# More RTP streams than this on one connection is not a browser: new SSRCs
+# beyond it are ignored rather than remembered.
+MAX_STREAMS_PER_TRANSPORT = 16
+# Bytes waiting in a UDP socket's user-space buffer (asyncio keeps what the
+# kernel would not take). Past this a packet is dropped, not queued.
+MAX_SEND_BUFFER = 256 * 1024
+# Outgoing packets kept for retransmission on NACK (about 2 s of video at 1 Mbit/s).
+SEND_HISTORY = 512
+
+PacketHandler = Callable[[RTCRtpCodecParameters, rtp.RtpView], None]
+
+
+def _send_datagram(connection: Any, data: bytes) -> bool:
+    """Send on the ICE connection's nominated pair without aioice's coroutine per packet."""
+    pair = getattr(connection, _NOMINATED).get(1)
+    if pair is None:
+        return False
+    transport = pair.protocol.transport
+    buffered = getattr(transport, "get_write_buffer_size", None)
+    if buffered is not None and buffered() > MAX_SEND_BUFFER:
+        return False
+    transport.sendto(data, pair.remote_addr)
+    return True
+
+
+class _InboundStream:
+    """One SSRC arriving on a connection, and the receiver it belongs to."""
+
+    __slots__ = (
+        "_codec",
+        "_estimator",
+        "_handler",
+        "_inbound",
+        "_nack",
+        "_receiver",
+        "_rtx",
+        "_stats",
+    )
+
+    def __init__(
+        self,
+        inbound: _Inbound,
+        receiver: RTCRtpReceiver,
+        handler: PacketHandler,
+        codec: RTCRtpCodecParameters,
+        ssrc: int,
+        rtx: tuple[int, int] | None,
+    ) -> None:
+        self._inbound = inbound
+        self._receiver = receiver
+        self._handler = handler
+        self._codec = codec
+        # The same statistics object aiortc's receiver builds its receiver reports from.
+        streams: dict[int, StreamStatistics] = getattr(receiver, _REMOTE_STREAMS)
+        stats = streams.get(ssrc)
+        if stats is None:
+            stats = streams[ssrc] = StreamStatistics(codec.clockRate)
+        self._stats = stats
+        self._nack = getattr(receiver, _NACK_GENERATOR)
+        self._estimator = getattr(receiver, _BITRATE_ESTIMATOR)
+        self._rtx = rtx  # (original payload type, original SSRC) for a retransmission stream
+
+    def receive(self, view: rtp.RtpView) -> None:
+        self._stats.add(view)  # type: ignore[arg-type]
+        estimator = self._estimator
+        if estimator is not None and view.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=view.abs_send_time,
+                arrival_time_ms=int(time.time() * 1000),
+                payload_size=len(view.payload) + view.padding_size,
+                ssrc=view.ssrc,
+            )
+            if remb is not None:
+                self._inbound.send_feedback(self._receiver, RTCP_PSFB_APP, 0, pack_remb_fci(*remb))
+        if self._rtx is not None:
+            original = rtp.unwrap_rtx(view, *self._rtx)
+            if original is None:  # padding only: a bandwidth probe
+                return
+            view = original
+        nack = self._nack
+        if nack is not None and nack.add(view):
+            self._inbound.send_nack(self._receiver, view.ssrc, sorted(nack.missing))
+        if view.payload:
+            self._handler(self._codec, view)
+
+
+class _Inbound:
+    """Takes SRTP packets off one ICE connection before aioice queues them for aiortc.
+
+    aiortc would hand each packet through a queue, a task switch, a full parse,
+    a jitter buffer and a depacketizer before anyone saw it. Here a packet is
+    decrypted and handed to its receiver's handler in the same call that read
+    it from the socket. DTLS, STUN and RTCP still go aiortc's way.
+    """
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._connection = getattr(dtls.transport, _ICE_CONNECTION)
+        _require(self._connection, "data_received")
+        _require(self._connection, _NOMINATED)
+        self._pass_on: Callable[[bytes, int], None] = self._connection.data_received
+        self._connection.data_received = self._data_received
+        self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
+        self._streams: dict[int, _InboundStream] = {}
+        self._abs_send_time_id: int | None = None
+        self.unreadable = 0
+        self.ignored = 0
+
+    def add(self, receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
+        self._handlers[receiver] = handler
+        ids = getattr(getattr(self._dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
+        self._abs_send_time_id = ids.abs_send_time
+
+    def _data_received(self, data: bytes, component: int) -> None:
+        srtp = self._dtls._rx_srtp
+        # RTP only (RFC 5764 section 5.1.2 demultiplexing; RTCP has payload types 192-208).
+        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 208:
+            self._pass_on(data, component)
+            return
+        try:
+            plain = srtp.unprotect(data)
+        except pylibsrtp.Error:
+            self.unreadable += 1
+            return
+        view = rtp.parse(plain, self._abs_send_time_id)
+        if view is None:
+            self.unreadable += 1
+            return
+        stream = self._streams.get(view.ssrc)
+        if stream is None:
+            stream = self._learn(plain, view)
+            if stream is None:
+                return
+        stream.receive(view)
+
+    def _learn(self, plain: bytes, view: rtp.RtpView) -> _InboundStream | None:
+        """Find the receiver of a new SSRC the way aiortc's router does (MID, SSRC, payload type)."""
+        if len(self._streams) >= MAX_STREAMS_PER_TRANSPORT:
+            self.ignored += 1
+            return None
+        try:
+            packet = RtpPacket.parse(plain, getattr(self._dtls, _EXTENSIONS_MAP))
+        except ValueError:
+            self.unreadable += 1
+            return None
+        receiver = getattr(self._dtls, _ROUTER).route_rtp(packet)
+        handler = self._handlers.get(receiver) if receiver is not None else None
+        if receiver is None or handler is None:
+            self.ignored += 1
+            return None
+        codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RECEIVER_CODECS)
+        codec = codecs.get(view.payload_type)
+        if codec is None:
+            self.ignored += 1
+            return None
+        rtx = None
+        if is_rtx(codec):
+            original_ssrc = getattr(receiver, _RTX_SSRC).get(view.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or not isinstance(apt, int) or apt not in codecs:
+                self.ignored += 1
+                return None
+            rtx = (apt, original_ssrc)
+            codec = codecs[apt]
+        stream = _InboundStream(self, receiver, handler, codec, view.ssrc, rtx)
+        self._streams[view.ssrc] = stream
+        return stream
+
+    # RTCP feedback the receiver would have sent (aiortc sends its own receiver reports).
+
+    def send_nack(self, receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> None:
+        ssrc = getattr(receiver, _RTCP_SSRC)
+        if ssrc is None:
+            return
+        packet = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=ssrc, media_ssrc=media_ssrc)
+        packet.lost = lost
+        self._send_rtcp(bytes(packet))
+
+    def send_feedback(
+        self, receiver: RTCRtpReceiver, fmt: int, media_ssrc: int, fci: bytes
+    ) -> None:
+        ssrc = getattr(receiver, _RTCP_SSRC)
+        if ssrc is not None:
+            self._send_rtcp(
+                bytes(RtcpPsfbPacket(fmt=fmt, ssrc=ssrc, media_ssrc=media_ssrc, fci=fci))
+            )
+
+    def _send_rtcp(self, data: bytes) -> None:
+        srtp = self._dtls._tx_srtp
+        if srtp is None or self._dtls._state is not DtlsState.CONNECTED:
+            return
+        try:
+            _send_datagram(self._connection, srtp.protect_rtcp(data))
+        except pylibsrtp.Error:
+            logger.debug("RTCP feedback could not be protected", exc_info=True)
+
+
+def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
+    """Hand every RTP packet for `receiver` to `handler`, decrypted, instead of to aiortc.
+
+    Call after the local description is set (when the receiver's transport is
+    final) and before media flows. aiortc's receiver keeps its statistics,
+    NACKs and REMB, but reassembles and decodes nothing.
+    """
+    dtls = receiver.transport
+    for name in (_DTLS_STATE, _RX_SRTP, _TX_SRTP, _ROUTER, _EXTENSIONS_MAP):
+        _require(dtls, name)
+    for name in (
+        _RECEIVER_CODECS,
+        _NACK_GENERATOR,
+        _BITRATE_ESTIMATOR,
+        _RTCP_SSRC,
+        _REMOTE_STREAMS,
+        _RTX_SSRC,
+    ):
+        _require(receiver, name)
+    _require(dtls.transport, _ICE_CONNECTION)
+    inbound = dtls.__dict__.get("relay_inbound")
+    if inbound is None:
+        inbound = dtls.__dict__["relay_inbound"] = _Inbound(dtls)
+    inbound.add(receiver, handler)
+
+
+class PacketSender:
+    """Sends the RTP of one RTCRtpSender: forwarded packets, or frames aiortc encoded.
+
+    Replaces aiortc's sending loop, whose packet numbering is private to it,
+    so that forwarded packets and (when codecs differ) re-encoded frames share
+    one sequence. Must be created before the sender starts (before the local
+    description is set).
+    """
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        for name in (
+            _RUN_RTP,
+            _RETRANSMIT,
+            _NEXT_ENCODED_FRAME,
+            _RTX_SSRC_OUT,
+            _SENDER_MID,
+            _SENDER_EXTENSIONS_MAP,
+            _SENDER_RTX_PT,
+            _SENDER_RTP_STARTED,
+            _SENDER_RTP_EXITED,
+            _SENDER_ENCODER,
+            _SENDER_NTP,
+            _SENDER_RTP_TIMESTAMP,
+            _SENDER_OCTETS,
+            _SENDER_PACKETS,
+        ):
+            _require(sender, name)
+        self._sender = sender
+        self._state = sender.__dict__
+        self.codec: RTCRtpCodecParameters | None = None
+        self.payload_type = 0
+        self.ready = False
+        # The next sequence number to use when nobody asks for a particular one.
+        self.sequence_number = random.getrandbits(16)
+        self.packets = 0
+        self.dropped = 0
+        self.retransmitted = 0
+        self._rtx_sequence_number = random.getrandbits(16)
+        self._rtx_payload_type: int | None = None
+        self._history: list[tuple[int, int, bool, bytes] | None] = [None] * SEND_HISTORY
+        self._writer: rtp.HeaderWriter | None = None
+        self._rtx_writer: rtp.HeaderWriter | None = None
+        self._dtls: RTCDtlsTransport | None = None
+        self._connection: Any = None
+        setattr(sender, _RUN_RTP, self._run)
+        setattr(sender, _RETRANSMIT, self._retransmit)
+
+    def _start(self, codec: RTCRtpCodecParameters) -> None:
+        state = self._state
+        ids = getattr(state[_SENDER_EXTENSIONS_MAP], _EXTENSION_IDS)
+        mid = state[_SENDER_MID]
+        self._writer = rtp.HeaderWriter(self._sender._ssrc, mid, ids.mid, ids.abs_send_time)
+        self._rtx_writer = rtp.HeaderWriter(
+            getattr(self._sender, _RTX_SSRC_OUT), mid, ids.mid, ids.abs_send_time
+        )
+        self._rtx_payload_type = state[_SENDER_RTX_PT]
+        self._dtls = self._sender.transport
+        self._connection = getattr(self._dtls.transport, _ICE_CONNECTION)
+        self.codec = codec
+        assert codec.payloadType is not None
+        self.payload_type = codec.payloadType
+        self.ready = True
+
+    async def _run(self, codec: RTCRtpCodecParameters) -> None:
+        """aiortc's `_run_rtp`: started by `RTCRtpSender.send()`, cancelled by `stop()`."""
+        self._start(codec)
+        self._state[_SENDER_RTP_STARTED].set()
+        next_frame = getattr(self._sender, _NEXT_ENCODED_FRAME)
+        try:
+            while True:
+                # Only frames that had to be (re-)encoded come this way;
+                # forwarded packets go straight to `send`.
+                frame = await next_frame(codec)
+                if frame is None:
+                    continue
+                timestamp = frame.timestamp & 0xFFFFFFFF
+                last = len(frame.payloads) - 1
+                for index, payload in enumerate(frame.payloads):
+                    self.send(payload, index == last, timestamp)
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:
+            logger.exception("RTP sending failed")
+        finally:
+            self.ready = False
+            track = self._sender.track
+            if track is not None:
+                track.stop()
+            self._state[_SENDER_ENCODER] = None
+            self._state[_SENDER_RTP_EXITED].set()
+
+    def send(
+        self, payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+    ) -> bool:
+        """Send one packet now; False if it could not go (not connected, or the socket is full)."""
+        if not self.ready:
+            return False
+        if sequence_number is None:
+            sequence_number = self.sequence_number
+        if (sequence_number - self.sequence_number) & 0xFFFF < 0x8000:
+            self.sequence_number = (sequence_number + 1) & 0xFFFF
+        ntp = rtp.ntp_now()
+        assert self._writer is not None
+        header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
+        if not self._transmit(header + payload):
+            self.dropped += 1
+            return False
+        self._history[sequence_number % SEND_HISTORY] = (
+            sequence_number,
+            timestamp,
+            marker,
+            payload,
+        )
+        self.packets += 1
+        state = self._state
+        state[_SENDER_NTP] = ntp
+        state[_SENDER_RTP_TIMESTAMP] = timestamp
+        state[_SENDER_OCTETS] += len(payload)
+        state[_SENDER_PACKETS] += 1
+        return True
+
+    def _transmit(self, plain: bytes) -> bool:
+        dtls = self._dtls
+        # The enum itself: the public `state` property formats a string per call.
+        if dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return False
+        try:
+            data = dtls._tx_srtp.protect(plain)
+        except pylibsrtp.Error:
+            return False
+        return _send_datagram(self._connection, data)
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        """aiortc's NACK handling calls this for each lost packet the browser reports."""
+        entry = self._history[sequence_number % SEND_HISTORY]
+        if entry is None or entry[0] != sequence_number:
+            return
+        _, timestamp, marker, payload = entry
+        ntp = rtp.ntp_now()
+        if self._rtx_payload_type is not None and self._rtx_writer is not None:
+            # RFC 4588: its own SSRC and numbering, the original number up front.
+            rtx_sequence_number = self._rtx_sequence_number
+            self._rtx_sequence_number = (rtx_sequence_number + 1) & 0xFFFF
+            plain = self._rtx_writer.header(
+                self._rtx_payload_type, rtx_sequence_number, timestamp, marker, ntp
+            ) + rtp.rtx_payload(sequence_number, payload)
+        else:
+            assert self._writer is not None
+            plain = (
+                self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
+                + payload
+            )
+        if self._transmit(plain):
+            self.retransmitted += 1

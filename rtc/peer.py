@@ -118,6 +118,7 @@ class Peer:
             subscriber = Subscriber(self.name, kind, transcode=self._settings.transcode)
             self.subscribers[kind] = subscriber
             sender = pc.addTrack(subscriber)
+            subscriber.set_output(aiortc_seam.PacketSender(sender))
             encoder_keyframe[kind] = aiortc_seam.on_keyframe_request(
                 sender, subscriber.on_keyframe_request
             )
@@ -126,6 +127,8 @@ class Peer:
             self.subscribers[transceiver.kind].set_codec(
                 aiortc_seam.negotiated_codec(transceiver), encoder_keyframe[transceiver.kind]
             )
+            # Transports are final now, and no media has flowed yet.
+            self.publishers[transceiver.kind].start_receiving()
         self._answered_at = self._loop.time()
         self._watchdog = asyncio.create_task(self._watch(), name=f"watchdog {self.name}")
         return pc.localDescription.sdp

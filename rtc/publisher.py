@@ -8,12 +8,15 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import av
 from aiortc import RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from av.frame import Frame
 
 from rtc import aiortc_seam
-from rtc.media import EncodedFrame, is_keyframe
+from rtc.media import EncodedFrame, FrameAssembler, is_keyframe
+from rtc.rtp import RtpView, starts_keyframe
 
 if TYPE_CHECKING:
     from rtc.subscriber import Subscriber
@@ -22,10 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 class Publisher:
-    """Receives one peer's audio or video and hands every encoded frame to its subscribers.
+    """Receives one peer's audio or video and hands every RTP packet to its subscribers.
 
-    Nothing is decoded unless a subscriber cannot take the publisher's codec
-    (then decoding runs only while such a subscriber is attached).
+    Packets are forwarded as they arrive (see `rtc.aiortc_seam.receive_packets`).
+    Complete frames are built only while someone needs frames (moderation's
+    listeners, or decoding), and nothing is decoded unless a subscriber cannot
+    take the publisher's codec (then only while such a subscriber is attached).
     """
 
     def __init__(
@@ -41,6 +46,10 @@ class Publisher:
         self._loop = asyncio.get_running_loop()
         self._tap = aiortc_seam.tap_receiver(receiver, self._on_frame)
         self._subscribers: set[Subscriber] = set()
+        # The same, as a tuple: iterated for every packet, changed only on attach/detach.
+        self._fan_out: tuple[Subscriber, ...] = ()
+        self._video = kind == "video"
+        self._assembler = FrameAssembler(self._video)
         # Called with every EncodedFrame too (moderation: ring buffers, recordings, sampling).
         self._frame_listeners: list[Callable[[EncodedFrame], None]] = []
         self._decoded_subscribers: set[Subscriber] = set()
@@ -54,21 +63,48 @@ class Publisher:
     def __repr__(self) -> str:
         return f"<Publisher {self.name}/{self.kind}>"
 
-    # -- frames in -------------------------------------------------------
+    # -- media in --------------------------------------------------------
+
+    def start_receiving(self) -> None:
+        """Take packets straight from the connection (once the local description is set)."""
+        self._tap.receive_packets(self._on_packet)
+
+    def _set_codec(self, codec: RTCRtpCodecParameters) -> None:
+        if self.codec is None or self.codec.payloadType != codec.payloadType:
+            logger.info("%r sends %s", self, codec.mimeType)
+            self._assembler = FrameAssembler(self._video)
+        self.codec = codec
+
+    def _on_packet(self, codec: RTCRtpCodecParameters, view: RtpView) -> None:
+        """Every RTP packet from the publisher's browser, on the event loop, decrypted."""
+        if codec is not self.codec:
+            self._set_codec(codec)
+        self.last_frame_at = self._loop.time()
+        self.bytes += len(view.payload)
+        video = self._video
+        keyframe = video and starts_keyframe(codec.name, view.payload)
+        if view.marker or not video:
+            self.frames += 1
+        for subscriber in self._fan_out:
+            subscriber.push_packet(codec, view, keyframe)
+        if self._frame_listeners or self._tap.decode:
+            frame = self._assembler.add(codec, view)
+            if frame is not None:
+                self._tap.decode_frame(codec, frame.data, frame.timestamp)
+                self._deliver(frame)
 
     def _on_frame(self, codec: RTCRtpCodecParameters, frame: aiortc_seam.EncodedFrameLike) -> None:
+        """A frame aiortc reassembled itself (packets that arrived before `start_receiving`)."""
         data = frame.data
         if not data:
             return
-        if self.codec is None or self.codec.payloadType != codec.payloadType:
-            logger.info("%r sends %s", self, codec.mimeType)
-        self.codec = codec
+        self._set_codec(codec)
         self.frames += 1
         self.bytes += len(data)
         self.last_frame_at = self._loop.time()
-        encoded = EncodedFrame(codec, data, frame.timestamp, is_keyframe(codec, data))
-        for subscriber in tuple(self._subscribers):
-            subscriber.push_encoded(encoded)
+        self._deliver(EncodedFrame(codec, data, frame.timestamp, is_keyframe(codec, data)))
+
+    def _deliver(self, encoded: EncodedFrame) -> None:
         for listener in tuple(self._frame_listeners):
             try:
                 listener(encoded)
@@ -92,9 +128,11 @@ class Publisher:
 
     def add_subscriber(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
+        self._fan_out = tuple(self._subscribers)
 
     def remove_subscriber(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+        self._fan_out = tuple(self._subscribers)
         self.stop_decoding_for(subscriber)
 
     def decode_for(self, subscriber: Subscriber) -> None:
@@ -113,8 +151,10 @@ class Publisher:
         try:
             while True:
                 frame = await self._tap.next_decoded()
-                for subscriber in tuple(self._decoded_subscribers):
-                    subscriber.push_decoded(frame)
+                for index, subscriber in enumerate(tuple(self._decoded_subscribers)):
+                    # Each subscriber rewrites its frame's pts: the second and
+                    # later ones get their own copy.
+                    subscriber.push_decoded(frame if index == 0 else _copy_frame(frame))
         except (MediaStreamError, asyncio.CancelledError):
             pass
         finally:
@@ -164,6 +204,7 @@ class Publisher:
         for subscriber in tuple(self._subscribers):
             subscriber.detach()
         self._subscribers.clear()
+        self._fan_out = ()
         self._frame_listeners.clear()
         self._decoded_subscribers.clear()
         self._tap.decode = False
@@ -174,3 +215,20 @@ class Publisher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _copy_frame(frame: Frame) -> Frame:
+    """The same picture or sound in a new frame object."""
+    copy: Frame
+    if isinstance(frame, av.VideoFrame):
+        copy = av.VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+    elif isinstance(frame, av.AudioFrame):
+        copy = av.AudioFrame.from_ndarray(
+            frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name
+        )
+        copy.sample_rate = frame.sample_rate
+    else:
+        return frame
+    copy.pts = frame.pts
+    copy.time_base = frame.time_base
+    return copy

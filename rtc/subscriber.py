@@ -2,8 +2,13 @@
 
 It is the track behind one of the server's RTCRtpSenders for the whole visit.
 Its source (a Publisher) changes with every new partner, but what leaves it is
-one continuous stream: timestamps keep moving forward with the wall clock, and
-aiortc's sender keeps numbering packets in sequence.
+one continuous stream: sequence numbers, timestamps and VP8 picture ids carry
+on from the previous partner's, so the browser sees one stream that paused,
+never one that jumped back.
+
+Packets are forwarded one by one with their header rewritten. Only when the
+publisher's codec cannot be sent as it is (or in the benchmark's transcode
+mode) are frames decoded, queued here, and re-encoded by aiortc.
 """
 
 from __future__ import annotations
@@ -13,24 +18,36 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Protocol
 
-import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 
-from rtc.media import EncodedFrame, same_codec
+from rtc.media import same_codec
 from rtc.publisher import Publisher
+from rtc.rtp import RtpView, read_vp8_picture_id, with_vp8_picture_id
 
 logger = logging.getLogger(__name__)
 
-# How much may wait for the sender before the oldest goes. About half a second
-# of video or audio: a slow link loses frames rather than growing memory or delay.
+# How many decoded frames may wait for the encoder before the oldest goes.
+# About half a second: a slow encoder loses frames rather than growing delay.
 MAX_QUEUED = {"video": 16, "audio": 25}
-# The smallest gap between the last frame of one partner and the first of the
+# The smallest gap between the last packet of one partner and the first of the
 # next, so the browser's jitter buffer never sees time step back.
 MIN_SWITCH_GAP = 0.02
+_U32 = 0xFFFFFFFF
+
+
+class PacketOutput(Protocol):
+    """Where forwarded packets go (rtc.aiortc_seam.PacketSender)."""
+
+    ready: bool
+    sequence_number: int
+
+    def send(
+        self, payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+    ) -> bool: ...
 
 
 class Subscriber(MediaStreamTrack):
@@ -48,21 +65,34 @@ class Subscriber(MediaStreamTrack):
         self.dropped = 0
         self.keyframe_requests = 0
         self._event_loop = asyncio.get_running_loop()
-        self._queue: deque[av.Packet[Any] | Frame] = deque()
-        self._max_queued = MAX_QUEUED[kind]
-        self._ready = asyncio.Event()
+        self._video = kind == "video"
+        self._output: PacketOutput | None = None
         self._source: Publisher | None = None
-        self._decoding = False
-        self._need_keyframe = kind == "video"
         self._force_encoder_keyframe: Callable[[], None] | None = None
-        # Timestamp rebasing (in `_clock` units): out = source timestamp + offset.
-        self._clock = 90000 if kind == "video" else 48000
+        self._clock = 90000 if self._video else 48000
         self._time_base = Fraction(1, self._clock)
-        # The last publisher codec found to match ours (frames pass as they are).
+        # The last publisher codec found to match ours (its packets pass as they are).
         self._forwardable: RTCRtpCodecParameters | None = None
-        self._offset: int | None = None
+        self._vp8 = False
+        # Packet forwarding from the current source: waiting for a point to start
+        # (a keyframe's first packet for video), then fixed offsets.
+        self._need_start = True
+        self._first_sequence = 0
+        self._sequence_offset = 0
+        self._timestamp_in = 0
+        self._timestamp_out = 0
+        self._picture_id_offset: int | None = None
+        self._next_picture_id = 0
+        # The output timeline, unwrapped, in `_clock` units: both forwarded
+        # packets and re-encoded frames continue from it.
         self._last_out: int | None = None
         self._last_out_at = 0.0
+        # Decoded frames waiting for aiortc's encoder (codecs differ, or transcode mode).
+        self._decoding = False
+        self._offset: int | None = None
+        self._queue: deque[Frame] = deque()
+        self._max_queued = MAX_QUEUED[kind]
+        self._ready = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.name}/{self.kind}>"
@@ -70,6 +100,9 @@ class Subscriber(MediaStreamTrack):
     @property
     def source(self) -> Publisher | None:
         return self._source
+
+    def set_output(self, output: PacketOutput) -> None:
+        self._output = output
 
     def set_codec(
         self, codec: RTCRtpCodecParameters | None, force_encoder_keyframe: Callable[[], None]
@@ -87,8 +120,8 @@ class Subscriber(MediaStreamTrack):
         """Forward `publisher` from now on, starting at its next keyframe."""
         self.detach()
         self._source = publisher
+        self._need_start = True
         self._offset = None
-        self._need_keyframe = self.kind == "video"
         publisher.add_subscriber(self)
         # Chromium sends keyframes rarely on its own: ask now, so the new
         # partner's first picture does not wait for the next natural one.
@@ -101,29 +134,90 @@ class Subscriber(MediaStreamTrack):
         self._decoding = False
         self._queue.clear()
 
-    # -- frames in -------------------------------------------------------
+    # -- packets in ------------------------------------------------------
 
-    def push_encoded(self, frame: EncodedFrame) -> None:
-        if self._decoding or self.readyState != "live":
+    def push_packet(self, codec: RTCRtpCodecParameters, view: RtpView, keyframe: bool) -> None:
+        """One packet from the source; `keyframe` if it starts a frame that decodes alone."""
+        output = self._output
+        if self._decoding or output is None or not output.ready or self.readyState != "live":
             return
-        if frame.codec is not self._forwardable and self.codec is not None:
-            if self._transcode or not same_codec(frame.codec, self.codec):
-                self._start_decoding(frame.codec)
+        if codec is not self._forwardable:
+            if self.codec is None:
                 return
-            # aiortc hands over the same codec object with every frame of a
-            # stream: compare once, not per frame.
-            self._forwardable = frame.codec
-        if self._need_keyframe:
-            if not frame.keyframe:
-                # Undecodable without the frames before it; counted as dropped.
-                self.dropped += 1
-                self._request_keyframe()
+            if self._transcode or not same_codec(codec, self.codec):
+                self._start_decoding(codec)
                 return
-            self._need_keyframe = False
-        packet = av.Packet(frame.data)
-        packet.pts = self._rebase(frame.timestamp, frame.codec.clockRate)
-        packet.time_base = self._time_base
-        self._enqueue(packet)
+            # The publisher hands over the same codec object with every
+            # packet of a stream: compare once, not per packet.
+            self._forwardable = codec
+            self._vp8 = codec.name.upper() == "VP8"
+        if self._need_start:
+            if self._video and not keyframe:
+                # Undecodable without what came before: wait for a keyframe.
+                if view.marker:
+                    self.dropped += 1
+                    self._request_keyframe()
+                return
+            self._start(view, output.sequence_number)
+        elif (view.sequence_number - self._first_sequence) & 0xFFFF >= 0x8000:
+            return  # late, from before the point we started at
+        sequence_number = (view.sequence_number + self._sequence_offset) & 0xFFFF
+        timestamp = self._timestamp(view.timestamp)
+        payload = view.payload
+        if self._vp8:
+            payload = self._renumber_picture(payload)
+        if output.send(payload, view.marker, timestamp & _U32, sequence_number):
+            if view.marker or not self._video:
+                self.forwarded += 1
+        elif self._video:
+            # The socket would not take it: the frame is broken, restart at a keyframe.
+            self.dropped += 1
+            self._need_start = True
+            self._request_keyframe()
+
+    def _start(self, view: RtpView, next_sequence_number: int) -> None:
+        self._need_start = False
+        self._first_sequence = view.sequence_number
+        self._sequence_offset = (next_sequence_number - view.sequence_number) & 0xFFFF
+        self._timestamp_in = view.timestamp
+        self._timestamp_out = self._continue_timeline()
+        self._picture_id_offset = None
+
+    def _continue_timeline(self) -> int:
+        """Where the output timeline goes on for a new source: after the last output plus the pause."""
+        if self._last_out is None:
+            return 0
+        gap = max(MIN_SWITCH_GAP, self._event_loop.time() - self._last_out_at)
+        return self._last_out + round(gap * self._clock)
+
+    def _timestamp(self, timestamp: int) -> int:
+        # Signed distance from the newest timestamp seen: survives the 2**32 wrap and reordering.
+        delta = (timestamp - self._timestamp_in) & _U32
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        out = self._timestamp_out + delta
+        if delta > 0:
+            self._timestamp_in = timestamp
+            self._timestamp_out = out
+            self._last_out = out
+            self._last_out_at = self._event_loop.time()
+        elif self._last_out is None:
+            self._last_out = out
+            self._last_out_at = self._event_loop.time()
+        return out
+
+    def _renumber_picture(self, payload: bytes) -> bytes:
+        picture_id = read_vp8_picture_id(payload)
+        if picture_id is None:
+            return payload
+        if self._picture_id_offset is None:
+            self._picture_id_offset = (self._next_picture_id - picture_id) & 0x7FFF
+        out = (picture_id + self._picture_id_offset) & 0x7FFF
+        if (out - self._next_picture_id) & 0x7FFF < 0x4000:
+            self._next_picture_id = (out + 1) & 0x7FFF
+        return with_vp8_picture_id(payload, out)
+
+    # -- decoded frames in (codecs differ) -------------------------------
 
     def push_decoded(self, frame: Frame) -> None:
         if not self._decoding or self.readyState != "live" or frame.pts is None:
@@ -155,13 +249,8 @@ class Subscriber(MediaStreamTrack):
     def _rebase(self, timestamp: int, clock: int) -> int:
         if clock != self._clock:
             timestamp = timestamp * self._clock // clock
-        now = self._event_loop.time()
         if self._offset is None:
-            if self._last_out is None:
-                self._offset = -timestamp
-            else:
-                gap = max(MIN_SWITCH_GAP, now - self._last_out_at)
-                self._offset = self._last_out + round(gap * self._clock) - timestamp
+            self._offset = self._continue_timeline() - timestamp
         out = timestamp + self._offset
         if self._last_out is not None and out < self._last_out:
             # The source's clock stepped back (a restarted browser encoder):
@@ -169,21 +258,17 @@ class Subscriber(MediaStreamTrack):
             self._offset += self._last_out - out
             out = self._last_out
         self._last_out = out
-        self._last_out_at = now
+        self._last_out_at = self._event_loop.time()
         return out
 
-    def _enqueue(self, item: av.Packet[Any] | Frame) -> None:
+    def _enqueue(self, frame: Frame) -> None:
         if len(self._queue) >= self._max_queued:
-            if self.kind == "video":
-                # Later frames depend on the ones we would drop: start over at a keyframe.
-                self.dropped += len(self._queue) + 1
-                self._queue.clear()
-                self._need_keyframe = True
-                self._request_keyframe()
-                return
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append(item)
+            if self._video:
+                # The encoder will predict from a frame it never saw: ask it for a keyframe.
+                self._request_keyframe()
+        self._queue.append(frame)
         self._ready.set()
 
     # -- keyframes -------------------------------------------------------
@@ -200,9 +285,9 @@ class Subscriber(MediaStreamTrack):
         self.keyframe_requests += 1
         self._request_keyframe()
 
-    # -- MediaStreamTrack ------------------------------------------------
+    # -- MediaStreamTrack (decoded frames only) --------------------------
 
-    async def recv(self) -> av.Packet[Any] | Frame:  # type: ignore[override]
+    async def recv(self) -> Frame:  # type: ignore[override]
         while not self._queue:
             if self.readyState != "live":
                 raise MediaStreamError

@@ -73,6 +73,7 @@ class Watcher:
             for kind in KINDS:
                 subscriber = Subscriber(f"watch:{peer.name}", kind)
                 sender = pc.addTrack(subscriber)
+                subscriber.set_output(aiortc_seam.PacketSender(sender))
                 hook = aiortc_seam.on_keyframe_request(sender, subscriber.on_keyframe_request)
                 self.subscribers.append(subscriber)
                 keyframe_hooks.append((subscriber, sender, hook))

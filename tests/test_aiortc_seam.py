@@ -10,10 +10,10 @@ import asyncio
 
 import pytest
 from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from rtc import aiortc_seam
+from rtc import aiortc_seam, rtp
 from rtc.media import is_keyframe
 
 
@@ -170,3 +170,102 @@ async def test_tap_installs_the_prompt_jitter_buffer(pair) -> None:
     receiver = receiver_pc.getTransceivers()[0].receiver
     aiortc_seam.tap_receiver(receiver, lambda codec, frame: None)
     assert isinstance(getattr(receiver, aiortc_seam._JITTER_BUFFER), aiortc_seam.PromptJitterBuffer)
+
+
+# -- packet-level forwarding -------------------------------------------------
+
+
+class _Silent(MediaStreamTrack):
+    """A send track with nothing to say: PacketSender sends what it is given instead."""
+
+    kind = "video"
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        await asyncio.Event().wait()
+
+
+async def test_packets_forwarded_through_the_seam_decode_at_the_far_end() -> None:
+    """Browser A -> server (receive_packets) -> server (PacketSender) -> browser B, all real."""
+    a, server_in = RTCPeerConnection(), RTCPeerConnection()
+    server_out, b = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        a.addTrack(VideoStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await server_in.setRemoteDescription(a.localDescription)
+        receiver = server_in.getTransceivers()[0].receiver
+        await server_in.setLocalDescription(await server_in.createAnswer())
+        views: list[rtp.RtpView] = []
+        aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+
+        sender = server_out.addTrack(_Silent())
+        packets = aiortc_seam.PacketSender(sender)
+        await _connect(server_out, b)
+        await a.setRemoteDescription(server_in.localDescription)
+
+        await _until(lambda: packets.ready and len(views) >= 30)
+        # Decrypted, parsed, in order, VP8 from the start.
+        first = views[0]
+        codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        assert codecs[first.payload_type].mimeType == "video/VP8"
+        assert [v.sequence_number for v in views[:30]] == [
+            (first.sequence_number + i) & 0xFFFF for i in range(30)
+        ]
+        # aiortc's receiver still counts what arrives (its receiver reports come from this).
+        stats = await receiver.getStats()
+        inbound = [s for s in stats.values() if s.type == "inbound-rtp"]
+        assert inbound and inbound[0].packetsReceived >= 30
+        # ...and decodes nothing.
+        assert receiver.track._queue.qsize() == 0  # type: ignore[attr-defined]
+
+        # Forward from the first keyframe on, renumbered for the other connection.
+        start = next(i for i, v in enumerate(views) if rtp.starts_keyframe("VP8", v.payload))
+        offset = packets.sequence_number - views[start].sequence_number
+        forwarded = 0
+
+        def forward(view: rtp.RtpView) -> None:
+            nonlocal forwarded
+            packets.send(
+                view.payload, view.marker, view.timestamp, (view.sequence_number + offset) & 0xFFFF
+            )
+            forwarded += 1
+
+        for view in views[start:]:
+            forward(view)
+        # B is a plain aiortc peer: it decodes what arrives.
+        receiver_b = b.getTransceivers()[0].receiver
+        # Keep forwarding live packets until B shows a picture.
+        done = len(views)
+
+        async def pump() -> None:
+            nonlocal done
+            while True:
+                for view in views[done:]:
+                    forward(view)
+                done = len(views)
+                await asyncio.sleep(0.01)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            frame = await asyncio.wait_for(receiver_b.track.recv(), 10)
+        finally:
+            pumping.cancel()
+        assert (frame.width, frame.height) == (640, 480)
+        # aiortc's sender reports count the forwarded packets.
+        out_stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
+        assert out_stats[0].packetsSent == packets.packets == forwarded
+        # A NACK for a recent packet is answered from the history.
+        await sender._retransmit((packets.sequence_number - 1) & 0xFFFF)
+        assert packets.retransmitted == 1
+        await sender._retransmit((packets.sequence_number + 1000) & 0xFFFF)  # never sent
+        assert packets.retransmitted == 1
+    finally:
+        for pc in (a, server_in, server_out, b):
+            await pc.close()
+
+
+def test_packet_path_names_are_checked() -> None:
+    class NotASender:
+        pass
+
+    with pytest.raises(aiortc_seam.SeamError, match="_run_rtp"):
+        aiortc_seam.PacketSender(NotASender())  # type: ignore[arg-type]

@@ -1,8 +1,9 @@
-"""Subscriber and Publisher on real aiortc receivers: bounded queues, keyframes, continuity.
+"""Subscriber and Publisher on real aiortc receivers: keyframes, continuity, bounded queues.
 
 The publishers here sit on the receivers of a real RTCPeerConnection that has
-applied a real offer; frames are pushed the way aiortc's jitter buffer hands
-them over, and what the subscriber yields is what aiortc's sender would send.
+applied a real offer; packets are pushed the way the seam hands them over, and
+what the subscriber sends is recorded by an output standing where
+`rtc.aiortc_seam.PacketSender` does (tests/test_server.py runs the real one).
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from rtc.media import EncodedFrame
 from rtc.publisher import Publisher
+from rtc.rtp import RtpView, read_vp8_picture_id, starts_keyframe
 from rtc.subscriber import MAX_QUEUED, Subscriber
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
@@ -26,8 +29,6 @@ H264 = RTCRtpCodecParameters(
     mimeType="video/H264", clockRate=90000, payloadType=102, parameters={"packetization-mode": "1"}
 )
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
-KEY = b"\x00keyframe"  # VP8 frame tag bit 0 clear: a key frame
-DELTA = b"\x01delta"
 
 
 @pytest.fixture
@@ -58,95 +59,172 @@ async def publishers() -> AsyncIterator[list[Publisher]]:
         await pc.close()
 
 
-def frame(data: bytes, timestamp: int, codec: RTCRtpCodecParameters = VP8) -> EncodedFrame:
-    return EncodedFrame(codec, data, timestamp, keyframe=data[0] & 1 == 0 if codec is VP8 else True)
+class Sent:
+    def __init__(self, payload: bytes, marker: bool, timestamp: int, sequence_number: int) -> None:
+        self.payload = payload
+        self.marker = marker
+        self.timestamp = timestamp
+        self.sequence_number = sequence_number
 
 
-async def drain(subscriber: Subscriber) -> list[av.Packet]:
-    out = []
-    while subscriber._queue:
-        out.append(await subscriber.recv())
-    return out
+class RecordingOutput:
+    """Stands where PacketSender does; `accept` False plays a full socket."""
+
+    def __init__(self, first_sequence_number: int = 65530) -> None:
+        self.ready = True
+        self.sequence_number = first_sequence_number
+        self.accept = True
+        self.sent: list[Sent] = []
+
+    def send(
+        self, payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+    ) -> bool:
+        if not self.accept:
+            return False
+        if sequence_number is None:
+            sequence_number = self.sequence_number
+        self.sequence_number = (sequence_number + 1) & 0xFFFF
+        self.sent.append(Sent(payload, marker, timestamp, sequence_number))
+        return True
 
 
-async def test_forwards_from_the_first_keyframe_with_the_same_bytes(publishers) -> None:
-    publisher = publishers[0]
-    subscriber = Subscriber("s", "video")
-    subscriber.set_codec(VP8, lambda: None)
+def vp8_packets(
+    picture_id: int, sequence_number: int, timestamp: int, *, key: bool, count: int = 3
+) -> list[RtpView]:
+    """One VP8 frame as `count` packets with 15-bit picture ids, the way Chromium sends it."""
+    packets = []
+    for index in range(count):
+        descriptor = bytes(
+            [0x90 if index == 0 else 0x80, 0x80, 0x80 | picture_id >> 8, picture_id & 0xFF]
+        )
+        body = (
+            (b"\x00" if key else b"\x01") + bytes([index]) * 50
+            if index == 0
+            else bytes([index]) * 50
+        )
+        packets.append(
+            RtpView(
+                1111,
+                96,
+                (sequence_number + index) & 0xFFFF,
+                timestamp & 0xFFFFFFFF,
+                index == count - 1,
+                descriptor + body,
+            )
+        )
+    return packets
+
+
+def push(subscriber: Subscriber, codec: RTCRtpCodecParameters, packets: list[RtpView]) -> None:
+    for view in packets:
+        subscriber.push_packet(codec, view, starts_keyframe(codec.name, view.payload))
+
+
+def subscribed(
+    publisher: Publisher, output: RecordingOutput, codec=VP8, kind="video"
+) -> Subscriber:
+    subscriber = Subscriber("s", kind)
+    subscriber.set_codec(codec, lambda: None)
+    subscriber.set_output(output)
     subscriber.attach(publisher)
-    await asyncio.sleep(0)
-    requests_on_attach = publisher.keyframe_requests
-    assert requests_on_attach == 1, "attaching must ask the publisher for a keyframe at once"
+    return subscriber
 
-    subscriber.push_encoded(frame(DELTA, 0))  # cannot be decoded without what came before
-    subscriber.push_encoded(frame(KEY, 3000))
-    subscriber.push_encoded(frame(DELTA, 6000))
-    packets = await drain(subscriber)
-    assert [bytes(p) for p in packets] == [KEY, DELTA]
-    assert packets[1].pts - packets[0].pts == 3000
+
+async def test_forwards_from_the_first_keyframe_with_the_same_payloads(publishers) -> None:
+    publisher = publishers[0]
+    output = RecordingOutput()
+    subscriber = subscribed(publisher, output)
+    await asyncio.sleep(0)
+    assert publisher.keyframe_requests == 1, (
+        "attaching must ask the publisher for a keyframe at once"
+    )
+
+    # A delta frame cannot be decoded without what came before: not sent, counted.
+    push(subscriber, VP8, vp8_packets(7, 100, 0, key=False))
+    assert output.sent == [] and subscriber.dropped == 1
+    key = vp8_packets(8, 103, 3000, key=True)
+    delta = vp8_packets(9, 106, 6000, key=False)
+    push(subscriber, VP8, key + delta)
+    assert [s.payload[4:] for s in output.sent] == [v.payload[4:] for v in key + delta]
+    assert [s.marker for s in output.sent] == [False, False, True] * 2
+    # Numbering carries on from the sender's own, across the 16-bit wrap.
+    assert [s.sequence_number for s in output.sent] == [65530, 65531, 65532, 65533, 65534, 65535]
+    assert {s.timestamp for s in output.sent[3:]} == {output.sent[0].timestamp + 3000}
+    assert subscriber.forwarded == 2
     subscriber.stop()
 
 
-async def test_a_slow_subscriber_drops_instead_of_growing(publishers) -> None:
+async def test_a_full_socket_drops_and_restarts_at_a_keyframe(publishers) -> None:
     publisher = publishers[0]
-    subscriber = Subscriber("s", "video")
-    subscriber.set_codec(VP8, lambda: None)
-    subscriber.attach(publisher)
-    subscriber.push_encoded(frame(KEY, 0))
+    output = RecordingOutput()
+    subscriber = subscribed(publisher, output)
+    push(subscriber, VP8, vp8_packets(1, 0, 0, key=True))
+    await asyncio.sleep(0.01)
     requests_before = publisher.keyframe_requests
-    for i in range(1, 1000):
-        subscriber.push_encoded(frame(DELTA, i * 3000))
-        assert len(subscriber._queue) <= MAX_QUEUED["video"]
-    assert subscriber.dropped > 900
+    output.accept = False
+    push(subscriber, VP8, vp8_packets(2, 3, 3000, key=False))
+    assert subscriber.dropped >= 1
     await asyncio.sleep(0.01)
     assert publisher.keyframe_requests > requests_before, (
         "after dropping it must ask for a keyframe"
     )
-    # Nothing more is queued until a keyframe restarts the picture.
-    await drain(subscriber)
-    subscriber.push_encoded(frame(DELTA, 10_000_000))
-    assert not subscriber._queue
-    subscriber.push_encoded(frame(KEY, 10_003_000))
-    assert [bytes(p) for p in await drain(subscriber)] == [KEY]
+    output.accept = True
+    sent = len(output.sent)
+    push(subscriber, VP8, vp8_packets(3, 6, 6000, key=False))
+    assert len(output.sent) == sent, "nothing more until a keyframe restarts the picture"
+    push(subscriber, VP8, vp8_packets(4, 9, 9000, key=True))
+    assert len(output.sent) == sent + 3
     subscriber.stop()
 
 
-async def test_audio_drops_the_oldest_when_full(publishers) -> None:
-    subscriber = Subscriber("s", "audio")
-    subscriber.set_codec(OPUS, lambda: None)
-    subscriber.attach(publishers[2])
-    for i in range(100):
-        subscriber.push_encoded(frame(bytes([i]), i * 960, OPUS))
-    packets = await drain(subscriber)
-    assert len(packets) == MAX_QUEUED["audio"]
-    assert bytes(packets[-1]) == bytes([99])
-    subscriber.stop()
-
-
-async def test_timestamps_keep_going_forward_across_partners(publishers) -> None:
+async def test_one_continuous_stream_across_partners(publishers) -> None:
     first, second = publishers[0], publishers[1]
-    subscriber = Subscriber("s", "video")
-    subscriber.set_codec(VP8, lambda: None)
-    pts: list[int] = []
-
-    subscriber.attach(first)
-    for i, data in zip(range(10), itertools.chain([KEY], itertools.repeat(DELTA)), strict=False):
-        subscriber.push_encoded(frame(data, 5_000_000 + i * 3000))
-    pts += [p.pts for p in await drain(subscriber)]
-
+    output = RecordingOutput(first_sequence_number=1000)
+    subscriber = subscribed(first, output)
+    sequence_number, timestamp = 40_000, 5_000_000
+    for index in range(10):
+        push(
+            subscriber, VP8, vp8_packets(32_760 + index, sequence_number, timestamp, key=index == 0)
+        )
+        sequence_number += 3
+        timestamp += 3000
     await asyncio.sleep(0.1)
-    # The next partner's clock starts somewhere else entirely (lower, here).
+    # The next partner numbers everything somewhere else entirely (lower, here).
     subscriber.attach(second)
-    for i, data in zip(range(10), itertools.chain([KEY], itertools.repeat(DELTA)), strict=False):
-        subscriber.push_encoded(frame(data, 1000 + i * 3000))
-    pts += [p.pts for p in await drain(subscriber)]
+    for index in range(10):
+        push(
+            subscriber,
+            VP8,
+            vp8_packets(5 + index, 7 + 3 * index, 1000 + 3000 * index, key=index == 0),
+        )
+    # A straggler from before the new partner's keyframe: not sent.
+    push(subscriber, VP8, vp8_packets(4, 4, 0, key=False))
 
-    steps = [b - a for a, b in itertools.pairwise(pts)]
-    assert len(pts) == 20
-    assert all(step > 0 for step in steps), steps
+    sent = output.sent
+    assert len(sent) == 60
+    assert [s.sequence_number for s in sent] == list(range(1000, 1060))
+    frames = [s for s in sent if s.marker]
+    steps = [(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(frames)]
     # The switch advances by about the wall-clock time that passed, not by the clocks' offset.
     assert 0.05 * 90000 < steps[9] < 5 * 90000
     assert set(steps[:9] + steps[10:]) == {3000}
+    picture_ids = [read_vp8_picture_id(s.payload) for s in frames]
+    first_id = picture_ids[0]
+    assert first_id is not None
+    assert picture_ids == [(first_id + i) & 0x7FFF for i in range(20)], picture_ids
+    subscriber.stop()
+
+
+async def test_timestamps_survive_the_32_bit_wrap(publishers) -> None:
+    output = RecordingOutput()
+    subscriber = subscribed(publishers[2], output, codec=OPUS, kind="audio")
+    for index in range(10):
+        timestamp = 0xFFFFFFFF - 4 * 960 + index * 960
+        subscriber.push_packet(
+            OPUS, RtpView(5, 111, index, timestamp & 0xFFFFFFFF, True, b"x"), True
+        )
+    steps = {(b.timestamp - a.timestamp) & 0xFFFFFFFF for a, b in itertools.pairwise(output.sent)}
+    assert steps == {960} and subscriber.forwarded == 10
     subscriber.stop()
 
 
@@ -154,9 +232,11 @@ async def test_codecs_that_do_not_meet_switch_to_decoding(publishers) -> None:
     publisher = publishers[0]
     subscriber = Subscriber("s", "video")
     subscriber.set_codec(H264, lambda: None)
+    output = RecordingOutput()
+    subscriber.set_output(output)
     subscriber.attach(publisher)
-    subscriber.push_encoded(frame(KEY, 0))
-    assert not subscriber._queue, "VP8 must not be sent as-is on an H264 track"
+    push(subscriber, VP8, vp8_packets(1, 0, 0, key=True))
+    assert output.sent == [], "VP8 must not be sent as-is on an H264 track"
     assert subscriber in publisher._decoded_subscribers
     subscriber.detach()
     assert subscriber not in publisher._decoded_subscribers
@@ -182,3 +262,22 @@ async def test_stopping_wakes_a_waiting_sender(publishers) -> None:
     subscriber.stop()
     with pytest.raises(MediaStreamError):
         await asyncio.wait_for(waiting, 1)
+
+
+async def test_decoded_frames_queue_is_bounded(publishers) -> None:
+    subscriber = subscribed(publishers[2], RecordingOutput(), codec=H264)
+    subscriber.kind = "audio"
+    push(
+        subscriber, VP8, vp8_packets(1, 0, 0, key=True)
+    )  # codecs differ: decoded frames from now on
+    for index in range(100):
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 960), np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 48000
+        frame.pts = index * 960
+        frame.time_base = Fraction(1, 48000)
+        subscriber.push_decoded(frame)
+        assert len(subscriber._queue) <= MAX_QUEUED["video"]
+    assert subscriber.dropped == 100 - MAX_QUEUED["video"]
+    subscriber.stop()
