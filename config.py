@@ -54,7 +54,7 @@ class Settings:
     recording_retention: float = 30 * 86400.0
     evidence_seconds: float = 30.0
     # Seconds between sampled frames per video stream, for thumbnails and analyzers.
-    analyzer_interval: float = 2.0
+    analyzer_interval: float = 5.0
     report_moves_on: bool = True
     # Read the client address from X-Forwarded-For (only behind your own proxy).
     trusted_proxy: bool = False

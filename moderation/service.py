@@ -51,7 +51,7 @@ class ModerationSettings:
     recordings_dir: str
     recording_retention: float = 30 * 86400.0
     evidence_seconds: float = 30.0
-    analyzer_interval: float = 2.0
+    analyzer_interval: float = 5.0
 
 
 @dataclass
