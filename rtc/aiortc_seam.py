@@ -68,6 +68,7 @@ _CODECS = "_codecs"
 # Packet-level forwarding.
 _ICE_CONNECTION = "_connection"  # RTCIceTransport -> aioice.Connection
 _NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
+_PROTOCOLS = "_protocols"  # aioice.Connection: one StunProtocol per local socket
 _DTLS_STATE = "_state"
 _RX_SRTP = "_rx_srtp"
 _TX_SRTP = "_tx_srtp"
@@ -366,8 +367,17 @@ class _InboundStream:
                 return
             view = original
         nack = self._nack
-        if nack is not None and nack.add(view):
-            self._inbound.send_nack(self._receiver, view.ssrc, sorted(nack.missing))
+        if nack is not None:
+            last = nack.max_seq
+            if (
+                last is not None
+                and view.sequence_number == (last + 1) & 0xFFFF
+                and not nack.missing
+            ):
+                # The common case, with the same effect as nack.add(): in order, nothing missing.
+                nack.max_seq = view.sequence_number
+            elif nack.add(view):
+                self._inbound.send_nack(self._receiver, view.ssrc, sorted(nack.missing))
         if view.payload:
             self._handler(self._codec, view)
 
@@ -387,7 +397,12 @@ class _Inbound:
         _require(self._connection, "data_received")
         _require(self._connection, _NOMINATED)
         self._pass_on: Callable[[bytes, int], None] = self._connection.data_received
+        # Packets from sockets not hooked below still arrive here.
         self._connection.data_received = self._data_received
+        # aioice tries to parse every datagram as STUN before handing it on;
+        # RTP cannot be STUN (RFC 7983 section 7), so skip that on each socket.
+        for protocol in getattr(self._connection, _PROTOCOLS):
+            protocol.datagram_received = self._skip_stun(protocol.datagram_received)
         self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
         self._streams: dict[int, _InboundStream] = {}
         self._abs_send_time_id: int | None = None
@@ -399,12 +414,34 @@ class _Inbound:
         ids = getattr(getattr(self._dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
         self._abs_send_time_id = ids.abs_send_time
 
+    def _is_srtp(self, data: bytes) -> bool:
+        # RTP only (RFC 7983 demultiplexing; RTCP has payload types 192-208),
+        # once DTLS has given us the keys.
+        return (
+            len(data) >= 12
+            and 127 < data[0] < 192
+            and not 192 <= data[1] <= 208
+            and self._dtls._rx_srtp is not None
+        )
+
+    def _skip_stun(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if self._is_srtp(data):
+                self._receive(data)
+            else:
+                original(data, addr)
+
+        return datagram_received
+
     def _data_received(self, data: bytes, component: int) -> None:
-        srtp = self._dtls._rx_srtp
-        # RTP only (RFC 5764 section 5.1.2 demultiplexing; RTCP has payload types 192-208).
-        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 208:
+        if self._is_srtp(data):
+            self._receive(data)
+        else:
             self._pass_on(data, component)
-            return
+
+    def _receive(self, data: bytes) -> None:
+        srtp = self._dtls._rx_srtp
+        assert srtp is not None
         try:
             plain = srtp.unprotect(data)
         except pylibsrtp.Error:
@@ -503,6 +540,7 @@ def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
     ):
         _require(receiver, name)
     _require(dtls.transport, _ICE_CONNECTION)
+    _require(getattr(dtls.transport, _ICE_CONNECTION), _PROTOCOLS)
     inbound = dtls.__dict__.get("relay_inbound")
     if inbound is None:
         inbound = dtls.__dict__["relay_inbound"] = _Inbound(dtls)

@@ -82,7 +82,7 @@ class Subscriber(MediaStreamTrack):
         self._timestamp_in = 0
         self._timestamp_out = 0
         self._picture_id_offset: int | None = None
-        self._next_picture_id = 0
+        self._next_picture_id: int | None = None
         # The output timeline, unwrapped, in `_clock` units: both forwarded
         # packets and re-encoded frames continue from it.
         self._last_out: int | None = None
@@ -210,12 +210,17 @@ class Subscriber(MediaStreamTrack):
         picture_id = read_vp8_picture_id(payload)
         if picture_id is None:
             return payload
-        if self._picture_id_offset is None:
-            self._picture_id_offset = (self._next_picture_id - picture_id) & 0x7FFF
-        out = (picture_id + self._picture_id_offset) & 0x7FFF
-        if (out - self._next_picture_id) & 0x7FFF < 0x4000:
+        offset = self._picture_id_offset
+        if offset is None:
+            # The first source keeps its own numbering; later ones continue it.
+            following = self._next_picture_id
+            offset = 0 if following is None else (following - picture_id) & 0x7FFF
+            self._picture_id_offset = offset
+        out = (picture_id + offset) & 0x7FFF
+        following = self._next_picture_id
+        if following is None or (out - following) & 0x7FFF < 0x4000:
             self._next_picture_id = (out + 1) & 0x7FFF
-        return with_vp8_picture_id(payload, out)
+        return payload if offset == 0 else with_vp8_picture_id(payload, out)
 
     # -- decoded frames in (codecs differ) -------------------------------
 
