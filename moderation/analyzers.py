@@ -181,7 +181,7 @@ class FaceAnalyzer:
 
     name = "no_face"
 
-    def __init__(self, *, seconds: float = 30.0, width: int = 320, min_face: float = 0.1) -> None:
+    def __init__(self, *, seconds: float = 30.0, width: int = 160, min_face: float = 0.15) -> None:
         self.seconds = seconds
         # Detection runs on a grey copy this wide; faces smaller than
         # `min_face` of its width are not looked for (they would be far away).
