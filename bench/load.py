@@ -1,10 +1,13 @@
 """Load clients: aiortc peers that send pre-encoded media and time what arrives, undecoded.
 
 A :class:`LoadPeer` is one RTCPeerConnection. It sends the loops of
-:mod:`bench.media` (no encoder runs) and taps its receivers with
-:func:`rtc.aiortc_seam.tap_receiver`, so every reassembled frame is logged
-with its arrival time and RTP timestamp and never decoded. What the logs mean
-is worked out afterwards, by :mod:`bench.analysis`.
+:mod:`bench.media` (no encoder runs) and takes what it receives packet by
+packet through :func:`rtc.aiortc_seam.receive_packets`, the relay's own
+receive path, so every frame is reassembled from its packets, logged with its
+arrival time and RTP timestamp and never decoded; its senders are the relay's
+:class:`rtc.aiortc_seam.PacketSender` too. The clients are as cheap as the
+relay knows how to be, so the machine's CPU goes to what is measured. What the
+logs mean is worked out afterwards, by :mod:`bench.analysis`.
 
 A :class:`RelayUser` is a visitor of our server (a LoadPeer plus the
 signalling WebSocket of docs/protocol.md); :func:`connect_direct` wires two
@@ -28,6 +31,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from bench.media import LoadMedia, LoopAudioTrack, LoopVideoTrack, SendLog
 from rtc import aiortc_seam
+from rtc.media import FrameAssembler
+from rtc.rtp import RtpView
 
 Message = dict[str, Any]
 
@@ -39,8 +44,9 @@ SIGNALLING_TIMEOUT = 20.0
 class ReceiveLog:
     """What one load client received: ``(monotonic arrival, RTP timestamp, bytes)`` per video frame.
 
-    The timestamp is aiortc's unwrapped one, counted from the first frame this
-    receiver saw; only differences between timestamps carry meaning.
+    The timestamp is unwrapped and counted from the first frame this receiver
+    saw (as aiortc's own receiver does); only differences between timestamps
+    carry meaning.
     """
 
     video: list[tuple[float, int, int]] = field(default_factory=list)
@@ -77,7 +83,8 @@ class LoadPeer:
         self._media = media
         self._send = send
         self._receive = receive
-        self._tapped: set[int] = set()
+        self._listening: set[int] = set()
+        self._video_frames = FrameAssembler(video=True)
         self.video: LoopVideoTrack | None = None
         self.audio: LoopAudioTrack | None = None
         if send:
@@ -97,26 +104,28 @@ class LoadPeer:
             for kind in ("audio", "video"):
                 self.pc.addTransceiver(kind, direction="recvonly")
         self._prefer_vp8()
-        self._tap()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 
     async def accept(self, answer_sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        # Only now are the transports final (the answer may bundle them).
+        self._listen()
 
     async def answer(self, offer_sdp: str) -> str:
         """Answer someone else's offer (a direct partner, or Janus offering a subscription)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         if self._send:
             self._add_tracks()
-        self._tap()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._listen()
         return str(self.pc.localDescription.sdp)
 
     def _add_tracks(self) -> None:
         assert self.video is not None and self.audio is not None
-        self.pc.addTrack(self.audio)
+        aiortc_seam.PacketSender(self.pc.addTrack(self.audio))
         sender = self.pc.addTrack(self.video)
+        aiortc_seam.PacketSender(sender)
         # The relay's PLI must become a keyframe: aiortc's own handling only
         # flags its encoder, and these tracks send packets.
         aiortc_seam.on_keyframe_request(sender, self.video.request_keyframe)
@@ -127,23 +136,25 @@ class LoadPeer:
             if transceiver.kind == "video":
                 transceiver.setCodecPreferences(_preferred("video", "vp8"))
 
-    def _tap(self) -> None:
+    def _listen(self) -> None:
         if not self._receive:
             return
         for transceiver in self.pc.getTransceivers():
             receiver = transceiver.receiver
-            if id(receiver) in self._tapped:
+            if id(receiver) in self._listening:
                 continue
-            self._tapped.add(id(receiver))
+            self._listening.add(id(receiver))
             if transceiver.kind == "video":
-                aiortc_seam.tap_receiver(receiver, self._on_video)
+                aiortc_seam.receive_packets(receiver, self._on_video)
             else:
-                aiortc_seam.tap_receiver(receiver, self._on_audio)
+                aiortc_seam.receive_packets(receiver, self._on_audio)
 
-    def _on_video(self, codec: RTCRtpCodecParameters, frame: aiortc_seam.EncodedFrameLike) -> None:
-        self.received.video.append((time.monotonic(), frame.timestamp, len(frame.data)))
+    def _on_video(self, codec: RTCRtpCodecParameters, view: RtpView) -> None:
+        frame = self._video_frames.add(codec, view)
+        if frame is not None:
+            self.received.video.append((time.monotonic(), frame.timestamp, len(frame.data)))
 
-    def _on_audio(self, codec: RTCRtpCodecParameters, frame: aiortc_seam.EncodedFrameLike) -> None:
+    def _on_audio(self, codec: RTCRtpCodecParameters, view: RtpView) -> None:
         self.received.audio_frames += 1
 
     async def wait_connected(self, timeout: float = SIGNALLING_TIMEOUT) -> None:  # noqa: ASYNC109
