@@ -75,6 +75,8 @@ def parse(data: bytes, abs_send_time_id: int | None = None) -> RtpView | None:
     if first >> 6 != 2:
         return None
     offset = 12 + 4 * (first & 0x0F)
+    if offset > size:
+        return None
     abs_send_time = None
     if first & 0x10:
         if offset + 4 > size:

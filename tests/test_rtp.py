@@ -72,6 +72,7 @@ def test_malformed_packets_are_refused() -> None:
     assert rtp.parse(bytes([0x40]) + good[1:]) is None  # RTP version 1
     assert rtp.parse(good[:14]) is None  # extension runs past the end
     assert rtp.parse(bytes([0xA0]) + good[1:12] + b"\xff") is None  # more padding than packet
+    assert rtp.parse(bytes([0x8F]) + good[1:12] + b"x" * 8) is None  # 15 CSRCs announced, 2 there
 
 
 def test_retransmissions_unwrap_to_the_original() -> None:
