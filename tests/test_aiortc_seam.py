@@ -7,6 +7,8 @@ Two real RTCPeerConnections talk over loopback; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import pytest
 from aiortc import RTCPeerConnection
@@ -253,6 +255,21 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end() -> Non
         # aiortc's sender reports count the forwarded packets.
         out_stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
         assert out_stats[0].packetsSent == packets.packets == forwarded
+        # Anyone on the network may spray the media port: what does not
+        # decrypt is counted and dropped, and the stream goes on.
+        inbound = receiver.transport.__dict__["relay_inbound"]
+        pair = receiver.transport.transport._connection._nominated[1]  # type: ignore[attr-defined]
+        address = pair.protocol.transport.get_extra_info("sockname")[:2]
+        spray = socket.socket(
+            socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        try:
+            for size in range(12, 212):
+                spray.sendto(bytes([0x80, 96]) + os.urandom(size), address)
+        finally:
+            spray.close()
+        before = len(views)
+        await _until(lambda: inbound.unreadable >= 150 and len(views) > before + 30)
         # A NACK for a recent packet is answered from the history.
         await sender._retransmit((packets.sequence_number - 1) & 0xFFFF)
         assert packets.retransmitted == 1
