@@ -312,6 +312,11 @@ def _send_datagram(connection: Any, data: bytes) -> bool:
     return True
 
 
+def _is_rtp(data: bytes) -> bool:
+    """RTP rather than RTCP, DTLS or STUN (RFC 7983; RTCP has payload types 192-208)."""
+    return len(data) >= 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208
+
+
 class _InboundStream:
     """One SSRC arriving on a connection, and the receiver it belongs to."""
 
@@ -414,34 +419,24 @@ class _Inbound:
         ids = getattr(getattr(self._dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
         self._abs_send_time_id = ids.abs_send_time
 
-    def _is_srtp(self, data: bytes) -> bool:
-        # RTP only (RFC 7983 demultiplexing; RTCP has payload types 192-208),
-        # once DTLS has given us the keys.
-        return (
-            len(data) >= 12
-            and 127 < data[0] < 192
-            and not 192 <= data[1] <= 208
-            and self._dtls._rx_srtp is not None
-        )
-
     def _skip_stun(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
         def datagram_received(data: bytes, addr: Any) -> None:
-            if self._is_srtp(data):
-                self._receive(data)
+            srtp = self._dtls._rx_srtp
+            if srtp is not None and _is_rtp(data):
+                self._receive(srtp, data)
             else:
                 original(data, addr)
 
         return datagram_received
 
     def _data_received(self, data: bytes, component: int) -> None:
-        if self._is_srtp(data):
-            self._receive(data)
+        srtp = self._dtls._rx_srtp
+        if srtp is not None and _is_rtp(data):
+            self._receive(srtp, data)
         else:
             self._pass_on(data, component)
 
-    def _receive(self, data: bytes) -> None:
-        srtp = self._dtls._rx_srtp
-        assert srtp is not None
+    def _receive(self, srtp: pylibsrtp.Session, data: bytes) -> None:
         try:
             plain = srtp.unprotect(data)
         except pylibsrtp.Error:

@@ -73,6 +73,7 @@ class FrameAssembler:
 
     def __init__(self, video: bool) -> None:
         self._video = video
+        self._codec: RTCRtpCodecParameters | None = None
         self._vp8 = False
         self._parts: list[bytes] = []
         self._timestamp: int | None = None
@@ -83,7 +84,9 @@ class FrameAssembler:
         self.incomplete = 0
 
     def add(self, codec: RTCRtpCodecParameters, view: RtpView) -> EncodedFrame | None:
-        self._vp8 = codec.name.upper() == "VP8"
+        if codec is not self._codec:
+            self._codec = codec
+            self._vp8 = codec.name.upper() == "VP8"
         if not self._video:
             return EncodedFrame(codec, view.payload, self._timestamps.map(view.timestamp), True)
         sequence = view.sequence_number

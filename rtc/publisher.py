@@ -39,6 +39,7 @@ class Publisher:
         self.name = name
         self.kind = kind
         self.codec: RTCRtpCodecParameters | None = None
+        self._codec_name = ""
         self.frames = 0
         self.bytes = 0
         self.keyframe_requests = 0
@@ -74,6 +75,8 @@ class Publisher:
             logger.info("%r sends %s", self, codec.mimeType)
             self._assembler = FrameAssembler(self._video)
         self.codec = codec
+        # Read once per codec, not per packet (`name` is computed from the MIME type).
+        self._codec_name = codec.name.upper()
 
     def _on_packet(self, codec: RTCRtpCodecParameters, view: RtpView) -> None:
         """Every RTP packet from the publisher's browser, on the event loop, decrypted."""
@@ -82,7 +85,7 @@ class Publisher:
         self.last_frame_at = self._loop.time()
         self.bytes += len(view.payload)
         video = self._video
-        keyframe = video and starts_keyframe(codec.name, view.payload)
+        keyframe = video and starts_keyframe(self._codec_name, view.payload)
         if view.marker or not video:
             self.frames += 1
         for subscriber in self._fan_out:
@@ -174,21 +177,21 @@ class Publisher:
         now = self._loop.time()
         wait = self._last_keyframe_request + self._keyframe_interval - now
         if wait <= 0:
-            self._send_keyframe_request()
+            self._ask_for_keyframe()
         elif self._keyframe_timer is None:
-            self._keyframe_timer = self._loop.call_later(wait, self._send_keyframe_request)
+            self._keyframe_timer = self._loop.call_later(wait, self._ask_for_keyframe)
 
-    def _send_keyframe_request(self) -> None:
+    def _ask_for_keyframe(self) -> None:
         self._keyframe_timer = None
         if self._closed:
             return
         self._last_keyframe_request = self._loop.time()
         self.keyframe_requests += 1
-        task = asyncio.create_task(self._send_pli())
+        task = asyncio.create_task(self._ask_upstream())
         self._pli_tasks.add(task)
         task.add_done_callback(self._pli_tasks.discard)
 
-    async def _send_pli(self) -> None:
+    async def _ask_upstream(self) -> None:
         try:
             await self._tap.request_keyframe()
         except Exception:

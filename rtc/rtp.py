@@ -262,15 +262,17 @@ def starts_vp8_frame(payload: bytes) -> bool:
 
 
 def starts_keyframe(codec_name: str, payload: bytes) -> bool:
-    """True for the first packet of a frame that decodes on its own (VP8 key frame, H264 IDR)."""
-    name = codec_name.upper()
-    if name == "VP8":
+    """True for the first packet of a frame that decodes on its own (VP8 key frame, H264 IDR).
+
+    `codec_name` is upper case ("VP8", "H264"): callers hold it per codec, not per packet.
+    """
+    if codec_name == "VP8":
         if len(payload) < 2 or not payload[0] & 0x10 or payload[0] & 0x07:  # S=1, partition 0
             return False
         size = vp8_descriptor_size(payload)
         # VP8 payload header: P (inverse key frame flag) is bit 0 of its first byte.
         return size is not None and not payload[size] & 0x01
-    if name == "H264":
+    if codec_name == "H264":
         return _h264_starts_keyframe(payload)
     return True
 
