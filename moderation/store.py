@@ -222,6 +222,25 @@ class ModerationStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _page(
+        self,
+        table: str,
+        columns: str,
+        equal: dict[str, str | int | None],
+        limit: int,
+        before_id: int | None,
+    ) -> list[tuple[Any, ...]]:
+        """Rows of `table` newest first, where each non-None `equal` column matches, below `before_id`."""
+        where = [f"{column} = ?" for column, value in equal.items() if value is not None]
+        params: list[str | int] = [value for value in equal.values() if value is not None]
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._read(
+            f"SELECT {columns} FROM {table} {clause} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
@@ -291,21 +310,12 @@ class ModerationStore:
         before_id: int | None = None,
     ) -> list[Report]:
         """Newest first; page with `before_id` (the last id of the previous page)."""
-        where: list[str] = []
-        params: list[str | int] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status.value)
-        if reported_id is not None:
-            where.append("reported_id = ?")
-            params.append(reported_id)
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(
-            f"SELECT {_REPORT_COLUMNS} FROM reports {clause} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
+        rows = self._page(
+            "reports",
+            _REPORT_COLUMNS,
+            {"status": None if status is None else status.value, "reported_id": reported_id},
+            limit,
+            before_id,
         )
         return [_report(row) for row in rows]
 
@@ -425,19 +435,7 @@ class ModerationStore:
         self, *, target: str | None = None, limit: int = 100, before_id: int | None = None
     ) -> list[AuditEntry]:
         """Newest first; page with `before_id`."""
-        where: list[str] = []
-        params: list[str | int] = []
-        if target is not None:
-            where.append("target = ?")
-            params.append(target)
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_log {clause} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
-        )
+        rows = self._page("audit_log", _AUDIT_COLUMNS, {"target": target}, limit, before_id)
         return [AuditEntry(*row) for row in rows]
 
 
