@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from signalling.request_origin import normalize_origin
+
 
 @dataclass(frozen=True)
 class IceServer:
@@ -58,6 +60,8 @@ class Settings:
     report_moves_on: bool = True
     # Read the client address from X-Forwarded-For (only behind your own proxy).
     trusted_proxy: bool = False
+    # Origins besides the served one whose pages may open /ws (a site embedding the chat).
+    allowed_origins: tuple[str, ...] = ()
     web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
 
 
@@ -214,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy [RELAY_TRUSTED_PROXY]",
     )
     p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="origin (scheme://host[:port]) of another site whose pages may open the chat "
+        "WebSocket, besides the one the server is served at; repeatable "
+        "[RELAY_ALLOWED_ORIGIN, comma-separated]",
+    )
+    p.add_argument(
         "--web-dir",
         default=_env("WEB_DIR", d.web_dir),
         help="folder of the browser app [RELAY_WEB_DIR]",
@@ -227,6 +240,17 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     turn = args.turn if args.turn is not None else _split(_env("TURN", ""))
     if turn and not (args.turn_username and args.turn_password):
         build_parser().error("--turn needs --turn-username and --turn-password")
+    origins = (
+        args.allowed_origin
+        if args.allowed_origin is not None
+        else _split(_env("ALLOWED_ORIGIN", ""))
+    )
+    for origin in origins:
+        if normalize_origin(origin) is None:
+            build_parser().error(
+                f"--allowed-origin {origin!r}: expected scheme://host[:port], e.g. "
+                "https://example.org"
+            )
     return Settings(
         host=args.host,
         port=args.port,
@@ -247,4 +271,5 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         analyzer_interval=args.analyzer_interval,
         report_moves_on=args.report_moves_on,
         trusted_proxy=args.trusted_proxy,
+        allowed_origins=tuple(origins),
     )

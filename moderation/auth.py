@@ -45,7 +45,8 @@ from typing import Final, NoReturn
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
-from yarl import URL
+
+from signalling.request_origin import origin_allowed
 
 __all__ = [
     "DEFAULT_PREFIXES",
@@ -281,23 +282,6 @@ def _who(request: web.Request) -> tuple[str, str, str]:
     return request.method, request.path, request.remote or "?"
 
 
-def _same_origin(request: web.Request) -> bool:
-    origin = request.headers.get(hdrs.ORIGIN)
-    if origin is None:
-        return True  # not a browser page (curl, scripts): nothing attached on its behalf
-    try:
-        page = URL(origin)
-        # The Host header has no scheme: read it with the page's, for the default port.
-        own = URL.build(scheme=page.scheme or "http", authority=request.host)
-    except ValueError:
-        return False
-    return (
-        page.host is not None
-        and page.host.lower() == (own.host or "").lower()
-        and page.port == own.port
-    )
-
-
 def _is_guarded(request: web.Request, prefixes: tuple[str, ...]) -> bool:
     paths = [request.path]
     # The route the router picked, too: whatever spelling reached it, it is guarded.
@@ -312,14 +296,22 @@ def _is_guarded(request: web.Request, prefixes: tuple[str, ...]) -> bool:
 
 
 def install(
-    app: web.Application, moderators: Moderators, prefixes: Iterable[str] = DEFAULT_PREFIXES
+    app: web.Application,
+    moderators: Moderators,
+    prefixes: Iterable[str] = DEFAULT_PREFIXES,
+    *,
+    trusted_proxy: bool = False,
 ) -> None:
-    """Guard `prefixes` of `app` with `moderators` (call before the app starts)."""
+    """Guard `prefixes` of `app` with `moderators` (call before the app starts).
+
+    `trusted_proxy`: read the public host and scheme from X-Forwarded-Host and
+    X-Forwarded-Proto (see `signalling.request_origin`).
+    """
     app[MODERATORS] = moderators
-    app.middlewares.append(guard(prefixes))
+    app.middlewares.append(guard(prefixes, trusted_proxy=trusted_proxy))
 
 
-def guard(prefixes: Iterable[str] = DEFAULT_PREFIXES) -> Middleware:
+def guard(prefixes: Iterable[str] = DEFAULT_PREFIXES, *, trusted_proxy: bool = False) -> Middleware:
     """Middleware: requests under `prefixes` need a moderator (see :func:`check`).
 
     The moderator is then in ``request[MODERATOR]``. Unauthenticated requests
@@ -335,7 +327,9 @@ def guard(prefixes: Iterable[str] = DEFAULT_PREFIXES) -> Middleware:
         moderator = check(request)
         unsafe = request.method not in _SAFE_METHODS
         upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-        if (unsafe or upgrade) and not _same_origin(request):
+        # Only the served origin: pages allowed to embed the chat (--allowed-origin)
+        # have no business with the moderators' cookie.
+        if (unsafe or upgrade) and not origin_allowed(request, trusted_proxy=trusted_proxy):
             _refuse(request, f"cross-origin request from {request.headers.get(hdrs.ORIGIN)!r}")
         request[MODERATOR] = moderator
         return await handler(request)

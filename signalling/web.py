@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 from aiortc import RTCIceServer
 
 from config import Settings
@@ -22,6 +22,7 @@ from rtc.relay import Relay
 from signalling.lobby import CLOSE_KICKED, Lobby
 from signalling.metrics import METRICS, setup_metrics
 from signalling.protocol import HARD_MAX_MESSAGE_BYTES, error_message
+from signalling.request_origin import client_ip, origin_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     if not len(moderators):
         logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
-    auth.install(app, moderators)
+    auth.install(app, moderators, trusted_proxy=settings.trusted_proxy)
     app[WATCH_ICE] = list(_rtc_ice_servers(settings))
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)
@@ -131,10 +132,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
+    settings = request.app[SETTINGS]
+    # A page on another site must not use a visitor's browser (and address) to
+    # chat or to eat this address's limits; refused before the upgrade.
+    if not origin_allowed(
+        request, trusted_proxy=settings.trusted_proxy, allowed=settings.allowed_origins
+    ):
+        origin = request.headers.get(hdrs.ORIGIN, "")
+        logger.info("refused /ws from origin %r (Host %r)", origin, request.host)
+        raise web.HTTPForbidden(
+            text=f"pages from {origin[:200]!r} may not open this chat's WebSocket; the server "
+            "accepts its own origin and those given with --allowed-origin\n"
+        )
     lobby = request.app[LOBBY]
     client_id = request.query.get("clientId")
     identity = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
-    ip = client_ip(request)
+    ip = client_ip(request, trusted_proxy=settings.trusted_proxy)
     ban = await request.app[MODERATION].ban_for(identity, ip)
     # heartbeat finds sockets whose TCP died without a close frame.
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=HARD_MAX_MESSAGE_BYTES)
@@ -155,14 +168,3 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     finally:
         await lobby.leave(session)
     return ws
-
-
-def client_ip(request: web.Request) -> str | None:
-    """The client's address: the socket peer, or behind a trusted proxy its X-Forwarded-For."""
-    if request.app[SETTINGS].trusted_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        # The proxy appends the address it saw: the last entry is the one it vouches for.
-        last = forwarded.split(",")[-1].strip()
-        if last:
-            return last
-    return request.remote

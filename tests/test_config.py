@@ -104,3 +104,15 @@ def test_moderation_flags_and_their_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.evidence_seconds == 12.0
     assert not settings.report_moves_on
     assert parse_settings(["--report-moves-on"]).report_moves_on
+
+
+def test_allowed_origins_from_flags_or_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RELAY_ALLOWED_ORIGIN", "https://a.example, https://b.example:8443")
+    assert parse_settings([]).allowed_origins == ("https://a.example", "https://b.example:8443")
+    settings = parse_settings(["--allowed-origin", "https://c.example"])
+    assert settings.allowed_origins == ("https://c.example",)
+    with pytest.raises(SystemExit):
+        parse_settings(["--allowed-origin", "c.example/page"])
+    assert "scheme://host[:port]" in capsys.readouterr().err
