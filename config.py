@@ -62,6 +62,12 @@ class Settings:
     trusted_proxy: bool = False
     # Origins besides the served one whose pages may open /ws (a site embedding the chat).
     allowed_origins: tuple[str, ...] = ()
+    # Per client address (an IPv6 /64); 0 = no limit. High enough for a
+    # household or an office behind one NAT, low enough that one machine
+    # cannot hold the server's sockets and UDP ports.
+    ip_max_sessions: int = 64
+    ip_max_peers: int = 32
+    ip_max_new_sessions: int = 120
     web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
 
 
@@ -79,6 +85,13 @@ def _parse_ice(
 
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 (no limit) or more")
+    return number
 
 
 def _add_seconds(p: argparse.ArgumentParser, options: list[tuple[str, float, str]]) -> None:
@@ -217,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the client address from X-Forwarded-For; only behind your own reverse "
         "proxy [RELAY_TRUSTED_PROXY]",
     )
+    limits = [
+        ("ip-max-sessions", d.ip_max_sessions, "open WebSockets"),
+        ("ip-max-peers", d.ip_max_peers, "open media connections"),
+        ("ip-max-new-sessions", d.ip_max_new_sessions, "new WebSockets per minute"),
+    ]
+    for flag, default, what in limits:
+        env = flag.replace("-", "_").upper()
+        p.add_argument(
+            f"--{flag}",
+            type=_count,
+            default=_count(_env(env, str(default))),
+            metavar="N",
+            help=f"most {what} per client address (an IPv6 /64); 0 = no limit [RELAY_{env}]",
+        )
     p.add_argument(
         "--allowed-origin",
         action="append",
@@ -272,4 +299,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         report_moves_on=args.report_moves_on,
         trusted_proxy=args.trusted_proxy,
         allowed_origins=tuple(origins),
+        ip_max_sessions=args.ip_max_sessions,
+        ip_max_peers=args.ip_max_peers,
+        ip_max_new_sessions=args.ip_max_new_sessions,
     )

@@ -80,6 +80,13 @@ class RelayServer(ServiceProcess):
             self.mode,
             "--log-level",
             "WARNING",
+            # Every load client comes from this one address.
+            "--ip-max-sessions",
+            "0",
+            "--ip-max-peers",
+            "0",
+            "--ip-max-new-sessions",
+            "0",
             *self._args,
             cwd=ROOT,
         )

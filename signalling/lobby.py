@@ -15,6 +15,7 @@ from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler
 from rtc.peer import MediaState, Peer, PeerError
 from rtc.relay import Relay
 from signalling import protocol as p
+from signalling.limits import AddressLimits, LimitExceeded, LimitSettings
 from signalling.session import CLOSE_FLOOD, CLOSE_GOING_AWAY, Session, State
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,17 @@ class Lobby:
     """
 
     def __init__(
-        self, relay: Relay, matcher_factory: MatcherFactory, *, ice_servers: list[dict[str, str]]
+        self,
+        relay: Relay,
+        matcher_factory: MatcherFactory,
+        *,
+        ice_servers: list[dict[str, str]],
+        limits: AddressLimits | None = None,
     ) -> None:
         self.relay = relay
+        # Per-address counts: a slot is taken in join/_offer and released in
+        # leave/_drop_peer, the only ways a session or a peer ends.
+        self.limits = limits or AddressLimits(LimitSettings(0, 0, 0))
         self.matcher = matcher_factory(self._on_match)
         self.sessions: dict[str, Session] = {}
         self.matches_made = 0
@@ -77,7 +86,14 @@ class Lobby:
     def join(
         self, ws: web.WebSocketResponse, *, identity: str | None = None, ip: str | None = None
     ) -> Session:
-        session = Session(ws, identity=identity, ip=ip)
+        """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit."""
+        slot = self.limits.open_session(ip)
+        try:
+            session = Session(ws, identity=identity, ip=ip)
+        except BaseException:
+            slot.release()
+            raise
+        session.session_slot = slot
         self.sessions[session.id] = session
         session.send(
             {"type": "hello", "id": session.id, "iceServers": self._ice_servers, "limits": p.LIMITS}
@@ -89,6 +105,7 @@ class Lobby:
         """The WebSocket closed: end everything this session held."""
         if self.sessions.pop(session.id, None) is None:
             return
+        session.session_slot.release()
         if session.state == State.PAIRED:
             self._unpair(session, "disconnect")
         session.state = State.IDLE
@@ -161,13 +178,17 @@ class Lobby:
             raise p.ProtocolError(
                 "bad_state", "this connection already has a media session", in_reply_to="offer"
             )
+        try:
+            slot = self.limits.open_peer(session.ip)
+        except LimitExceeded as exc:
+            raise p.ProtocolError(exc.code, exc.message, in_reply_to="offer") from None
         peer = self.relay.create_peer(session.id, self._on_media_state)
-        session.peer = peer
+        session.peer, session.peer_slot = peer, slot
         try:
             answer = await peer.answer(offer.sdp)
         except BaseException:
-            session.peer = None
-            await self.relay.close_peer(peer)
+            if session.peer is peer:
+                await self._drop_peer(session)
             raise
         session.send({"type": "answer", "sdp": answer})
 
@@ -210,6 +231,7 @@ class Lobby:
 
     async def _drop_peer(self, session: Session) -> None:
         peer, session.peer = session.peer, None
+        session.peer_slot.release()
         if peer is not None:
             await self.relay.close_peer(peer)
 

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from rtc.peer import Peer
+from signalling.limits import LIMIT_CODES
 from signalling.lobby import Lobby
 from signalling.session import Session, State
 
@@ -163,6 +164,14 @@ class _LobbyCollector(Collector):
         yield CounterMetricFamily(
             "relay_matches", "Pairs made since the server started", self._lobby.matches_made
         )
+        refusals = CounterMetricFamily(
+            "relay_limit_refusals",
+            "Sessions and media connections refused by a per-address limit",
+            labels=["code"],
+        )
+        for code in LIMIT_CODES:
+            refusals.add_metric([code], self._lobby.limits.refused[code])
+        yield refusals
         for name, help_text in MEDIA_COUNTERS:
             family = CounterMetricFamily(name, help_text, labels=["kind"])
             for kind in KINDS:

@@ -13,6 +13,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from rtc.peer import MediaState, Peer
+from signalling.limits import Slot
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 # dropped rather than letting its backlog grow.
 OUTBOX_SIZE: Final = 256
 CLOSE_FLOOD: Final = 4008
+# Refused because the client's address is over a per-address limit (signalling/limits.py).
+CLOSE_TOO_MANY: Final = 4029
 CLOSE_GOING_AWAY: Final = 1001
 
 
@@ -80,6 +83,9 @@ class Session:
         # loop.time() of the start or next that made this session wait (for time to match).
         self.waiting_since: float | None = None
         self.peer: Peer | None = None
+        # This session's and its peer's places in the per-address counts (the Lobby's).
+        self.session_slot = Slot(None, None)
+        self.peer_slot = Slot(None, None)
         loop = asyncio.get_running_loop()
         self.connected_at = loop.time()
         self.limiter = RateLimiter(rate, burst, loop.time)

@@ -19,10 +19,12 @@ from moderation.service import FlagCollector, Moderation, ModerationSettings, ba
 from moderation.store import ModerationStore
 from rtc.peer import PeerSettings
 from rtc.relay import Relay
+from signalling.limits import AddressLimits, LimitExceeded, LimitSettings
 from signalling.lobby import CLOSE_KICKED, Lobby
 from signalling.metrics import METRICS, setup_metrics
 from signalling.protocol import HARD_MAX_MESSAGE_BYTES, error_message
 from signalling.request_origin import client_ip, origin_allowed
+from signalling.session import CLOSE_TOO_MANY
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +73,16 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
     )
+    limits = LimitSettings(
+        max_sessions=settings.ip_max_sessions,
+        max_peers=settings.ip_max_peers,
+        max_new_sessions=settings.ip_max_new_sessions,
+    )
     lobby = Lobby(
         Relay(peer_settings),
         lambda on_match: MemoryMatcher(on_match, matcher_settings),
         ice_servers=[s.to_json() for s in settings.ice_servers],
+        limits=AddressLimits(limits),
     )
     lobby.report_moves_on = settings.report_moves_on
     await lobby.start()
@@ -157,7 +165,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.send_json(refusal | {"reason": ban.reason, "until": ban.expires_at})
         await ws.close(code=CLOSE_KICKED, message=b"banned")
         return ws
-    session = lobby.join(ws, identity=identity, ip=ip)
+    try:
+        session = lobby.join(ws, identity=identity, ip=ip)
+    except LimitExceeded as exc:
+        # Accepted, then refused: a browser's WebSocket API only shows a
+        # message and a close code, never an HTTP status.
+        logger.debug("refused a session from %s: %s", ip, exc.code)
+        await ws.send_json(error_message(exc.code, exc.message))
+        await ws.close(code=CLOSE_TOO_MANY, message=exc.code.encode())
+        return ws
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):

@@ -116,3 +116,19 @@ def test_allowed_origins_from_flags_or_environment(
     with pytest.raises(SystemExit):
         parse_settings(["--allowed-origin", "c.example/page"])
     assert "scheme://host[:port]" in capsys.readouterr().err
+
+
+def test_per_address_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SESSIONS", "PEERS", "NEW_SESSIONS"):
+        monkeypatch.delenv(f"RELAY_IP_MAX_{name}", raising=False)
+    settings = parse_settings([])
+    assert (settings.ip_max_sessions, settings.ip_max_peers, settings.ip_max_new_sessions) == (
+        64,
+        32,
+        120,
+    )
+    monkeypatch.setenv("RELAY_IP_MAX_PEERS", "0")
+    settings = parse_settings(["--ip-max-sessions", "5"])
+    assert (settings.ip_max_sessions, settings.ip_max_peers) == (5, 0)
+    with pytest.raises(SystemExit):
+        parse_settings(["--ip-max-new-sessions", "-1"])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
 import pytest
+
+from rtc.client import ChatClient, SignallingError
 
 TIMEOUT = 20.0
 
@@ -49,3 +52,83 @@ async def test_an_allowed_origin_may_open_the_websocket(relay_server) -> None:
         http.ws_connect(relay_server.ws_url, origin="https://embed.example") as ws,
     ):
         assert (await first_message(ws))["type"] == "hello"
+
+
+LIMITED = ["--media-timeout", "3", "--ip-max-sessions", "2", "--ip-max-new-sessions", "4"]
+
+
+async def expect_refusal(ws: aiohttp.ClientWebSocketResponse, code: str) -> None:
+    refusal = await first_message(ws)
+    assert refusal["type"] == "error" and refusal["code"] == code, refusal
+    assert refusal["message"]
+    msg = await ws.receive(timeout=TIMEOUT)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 4029
+
+
+@pytest.mark.parametrize("relay_server_args", [LIMITED])
+async def test_one_address_gets_a_limited_number_of_websockets(relay_server) -> None:
+    async with aiohttp.ClientSession() as http:
+        first = await http.ws_connect(relay_server.ws_url)
+        second = await http.ws_connect(relay_server.ws_url)
+        for ws in (first, second):
+            assert (await first_message(ws))["type"] == "hello"
+        async with http.ws_connect(relay_server.ws_url) as third:
+            await expect_refusal(third, "too_many_sessions")
+        # Closing one gives its place back.
+        await first.close()
+        await _until_sessions(http, relay_server, 1)
+        async with http.ws_connect(relay_server.ws_url) as again:
+            assert (await first_message(again))["type"] == "hello"
+        await _until_sessions(http, relay_server, 1)
+        # Four admitted within the minute: the fifth is refused however few are open.
+        async with http.ws_connect(relay_server.ws_url) as fourth:
+            assert (await first_message(fourth))["type"] == "hello"
+        async with http.ws_connect(relay_server.ws_url) as fifth:
+            await expect_refusal(fifth, "too_many_new_sessions")
+        await second.close()
+
+
+@pytest.mark.parametrize("relay_server_args", [["--media-timeout", "3", "--ip-max-peers", "1"]])
+async def test_one_address_gets_a_limited_number_of_media_connections(
+    relay_server, clients
+) -> None:
+    a = ChatClient(relay_server.ws_url, tag=1)
+    b = ChatClient(relay_server.ws_url, tag=2)
+    clients += [a, b]
+    await a.connect()
+    await b.connect_signalling()
+    with pytest.raises(SignallingError) as refused:
+        await b.negotiate()
+    assert refused.value.message["code"] == "too_many_peers"
+    # The WebSocket stays usable.
+    await b.start()
+    await b.wait_for("waiting", timeout=TIMEOUT)
+
+    # A's media dies (media_lost): its place is given back.
+    for sender in a.pc.getSenders():
+        sender.replaceTrack(None)
+    assert (await a.wait_for("error", timeout=TIMEOUT))["code"] == "media_lost"
+    await b.negotiate()
+    with pytest.raises(SignallingError):
+        await a.negotiate()
+
+    # B leaves: its place is given back too.
+    await b.close()
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                await a.negotiate()
+                break
+            except SignallingError as exc:
+                assert exc.message["code"] == "too_many_peers"
+                await asyncio.sleep(0.2)
+
+
+async def _until_sessions(http: aiohttp.ClientSession, server, count: int) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            async with http.get(server.http_url + "/healthz") as response:
+                if (await response.json())["sessions"] == count:
+                    return
+            await asyncio.sleep(0.05)
