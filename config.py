@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from signalling.request_origin import normalize_origin
 
@@ -25,6 +26,10 @@ class IceServer:
         if self.credential is not None:
             out["credential"] = self.credential
         return out
+
+
+# The command line's default port for the separate /metrics listener.
+METRICS_PORT: Final = 9464
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,12 @@ class Settings:
     ip_max_sessions: int = 64
     ip_max_peers: int = 32
     ip_max_new_sessions: int = 120
+    # The separate /metrics listener; port 0 = none (the command line's default is
+    # METRICS_PORT, so an app built in a test binds nothing fixed).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # With a token, /metrics is also served on the main port to `Authorization: Bearer <token>`.
+    metrics_token: str | None = None
     web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
 
 
@@ -245,6 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"most {what} per client address (an IPv6 /64); 0 = no limit [RELAY_{env}]",
         )
     p.add_argument(
+        "--metrics-host",
+        default=_env("METRICS_HOST", d.metrics_host),
+        help="address of the separate /metrics listener [RELAY_METRICS_HOST]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_count,
+        default=_count(_env("METRICS_PORT", str(METRICS_PORT))),
+        help="port of the separate /metrics listener; 0 = none [RELAY_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--metrics-token",
+        default=os.environ.get("RELAY_METRICS_TOKEN"),
+        help="also serve /metrics on the main port to 'Authorization: Bearer <token>'; "
+        "without it the main port answers 404; prefer the environment variable "
+        "[RELAY_METRICS_TOKEN]",
+    )
+    p.add_argument(
         "--allowed-origin",
         action="append",
         default=None,
@@ -302,4 +331,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         ip_max_sessions=args.ip_max_sessions,
         ip_max_peers=args.ip_max_peers,
         ip_max_new_sessions=args.ip_max_new_sessions,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        metrics_token=args.metrics_token or None,
     )

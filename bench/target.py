@@ -66,6 +66,8 @@ class RelayServer(ServiceProcess):
         self.mode = mode
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self._args = extra_args
 
     async def start(self) -> None:
@@ -76,6 +78,8 @@ class RelayServer(ServiceProcess):
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
             "--relay",
             self.mode,
             "--log-level",
@@ -103,8 +107,8 @@ class RelayServer(ServiceProcess):
                 await asyncio.sleep(0.1)
 
     async def scrape(self) -> dict[str, float]:
-        """`GET /metrics` as ``{'name{label="value"}': value}``."""
-        async with aiohttp.ClientSession() as http, http.get(self.http_url + "/metrics") as r:
+        """`GET /metrics` (on the metrics listener) as ``{'name{label="value"}': value}``."""
+        async with aiohttp.ClientSession() as http, http.get(self.metrics_url) as r:
             text = await r.text()
         samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):

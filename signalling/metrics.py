@@ -1,5 +1,8 @@
 """`GET /metrics`: the server's numbers in Prometheus text format.
 
+Served on a listener of its own (`--metrics-host`/`--metrics-port`, loopback
+by default) and on the public port only with `--metrics-token`.
+
 Everything is read from the lobby and its peers when Prometheus scrapes, so
 nothing on the media path pays for metrics. The one exception is time to
 match, a histogram the lobby feeds through `Lobby.pair_listeners` when it
@@ -17,13 +20,15 @@ what it sent up.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiortc import RTCRtpSender
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -33,6 +38,8 @@ from rtc.peer import Peer
 from signalling.limits import LIMIT_CODES
 from signalling.lobby import Lobby
 from signalling.session import Session, State
+
+logger = logging.getLogger(__name__)
 
 # The classic text format every Prometheus version reads.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -218,19 +225,60 @@ class RelayMetrics:
 
 
 METRICS = web.AppKey("metrics", RelayMetrics)
+_LISTENER = web.AppKey("metrics_listener", web.AppRunner)
 
 
-def setup_metrics(app: web.Application, lobby_key: web.AppKey[Lobby], mode: str) -> None:
-    """Serve `GET /metrics` for the lobby the app's cleanup context creates."""
+def setup_metrics(
+    app: web.Application,
+    lobby_key: web.AppKey[Lobby],
+    mode: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+) -> None:
+    """Serve `GET /metrics` for the lobby the app's cleanup context creates.
+
+    On a listener of its own at `host`:`port` (none when `port` is 0), and on
+    the app's own port only with `token` (``Authorization: Bearer <token>``):
+    the numbers say how busy the server is and who it serves, which is no
+    business of the public.
+    """
 
     async def attach(app: web.Application) -> None:
         # on_startup handlers run after the cleanup contexts have started.
         app[METRICS] = RelayMetrics(app[lobby_key], mode)
 
+    async def render(request: web.Request) -> web.Response:
+        body = await app[METRICS].render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def guarded(request: web.Request) -> web.Response:
+        assert token is not None
+        given = request.headers.get(hdrs.AUTHORIZATION, "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPUnauthorized(
+                text="/metrics needs Authorization: Bearer <token>\n",
+                headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="metrics"'},
+            )
+        return await render(request)
+
+    async def start_listener(app: web.Application) -> None:
+        listener = web.Application()
+        listener.router.add_get("/metrics", render)
+        runner = web.AppRunner(listener, access_log=None)
+        await runner.setup()
+        app[_LISTENER] = runner
+        await web.TCPSite(runner, host, port).start()
+        logger.info("metrics on http://%s:%d/metrics", host, port)
+
+    async def stop_listener(app: web.Application) -> None:
+        if _LISTENER in app:
+            await app[_LISTENER].cleanup()
+
     app.on_startup.append(attach)
-    app.router.add_get("/metrics", metrics)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    body = await request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    if port:
+        app.on_startup.append(start_listener)
+        app.on_cleanup.append(stop_listener)
+    if token:
+        app.router.add_get("/metrics", guarded)

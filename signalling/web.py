@@ -54,7 +54,14 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
-    setup_metrics(app, LOBBY, settings.relay)
+    setup_metrics(
+        app,
+        LOBBY,
+        settings.relay,
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        token=settings.metrics_token,
+    )
     app.on_startup.append(_moderation_metrics)
     if os.path.isdir(settings.web_dir):
         app.router.add_static("/static/", settings.web_dir, follow_symlinks=False)

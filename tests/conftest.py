@@ -27,6 +27,9 @@ class RelayServer:
         self.port = free_port()
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        # /metrics has a listener of its own (the main port answers 404 without a token).
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path
         self._args = extra_args
         self._proc: subprocess.Popen[bytes] | None = None
@@ -50,6 +53,8 @@ class RelayServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--metrics-port",
+                str(self.metrics_port),
                 *self._args,
             ],
             cwd=ROOT,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import METRICS_PORT, Settings, parse_settings
 from rtc.client import ChatClient
 
 TIMEOUT = 20.0
@@ -33,7 +36,7 @@ NAMES = (
 
 
 def scrape(server) -> dict[str, float]:
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as response:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
@@ -108,3 +111,31 @@ async def _until(predicate) -> None:
     async with asyncio.timeout(TIMEOUT):
         while not await asyncio.to_thread(predicate):
             await asyncio.sleep(0.1)
+
+
+def test_metrics_are_not_on_the_public_port(relay_server) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(relay_server.http_url + "/metrics", timeout=10)
+    assert refused.value.code == 404
+    assert (
+        "relay_users_connected"
+        in urllib.request.urlopen(relay_server.metrics_url, timeout=10).read().decode()
+    )
+
+
+@pytest.mark.parametrize("relay_server_args", [["--metrics-token", "scrape-me-0123"]])
+def test_a_token_opens_metrics_on_the_public_port(relay_server) -> None:
+    url = relay_server.http_url + "/metrics"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me-0123"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+        assert refused.value.code == 401, headers
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer scrape-me-0123"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert "relay_users_connected" in response.read().decode()
+
+
+async def test_an_app_built_in_process_binds_no_metrics_port() -> None:
+    # Settings() is what tests build apps with: no fixed port may be taken.
+    assert Settings().metrics_port == 0
+    assert parse_settings([]).metrics_port == METRICS_PORT

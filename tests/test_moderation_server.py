@@ -401,7 +401,7 @@ async def test_analyzers_flag_black_and_frozen_streams_but_not_a_moving_one(
     assert jpeg[:2] == b"\xff\xd8"
     async with (
         aiohttp.ClientSession() as http,
-        http.get(relay_server.http_url + "/metrics") as response,
+        http.get(relay_server.metrics_url) as response,
     ):
         text = await response.text()
     assert re.search(r'relay_moderation_flags\{flag="frozen"\} [1-9]', text), text[-2000:]
