@@ -19,6 +19,7 @@ from moderation.service import FlagCollector, Moderation, ModerationSettings, ba
 from moderation.store import ModerationStore
 from rtc.peer import PeerSettings
 from rtc.relay import Relay
+from signalling import headers
 from signalling.limits import AddressLimits, LimitExceeded, LimitSettings
 from signalling.lobby import CLOSE_KICKED, Lobby
 from signalling.metrics import METRICS, setup_metrics
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     if not len(moderators):
         logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
     auth.install(app, moderators, trusted_proxy=settings.trusted_proxy)
+    headers.install(app, trusted_proxy=settings.trusted_proxy)
     app[WATCH_ICE] = list(_rtc_ice_servers(settings))
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)

@@ -132,3 +132,55 @@ async def _until_sessions(http: aiohttp.ClientSession, server, count: int) -> No
                 if (await response.json())["sessions"] == count:
                     return
             await asyncio.sleep(0.05)
+
+
+SECURITY_HEADERS = (
+    "Content-Security-Policy",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "Referrer-Policy",
+    "Permissions-Policy",
+)
+
+
+@pytest.mark.parametrize("relay_server_args", [["--trusted-proxy"]])
+async def test_every_response_carries_the_security_headers(relay_server) -> None:
+    paths = {
+        "/": 200,
+        "/static/app.js": 200,
+        "/static/no-such-file.js": 404,
+        "/moderate": 401,
+        "/moderate/static/dashboard.js": 401,
+        "/api/moderate/reports": 401,
+        "/healthz": 200,
+        "/nowhere": 404,
+    }
+    async with aiohttp.ClientSession() as http:
+        for path, expected in paths.items():
+            async with http.get(relay_server.http_url + path) as response:
+                assert response.status == expected, path
+                for name in SECURITY_HEADERS:
+                    assert name in response.headers, (path, name)
+                assert "Strict-Transport-Security" not in response.headers, path
+        async with http.get(relay_server.http_url + "/") as response:
+            csp = response.headers["Content-Security-Policy"]
+            host = relay_server.http_url.removeprefix("http://")
+            assert f"connect-src 'self' ws://{host} wss://{host}" in csp
+            assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp
+            assert response.headers["X-Frame-Options"] == "DENY"
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+        # Behind the proxy the visitor used HTTPS: browsers should keep to it.
+        proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example.org"}
+        async with http.get(relay_server.http_url + "/", headers=proxied) as response:
+            assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+            assert "wss://chat.example.org" in response.headers["Content-Security-Policy"]
+
+
+async def test_forwarded_headers_are_ignored_without_trusted_proxy(relay_server) -> None:
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(relay_server.http_url + "/", headers=proxied) as response,
+    ):
+        assert "Strict-Transport-Security" not in response.headers
+        assert "evil.example" not in response.headers["Content-Security-Policy"]

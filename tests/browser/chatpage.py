@@ -45,6 +45,24 @@ RECORD_PEER_CONNECTIONS = """
 })();
 """
 
+# Every Content-Security-Policy violation becomes a console error that
+# `watch_for_csp_violations` collects (Chromium logs most of them itself; this
+# catches the ones it reports only as events).
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error(`Content Security Policy violation: ${e.violatedDirective} ${e.blockedURI}`);
+});
+"""
+
+
+def watch_for_csp_violations(page: Page, errors: list[str]) -> None:
+    """Add every CSP violation the page logs to `errors`: the headers must not break the page."""
+    page.on(
+        "console",
+        lambda m: "Content Security Policy" in m.text and errors.append(f"CSP: {m.text}"),
+    )
+
+
 INBOUND_STATS = """
 async () => {
   const pc = window.__relayTest.peerConnections.at(-1);
@@ -111,6 +129,7 @@ class ChatPage:
         self.name = name
         self.errors: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        watch_for_csp_violations(page, self.errors)
         # Printed, so pytest shows the page's own log next to a failure.
         page.on(
             "console",

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from chatpage import DESKTOP, RECORD_PEER_CONNECTIONS, UI_TIMEOUT, ChatPage, OpenChat
+from chatpage import (
+    DESKTOP,
+    RECORD_PEER_CONNECTIONS,
+    REPORT_CSP_VIOLATIONS,
+    UI_TIMEOUT,
+    ChatPage,
+    OpenChat,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Playwright
@@ -110,6 +117,7 @@ async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenCh
     ) -> ChatPage:
         context = await (on or browser).new_context(viewport=viewport)
         await context.add_init_script(RECORD_PEER_CONNECTIONS)
+        await context.add_init_script(REPORT_CSP_VIOLATIONS)
         page = await context.new_page()
         page.set_default_timeout(UI_TIMEOUT * 1000)
         chat = ChatPage(context, page, name)
@@ -118,6 +126,7 @@ async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenCh
         return chat
 
     yield open_
+    # Uncaught errors, and any Content Security Policy violation.
     errors = {c.name: c.errors for c in opened if c.errors}
     for chat in opened:
         try:

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from chatpage import OpenChat, eventually
+from chatpage import REPORT_CSP_VIOLATIONS, OpenChat, eventually, watch_for_csp_violations
 from playwright.async_api import Browser
 
 pytestmark = pytest.mark.browser
@@ -44,11 +44,15 @@ async def test_dashboard_shows_thumbnails_and_watches_a_pair_live(
         viewport={"width": 1280, "height": 900},
         http_credentials={"username": "mia", "password": SECRET},
     )
+    await context.add_init_script(REPORT_CSP_VIOLATIONS)
     errors: list[str] = []
     try:
         page = await context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.goto(relay_server.http_url + "/moderate")
+        watch_for_csp_violations(page, errors)
+        response = await page.goto(relay_server.http_url + "/moderate")
+        assert response is not None
+        assert "frame-ancestors 'none'" in (await response.all_headers())["content-security-policy"]
 
         # A thumbnail for each of the pair, made on the server.
         async def thumbnails() -> int:

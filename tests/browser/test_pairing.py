@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from chatpage import PHONE, ChatPage, OpenChat
+from chatpage import PHONE, ChatPage, OpenChat, eventually
 
 pytestmark = pytest.mark.browser
 
@@ -134,3 +134,36 @@ async def test_stop_and_start_again(open_chat: OpenChat) -> None:
     await bob.page.keyboard.press("Escape")  # idle, one Esc is enough to start
     await asyncio.gather(alice.expect_status("matched"), bob.expect_status("matched"))
     await alice.expect_video_flowing(frames=5)
+
+
+async def test_the_page_runs_under_its_security_headers(open_chat: OpenChat) -> None:
+    alice = await open_chat("alice")
+    response = await alice.page.reload()
+    assert response is not None
+    headers = await response.all_headers()
+    csp = headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "camera=(self)" in headers["permissions-policy"]
+
+    # The policy is enforced, and a violation would be noticed: inline script is refused.
+    await alice.page.evaluate(
+        "() => { const s = document.createElement('script');"
+        " s.textContent = 'window.__inline = 1'; document.body.append(s); }"
+    )
+
+    async def logged() -> list[str]:
+        return list(alice.errors)
+
+    await eventually(
+        logged, lambda errors: any("Content Security Policy" in e for e in errors), what="CSP log"
+    )
+    assert await alice.page.evaluate("window.__inline") is None
+    alice.errors.clear()
+
+    # The page itself, camera to partner, breaks none of it (open_chat checks the log).
+    bob = await open_chat("bob")
+    await asyncio.gather(alice.start(), bob.start())
+    await asyncio.gather(alice.expect_status("matched"), bob.expect_status("matched"))
+    await asyncio.gather(alice.expect_video_flowing(), bob.expect_video_flowing())
