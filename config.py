@@ -73,6 +73,9 @@ class Settings:
     ip_max_sessions: int = 64
     ip_max_peers: int = 32
     ip_max_new_sessions: int = 120
+    # Failed moderator logins from one address or for one name before lock-outs
+    # begin (moderation/throttle.py); 0 = no throttling.
+    login_throttle_after: int = 5
     # The separate /metrics listener; port 0 = none (the command line's default is
     # METRICS_PORT, so an app built in a test binds nothing fixed).
     metrics_host: str = "127.0.0.1"
@@ -256,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"most {what} per client address (an IPv6 /64); 0 = no limit [RELAY_{env}]",
         )
     p.add_argument(
+        "--login-throttle-after",
+        type=_count,
+        default=_count(_env("LOGIN_THROTTLE_AFTER", str(d.login_throttle_after))),
+        metavar="N",
+        help="failed moderator logins from one address or for one name before each further "
+        "failure locks both out (2 s, doubling up to 5 min); 0 = no throttling "
+        "[RELAY_LOGIN_THROTTLE_AFTER]",
+    )
+    p.add_argument(
         "--metrics-host",
         default=_env("METRICS_HOST", d.metrics_host),
         help="address of the separate /metrics listener [RELAY_METRICS_HOST]",
@@ -331,6 +343,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         ip_max_sessions=args.ip_max_sessions,
         ip_max_peers=args.ip_max_peers,
         ip_max_new_sessions=args.ip_max_new_sessions,
+        login_throttle_after=args.login_throttle_after,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         metrics_token=args.metrics_token or None,

@@ -24,6 +24,9 @@ Credentials that are wrong (unknown name, wrong secret, bad or expired token):
 moderators exist. A guarded request that may change state (not GET/HEAD) or
 opens a WebSocket, from a browser page of another origin, is also refused with
 403: browsers attach cookies and cached Basic credentials to cross-site requests.
+After a few failures an address (and a name) is locked out for a growing
+while: every attempt then gets 429 with Retry-After, right credentials too
+(see `moderation.throttle`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import binascii
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -46,11 +50,13 @@ from typing import Final, NoReturn
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from signalling.request_origin import origin_allowed
+from moderation.throttle import LoginThrottle
+from signalling.request_origin import client_ip, origin_allowed
 
 __all__ = [
     "DEFAULT_PREFIXES",
     "ENV_VAR",
+    "LOGIN_THROTTLE",
     "MODERATOR",
     "MODERATORS",
     "TOKEN_COOKIE",
@@ -114,6 +120,9 @@ class Moderators:
 
     def __len__(self) -> int:
         return len(self._digests)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._digests
 
     # -- loading -----------------------------------------------------------
 
@@ -225,41 +234,75 @@ def _unb64(text: str) -> bytes:
 
 MODERATORS: Final = web.AppKey("moderators", Moderators)
 MODERATOR: Final = web.RequestKey("moderator", Moderator)
+LOGIN_THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
+_TRUSTED_PROXY: Final = web.AppKey("auth_trusted_proxy", bool)
 
 
 def check(request: web.Request) -> Moderator:
     """The moderator making `request`.
 
-    Raises `web.HTTPUnauthorized` when it carries no credentials and
-    `web.HTTPForbidden` when they are wrong. The registry is
-    ``app[MODERATORS]`` (looked up through sub-applications too).
+    Raises `web.HTTPUnauthorized` when it carries no credentials,
+    `web.HTTPForbidden` when they are wrong and `web.HTTPTooManyRequests`
+    while its address or the name it tries is locked out after failures
+    (see `moderation.throttle`). The registry is ``app[MODERATORS]`` (looked
+    up through sub-applications too).
     """
     moderators = request.config_dict[MODERATORS]
+    throttle = request.config_dict.get(LOGIN_THROTTLE)
+    address = client_ip(request, trusted_proxy=request.config_dict.get(_TRUSTED_PROXY, False))
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, value = header.strip().partition(" ")
     scheme, value = scheme.lower(), value.strip()
-    moderator: Moderator | None
+    name: str | None = None
+    secret: str | None = None
+    token: str | None = None
     if scheme == "basic" and value:
         try:
             decoded = base64.b64decode(value, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            _refuse(request, "undecodable Basic credentials")
-        name, _, secret = decoded.partition(":")
-        moderator = moderators.verify(name, secret)
+            decoded = None
+        if decoded is not None:
+            name, _, secret = decoded.partition(":")
     elif scheme == "bearer" and value:
         if ":" in value:
             name, _, secret = value.partition(":")
-            moderator = moderators.verify(name, secret)
         else:
-            moderator = moderators.verify_token(value)
-    elif token := _token(request):
-        moderator = moderators.verify_token(token)
+            token = value
     else:
-        logger.info("moderation: %s %s from %s without credentials", *_who(request))
-        raise web.HTTPUnauthorized(headers={hdrs.WWW_AUTHENTICATE: _REALM})
+        token = _token(request)
+        if token is None:
+            logger.info("moderation: %s %s from %s without credentials", *_who(request))
+            raise web.HTTPUnauthorized(headers={hdrs.WWW_AUTHENTICATE: _REALM})
+    if throttle is not None and (wait := throttle.retry_after(address, name)) > 0:
+        # Checked before the credentials, so a lock-out answers the same to right and wrong.
+        logger.warning("moderation: %s %s from %s refused: locked out", *_who(request))
+        seconds = math.ceil(wait)
+        raise web.HTTPTooManyRequests(
+            text=f"too many failed logins; try again in {seconds} s\n",
+            headers={hdrs.RETRY_AFTER: str(seconds)},
+        )
+    moderator: Moderator | None = None
+    if name is not None and secret is not None:
+        moderator = moderators.verify(name, secret)
+    elif token is not None:
+        moderator = moderators.verify_token(token)
     if moderator is None:
-        _refuse(request, "wrong credentials")
+        if throttle is not None:
+            throttle.failed(address, name, shown_name=_shown(name, token, moderators))
+        _refuse(request, "wrong credentials" if name or token else "undecodable credentials")
+    if throttle is not None and name is not None:
+        throttle.succeeded(address, name)
     return moderator
+
+
+def _shown(name: str | None, token: str | None, moderators: Moderators) -> str:
+    """What the audit log may say was tried: a moderator's name, never any other.
+
+    Anything that is not a moderator's name may be a secret typed into the wrong field.
+    """
+    if name is None:
+        return "a token" if token is not None else "undecodable credentials"
+    return name if name in moderators else "an unknown name"
 
 
 def _token(request: web.Request) -> str | None:
@@ -301,13 +344,18 @@ def install(
     prefixes: Iterable[str] = DEFAULT_PREFIXES,
     *,
     trusted_proxy: bool = False,
+    throttle: LoginThrottle | None = None,
 ) -> None:
     """Guard `prefixes` of `app` with `moderators` (call before the app starts).
 
-    `trusted_proxy`: read the public host and scheme from X-Forwarded-Host and
-    X-Forwarded-Proto (see `signalling.request_origin`).
+    `trusted_proxy`: read the client address, public host and scheme from
+    X-Forwarded-For, -Host and -Proto (see `signalling.request_origin`).
+    `throttle`: failed logins lock out their address and name (a default
+    `LoginThrottle` when not given); its `audit` hook is the caller's to set.
     """
     app[MODERATORS] = moderators
+    app[LOGIN_THROTTLE] = throttle if throttle is not None else LoginThrottle()
+    app[_TRUSTED_PROXY] = trusted_proxy
     app.middlewares.append(guard(prefixes, trusted_proxy=trusted_proxy))
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
 from aiortc import RTCIceServer
@@ -17,6 +19,8 @@ from moderation import auth
 from moderation.routes import MODERATION, WATCH_ICE, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings, ban_message
 from moderation.store import ModerationStore
+from moderation.throttle import AuditHook as LoginThrottleAudit
+from moderation.throttle import LoginThrottle
 from rtc.peer import PeerSettings
 from rtc.relay import Relay
 from signalling import headers
@@ -48,7 +52,12 @@ def create_app(settings: Settings) -> web.Application:
     )
     if not len(moderators):
         logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
-    auth.install(app, moderators, trusted_proxy=settings.trusted_proxy)
+    auth.install(
+        app,
+        moderators,
+        trusted_proxy=settings.trusted_proxy,
+        throttle=LoginThrottle(free_failures=settings.login_throttle_after),
+    )
     headers.install(app, trusted_proxy=settings.trusted_proxy)
     app[WATCH_ICE] = list(_rtc_ice_servers(settings))
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
@@ -129,8 +138,27 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     )
     await moderation.start()
     app[MODERATION] = moderation
+    throttle = app[auth.LOGIN_THROTTLE]
+    throttle.audit = _audit_logins(moderation.store)
     yield
+    throttle.audit = None
     await moderation.close()
+
+
+def _audit_logins(store: ModerationStore) -> LoginThrottleAudit:
+    """Failed logins and lock-outs into the audit log, written off the event loop."""
+    loop = asyncio.get_running_loop()
+
+    def audit(action: str, target: str, detail: str) -> None:
+        written = loop.run_in_executor(None, store.audit, "anonymous", action, target, detail)
+        written.add_done_callback(_log_audit_failure)
+
+    return audit
+
+
+def _log_audit_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("writing a login event to the audit log failed", exc_info=future.exception())
 
 
 async def _close_sessions(app: web.Application) -> None:

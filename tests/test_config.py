@@ -132,3 +132,9 @@ def test_per_address_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.ip_max_sessions, settings.ip_max_peers) == (5, 0)
     with pytest.raises(SystemExit):
         parse_settings(["--ip-max-new-sessions", "-1"])
+
+
+def test_login_throttle_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RELAY_LOGIN_THROTTLE_AFTER", raising=False)
+    assert parse_settings([]).login_throttle_after == 5
+    assert parse_settings(["--login-throttle-after", "0"]).login_throttle_after == 0

@@ -23,6 +23,7 @@ from moderation.auth import (
     install,
     set_token_cookie,
 )
+from moderation.throttle import LoginThrottle
 
 ALICE = "alice-s3cret-0123456789"
 BOB = "bob-another-secret-9876"
@@ -80,7 +81,9 @@ def moderators() -> Moderators:
 @pytest.fixture
 async def client(moderators: Moderators) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = web.Application()
-    install(app, moderators)
+    # The answers to each kind of wrong credentials, one by one: no throttle
+    # (test_failed_logins_lock_out_the_address_then_the_name has one).
+    install(app, moderators, throttle=LoginThrottle(free_failures=0))
     app[MODERATORS_KEY] = moderators
     app.router.add_get("/moderate", dashboard)
     app.router.add_get("/moderate/", whoami)
@@ -285,3 +288,39 @@ def test_tokens_expire_and_die_with_their_moderator(moderators: Moderators) -> N
     assert Moderators({"alice": ALICE}, token_key=key).verify_token(token) is None
     assert moderators.verify_token("") is None
     assert moderators.verify_token("v1.%%%.1.x") is None
+
+
+async def test_failed_logins_lock_out_the_address_then_the_name(moderators: Moderators) -> None:
+    audited: list[tuple[str, str, str]] = []
+    throttle = LoginThrottle(free_failures=3, first_lockout=60)
+    throttle.audit = lambda *entry: audited.append(entry)
+    app = web.Application()
+    install(app, moderators, trusted_proxy=True, throttle=throttle)
+    app.router.add_get("/moderate/", whoami)
+
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+
+        async def attempt(address: str, name: str, secret: str) -> tuple[int, str | None]:
+            headers = {**basic(name, secret), "X-Forwarded-For": address}
+            async with client.get("/moderate/", headers=headers) as response:
+                return response.status, response.headers.get("Retry-After")
+
+        for _ in range(3):  # free
+            assert await attempt("192.0.2.1", "mallory", WRONG) == (403, None)
+        assert await attempt("192.0.2.1", "mallory", WRONG) == (403, None)
+        # Locked out: even the right secret gets 429, so it leaks nothing.
+        status, retry = await attempt("192.0.2.1", "alice", ALICE)
+        assert status == 429 and retry is not None and 0 < int(retry) <= 60
+        assert await attempt("192.0.2.2", "alice", ALICE) == (200, None)
+
+        # Guessing one name from many addresses locks the name.
+        for i in range(4):
+            assert await attempt(f"198.51.100.{i}", "bob", WRONG) == (403, None)
+        assert (await attempt("203.0.113.9", "bob", BOB))[0] == 429
+        assert await attempt("203.0.113.9", "alice", ALICE) == (200, None)
+
+    actions = [entry[0] for entry in audited]
+    assert "login_failed" in actions and "login_locked" in actions
+    assert ("login_locked", "name:bob") in [entry[:2] for entry in audited]
+    # Only moderators' names are written down: "mallory" might have been a secret.
+    assert not any("mallory" in " ".join(entry) for entry in audited)

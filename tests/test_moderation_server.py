@@ -44,6 +44,10 @@ def relay_server_args(tmp_path: Path) -> list[str]:
         "3",
         "--moderators-file",
         str(moderators),
+        # Wrong credentials are tried route by route here; the login throttle
+        # has tests of its own (test_server_limits.py).
+        "--login-throttle-after",
+        "0",
         "--db",
         str(tmp_path / "moderation.sqlite3"),
         "--recordings-dir",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -184,3 +186,55 @@ async def test_forwarded_headers_are_ignored_without_trusted_proxy(relay_server)
     ):
         assert "Strict-Transport-Security" not in response.headers
         assert "evil.example" not in response.headers["Content-Security-Policy"]
+
+
+class TestLoginThrottle:
+    SECRET = "mia-secret-0123456789abc"
+
+    @pytest.fixture
+    def relay_server_args(self, tmp_path: Path) -> list[str]:
+        moderators = tmp_path / "moderators"
+        moderators.write_text(f"mia:{self.SECRET}\nnoor:{self.SECRET}x\n")
+        moderators.chmod(0o600)
+        return [
+            "--moderators-file",
+            str(moderators),
+            "--db",
+            str(tmp_path / "moderation.sqlite3"),
+            "--recordings-dir",
+            str(tmp_path / "recordings"),
+            "--trusted-proxy",
+        ]
+
+    async def test_guessing_locks_out_and_is_audited(self, relay_server) -> None:
+        url = relay_server.http_url + "/api/moderate/audit"
+
+        def basic(name: str, secret: str, address: str) -> dict[str, str]:
+            token = base64.b64encode(f"{name}:{secret}".encode()).decode()
+            return {"Authorization": f"Basic {token}", "X-Forwarded-For": address}
+
+        async with aiohttp.ClientSession() as http:
+            statuses = []
+            for _ in range(8):
+                async with http.get(url, headers=basic("mia", "wrong", "192.0.2.1")) as r:
+                    statuses.append(r.status)
+            assert statuses[:6] == [403] * 6 and statuses[6:] == [429] * 2
+            # Right credentials from the locked address, or for the locked name: still 429.
+            async with http.get(url, headers=basic("noor", self.SECRET + "x", "192.0.2.1")) as r:
+                assert r.status == 429 and int(r.headers["Retry-After"]) > 0
+            async with http.get(url, headers=basic("mia", self.SECRET, "192.0.2.2")) as r:
+                assert r.status == 429
+            # Another moderator elsewhere reads what happened in the audit log.
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    headers = basic("noor", self.SECRET + "x", "198.51.100.1")
+                    async with http.get(url, headers=headers) as r:
+                        assert r.status == 200
+                        entries = (await r.json())["audit"]
+                    if {"login_failed", "login_locked"} <= {e["action"] for e in entries}:
+                        break
+                    await asyncio.sleep(0.1)
+        targets = {(e["action"], e["target"]) for e in entries}
+        assert ("login_locked", "name:mia") in targets
+        assert ("login_locked", "address:192.0.2.1") in targets
+        assert not any(self.SECRET in json.dumps(e) for e in entries)
