@@ -4,12 +4,18 @@ a shared queue can show (several nodes, script reloads, expiring records)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from matcher_contract import MakeMatcher, MatcherContract, Recorder, Subject, pair
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from matcher import MatcherSettings, MatchHandler
@@ -188,3 +194,113 @@ async def test_own_sweep_keeps_waiters_alive(nodes: Nodes) -> None:
     await asyncio.sleep(0.3)
     await node.enqueue("bob")
     assert rec.pairs() == [pair("alice", "bob")]
+
+
+# --- several processes, one queue ---------------------------------------------------
+
+RACE_NODES = 4
+
+
+def _owner(user_id: str) -> str:
+    return user_id.split(".", 1)[0]
+
+
+def test_nodes_in_separate_processes_never_break_invariants(redis_server, tmp_path) -> None:
+    """Nodes race in their own processes; the audit stream is Redis's order of every
+    decision, and each node's log of what it saw must agree with it."""
+    prefix = f"race-{uuid.uuid4().hex[:12]}"
+    driver = Path(__file__).with_name("redis_race_node.py")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(driver),
+                redis_server.url,
+                prefix,
+                f"n{i}",
+                str(i),
+                "5",
+                "40",
+                str(tmp_path / f"n{i}.json"),
+            ],
+        )
+        for i in range(RACE_NODES)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=45) == 0
+    results = {
+        r["node"]: r
+        for r in (json.loads((tmp_path / f"n{i}.json").read_text()) for i in range(RACE_NODES))
+    }
+    client = SyncRedis.from_url(redis_server.url, decode_responses=True)
+    base = "{" + prefix + "}"
+    audit = [fields for _id, fields in client.xrange(f"{base}:audit")]
+
+    # Replay Redis's own order: every match takes two distinct users who are waiting.
+    violations = [v for r in results.values() for v in r["violations"]]
+    waiting: set[str] = set()
+    forgotten: set[str] = set()
+    matches: list[dict[str, str]] = []
+    dequeued: dict[str, list[bool]] = {}
+    for entry in audit:
+        op = entry["op"]
+        if op == "enqueue":
+            if entry["user"] in waiting or entry["user"] in forgotten:
+                violations.append(f"enqueue of {entry['user']} while waiting or after forget")
+            waiting.add(entry["user"])
+        elif op == "match":
+            a, b = entry["a"], entry["b"]
+            if a == b:
+                violations.append(f"{a} matched with themselves")
+            for u in (a, b):
+                if u not in waiting:
+                    violations.append(f"{u} matched while not waiting ({entry})")
+                waiting.discard(u)
+            matches.append(entry)
+        elif op in ("dequeue", "forget"):
+            u = entry["user"]
+            if bool(entry["ticket"]) != (u in waiting):
+                violations.append(f"{op} of {u} misreported waiting ({entry})")
+            waiting.discard(u)
+            if op == "dequeue":
+                dequeued.setdefault(u, []).append(bool(entry["ticket"]))
+            else:
+                forgotten.add(u)
+        else:
+            violations.append(f"unexpected {entry}")
+    assert violations == []
+    assert waiting == set()
+
+    # Each node saw exactly the matches of its users (its own on_match or its feed), and
+    # every dequeue told its caller what Redis decided.
+    for node, result in results.items():
+        seen = Counter((e["user"], e["other"]) for e in result["log"] if e["op"] == "seen")
+        expected = Counter(
+            (u, other)
+            for m in matches
+            for u, other in ((m["a"], m["b"]), (m["b"], m["a"]))
+            if _owner(u) == node
+        )
+        assert seen == expected, node
+        told: dict[str, list[bool]] = {}
+        for e in result["log"]:
+            if e["op"] == "dequeue":
+                told.setdefault(e["user"], []).append(e["result"])
+        assert told == {u: r for u, r in dequeued.items() if _owner(u) == node}
+        made_here = [m for m in matches if m["node"] == node]
+        assert result["matches_made"] == len(made_here)
+        assert result["matches_cross_node"] == sum(
+            _owner(m["a"]) != _owner(m["b"]) for m in made_here
+        )
+
+    # The run exercised both kinds of pairs, and everyone's records are gone.
+    crossed = sum(_owner(m["a"]) != _owner(m["b"]) for m in matches)
+    assert crossed > 100
+    assert len(matches) - crossed > 100
+    leftovers = [
+        k
+        for k in client.keys(base + "*")
+        if k.split(":")[1] in ("waiting", "user", "last", "lastof")
+    ]
+    assert leftovers == []
+    client.close()
