@@ -6,6 +6,7 @@ HOST     ?= 127.0.0.1
 PORT     ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 JANUS    ?= /usr/bin/janus
+REDIS    ?= /usr/bin/redis-server
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -33,11 +34,16 @@ $(JANUS):
 	$(APT) update -qq
 	$(APT) install -y -qq janus
 
+# Debian's Redis, the shared engine of matcher/redis.py; tests start their own server.
+$(REDIS):
+	$(APT) update -qq
+	$(APT) install -y -qq redis-server
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -143,3 +143,18 @@ async def clients() -> AsyncIterator[list[object]]:
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+# --- Redis --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[object]:
+    """One real redis-server for the session; each test keeps to its own key prefix."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -497,6 +497,11 @@ class _Model:
         self.since: dict[str, float] = {}
         self.gone: set[str] = set()
         self.matched_while_leaving: set[str] = set()
+        # A second enqueue in flight for a waiting user -> matches of theirs seen meanwhile.
+        # A matcher with latency (Redis) may pair them before that enqueue runs; the
+        # enqueue then rightly starts a new wait (no interests), which may pair too.
+        self.rejoining: dict[str, int] = {}
+        self.rejoin_called: dict[str, float] = {}
         self.matches: list[Match] = []
         self.violations: list[str] = []
 
@@ -518,6 +523,9 @@ class _Model:
     def _check(self, match: Match) -> None:
         self.matches.append(match)
         a, b = match.a, match.b
+        for u in (a, b):
+            if self.rejoining.get(u) == 1:
+                self.rejoin(u)
         if a == b:
             self.violations.append(f"{a} matched with themselves")
         for u in (a, b):
@@ -538,11 +546,21 @@ class _Model:
                 if self.time - self.since[u] < self.settings.rematch_after:
                     self.violations.append(f"{match}: rematched too soon")
         for u, other in ((a, b), (b, a)):
+            if u in self.rejoining:
+                self.rejoining[u] += 1
             if self.state.get(u) == "leaving":
                 self.matched_while_leaving.add(u)
             self.state[u] = "paired"
             self.partner[u] = other
             self.last_partner[u] = other
+
+    def rejoin(self, user_id: str) -> None:
+        """The second enqueue of a user matched meanwhile started a new wait."""
+        self.part(user_id)
+        self.state[user_id] = "waiting"
+        self.interests[user_id] = frozenset()
+        # When the enqueue was called: no later than the wait began, so checks stay lenient.
+        self.since[user_id] = self.rejoin_called[user_id]
 
     def part(self, user_id: str) -> None:
         """user_id leaves their partner, who becomes idle (the matcher never re-queues)."""
@@ -608,11 +626,19 @@ class _Client:
             m.violations.append(f"{u} AlreadyWaiting though not waiting")
 
     async def _start_again_while_waiting(self) -> None:
+        m, u = self.model, self.user_id
+        m.rejoining[u] = 0
+        m.rejoin_called[u] = m.time
         try:
-            await self.matcher.enqueue(self.user_id)
+            await self.matcher.enqueue(u)
         except AlreadyWaiting:
+            m.rejoining.pop(u)
             return
-        self.model.violations.append(f"{self.user_id} enqueued twice")
+        matched_meanwhile = m.rejoining.pop(u)
+        if matched_meanwhile == 0:
+            m.violations.append(f"{u} enqueued twice")
+        elif matched_meanwhile == 1:
+            m.rejoin(u)
 
     async def _stop_waiting(self) -> None:
         m, u = self.model, self.user_id
