@@ -83,6 +83,16 @@ async def test_chat_and_typing_reach_the_partner(relay_server, clients) -> None:
     assert (state["camera"], state["mic"]) == (False, True)
 
 
+async def test_lone_surrogates_in_chat_and_reports_are_replaced(relay_server, clients) -> None:
+    a, b = await paired(relay_server, clients)
+    await a.send_raw('{"type": "chat", "text": "a\\ud800b"}')
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "a\ufffdb"
+    # The report is saved (SQLite refused the surrogate: 'internal' and a traceback).
+    await a.send_raw('{"type": "report", "reason": "rude \\udc00", "moveOn": false}')
+    assert await a.wait_for("reported", timeout=TIMEOUT)
+    assert not [m for m in a.messages if m["type"] == "error"]
+
+
 async def test_next_moves_on_to_a_third_user(relay_server, clients) -> None:
     a, b = await paired(relay_server, clients)
     await a.wait_frames(tag=2, count=5, timeout=TIMEOUT)
