@@ -10,7 +10,7 @@ REDIS    ?= /usr/bin/redis-server
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test bench lint typecheck check clean
+.PHONY: run test fuzz bench lint typecheck check clean
 
 # Debian's python3.11 ships venv separately (python3.11-venv).
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -48,6 +48,11 @@ test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The protocol fuzzer at length, new random examples each run (make test runs a short fixed pass).
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(VENV)/.installed-test
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(PY) -m pytest tests/test_fuzz.py -q -s
 
 # The relay benchmark, e.g. make bench BENCH_ARGS="--pairs 10 --seconds 30 --compare --janus"
 bench: $(VENV)/.installed-test $(JANUS)

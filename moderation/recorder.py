@@ -34,6 +34,7 @@ write in ``asyncio.to_thread``. One recorder is used by one thread at a time.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,7 @@ from rtc.media import EncodedFrame
 __all__ = [
     "MAX_PENDING",
     "PLACEHOLDER_SIZE",
+    "RECORDING_NAME",
     "RECORDING_SUFFIX",
     "Recorder",
     "Track",
@@ -126,6 +128,10 @@ def new_recording_path(folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder / f"{secrets.token_urlsafe(18)}{RECORDING_SUFFIX}"
+
+
+# Exactly the names new_recording_path makes: 18 random bytes are 24 base64url characters.
+RECORDING_NAME: Final = re.compile(r"[A-Za-z0-9_-]{24}" + re.escape(RECORDING_SUFFIX))
 
 
 class Recorder:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiortc import RTCIceServer
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
-from moderation.service import Moderation
+from moderation.service import Moderation, ban_until
 from moderation.store import Ban, Report, ReportStatus
 from rtc.peer import Peer, PeerError
 from rtc.watcher import Watcher
@@ -29,6 +29,8 @@ WATCH_ICE = web.AppKey("watch_ice", list[RTCIceServer])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
+# The longest timed ban; longer is "permanent".
+MAX_BAN_SECONDS = 10 * 365 * 86400
 
 
 def setup_routes(app: web.Application, dashboard_dir: str) -> None:
@@ -156,7 +158,7 @@ def _ban_json(ban: Ban) -> dict[str, Any]:
         "ip": ban.ip,
         "reason": ban.reason,
         "createdAt": ban.created_at,
-        "expiresAt": ban.expires_at,
+        "expiresAt": ban_until(ban),
         "createdBy": ban.created_by,
     }
 
@@ -183,14 +185,22 @@ async def ban(request: web.Request) -> web.Response:
     if not isinstance(reason, str) or not reason.strip():
         raise web.HTTPBadRequest(text="reason: a non-empty string")
     seconds = body.get("seconds")
-    if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
-        raise web.HTTPBadRequest(text="seconds: a positive number, or null for good")
+    # JSON bodies may carry NaN and Infinity, and bool is an int: name what is accepted.
+    if seconds != "permanent" and (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds <= MAX_BAN_SECONDS
+    ):
+        raise web.HTTPBadRequest(
+            text=f"seconds: a number from 0 (exclusive) to {MAX_BAN_SECONDS} (10 years), "
+            'or "permanent"'
+        )
     try:
         made = await moderation.ban(
             _who(request),
             identity=identity if isinstance(identity, str) else None,
             ip=ip if isinstance(ip, str) else None,
-            seconds=None if seconds is None else float(seconds),
+            seconds=None if seconds == "permanent" else float(seconds),
             reason=reason.strip()[:MAX_REASON],
         )
     except ValueError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import stat
 import time
@@ -28,7 +29,13 @@ from prometheus_client.core import GaugeMetricFamily
 
 from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
 from moderation.auth import Moderators
-from moderation.recorder import Recorder, Track, delete_expired, new_recording_path
+from moderation.recorder import (
+    RECORDING_NAME,
+    Recorder,
+    Track,
+    delete_expired,
+    new_recording_path,
+)
 from moderation.ringbuffer import BufferedFrame, RingBuffer
 from moderation.store import Ban, ModerationStore, ReportStatus, TranscriptLine, normalize_ip
 from rtc.media import EncodedFrame
@@ -354,7 +361,8 @@ class Moderation:
 
     def recording_path(self, name: str) -> Path | None:
         """The recording called `name`, if it is a regular file directly in the folder."""
-        if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".webm"):
+        # Only the shape new_recording_path makes: nothing else can reach the filesystem.
+        if not RECORDING_NAME.fullmatch(name):
             return None
         path = self.recordings_dir / name
         try:
@@ -417,7 +425,7 @@ class Moderation:
                     ban_message(ban),
                     code="banned",
                     reason=ban.reason,
-                    until=ban.expires_at,
+                    until=ban_until(ban),
                 )
         return ban
 
@@ -476,13 +484,30 @@ class FlagCollector:
         yield gauge
 
 
+# 9999-12-31 23:59:59 UTC: the last second gmtime and every JSON reader can show.
+_FAR_FUTURE = 253402300799.0
+
+
+def ban_until(ban: Ban) -> float | None:
+    """When `ban` ends, for clients and JSON; None: for good.
+
+    Older versions stored any positive number, so a row may hold infinity or
+    1e308: those are bans for good too, never NaN/Infinity in JSON.
+    """
+    expires = ban.expires_at
+    if expires is None or not math.isfinite(expires) or expires >= _FAR_FUTURE:
+        return None
+    return expires
+
+
 def ban_message(ban: Ban) -> str:
-    until = (
+    until = ban_until(ban)
+    when = (
         "for good"
-        if ban.expires_at is None
-        else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ban.expires_at))
+        if until is None
+        else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
     )
-    return f"you are banned {until}: {ban.reason}"
+    return f"you are banned {when}: {ban.reason}"
 
 
 def _same_ip(a: str, b: str) -> bool:

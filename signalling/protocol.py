@@ -8,6 +8,7 @@ that decides what a well-formed message is. Anything else becomes a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,6 +23,15 @@ MAX_INTERESTS: Final = 10
 MAX_INTEREST_CHARS: Final = 32
 MAX_SDP_CHARS: Final = 60000
 MAX_CANDIDATE_CHARS: Final = 1000
+
+# A lone UTF-16 surrogate ("\\ud800" in JSON) is not a character: SQLite,
+# UTF-8 logs and other clients' JSON parsers refuse it. Decided once, here, for
+# every string of every message (keys, values, interests, SDP): each becomes
+# U+FFFD REPLACEMENT CHARACTER, as a browser's TextDecoder would make it. The
+# SDP and candidate checks in rtc/ then refuse it as non-ASCII.
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# Escapes that may decode to one; without them the decoded object needs no walk.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 LIMITS: Final = {
     "maxMessageBytes": MAX_MESSAGE_BYTES,
@@ -239,6 +249,8 @@ def parse_message(data: str | bytes) -> ClientMessage:
         raise ProtocolError("bad_json", "the JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
+    if _SURROGATE_ESCAPE.search(data):
+        obj = _replace_lone_surrogates(obj)
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "a message needs a string 'type'", field="type")
@@ -270,3 +282,29 @@ def parse_message(data: str | bytes) -> ClientMessage:
     raise ProtocolError(
         "unknown_type", f"unknown message type '{shown}'", field="type", in_reply_to=shown
     )
+
+
+def _replace_lone_surrogates(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with every lone surrogate in every string replaced by U+FFFD."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        return value
+
+    root: dict[str, Any] = {}
+    # Iterative: the JSON may be nested as deep as json.loads allows.
+    stack: list[tuple[Any, Any]] = [(obj, root)]
+    while stack:
+        source, target = stack.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, value in items:
+            if isinstance(value, dict | list):
+                copy: Any = {} if isinstance(value, dict) else [None] * len(value)
+                stack.append((value, copy))
+                value = copy
+            if isinstance(target, dict):
+                target[fix(key)] = fix(value)
+            else:
+                target[key] = fix(value)
+    return root

@@ -17,7 +17,13 @@ from matcher.base import MatcherSettings
 from matcher.memory import MemoryMatcher
 from moderation import auth
 from moderation.routes import MODERATION, WATCH_ICE, setup_routes
-from moderation.service import FlagCollector, Moderation, ModerationSettings, ban_message
+from moderation.service import (
+    FlagCollector,
+    Moderation,
+    ModerationSettings,
+    ban_message,
+    ban_until,
+)
 from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
@@ -199,7 +205,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     if ban is not None:
         refusal = error_message("banned", ban_message(ban))
-        await ws.send_json(refusal | {"reason": ban.reason, "until": ban.expires_at})
+        await ws.send_json(refusal | {"reason": ban.reason, "until": ban_until(ban)})
         await ws.close(code=CLOSE_KICKED, message=b"banned")
         return ws
     try:

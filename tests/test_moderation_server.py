@@ -8,6 +8,7 @@ file can be checked frame by frame with rtc.stamp.read_stamp.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from aiortc import (
 )
 
 from config import Settings
+from moderation.service import ban_message, ban_until
+from moderation.store import Ban
 from rtc.client import ChatClient
 from rtc.stamp import read_stamp
 from signalling.web import create_app
@@ -192,6 +195,96 @@ async def test_a_ban_is_enforced_at_connect_and_survives_a_restart(relay_server,
             relay_server.start()
     audit = (await api(relay_server, "GET", "/audit"))["audit"]
     assert any(e["action"] == "ban" and e["who"] == "alice" for e in audit)
+
+
+async def raw_api(server, method: str, path: str, **kwargs) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.request(method, server.http_url + "/api/moderate" + path, **kwargs) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_ban_seconds_are_a_bounded_positive_number_or_permanent(relay_server) -> None:
+    # NaN was stored as a permanent ban, Infinity and 1e308 killed the banned client's
+    # connect with an OverflowError, true was 1 s, and the list became invalid JSON.
+    body = '{"identity": "client-two-abcdef", "reason": "spam", "seconds": %s}'
+    for bad in (
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e308",
+        "true",
+        "false",
+        "null",
+        '"3600"',
+        "0",
+        "-5",
+        "315360001",
+        "1" + "0" * 400,
+        "[1]",
+    ):
+        status, text = await raw_api(
+            relay_server,
+            "POST",
+            "/bans",
+            data=body % bad,
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 400 and '"permanent"' in text, (bad, status, text)
+    status, text = await raw_api(
+        relay_server, "POST", "/bans", json={"identity": "client-two-abcdef", "reason": "x"}
+    )
+    assert status == 400, text
+    made = await api(
+        relay_server,
+        "POST",
+        "/bans",
+        json={"identity": "client-two-abcdef", "reason": "spam", "seconds": "permanent"},
+    )
+    assert made["expiresAt"] is None
+    ten_years = await api(
+        relay_server,
+        "POST",
+        "/bans",
+        json={"ip": "192.0.2.9", "reason": "spam", "seconds": 315360000},
+    )
+    assert ten_years["expiresAt"] > time.time() + 315000000
+    status, text = await raw_api(relay_server, "GET", "/bans")
+    assert status == 200 and "NaN" not in text and "Infinity" not in text
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(relay_server.ws_url + "?clientId=client-two-abcdef") as ws,
+    ):
+        message = await ws.receive_json(timeout=TIMEOUT)
+        assert message["code"] == "banned" and message["until"] is None
+        assert "for good" in message["message"]
+
+
+def test_bans_stored_by_older_versions_never_break_messages_or_json() -> None:
+    for stored in (float("inf"), float("-inf"), float("nan"), 1e308, 1e20):
+        ban = Ban(1, "someone-abcdef", None, "spam", 0.0, stored, "alice")
+        message = ban_message(ban)
+        assert "banned" in message
+        until = ban_until(ban)
+        assert until is None or math.isfinite(until)
+    assert ban_until(Ban(1, None, "192.0.2.1", "r", 0.0, 1e9, "a")) == 1e9
+
+
+async def test_recording_names_of_any_other_shape_are_404(relay_server) -> None:
+    # %00 once reached os.lstat: a ValueError, a 500 and a traceback.
+    for name in (
+        "a%00.webm",
+        "%00",
+        "..%2F..%2Fetc%2Fpasswd",
+        ".webm",
+        "x" * 24 + ".webm.webm",
+        "x" * 23 + ".webm",
+        "x" * 24 + ".WEBM",
+        "%C3%A9" * 12 + ".webm",
+    ):
+        status, _ = await raw_api(relay_server, "GET", f"/recordings/{name}")
+        assert status == 404, name
 
 
 async def test_a_kick_ends_the_session_with_the_moderators_message(relay_server, clients) -> None:

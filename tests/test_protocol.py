@@ -118,3 +118,22 @@ def test_size_limit_counts_bytes_not_characters() -> None:
     # 30000 three-byte characters: under the limit in characters, over it in bytes.
     err = error_of(json.dumps({"type": "chat", "text": "€" * 30000}, ensure_ascii=False))
     assert err.code == "too_large"
+
+
+def test_lone_surrogates_become_replacement_characters_everywhere() -> None:
+    # JSON text may escape a lone surrogate; SQLite and UTF-8 logs cannot store one.
+    assert p.parse_message('{"type": "report", "reason": "a\\ud800b"}') == p.Report(
+        reason="a\ufffdb"
+    )
+    assert p.parse_message('{"type": "chat", "text": "\\udfff"}') == p.Chat(text="\ufffd")
+    assert p.parse_message('{"type": "start", "interests": ["x\\uDBFF"]}') == p.Start(
+        interests=("x\ufffd",)
+    )
+    offer = p.parse_message('{"type": "offer", "sdp": "v=0\\ud800", "x\\ud800": [[{"y": 1}]]}')
+    assert offer == p.Offer(sdp="v=0\ufffd")
+    # A proper pair is one character and stays as it is.
+    assert p.parse_message('{"type": "chat", "text": "\\ud83d\\ude00"}') == p.Chat(
+        text="\U0001f600"
+    )
+    err = error_of('{"type": "teleport\\ud800"}')
+    assert err.code == "unknown_type" and "\ufffd" in err.message

@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -80,6 +81,16 @@ async def test_chat_and_typing_reach_the_partner(relay_server, clients) -> None:
     await a.send({"type": "media_state", "camera": False, "mic": True})
     state = await b.wait_for("media_state", timeout=TIMEOUT)
     assert (state["camera"], state["mic"]) == (False, True)
+
+
+async def test_lone_surrogates_in_chat_and_reports_are_replaced(relay_server, clients) -> None:
+    a, b = await paired(relay_server, clients)
+    await a.send_raw('{"type": "chat", "text": "a\\ud800b"}')
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "a\ufffdb"
+    # The report is saved (SQLite refused the surrogate: 'internal' and a traceback).
+    await a.send_raw('{"type": "report", "reason": "rude \\udc00", "moveOn": false}')
+    assert await a.wait_for("reported", timeout=TIMEOUT)
+    assert not [m for m in a.messages if m["type"] == "error"]
 
 
 async def test_next_moves_on_to_a_third_user(relay_server, clients) -> None:
@@ -306,3 +317,42 @@ async def test_server_shutdown_closes_clients_cleanly(relay_server, clients) -> 
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.05)
+
+
+CHROMIUM_OFFER = (Path(__file__).parent / "data" / "chromium_offer.sdp").read_bytes().decode()
+
+
+async def test_hostile_offers_and_candidates_get_errors_not_tracebacks(relay_server) -> None:
+    """Each of these once reached a traceback in aiortc or aioice (the fixture checks the log)."""
+
+    async def reply(ws, message: dict) -> dict:
+        await ws.send_json(message)
+        return json.loads((await ws.receive(timeout=TIMEOUT)).data)
+
+    no_direction = re.sub(r"a=sendrecv\r\n", "", CHROMIUM_OFFER)
+    async with aiohttp.ClientSession() as http, http.ws_connect(relay_server.ws_url) as ws:
+        assert json.loads((await ws.receive()).data)["type"] == "hello"
+        for bad in (
+            CHROMIUM_OFFER.replace("a=mid:1\r\n", "a=mid:0\r\n"),
+            re.sub(r"a=mid:0\r\n", "", CHROMIUM_OFFER),
+            CHROMIUM_OFFER.replace("BUNDLE 0 1", "BUNDLE 7 1"),
+        ):
+            err = await reply(ws, {"type": "offer", "sdp": bad})
+            assert (err["type"], err["code"]) == ("error", "bad_sdp"), err
+        # A corrected offer is answered: nothing was left half-open. No direction means sendrecv.
+        assert (await reply(ws, {"type": "offer", "sdp": no_direction}))["type"] == "answer"
+        # No end-of-candidates in a browser offer: ICE keeps checking what is trickled.
+        bad = "candidate:1 1 udp 2122194687 127.0.0.1 65536 typ host"
+        err = await reply(ws, {"type": "candidate", "candidate": bad, "sdpMid": "0"})
+        assert err["code"] == "bad_candidate" and "port" in err["message"]
+        for i in range(51):
+            good = f"candidate:{i} 1 udp 2122194687 127.0.0.1 {20000 + i} typ host"
+            await ws.send_json({"type": "candidate", "candidate": good, "sdpMid": "0"})
+        err = json.loads((await ws.receive(timeout=TIMEOUT)).data)
+        assert err["code"] == "bad_candidate" and "at most 50" in err["message"]
+        await asyncio.sleep(2)  # aioice checks the pairs it was given
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(relay_server.http_url + "/healthz") as response,
+    ):
+        assert response.status == 200

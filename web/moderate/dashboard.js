@@ -151,7 +151,7 @@ document.addEventListener("click", async (event) => {
         if (!reason) return;
         const hours = prompt("Hours (empty: for good)", "24");
         if (hours === null) return;
-        const seconds = hours.trim() ? Number(hours) * 3600 : null;
+        const seconds = hours.trim() ? Number(hours) * 3600 : "permanent";
         await api("/bans", { method: "POST", body: { sessionId: ids[0], reason, seconds } });
         break;
       }
