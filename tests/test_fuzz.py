@@ -46,7 +46,12 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 DERANDOMIZE = os.environ.get("FUZZ_RANDOM", "") != "1"
 TIMEOUT = 20.0
 # Every flag of the fuzzed server in one list (the integrator adds per-IP limits here).
-FUZZ_SERVER_ARGS = ["--media-timeout", "3", "--interest-timeout", "2", "--rematch-after", "2"]
+FUZZ_SERVER_ARGS = [
+    *("--media-timeout", "3", "--interest-timeout", "2", "--rematch-after", "2"),
+    # Every example opens its own WebSocket from 127.0.0.1: lift the per-address
+    # limits, which tests/test_server_limits.py covers.
+    *("--ip-max-sessions", "0", "--ip-max-new-sessions", "0", "--ip-max-peers", "0"),
+]
 # What rtc/peer.py logs when an offer passed rtc/offer.py yet aiortc could not answer it.
 VALIDATION_GAP = "aiortc could not answer a checked offer"
 
