@@ -96,6 +96,12 @@ export function serverErrorText(msg) {
       return "Something went wrong on the server. Please try again.";
     case "too_large":
       return "That message is too large to send.";
+    case "too_many_sessions":
+    case "too_many_new_sessions":
+      // The close (4029) that follows makes the page retry with back-off.
+      return "Too many chats are open from your network right now. Trying again shortly.";
+    case "too_many_peers":
+      return "Too many video connections are open from your network. Close another chat tab and try again.";
     default:
       return msg.message ? `Server: ${msg.message}` : `The server reported an error (${msg.code}).`;
   }
