@@ -576,7 +576,10 @@ class PacketSender:
         self.ready = False
         # The next sequence number to use when nobody asks for a particular one.
         self.sequence_number = random.getrandbits(16)
+        # Packets and payload bytes sent (what aiortc's outbound-rtp stats report,
+        # readable without awaiting getStats()).
         self.packets = 0
+        self.bytes = 0
         self.dropped = 0
         self.retransmitted = 0
         self._rtx_sequence_number = random.getrandbits(16)
@@ -656,6 +659,7 @@ class PacketSender:
             payload,
         )
         self.packets += 1
+        self.bytes += len(payload)
         state = self._state
         state[_SENDER_NTP] = ntp
         state[_SENDER_RTP_TIMESTAMP] = timestamp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -25,6 +26,20 @@ from rtc.publisher import Publisher
 from rtc.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
+
+# What `Peer.counters()` counts for each kind (signalling/metrics.py exports relay_<name>_total).
+COUNTER_NAMES = (
+    "received_frames",
+    "received_bytes",
+    "forwarded_frames",
+    "forwarded_packets",
+    "forwarded_bytes",
+    "dropped_frames",
+    "keyframe_requests_received",
+    "keyframe_requests_sent",
+)
+# (name from COUNTER_NAMES, kind) -> count.
+MediaCounters = Counter[tuple[str, str]]
 
 
 class PeerError(Exception):
@@ -66,6 +81,10 @@ class Peer:
         self.state = MediaState.CONNECTING
         self.publishers: dict[str, Publisher] = {}
         self.subscribers: dict[str, Subscriber] = {}
+        # Our RTP sending per kind (it counts the packets and bytes that left).
+        self._outputs: dict[str, aiortc_seam.PacketSender] = {}
+        # What media objects this peer has let go of had counted.
+        self._discarded: MediaCounters = Counter()
         self._settings = settings
         self._on_state = on_state
         self._loop = asyncio.get_running_loop()
@@ -126,7 +145,8 @@ class Peer:
             subscriber = Subscriber(self.name, kind, transcode=self._settings.transcode)
             self.subscribers[kind] = subscriber
             sender = pc.addTrack(subscriber)
-            subscriber.set_output(aiortc_seam.PacketSender(sender))
+            output = self._outputs[kind] = aiortc_seam.PacketSender(sender)
+            subscriber.set_output(output)
             encoder_keyframe[kind] = aiortc_seam.on_keyframe_request(
                 sender, subscriber.on_keyframe_request
             )
@@ -169,6 +189,29 @@ class Peer:
             await self._pc.addIceCandidate(parsed)
         except Exception as exc:
             raise PeerError("bad_candidate", f"the ICE candidate was rejected: {exc}") from exc
+
+    # -- counters --------------------------------------------------------
+
+    def counters(self) -> MediaCounters:
+        """Everything this peer's media counted so far; it never goes down, even after close."""
+        values = Counter(self._discarded)
+        values.update(self._media_counters())
+        return values
+
+    def _media_counters(self) -> MediaCounters:
+        values: MediaCounters = Counter()
+        for kind, publisher in self.publishers.items():
+            values["received_frames", kind] += publisher.frames
+            values["received_bytes", kind] += publisher.bytes
+            values["keyframe_requests_sent", kind] += publisher.keyframe_requests
+        for kind, subscriber in self.subscribers.items():
+            values["forwarded_frames", kind] += subscriber.forwarded
+            values["dropped_frames", kind] += subscriber.dropped
+            values["keyframe_requests_received", kind] += subscriber.keyframe_requests
+        for kind, output in self._outputs.items():
+            values["forwarded_packets", kind] += output.packets
+            values["forwarded_bytes", kind] += output.bytes
+        return values
 
     # -- liveness --------------------------------------------------------
 
@@ -222,15 +265,21 @@ class Peer:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
-        for subscriber in self.subscribers.values():
-            subscriber.stop()
-        for publisher in self.publishers.values():
-            await publisher.close()
-        self.subscribers.clear()
-        self.publishers.clear()
-        pc, self._pc = self._pc, None
-        if pc is not None:
-            await _close_connection(pc)
+        try:
+            for subscriber in self.subscribers.values():
+                subscriber.stop()
+            for publisher in self.publishers.values():
+                await publisher.close()
+            pc, self._pc = self._pc, None
+            if pc is not None:
+                await _close_connection(pc)
+        finally:
+            # Packets keep arriving until the connection is closed: read the
+            # final numbers after that, in the step that lets the objects go.
+            self._discarded.update(self._media_counters())
+            self.subscribers.clear()
+            self.publishers.clear()
+            self._outputs.clear()
 
 
 async def _close_connection(pc: RTCPeerConnection) -> None:

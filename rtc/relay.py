@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
-from rtc.peer import KINDS, Peer, PeerSettings, StateHandler
+from rtc.peer import KINDS, MediaCounters, Peer, PeerSettings, StateHandler
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,10 @@ class Relay:
 
     def __init__(self, settings: PeerSettings) -> None:
         self.settings = settings
+        # Peers that are open or closing; a closed one is referenced by nothing here.
         self._peers: set[Peer] = set()
+        # The final counters of every closed peer, so totals stay monotonic without them.
+        self._retired: MediaCounters = Counter()
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -29,8 +33,23 @@ class Relay:
         return peer
 
     async def close_peer(self, peer: Peer) -> None:
-        self._peers.discard(peer)
-        await peer.close()
+        try:
+            await peer.close()
+        finally:
+            self._retire(peer)
+
+    def _retire(self, peer: Peer) -> None:
+        # One synchronous step: a peer is counted either live or retired, never both or neither.
+        if peer in self._peers:
+            self._peers.remove(peer)
+            self._retired.update(peer.counters())
+
+    def counters(self) -> MediaCounters:
+        """Media counters of every peer there ever was: the retired plus the live ones now."""
+        values = Counter(self._retired)
+        for peer in self._peers:
+            values.update(peer.counters())
+        return values
 
     @staticmethod
     def pair(a: Peer, b: Peer) -> None:
@@ -49,8 +68,8 @@ class Relay:
                     subscriber.detach()
 
     async def close(self) -> None:
-        peers, self._peers = self._peers, set()
-        await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+        peers = list(self._peers)
+        await asyncio.gather(*(self.close_peer(peer) for peer in peers), return_exceptions=True)
 
 
 def _watch(viewer: Peer, source: Peer, kind: str) -> None:

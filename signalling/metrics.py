@@ -9,12 +9,9 @@ match, a histogram the lobby feeds through `Lobby.pair_listeners` when it
 pairs two sessions.
 
 Media counters live on each peer's publishers, subscribers and RTP senders
-and vanish with the peer. To keep the exported counters monotonic, a peer is
-remembered from the first time it is seen (at a scrape, or when it is paired)
-until the scrape after it closed, where its final numbers move into a
-"retired" total. So every peer that was ever paired is counted in full; a
-visit that never got a partner and ended between two scrapes may leave out
-what it sent up.
+(`Peer.counters()`); the Relay adds a closing peer's final numbers to its
+retired total in the step that lets the peer go, so the exported counters are
+retired + live and stay monotonic while nothing here keeps a closed peer alive.
 """
 
 from __future__ import annotations
@@ -24,17 +21,15 @@ import hmac
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aiohttp import hdrs, web
-from aiortc import RTCRtpSender
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from rtc.peer import Peer
+from rtc.peer import COUNTER_NAMES
 from signalling.limits import LIMIT_CODES
 from signalling.lobby import Lobby
 from signalling.session import Session, State
@@ -46,108 +41,24 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 TIME_TO_MATCH_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 KINDS: Final = ("audio", "video")
 
-# (counter name without _total, help) of every per-kind media counter.
-MEDIA_COUNTERS: Final = (
-    ("relay_received_frames", "Encoded frames received from publishers"),
-    ("relay_received_bytes", "Bytes of encoded frames received from publishers"),
-    ("relay_forwarded_frames", "Frames handed to subscribers' RTP senders"),
-    ("relay_forwarded_packets", "RTP packets sent to subscribers"),
-    ("relay_forwarded_bytes", "RTP payload bytes sent to subscribers"),
-    ("relay_dropped_frames", "Frames dropped because a subscriber's queue was full"),
-    (
-        "relay_keyframe_requests_received",
-        "Keyframe requests (PLI/FIR) received from subscribers' browsers",
-    ),
-    ("relay_keyframe_requests_sent", "Keyframe requests (PLI) sent to publishers' browsers"),
-)
-
-Key = tuple[str, str]  # (counter name, kind)
-
-
-@dataclass
-class _PeerCounters:
-    """The counter holders of one peer, kept alive until their final numbers are read."""
-
-    peer: Peer
-    holders: dict[Key, Any] = field(default_factory=dict)
-    senders: dict[str, RTCRtpSender] = field(default_factory=dict)
-    sender_stats: Counter[Key] = field(default_factory=Counter)
-
-    def capture(self) -> None:
-        """Remember the publishers, subscribers and senders the peer has now."""
-        for kind, publisher in self.peer.publishers.items():
-            self.holders[("publisher", kind)] = publisher
-        for kind, subscriber in self.peer.subscribers.items():
-            self.holders[("subscriber", kind)] = subscriber
-        pc = self.peer.connection
-        if pc is not None:
-            for sender in pc.getSenders():
-                if sender.kind in KINDS:
-                    self.senders[sender.kind] = sender
-
-    async def refresh_senders(self) -> None:
-        for kind, sender in self.senders.items():
-            try:
-                report = await sender.getStats()
-            except Exception:
-                continue  # a closed transport: keep the last numbers read
-            for stats in report.values():
-                if getattr(stats, "type", None) == "outbound-rtp":
-                    self.sender_stats[("relay_forwarded_packets", kind)] = stats.packetsSent
-                    self.sender_stats[("relay_forwarded_bytes", kind)] = stats.bytesSent
-
-    def read(self) -> Counter[Key]:
-        values: Counter[Key] = Counter(self.sender_stats)
-        for (role, kind), holder in self.holders.items():
-            if role == "publisher":
-                values[("relay_received_frames", kind)] += holder.frames
-                values[("relay_received_bytes", kind)] += holder.bytes
-                values[("relay_keyframe_requests_sent", kind)] += holder.keyframe_requests
-            else:
-                values[("relay_forwarded_frames", kind)] += holder.forwarded
-                values[("relay_dropped_frames", kind)] += holder.dropped
-                values[("relay_keyframe_requests_received", kind)] += holder.keyframe_requests
-        return values
-
-
-class MediaTotals:
-    """Monotonic media counters over peers that come and go."""
-
-    def __init__(self) -> None:
-        self._tracked: dict[int, _PeerCounters] = {}
-        self._retired: Counter[Key] = Counter()
-        self.totals: Counter[Key] = Counter()
-
-    def track(self, peer: Peer) -> None:
-        record = self._tracked.get(id(peer))
-        if record is None:
-            record = self._tracked[id(peer)] = _PeerCounters(peer)
-        record.capture()
-
-    async def refresh(self, live: Iterable[Peer]) -> None:
-        """Re-read every counter; peers not in ``live`` are read a last time and retired."""
-        live_ids = set()
-        for peer in live:
-            self.track(peer)
-            live_ids.add(id(peer))
-        records = list(self._tracked.values())
-        await asyncio.gather(*(r.refresh_senders() for r in records))
-        totals = Counter(self._retired)
-        for record in records:
-            values = record.read()
-            totals.update(values)
-            if id(record.peer) not in live_ids:
-                self._retired.update(values)
-                del self._tracked[id(record.peer)]
-        self.totals = totals
+# Help text of each per-kind media counter, exported as relay_<name>_total.
+MEDIA_COUNTER_HELP: Final = {
+    "received_frames": "Encoded frames received from publishers",
+    "received_bytes": "Bytes of encoded frames received from publishers",
+    "forwarded_frames": "Frames handed to subscribers' RTP senders",
+    "forwarded_packets": "RTP packets sent to subscribers",
+    "forwarded_bytes": "RTP payload bytes sent to subscribers",
+    "dropped_frames": "Frames dropped because a subscriber's queue was full",
+    "keyframe_requests_received": "Keyframe requests (PLI/FIR) received from subscribers' browsers",
+    "keyframe_requests_sent": "Keyframe requests (PLI) sent to publishers' browsers",
+}
 
 
 class _LobbyCollector(Collector):
     """Reads the lobby at scrape time."""
 
-    def __init__(self, lobby: Lobby, media: MediaTotals, mode: str) -> None:
+    def __init__(self, lobby: Lobby, mode: str) -> None:
         self._lobby = lobby
-        self._media = media
         self._mode = mode
 
     def collect(self) -> Iterator[Any]:
@@ -179,10 +90,11 @@ class _LobbyCollector(Collector):
         for code in LIMIT_CODES:
             refusals.add_metric([code], self._lobby.limits.refused[code])
         yield refusals
-        for name, help_text in MEDIA_COUNTERS:
-            family = CounterMetricFamily(name, help_text, labels=["kind"])
+        media = self._lobby.relay.counters()
+        for name in COUNTER_NAMES:
+            family = CounterMetricFamily(f"relay_{name}", MEDIA_COUNTER_HELP[name], labels=["kind"])
             for kind in KINDS:
-                family.add_metric([kind], self._media.totals[(name, kind)])
+                family.add_metric([kind], media[name, kind])
             yield family
         # The scrape runs on the event loop's thread: its CPU time is the
         # forwarding path's, while process_cpu_seconds_total adds codec threads.
@@ -199,7 +111,6 @@ class RelayMetrics:
     def __init__(self, lobby: Lobby, mode: str) -> None:
         self.lobby = lobby
         self.registry = CollectorRegistry()
-        self.media = MediaTotals()
         self.time_to_match = Histogram(
             "relay_time_to_match_seconds",
             "From start or next to matched, per user",
@@ -207,7 +118,7 @@ class RelayMetrics:
             registry=self.registry,
         )
         ProcessCollector(registry=self.registry)
-        self.registry.register(_LobbyCollector(lobby, self.media, mode))
+        self.registry.register(_LobbyCollector(lobby, mode))
         lobby.pair_listeners.append(self.on_pair)
 
     def on_pair(self, a: Session, b: Session) -> None:
@@ -215,12 +126,8 @@ class RelayMetrics:
         for session in (a, b):
             if session.waiting_since is not None:
                 self.time_to_match.observe(max(0.0, now - session.waiting_since))
-            if session.peer is not None:
-                self.media.track(session.peer)
 
-    async def render(self) -> bytes:
-        peers = [s.peer for s in self.lobby.sessions.values() if s.peer is not None]
-        await self.media.refresh(peers)
+    def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
@@ -250,7 +157,7 @@ def setup_metrics(
         app[METRICS] = RelayMetrics(app[lobby_key], mode)
 
     async def render(request: web.Request) -> web.Response:
-        body = await app[METRICS].render()
+        body = app[METRICS].render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def guarded(request: web.Request) -> web.Response:

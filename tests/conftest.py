@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bench.target import free_port
+from config import Settings
+from signalling.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -140,6 +143,35 @@ async def clients() -> AsyncIterator[list[object]]:
     made: list[object] = []
     yield made
     await asyncio.gather(*(c.close() for c in made), return_exceptions=True)  # type: ignore[attr-defined]
+
+
+class LocalServer:
+    """The server app running in the test's own process, so a test can count its objects."""
+
+    def __init__(self, app: web.Application, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+
+
+@pytest.fixture
+async def local_server() -> AsyncIterator[Callable[[Settings], Awaitable[LocalServer]]]:
+    """Starts `create_app(settings)` on a free loopback port in this process; stops it at the end."""
+    runners: list[web.AppRunner] = []
+
+    async def start(settings: Settings) -> LocalServer:
+        app = create_app(settings)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return LocalServer(app, port)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -252,9 +252,11 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end() -> Non
         finally:
             pumping.cancel()
         assert (frame.width, frame.height) == (640, 480)
-        # aiortc's sender reports count the forwarded packets.
+        # aiortc's sender reports count the forwarded packets, and so does
+        # PacketSender itself (what /metrics reads, without awaiting getStats()).
         out_stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
         assert out_stats[0].packetsSent == packets.packets == forwarded
+        assert out_stats[0].bytesSent == packets.bytes > 0
         # Anyone on the network may spray the media port: what does not
         # decrypt is counted and dropped, and the stream goes on.
         inbound = receiver.transport.__dict__["relay_inbound"]

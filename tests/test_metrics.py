@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import urllib.error
 import urllib.request
+from collections import Counter
 
 import pytest
+from aiortc import RTCPeerConnection
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import METRICS_PORT, Settings, parse_settings
 from rtc.client import ChatClient
+from rtc.peer import Peer
+from signalling.metrics import METRICS
+from signalling.web import LOBBY
 
 TIMEOUT = 20.0
 
@@ -39,13 +45,7 @@ def scrape(server) -> dict[str, float]:
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+        return _parse(response.read())
 
 
 async def test_metrics_follow_a_pair_that_forwards_media(relay_server, clients) -> None:
@@ -139,3 +139,82 @@ async def test_an_app_built_in_process_binds_no_metrics_port() -> None:
     # Settings() is what tests build apps with: no fixed port may be taken.
     assert Settings().metrics_port == 0
     assert parse_settings([]).metrics_port == METRICS_PORT
+
+
+async def test_closed_visits_are_freed_without_a_scrape(local_server, tmp_path) -> None:
+    """A deployment that never scrapes must not keep its past peers (nor lose their traffic)."""
+    server = await local_server(
+        Settings(
+            media_timeout=3,
+            interest_timeout=1,
+            rematch_after=1,
+            db=str(tmp_path / "moderation.sqlite3"),
+            recordings_dir=str(tmp_path / "recordings"),
+        )
+    )
+    lobby = server.app[LOBBY]
+    for visit in range(3):
+        await _pair_and_leave(server.ws_url, tags=(2 * visit + 1, 2 * visit + 2))
+    async with asyncio.timeout(TIMEOUT):
+        while lobby.sessions:
+            await asyncio.sleep(0.05)
+    alive = await _until_gone((Peer, RTCPeerConnection))
+    assert not alive, f"still alive after every visit closed, no scrape: {alive}"
+
+    totals = _parse(server.app[METRICS].render())
+    for kind in ("audio", "video"):
+        for name in (
+            "relay_received_frames_total",
+            "relay_received_bytes_total",
+            "relay_forwarded_frames_total",
+            "relay_forwarded_packets_total",
+            "relay_forwarded_bytes_total",
+        ):
+            assert totals[f"{name}{{kind={kind}}}"] > 0, (name, kind)
+    # One more visit: the totals carry on from the closed ones.
+    await _pair_and_leave(server.ws_url, tags=(7, 8))
+    later = _parse(server.app[METRICS].render())
+    for key, value in totals.items():
+        if key.startswith(("relay_forwarded", "relay_received", "relay_keyframe")):
+            assert later[key] >= value, key
+    assert (
+        later["relay_forwarded_packets_total{kind=video}"]
+        > totals["relay_forwarded_packets_total{kind=video}"]
+    )
+
+
+async def _pair_and_leave(url: str, tags: tuple[int, int]) -> None:
+    a = ChatClient(url, tag=tags[0], width=160, height=120)
+    b = ChatClient(url, tag=tags[1], width=160, height=120)
+    try:
+        await a.connect()
+        await b.connect()
+        await a.start()
+        await b.start()
+        await a.wait_for("matched", timeout=TIMEOUT)
+        await a.wait_frames(tag=tags[1], count=5, timeout=TIMEOUT)
+        await b.wait_frames(tag=tags[0], count=5, timeout=TIMEOUT)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _until_gone(types: tuple[type, ...]) -> dict[str, int]:
+    """Live objects of `types` by name, polled until none is left or the deadline passes
+    (aiortc and aioice let go of some a moment after close)."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        gc.collect()
+        alive = Counter(type(o).__name__ for o in gc.get_objects() if isinstance(o, types))
+        if not alive or asyncio.get_running_loop().time() > deadline:
+            return dict(alive)
+        await asyncio.sleep(0.2)
+
+
+def _parse(text: bytes) -> dict[str, float]:
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
