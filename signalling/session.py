@@ -7,10 +7,12 @@ import contextlib
 import json
 import logging
 import secrets
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import WSMessage, WSMsgType, web
 
 from rtc.peer import MediaState, Peer
 from signalling.limits import Slot
@@ -93,6 +95,9 @@ class Session:
         self._writer = asyncio.create_task(self._write(), name=f"writer {self.id}")
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
+        # (code, reason) once `close()` has flushed the outbox; the handler
+        # reading `messages()` then does the closing handshake itself.
+        self._close_request: asyncio.Future[tuple[int, str]] = loop.create_future()
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.state.value}>"
@@ -135,7 +140,34 @@ class Session:
             self._outbox_put_final()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout=2)
-        await self.ws.close(code=code, message=reason.encode())
+        if not self._close_request.done():
+            self._close_request.set_result((code, reason))
+
+    async def messages(self) -> AsyncIterator[WSMessage]:
+        """The client's frames, until it closes or `close()` asks to end the visit.
+
+        Only the task reading here may call the WebSocket's close(): called
+        from another task while this one waits in receive(), aiohttp closes
+        the socket without waiting for the client's close frame, and a client
+        still sending (a flood) then gets a TCP reset that destroys the error
+        and close frame meant for it (seen under load in the flood test).
+        """
+        ws = self.ws
+        while True:
+            receiving = asyncio.ensure_future(ws.receive())
+            await asyncio.wait((receiving, self._close_request), return_when=FIRST_COMPLETED)
+            if not receiving.done():
+                receiving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiving
+                code, reason = self._close_request.result()
+                # Reads (and drops) what the client still sends until its close frame.
+                await ws.close(code=code, message=reason.encode())
+                return
+            message = receiving.result()
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            yield message
 
     def _outbox_put_final(self) -> None:
         try:

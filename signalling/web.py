@@ -218,7 +218,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=CLOSE_TOO_MANY, message=exc.code.encode())
         return ws
     try:
-        async for msg in ws:
+        async for msg in session.messages():
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await lobby.receive(session, msg.data)
             elif msg.type == WSMsgType.ERROR:

@@ -299,6 +299,8 @@ async def test_flooding_is_refused_then_closed(relay_server) -> None:
                 if reader.done():
                     break
                 await ws.send_str('{"type": "typing", "active": true}')
+                # Let the reader take each answer as it arrives.
+                await asyncio.sleep(0)
         await asyncio.wait_for(reader, TIMEOUT)
         assert "rate_limited" in codes
         # The first messages were within the allowance and were handled normally.
