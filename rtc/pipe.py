@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from rtc.rtp import RtpView
-from rtc.source import DecodedSink, PacketSource, Source
+from rtc.source import DecodedSink, PacketSource
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,9 @@ class _OutgoingStream:
 
     __slots__ = ("_codec", "_endpoint", "publisher", "stream_id", "to")
 
-    def __init__(self, endpoint: PipeEndpoint, publisher: Source, to: Address, stream_id: int):
+    def __init__(
+        self, endpoint: PipeEndpoint, publisher: PacketSource, to: Address, stream_id: int
+    ) -> None:
         self._endpoint = endpoint
         self.publisher = publisher
         self.to = to
@@ -373,7 +375,7 @@ class PipeEndpoint:
 
     # -- sending ---------------------------------------------------------
 
-    def send_stream(self, publisher: Source, to: Address, stream_id: int) -> None:
+    def send_stream(self, publisher: PacketSource, to: Address, stream_id: int) -> None:
         """Send every packet of `publisher` to the endpoint at `to`, as stream `stream_id`.
 
         Stream ids are this endpoint's to allocate (unique among its streams out).
