@@ -25,8 +25,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 
 from rtc.media import same_codec
-from rtc.publisher import Publisher
 from rtc.rtp import RtpView, read_vp8_picture_id, with_vp8_picture_id
+from rtc.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class PacketOutput(Protocol):
 
 
 class Subscriber(MediaStreamTrack):
-    """A send track fed by whichever Publisher it is attached to."""
+    """A send track fed by whichever Source (a Publisher, local or piped) it is attached to."""
 
     def __init__(self, name: str, kind: str, *, transcode: bool = False) -> None:
         super().__init__()
@@ -67,7 +67,7 @@ class Subscriber(MediaStreamTrack):
         self._event_loop = asyncio.get_running_loop()
         self._video = kind == "video"
         self._output: PacketOutput | None = None
-        self._source: Publisher | None = None
+        self._source: Source | None = None
         self._force_encoder_keyframe: Callable[[], None] | None = None
         self._clock = 90000 if self._video else 48000
         self._time_base = Fraction(1, self._clock)
@@ -98,7 +98,7 @@ class Subscriber(MediaStreamTrack):
         return f"<Subscriber {self.name}/{self.kind}>"
 
     @property
-    def source(self) -> Publisher | None:
+    def source(self) -> Source | None:
         return self._source
 
     def set_output(self, output: PacketOutput) -> None:
@@ -116,8 +116,9 @@ class Subscriber(MediaStreamTrack):
 
     # -- source ----------------------------------------------------------
 
-    def attach(self, publisher: Publisher) -> None:
-        """Forward `publisher` from now on, starting at its next keyframe."""
+    def attach(self, publisher: Source) -> None:
+        """Forward `publisher` (a local Publisher, or a stream from another node)
+        from now on, starting at its next keyframe."""
         self.detach()
         self._source = publisher
         self._need_start = True

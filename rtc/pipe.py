@@ -1,0 +1,544 @@
+"""The pipe: media streams between two nodes of one cluster, over UDP.
+
+A node forwards the RTP it already decrypted from its browser to another node,
+packet by packet as it arrives, where the stream becomes a `PipePublisher`:
+a source like any local `Publisher`, so a Subscriber forwards it with the same
+continuity rewrite and keyframe gating, and moderation taps its frames. This
+is mediasoup's PipeTransport idea (a remote router is one more transport) with
+Janus's remote-publisher habit of sending keyframe requests back on the same
+path.
+
+One UDP socket per node (`PipeEndpoint`) carries every stream both ways.
+A datagram is
+
+    | version 1 | type 1 | stream id 4 | sender epoch 8 | counter 8 | body | tag 16 |
+
+The sender epoch is random per endpoint and the counter counts every datagram
+it sends, so (epoch, counter) never repeats. By default the tag is HMAC-SHA256
+over header and body, truncated to 16 bytes; with `encrypt=True` the body is
+sealed with AES-128-GCM (the tag is GCM's), the header as associated data,
+under a key per sender epoch and the counter as nonce. Every key is derived
+with HKDF from the cluster secret, so nothing else crosses Redis: sharing the
+secret is the key exchange. Both ends must agree on `encrypt`.
+
+The receiver drops, and counts in `PipeEndpoint.dropped`, anything malformed,
+unauthenticated, replayed (a 128-datagram sliding window per sender epoch),
+for a stream it does not expect, or from another address than the stream's.
+
+Bodies by type: RTP is `marker|payload type (1) seq (2) timestamp (4)` and
+the codec payload; CODEC is the sending publisher's codec as JSON, sent when
+the stream starts and whenever it changes, and again on CODEC_REQUEST (which
+the receiver sends when a packet's payload type does not match the codec it
+knows); KEYFRAME_REQUEST asks the sending publisher for a keyframe (it rate
+limits); BYE says the sender stopped the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import struct
+from collections import Counter, OrderedDict, deque
+from typing import Any
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from rtc.rtp import RtpView
+from rtc.source import DecodedSink, PacketSource
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+VERSION = 1
+TAG_SIZE = 16
+_HEADER = struct.Struct("!BBI8sQ")
+HEADER_SIZE = _HEADER.size
+_RTP = struct.Struct("!BHI")
+_NONCE_PAD = bytes(4)
+# How far back (in datagrams from one sender) a late datagram is still accepted once.
+REPLAY_WINDOW = 128
+# Sender epochs remembered per endpoint (a node restarting starts a new one).
+MAX_EPOCHS = 256
+# At most one CODEC_REQUEST per stream this often (seconds), however many packets wait.
+CODEC_REQUEST_INTERVAL = 0.2
+_MAC_INFO = b"roulette-relay pipe v1 hmac-sha256"
+_AEAD_INFO = b"roulette-relay pipe v1 aes-128-gcm"
+_MAX_STREAM_ID = 0xFFFFFFFF
+
+
+class MessageType(enum.IntEnum):
+    RTP = 1
+    CODEC = 2
+    CODEC_REQUEST = 3
+    KEYFRAME_REQUEST = 4
+    BYE = 5
+
+
+def _hkdf(secret: bytes, length: int, info: bytes, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
+
+
+def _address(address: tuple[Any, ...]) -> Address:
+    """`address` as the socket reports a sender's: an IP literal in canonical form, and a port."""
+    host, port = address[0], address[1]
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(f"a pipe address needs an IP address, not {host!r}") from None
+    return host, int(port)
+
+
+def codec_to_json(codec: RTCRtpCodecParameters) -> bytes:
+    return json.dumps(
+        {
+            "mimeType": codec.mimeType,
+            "clockRate": codec.clockRate,
+            "channels": codec.channels,
+            "payloadType": codec.payloadType,
+            "parameters": dict(codec.parameters),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def codec_from_json(data: bytes, kind: str) -> RTCRtpCodecParameters | None:
+    """The codec in a CODEC body, or None if it is not one for `kind`."""
+    try:
+        value = json.loads(data)
+        mime_type, clock_rate = value["mimeType"], value["clockRate"]
+        channels, payload_type = value.get("channels"), value["payloadType"]
+        parameters = value.get("parameters", {})
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not (
+        isinstance(mime_type, str)
+        and mime_type.lower().startswith(f"{kind}/")
+        and isinstance(clock_rate, int)
+        and clock_rate > 0
+        and isinstance(payload_type, int)
+        and 0 <= payload_type < 128
+        and (channels is None or isinstance(channels, int))
+        and isinstance(parameters, dict)
+        and all(isinstance(v, str | int) for v in parameters.values())
+    ):
+        return None
+    return RTCRtpCodecParameters(
+        mimeType=mime_type,
+        clockRate=clock_rate,
+        channels=channels,
+        payloadType=payload_type,
+        parameters=parameters,
+    )
+
+
+class ReplayWindow:
+    """Accepts each counter of one sender once, within `REPLAY_WINDOW` of the highest seen."""
+
+    __slots__ = ("mask", "top")
+
+    def __init__(self) -> None:
+        self.top = -1
+        # Bit i set: counter `top - i` was seen.
+        self.mask = 0
+
+    def accept(self, counter: int) -> bool:
+        if counter > self.top:
+            shift = counter - self.top
+            self.mask = ((self.mask << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self.top = counter
+            return True
+        bit = 1 << (self.top - counter)
+        if self.top - counter >= REPLAY_WINDOW or self.mask & bit:
+            return False
+        self.mask |= bit
+        return True
+
+
+class PipePublisher(PacketSource):
+    """A stream arriving from another node: a Source like a local Publisher.
+
+    Keyframe requests go back over the pipe (rate limited here as well as at
+    the sending publisher). Decoding for a subscriber whose codec differs is
+    not supported across nodes: pairs across nodes must share a codec.
+    """
+
+    def __init__(
+        self,
+        endpoint: PipeEndpoint,
+        stream_id: int,
+        kind: str,
+        peer: Address,
+        *,
+        name: str,
+        keyframe_interval: float,
+    ) -> None:
+        super().__init__(name, kind, keyframe_interval=keyframe_interval)
+        self.stream_id = stream_id
+        self.peer = peer
+        # The sender said BYE: no more packets will come.
+        self.ended = False
+        self._endpoint = endpoint
+        self._last_codec_request = -CODEC_REQUEST_INTERVAL
+
+    def _receive_rtp(self, body: bytes) -> bool:
+        if len(body) < _RTP.size:
+            return False
+        first, sequence_number, timestamp = _RTP.unpack_from(body)
+        codec = self.codec
+        payload_type = first & 0x7F
+        if codec is None or codec.payloadType != payload_type:
+            self._ask_for_codec()
+            return True
+        self._on_packet(
+            codec,
+            RtpView(
+                self.stream_id,
+                payload_type,
+                sequence_number,
+                timestamp,
+                first > 0x7F,
+                body[_RTP.size :],
+            ),
+        )
+        return True
+
+    def _receive_codec(self, body: bytes) -> bool:
+        codec = codec_from_json(body, self.kind)
+        if codec is None:
+            return False
+        current = self.codec
+        if current is None or codec_to_json(current) != body:
+            self._set_codec(codec)
+        return True
+
+    def _ask_for_codec(self) -> None:
+        now = self._loop.time()
+        if now - self._last_codec_request >= CODEC_REQUEST_INTERVAL:
+            self._last_codec_request = now
+            self._endpoint._send(MessageType.CODEC_REQUEST, self.stream_id, b"", self.peer)
+
+    def _ask_upstream(self) -> None:
+        self._endpoint._send(MessageType.KEYFRAME_REQUEST, self.stream_id, b"", self.peer)
+
+    def decode_for(self, subscriber: DecodedSink) -> None:
+        logger.warning(
+            "%r: %r needs another codec than %s; transcoding across nodes is not supported",
+            self,
+            subscriber,
+            self.codec.mimeType if self.codec else "none yet",
+        )
+
+    def stop_decoding_for(self, subscriber: DecodedSink) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._close_sources()
+        self._endpoint._forget_incoming(self)
+
+
+class _OutgoingStream:
+    """Sits in a local source's fan-out and sends every packet on over the pipe."""
+
+    __slots__ = ("_codec", "_endpoint", "publisher", "stream_id", "to")
+
+    def __init__(
+        self, endpoint: PipeEndpoint, publisher: PacketSource, to: Address, stream_id: int
+    ) -> None:
+        self._endpoint = endpoint
+        self.publisher = publisher
+        self.to = to
+        self.stream_id = stream_id
+        self._codec: RTCRtpCodecParameters | None = None
+
+    def __repr__(self) -> str:
+        return f"<pipe out {self.stream_id} {self.publisher!r} -> {self.to}>"
+
+    def push_packet(self, codec: RTCRtpCodecParameters, view: RtpView, keyframe: bool) -> None:
+        if codec is not self._codec:
+            self._codec = codec
+            self.send_codec()
+        self._endpoint._send(
+            MessageType.RTP,
+            self.stream_id,
+            _RTP.pack(
+                view.payload_type | 0x80 if view.marker else view.payload_type,
+                view.sequence_number,
+                view.timestamp,
+            )
+            + view.payload,
+            self.to,
+        )
+
+    def send_codec(self) -> None:
+        codec = self._codec or self.publisher.codec
+        if codec is not None:
+            self._codec = codec
+            self._endpoint._send(MessageType.CODEC, self.stream_id, codec_to_json(codec), self.to)
+
+    def detach(self) -> None:
+        """The publisher went away (closed): the stream ends."""
+        self._endpoint.stop_sending(self.stream_id)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: PipeEndpoint) -> None:
+        self._endpoint = endpoint
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._endpoint._receive(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self._endpoint.errors += 1
+        logger.debug("pipe socket error: %r", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class PipeEndpoint:
+    """This node's end of every pipe: one UDP socket, streams out and streams in."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        encrypt: bool = False,
+        keyframe_interval: float = 0.5,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("the cluster secret needs at least 16 bytes")
+        self.host = host
+        self.port = port
+        self.encrypt = encrypt
+        self.keyframe_interval = keyframe_interval
+        self._secret = secret
+        self._mac_key = _hkdf(secret, 32, _MAC_INFO)
+        self._epoch = os.urandom(8)
+        self._counter = 0
+        self._aead = AESGCM(_hkdf(secret, 16, _AEAD_INFO, self._epoch))
+        # Receiving: the AEAD of each sender epoch seen, and its replay window.
+        self._peer_aeads: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._windows: OrderedDict[tuple[Address, bytes], ReplayWindow] = OrderedDict()
+        self._retired: deque[tuple[Address, bytes]] = deque(maxlen=4 * MAX_EPOCHS)
+        self._outgoing: dict[int, _OutgoingStream] = {}
+        self._incoming: dict[tuple[Address, int], PipePublisher] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self._protocol: _Protocol | None = None
+        self.sent = 0
+        self.received = 0
+        self.errors = 0
+        # Datagrams thrown away, by reason: malformed, unauthenticated, replayed,
+        # unknown_stream, wrong_address.
+        self.dropped: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<PipeEndpoint {self.host}:{self.port}>"
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.host, self.port)
+        )
+        self._transport, self._protocol = transport, protocol
+        self.host, self.port = transport.get_extra_info("sockname")[:2]
+
+    @property
+    def address(self) -> Address:
+        """Where this endpoint receives (announce a routable IP when bound to 0.0.0.0)."""
+        return self.host, self.port
+
+    async def close(self) -> None:
+        for stream_id in list(self._outgoing):
+            self.stop_sending(stream_id)
+        for publisher in list(self._incoming.values()):
+            await publisher.close()
+        transport, self._transport = self._transport, None
+        if transport is not None and self._protocol is not None:
+            transport.close()
+            await self._protocol.closed
+
+    # -- sending ---------------------------------------------------------
+
+    def send_stream(self, publisher: PacketSource, to: Address, stream_id: int) -> None:
+        """Send every packet of `publisher` to the endpoint at `to`, as stream `stream_id`.
+
+        Stream ids are this endpoint's to allocate (unique among its streams out).
+        """
+        if not 0 <= stream_id <= _MAX_STREAM_ID:
+            raise ValueError(f"stream id {stream_id} is not a 32-bit number")
+        if stream_id in self._outgoing:
+            raise ValueError(f"stream {stream_id} is already being sent")
+        stream = _OutgoingStream(self, publisher, _address(to), stream_id)
+        self._outgoing[stream_id] = stream
+        publisher.add_subscriber(stream)
+        stream.send_codec()
+
+    def stop_sending(self, stream_id: int) -> None:
+        stream = self._outgoing.pop(stream_id, None)
+        if stream is None:
+            return
+        stream.publisher.remove_subscriber(stream)
+        self._send(MessageType.BYE, stream_id, b"", stream.to)
+
+    def allocate_stream_id(self) -> int:
+        """A stream id not in use among this endpoint's streams out."""
+        while True:
+            stream_id = int.from_bytes(os.urandom(4), "big")
+            if stream_id not in self._outgoing:
+                return stream_id
+
+    def _send(self, kind: MessageType, stream_id: int, body: bytes, to: Address) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        counter = self._counter
+        self._counter = counter + 1
+        header = _HEADER.pack(VERSION, kind, stream_id, self._epoch, counter)
+        if self.encrypt:
+            datagram = header + self._aead.encrypt(_NONCE_PAD + header[-8:], body, header)
+        else:
+            message = header + body
+            datagram = message + hmac.digest(self._mac_key, message, "sha256")[:TAG_SIZE]
+        transport.sendto(datagram, to)
+        self.sent += 1
+
+    # -- receiving -------------------------------------------------------
+
+    def receive_stream(
+        self, stream_id: int, kind: str, from_addr: Address, *, name: str | None = None
+    ) -> PipePublisher:
+        """Expect stream `stream_id` of `kind` from the endpoint at `from_addr`; its source."""
+        peer = _address(from_addr)
+        if (peer, stream_id) in self._incoming:
+            raise ValueError(f"stream {stream_id} from {peer} is already being received")
+        publisher = PipePublisher(
+            self,
+            stream_id,
+            kind,
+            peer,
+            name=name or f"pipe:{peer[0]}:{peer[1]}/{stream_id}",
+            keyframe_interval=self.keyframe_interval,
+        )
+        self._incoming[peer, stream_id] = publisher
+        return publisher
+
+    async def stop_receiving(self, stream_id: int, from_addr: Address) -> None:
+        publisher = self._incoming.get((_address(from_addr), stream_id))
+        if publisher is not None:
+            await publisher.close()
+
+    def _forget_incoming(self, publisher: PipePublisher) -> None:
+        key = (publisher.peer, publisher.stream_id)
+        if self._incoming.get(key) is publisher:
+            del self._incoming[key]
+
+    def _receive(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(data) < HEADER_SIZE + TAG_SIZE:
+            self.dropped["malformed"] += 1
+            return
+        version, kind, stream_id, epoch, counter = _HEADER.unpack_from(data)
+        if version != VERSION:
+            self.dropped["malformed"] += 1
+            return
+        if self.encrypt:
+            body = self._open(data, epoch)
+            if body is None:
+                self.dropped["unauthenticated"] += 1
+                return
+        else:
+            end = len(data) - TAG_SIZE
+            tag = hmac.digest(self._mac_key, data[:end], "sha256")[:TAG_SIZE]
+            if not hmac.compare_digest(tag, data[end:]):
+                self.dropped["unauthenticated"] += 1
+                return
+            body = data[HEADER_SIZE:end]
+        peer: Address = (addr[0], addr[1])
+        if not self._fresh(peer, epoch, counter):
+            self.dropped["replayed"] += 1
+            return
+        self.received += 1
+        if kind in (MessageType.RTP, MessageType.CODEC, MessageType.BYE):
+            publisher = self._incoming.get((peer, stream_id))
+            if publisher is None:
+                self._drop_unknown(stream_id, any(s == stream_id for _, s in self._incoming))
+            elif kind == MessageType.RTP:
+                if not publisher._receive_rtp(body):
+                    self.dropped["malformed"] += 1
+            elif kind == MessageType.CODEC:
+                if not publisher._receive_codec(body):
+                    self.dropped["malformed"] += 1
+            else:
+                logger.info("%r: the sender ended the stream", publisher)
+                publisher.ended = True
+        elif kind in (MessageType.KEYFRAME_REQUEST, MessageType.CODEC_REQUEST):
+            stream = self._outgoing.get(stream_id)
+            if stream is None or stream.to != peer:
+                self._drop_unknown(stream_id, stream is not None)
+            elif kind == MessageType.KEYFRAME_REQUEST:
+                stream.publisher.request_keyframe()
+            else:
+                stream.send_codec()
+        else:
+            self.dropped["malformed"] += 1
+
+    def _drop_unknown(self, stream_id: int, known_elsewhere: bool) -> None:
+        self.dropped["wrong_address" if known_elsewhere else "unknown_stream"] += 1
+
+    def _open(self, data: bytes, epoch: bytes) -> bytes | None:
+        """The body of an encrypted datagram, or None if it does not authenticate."""
+        aead = self._peer_aeads.get(epoch)
+        fresh = aead is None
+        if aead is None:
+            aead = AESGCM(_hkdf(self._secret, 16, _AEAD_INFO, epoch))
+        try:
+            body = aead.decrypt(
+                _NONCE_PAD + data[HEADER_SIZE - 8 : HEADER_SIZE],
+                data[HEADER_SIZE:],
+                data[:HEADER_SIZE],
+            )
+        except InvalidTag:
+            return None
+        if fresh:
+            # Only epochs that authenticated are kept: forged ones cost a derivation, no memory.
+            self._peer_aeads[epoch] = aead
+            if len(self._peer_aeads) > MAX_EPOCHS:
+                self._peer_aeads.popitem(last=False)
+        return body
+
+    def _fresh(self, peer: Address, epoch: bytes, counter: int) -> bool:
+        key = (peer, epoch)
+        window = self._windows.get(key)
+        if window is None:
+            if key in self._retired:
+                return False
+            window = self._windows[key] = ReplayWindow()
+            if len(self._windows) > MAX_EPOCHS:
+                old, _ = self._windows.popitem(last=False)
+                self._retired.append(old)
+        return window.accept(counter)
+
+    # -- what exists -------------------------------------------------------
+
+    @property
+    def streams_out(self) -> frozenset[int]:
+        return frozenset(self._outgoing)
+
+    @property
+    def streams_in(self) -> tuple[PipePublisher, ...]:
+        return tuple(self._incoming.values())

@@ -1,0 +1,199 @@
+"""A Source: one incoming stream of RTP packets, whatever carries it, fanned out to sinks.
+
+A browser's stream (`rtc.publisher.Publisher`) and a stream from another node
+(`rtc.pipe.PipePublisher`) are both a `PacketSource`: the same fan-out,
+keyframe detection, frame counters, frame listeners for moderation and
+rate-limited keyframe requests. A Subscriber types against the `Source`
+protocol, so it forwards either one the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from av.frame import Frame
+
+from rtc.media import EncodedFrame, FrameAssembler
+from rtc.rtp import RtpView, starts_keyframe
+
+logger = logging.getLogger(__name__)
+
+FrameListener = Callable[[EncodedFrame], None]
+
+
+class PacketSink(Protocol):
+    """Takes a source's packets as they arrive (a Subscriber, or a pipe sending them on)."""
+
+    def push_packet(self, codec: RTCRtpCodecParameters, view: RtpView, keyframe: bool) -> None: ...
+
+    def detach(self) -> None: ...
+
+
+class DecodedSink(PacketSink, Protocol):
+    """A sink that can also take decoded frames (when the codecs of both ends differ)."""
+
+    def push_decoded(self, frame: Frame) -> None: ...
+
+
+class Source(Protocol):
+    """What a Subscriber needs from whatever it forwards."""
+
+    name: str
+    kind: str
+    codec: RTCRtpCodecParameters | None
+
+    def add_subscriber(self, subscriber: PacketSink) -> None: ...
+
+    def remove_subscriber(self, subscriber: PacketSink) -> None: ...
+
+    def request_keyframe(self) -> None: ...
+
+    def decode_for(self, subscriber: DecodedSink) -> None: ...
+
+    def stop_decoding_for(self, subscriber: DecodedSink) -> None: ...
+
+
+class PacketSource:
+    """The shared part of every source: hand each packet to every sink, count, build frames.
+
+    Subclasses feed `_on_packet` and say how a keyframe is asked for upstream
+    (`_ask_upstream`, called at most once per `keyframe_interval`).
+    """
+
+    def __init__(self, name: str, kind: str, *, keyframe_interval: float) -> None:
+        self.name = name
+        self.kind = kind
+        self.codec: RTCRtpCodecParameters | None = None
+        self._codec_name = ""
+        self.frames = 0
+        self.bytes = 0
+        self.keyframe_requests = 0
+        self.last_frame_at: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._subscribers: set[PacketSink] = set()
+        # The same, as a tuple: iterated for every packet, changed only on attach/detach.
+        self._fan_out: tuple[PacketSink, ...] = ()
+        self._video = kind == "video"
+        self._assembler = FrameAssembler(self._video)
+        # Called with every EncodedFrame too (moderation: ring buffers, recordings, sampling).
+        self._frame_listeners: list[FrameListener] = []
+        # Whether complete frames are also wanted for decoding (see `_on_assembled`).
+        self._decoding = False
+        self._keyframe_interval = keyframe_interval
+        self._last_keyframe_request = -math.inf
+        self._keyframe_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}/{self.kind}>"
+
+    # -- media in --------------------------------------------------------
+
+    def _set_codec(self, codec: RTCRtpCodecParameters) -> None:
+        if self.codec is None or self.codec.payloadType != codec.payloadType:
+            logger.info("%r sends %s", self, codec.mimeType)
+            self._assembler = FrameAssembler(self._video)
+        self.codec = codec
+        # Read once per codec, not per packet (`name` is computed from the MIME type).
+        self._codec_name = codec.name.upper()
+
+    def _on_packet(self, codec: RTCRtpCodecParameters, view: RtpView) -> None:
+        """Every RTP packet of the stream, on the event loop, decrypted: the hot path."""
+        if codec is not self.codec:
+            self._set_codec(codec)
+        self.last_frame_at = self._loop.time()
+        self.bytes += len(view.payload)
+        video = self._video
+        keyframe = video and starts_keyframe(self._codec_name, view.payload)
+        if view.marker or not video:
+            self.frames += 1
+        for subscriber in self._fan_out:
+            subscriber.push_packet(codec, view, keyframe)
+        if self._frame_listeners or self._decoding:
+            frame = self._assembler.add(codec, view)
+            if frame is not None:
+                self._on_assembled(frame)
+
+    def _on_assembled(self, frame: EncodedFrame) -> None:
+        """A complete frame, built because someone wants frames."""
+        self._deliver(frame)
+
+    def _deliver(self, encoded: EncodedFrame) -> None:
+        for listener in tuple(self._frame_listeners):
+            try:
+                listener(encoded)
+            except Exception:
+                logger.exception("%r: frame listener failed; removing it", self)
+                self.remove_frame_listener(listener)
+
+    def add_frame_listener(self, listener: FrameListener) -> None:
+        """Also hand every encoded frame to `listener` (called on the event loop; keep it short)."""
+        self._frame_listeners.append(listener)
+
+    def remove_frame_listener(self, listener: FrameListener) -> None:
+        if listener in self._frame_listeners:
+            self._frame_listeners.remove(listener)
+
+    # -- subscribers -----------------------------------------------------
+
+    @property
+    def subscribers(self) -> frozenset[PacketSink]:
+        return frozenset(self._subscribers)
+
+    def add_subscriber(self, subscriber: PacketSink) -> None:
+        self._subscribers.add(subscriber)
+        self._fan_out = tuple(self._subscribers)
+
+    def remove_subscriber(self, subscriber: PacketSink) -> None:
+        self._subscribers.discard(subscriber)
+        self._fan_out = tuple(self._subscribers)
+
+    # -- keyframes -------------------------------------------------------
+
+    def request_keyframe(self) -> None:
+        """Ask upstream for a keyframe, at most once per interval.
+
+        A request inside the interval is not lost: it is sent when the
+        interval ends, so a subscriber that attaches right after another
+        still gets its picture promptly.
+        """
+        if self.kind != "video" or self._closed:
+            return
+        now = self._loop.time()
+        wait = self._last_keyframe_request + self._keyframe_interval - now
+        if wait <= 0:
+            self._ask_for_keyframe()
+        elif self._keyframe_timer is None:
+            self._keyframe_timer = self._loop.call_later(wait, self._ask_for_keyframe)
+
+    def _ask_for_keyframe(self) -> None:
+        self._keyframe_timer = None
+        if self._closed:
+            return
+        self._last_keyframe_request = self._loop.time()
+        self.keyframe_requests += 1
+        self._ask_upstream()
+
+    def _ask_upstream(self) -> None:
+        """Send one keyframe request towards the encoder (PLI, or over a pipe)."""
+        raise NotImplementedError
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _close_sources(self) -> None:
+        """Stop everything the base holds: the timer, the sinks, the listeners."""
+        self._closed = True
+        if self._keyframe_timer is not None:
+            self._keyframe_timer.cancel()
+            self._keyframe_timer = None
+        for subscriber in tuple(self._subscribers):
+            subscriber.detach()
+        self._subscribers.clear()
+        self._fan_out = ()
+        self._frame_listeners.clear()
+        self._decoding = False
