@@ -168,8 +168,17 @@ class RedisMatcher:
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     last = _text(entry_id)
+                    # A reader started again (after a Redis error) goes on from here.
+                    self._feed_from = last
                     f = {_text(k): _text(v) for k, v in fields.items()}
-                    yield Match(f["a"], f["b"], tuple(json.loads(f["shared"])))
+                    # The script's seeker (a) is always on the node that decided ("by").
+                    yield Match(
+                        f["a"],
+                        f["b"],
+                        tuple(json.loads(f["shared"])),
+                        node_a=f["by"],
+                        node_b=self.node_id,
+                    )
 
     async def _feed_tail(self) -> str:
         newest: Any = await self._redis.xrevrange(self._feed_key, count=1)
@@ -199,7 +208,7 @@ class RedisMatcher:
             self.matches_made += 1
             if node_a != node_b:
                 self.matches_cross_node += 1
-            match = Match(a, b, tuple(json.loads(shared)))
+            match = Match(a, b, tuple(json.loads(shared)), node_a=node_a, node_b=node_b)
             try:
                 self._on_match(match)
             except Exception:
