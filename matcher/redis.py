@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .base import AlreadyWaiting, Match, MatcherSettings, MatchHandler, normalize_interests
 
@@ -24,6 +26,11 @@ _SCRIPT = resources.files(__package__).joinpath("redis.lua").read_text(encoding=
 _SEED_MOD = 2147483647
 # Fields per match in a script reply: a, b, node of a, node of b, shared interests (JSON).
 _MATCH_FIELDS = 5
+
+
+def _log_orphan_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a matcher decision failed: %s", task.exception())
 
 
 def _text(value: bytes | str) -> str:
@@ -125,6 +132,12 @@ class RedisMatcher:
             sweeper.cancel()
             # wait() rather than awaiting the task: a cancel of close() itself still propagates.
             await asyncio.wait({sweeper})
+        # A decision still in flight (a leaving user's forget) ends before the caller
+        # closes the connection under it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                async with self._turn:
+                    pass
         if self._own_client:
             await self._redis.aclose()
 
@@ -188,7 +201,10 @@ class RedisMatcher:
         """Run one decision and hand the matches it made to on_match; return the reply."""
         # Shielded: once the script is sent, a cancelled caller must not lose the reply,
         # or a match would be made in Redis and never reported.
-        return await asyncio.shield(self._decide_in_turn(op, *args))
+        decision = asyncio.ensure_future(self._decide_in_turn(op, *args))
+        # A cancelled caller no longer awaits it; its failure is logged, not lost.
+        decision.add_done_callback(_log_orphan_failure)
+        return await asyncio.shield(decision)
 
     async def _decide_in_turn(self, op: str, *args: str) -> list[Any]:
         async with self._turn:
@@ -221,6 +237,9 @@ class RedisMatcher:
             await asyncio.sleep(self._settings.sweep_interval)
             try:
                 await self.sweep()
+            except RedisConnectionError as exc:
+                # Redis restarting: said once per failed sweep, without a traceback.
+                logger.warning("matcher sweep failed (%s); retrying next interval", exc)
             except Exception:
-                # One bad sweep (Redis restarting, say) must not stop the timers for good.
+                # One bad sweep must not stop the timers for good.
                 logger.exception("matcher sweep failed; retrying next interval")

@@ -106,6 +106,15 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def send_signal(self, signum: int) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code once the process has ended (after a signal, say)."""
+        assert self._proc is not None
+        return self._proc.wait(timeout)
+
 
 def _log_path(request: pytest.FixtureRequest) -> Path:
     name = (
