@@ -8,14 +8,10 @@ clients are real aiortc ChatClients. Media across nodes waits for the pipe
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import Any
 
-import pytest
-from conftest import ARTIFACTS, RelayServer
 from redis import Redis
 
 from rtc.client import ChatClient
@@ -24,54 +20,9 @@ TIMEOUT = 20.0
 # The promise: a dead node's partners are told within 5 s (3 s heartbeat TTL + 1 s
 # check). The test allows slack for a loaded machine; the log shows the real delay.
 NODE_DEATH_TIMEOUT = 8.0
-_databases = itertools.cycle(range(1, 16))
 
-NodeFactory = Callable[..., RelayServer]
-
-
-@pytest.fixture
-def redis_url(redis_server) -> Iterator[str]:
-    """A database of its own per test (pub/sub channels carry unique node ids)."""
-    url = f"{redis_server.url.rsplit('/', 1)[0]}/{next(_databases)}"
-    client = Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    yield url
-
-
-@pytest.fixture
-def nodes(request: pytest.FixtureRequest, redis_url: str) -> Iterator[NodeFactory]:
-    """Starts cluster nodes; each is stopped at the end and must not have logged a traceback."""
-    started: list[RelayServer] = []
-    name = request.node.name.replace("[", "-").replace("]", "")
-
-    def start(*extra: str) -> RelayServer:
-        log = ARTIFACTS / "server-logs" / f"test_cluster-{name}-node{len(started) + 1}.log"
-        server = RelayServer(
-            Path(log),
-            [
-                "--redis",
-                redis_url,
-                "--cluster-secret",
-                "test-secret",
-                "--media-timeout",
-                "3",
-                "--interest-timeout",
-                "1",
-                "--rematch-after",
-                "1",
-                *extra,
-            ],
-        )
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-    for server in started:
-        assert "Traceback" not in server.all_logs(), server.all_logs()
+# conftest.RelayServer (pytest gives its fixtures, not its names, to test modules).
+RelayServer = Any
 
 
 async def connected(server: RelayServer, clients: list, tag: int) -> ChatClient:
