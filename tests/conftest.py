@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from redis import Redis
 
 from app import create_app
 from bench.target import free_port
@@ -204,8 +205,6 @@ def redis_server() -> Iterator[object]:
 
 
 # --- Cluster nodes (tests/test_cluster.py) ------------------------------------------
-
-from redis import Redis  # noqa: E402
 
 _databases = itertools.cycle(range(1, 16))
 
