@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 
@@ -41,6 +42,10 @@ class NodeRegistry:
         self._ttl_ms = round(ttl * 1000)
         self._info = json.dumps({"pid": os.getpid(), "started": time.time()})
         self._beater: asyncio.Task[None] | None = None
+        self._ttl = ttl
+        # Called when this node's key was gone at a beat: Redis restarted (or this
+        # node stalled past its TTL), so what this node had put there is gone too.
+        self.on_rejoin: Callable[[], None] | None = None
 
     def key(self, node: str) -> str:
         return self._prefix + node
@@ -60,8 +65,19 @@ class NodeRegistry:
         except Exception:
             logger.warning("could not remove this node from the registry; it expires on its own")
 
-    async def beat(self) -> None:
-        await self._redis.set(self.key(self.node_id), self._info, px=self._ttl_ms)
+    async def beat(self) -> bool:
+        """Renew this node's key; False when it had to be made anew."""
+        key = self.key(self.node_id)
+        if await self._redis.set(key, self._info, px=self._ttl_ms, xx=True):
+            return True
+        await self._redis.set(key, self._info, px=self._ttl_ms)
+        return False
+
+    async def settled(self) -> bool:
+        """Whether Redis has run long enough for every live node to have beaten since
+        it started: just after a restart, every key is missing, not every node dead."""
+        info = await self._redis.info("server")
+        return int(info["uptime_in_seconds"]) > math.ceil(self._ttl) + 1
 
     async def alive(self, nodes: Iterable[str]) -> set[str]:
         """Which of `nodes` are alive; raises when Redis cannot say (so nobody is
@@ -76,6 +92,11 @@ class NodeRegistry:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await self.beat()
+                kept = await self.beat()
             except Exception as exc:
                 logger.warning("node heartbeat failed (%s); retrying", exc)
+                continue
+            if not kept:
+                logger.warning("this node was missing from the registry (Redis restarted?)")
+                if self.on_rejoin is not None:
+                    self.on_rejoin()

@@ -95,6 +95,7 @@ class Lobby:
     async def start(self) -> None:
         await self.bus.start()
         if self.registry is not None:
+            self.registry.on_rejoin = self._rejoin
             await self.registry.start()
             self._spawn(self._watch_nodes(), "watch nodes")
         await self.matcher.start()
@@ -179,7 +180,11 @@ class Lobby:
         session.state = State.IDLE
         session.queued = False
         session.pending = None
-        await self.matcher.forget(session.id)
+        try:
+            await self.matcher.forget(session.id)
+        except Exception as exc:
+            # Redis away: the record expires on its own; the peer must still be closed.
+            logger.warning("%r: the matcher could not forget it (%s)", session, exc)
         await self._drop_peer(session)
         await session.finish()
         logger.info("%r left (%d online)", session, len(self.sessions))
@@ -603,6 +608,13 @@ class Lobby:
                 logger.warning("reading matches made elsewhere failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
 
+    def _rejoin(self) -> None:
+        """Redis lost this node's records (a restart): put its waiting users back."""
+        for session in self.sessions.values():
+            if session.queued and session.pending is None:
+                session.queued = False
+                self._requeue(session)
+
     async def _watch_nodes(self) -> None:
         """Partners on a node that stopped beating are gone: tell ours within seconds."""
         assert self.registry is not None
@@ -618,6 +630,8 @@ class Lobby:
                 continue
             try:
                 alive = await self.registry.alive(nodes)
+                if nodes - alive and not await self.registry.settled():
+                    continue  # Redis just restarted: keys are missing, nodes are not dead
             except Exception as exc:
                 # Redis cannot say; nobody is declared dead for that.
                 logger.warning("cannot check nodes (%s)", exc)

@@ -225,13 +225,13 @@ def nodes(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Callable[.
     started: list[RelayServer] = []
     name = request.node.name.replace("[", "-").replace("]", "")
 
-    def start(*extra: str) -> RelayServer:
+    def start(*extra: str, redis: str | None = None) -> RelayServer:
         log = ARTIFACTS / "server-logs" / f"test_cluster-{name}-node{len(started) + 1}.log"
         server = RelayServer(
             Path(log),
             [
                 "--redis",
-                redis_url,
+                redis or redis_url,
                 "--cluster-secret",
                 "test-secret",
                 "--media-timeout",

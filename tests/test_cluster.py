@@ -140,6 +140,36 @@ async def test_sigterm_drains_a_node(nodes, clients, redis_url) -> None:
     assert waiting_in_redis(redis_url) == 0
 
 
+async def test_a_redis_restart_keeps_pairs_and_matching_resumes(nodes, clients) -> None:
+    from redis_server import RedisServer
+
+    redis = RedisServer()
+    one = two = None
+    try:
+        one, two = nodes(redis=redis.url), nodes(redis=redis.url)
+        a, b = await cross_pair(one, two, clients)
+        waiter = await connected(one, clients, 3)
+        await waiter.start()
+        await waiter.wait_for("waiting", timeout=TIMEOUT)
+
+        redis.stop()
+        redis = RedisServer(redis.port)  # empty: no persistence
+        # Past the heartbeat TTL: each node has rejoined and put its waiters back.
+        await asyncio.sleep(6)
+        assert not any(m["type"] == "partner_left" for m in a.messages + b.messages)
+        await a.chat("still here")
+        assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "still here"
+        newcomer = await connected(two, clients, 4)
+        await newcomer.start()
+        await newcomer.wait_for("matched", timeout=TIMEOUT)
+        await waiter.wait_for("matched", timeout=TIMEOUT)
+    finally:
+        for node in (one, two):
+            if node is not None:
+                node.stop()  # before their Redis goes
+        redis.stop()
+
+
 async def test_a_same_node_pair_still_gets_frames_with_redis(nodes, clients) -> None:
     one, _two = nodes(), nodes()
     a = await connected(one, clients, 1)
