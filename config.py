@@ -83,6 +83,24 @@ class Settings:
     # With a token, /metrics is also served on the main port to `Authorization: Bearer <token>`.
     metrics_token: str | None = None
     web_dir: str = field(default_factory=lambda: os.path.join(os.path.dirname(__file__), "web"))
+    # Cluster (docs/operations.md, "Cluster"). No Redis: one node, everything in memory.
+    redis: str | None = None
+    # Authenticates packets between nodes (the pipe); required with redis.
+    cluster_secret: str | None = field(default=None, repr=False)
+    # This node's name in the registry and the lobby; None: host:pid:random.
+    node_id: str | None = None
+    # Processes sharing the HTTP port (SO_REUSEPORT), each a node; >1 needs redis.
+    workers: int = 1
+    # The pipe between nodes (rtc/pipe.py, not wired yet): where it listens, the
+    # address other nodes should send to, and whether packets are encrypted.
+    pipe_host: str = "0.0.0.0"
+    pipe_port: int = 0
+    pipe_announce: str | None = None
+    pipe_encrypt: bool = False
+
+    @property
+    def clustered(self) -> bool:
+        return self.redis is not None
 
 
 def _env(name: str, default: str) -> str:
@@ -118,6 +136,15 @@ def _add_seconds(p: argparse.ArgumentParser, options: list[tuple[str, float, str
             default=float(_env(env, str(default))),
             help=f"{text} [RELAY_{env}]",
         )
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more, or auto")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,6 +321,57 @@ def build_parser() -> argparse.ArgumentParser:
         "WebSocket, besides the one the server is served at; repeatable "
         "[RELAY_ALLOWED_ORIGIN, comma-separated]",
     )
+    cluster = p.add_argument_group("cluster (docs/operations.md)")
+    cluster.add_argument(
+        "--redis",
+        default=os.environ.get("RELAY_REDIS") or None,
+        metavar="URL",
+        help="redis://host:port/db shared by every node: joins this node to one lobby with "
+        "them [RELAY_REDIS]",
+    )
+    cluster.add_argument(
+        "--cluster-secret",
+        default=os.environ.get("RELAY_CLUSTER_SECRET") or None,
+        help="secret shared by every node, authenticating media between nodes; required "
+        "with --redis; prefer the environment variable [RELAY_CLUSTER_SECRET]",
+    )
+    cluster.add_argument(
+        "--node-id",
+        default=os.environ.get("RELAY_NODE_ID") or None,
+        help="this node's name in the lobby (workers add -<index>); default host:pid:random "
+        "[RELAY_NODE_ID]",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=_workers,
+        default=_workers(_env("WORKERS", "1")),
+        metavar="N|auto",
+        help="processes sharing the HTTP port, each a node (auto: one per core); more than "
+        "one needs --redis; worker i serves /metrics on --metrics-port + i [RELAY_WORKERS]",
+    )
+    cluster.add_argument(
+        "--pipe-host",
+        default=_env("PIPE_HOST", d.pipe_host),
+        help="address the media pipe between nodes listens on [RELAY_PIPE_HOST]",
+    )
+    cluster.add_argument(
+        "--pipe-port",
+        type=_count,
+        default=_count(_env("PIPE_PORT", str(d.pipe_port))),
+        help="UDP port of the media pipe; 0 = any free one [RELAY_PIPE_PORT]",
+    )
+    cluster.add_argument(
+        "--pipe-announce",
+        default=os.environ.get("RELAY_PIPE_ANNOUNCE") or None,
+        metavar="HOST[:PORT]",
+        help="address other nodes send media to, when not the listening one [RELAY_PIPE_ANNOUNCE]",
+    )
+    cluster.add_argument(
+        "--pipe-encrypt",
+        action=argparse.BooleanOptionalAction,
+        default=_env("PIPE_ENCRYPT", "0").lower() in ("1", "true", "yes"),
+        help="encrypt media between nodes, not only authenticate it [RELAY_PIPE_ENCRYPT]",
+    )
     p.add_argument(
         "--web-dir",
         default=_env("WEB_DIR", d.web_dir),
@@ -319,6 +397,16 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
                 f"--allowed-origin {origin!r}: expected scheme://host[:port], e.g. "
                 "https://example.org"
             )
+    if args.redis and not args.cluster_secret:
+        build_parser().error(
+            "--redis needs --cluster-secret (or RELAY_CLUSTER_SECRET): the same secret on "
+            "every node, so nodes accept media only from each other"
+        )
+    if args.workers > 1 and not args.redis:
+        build_parser().error(
+            f"--workers {args.workers} needs --redis redis://HOST:PORT/DB (and "
+            "--cluster-secret): each worker is a node, and nodes share their lobby in Redis"
+        )
     return Settings(
         host=args.host,
         port=args.port,
@@ -347,4 +435,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         metrics_token=args.metrics_token or None,
+        redis=args.redis,
+        cluster_secret=args.cluster_secret,
+        node_id=args.node_id,
+        workers=args.workers,
+        pipe_host=args.pipe_host,
+        pipe_port=args.pipe_port,
+        pipe_announce=args.pipe_announce,
+        pipe_encrypt=args.pipe_encrypt,
     )

@@ -7,9 +7,9 @@ in-memory one and pass the same contract tests.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,10 @@ class Match:
     b: str
     # Normalized interests both users have, sorted; may be empty.
     shared_interests: tuple[str, ...]
+    # The nodes holding a and b, when the matcher spans nodes (None: this process).
+    # Not compared: a match is who met whom, wherever they sit.
+    node_a: str | None = field(default=None, compare=False)
+    node_b: str | None = field(default=None, compare=False)
 
 
 # Called once per match, synchronously on the event loop, after the match is recorded.
@@ -95,6 +99,13 @@ class Matcher(Protocol):
     async def waiting(self) -> int:
         """How many users are waiting now."""
         ...
+
+
+@runtime_checkable
+class RemoteMatches(Protocol):
+    """A matcher spanning nodes: matches other nodes made for this node's users."""
+
+    def remote_matches(self) -> AsyncIterator[Match]: ...
 
 
 def normalize_interests(interests: Iterable[str]) -> frozenset[str]:

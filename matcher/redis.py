@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .base import AlreadyWaiting, Match, MatcherSettings, MatchHandler, normalize_interests
 
@@ -24,6 +26,11 @@ _SCRIPT = resources.files(__package__).joinpath("redis.lua").read_text(encoding=
 _SEED_MOD = 2147483647
 # Fields per match in a script reply: a, b, node of a, node of b, shared interests (JSON).
 _MATCH_FIELDS = 5
+
+
+def _log_orphan_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a matcher decision failed: %s", task.exception())
 
 
 def _text(value: bytes | str) -> str:
@@ -125,6 +132,12 @@ class RedisMatcher:
             sweeper.cancel()
             # wait() rather than awaiting the task: a cancel of close() itself still propagates.
             await asyncio.wait({sweeper})
+        # A decision still in flight (a leaving user's forget) ends before the caller
+        # closes the connection under it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                async with self._turn:
+                    pass
         if self._own_client:
             await self._redis.aclose()
 
@@ -168,8 +181,17 @@ class RedisMatcher:
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     last = _text(entry_id)
+                    # A reader started again (after a Redis error) goes on from here.
+                    self._feed_from = last
                     f = {_text(k): _text(v) for k, v in fields.items()}
-                    yield Match(f["a"], f["b"], tuple(json.loads(f["shared"])))
+                    # The script's seeker (a) is always on the node that decided ("by").
+                    yield Match(
+                        f["a"],
+                        f["b"],
+                        tuple(json.loads(f["shared"])),
+                        node_a=f["by"],
+                        node_b=self.node_id,
+                    )
 
     async def _feed_tail(self) -> str:
         newest: Any = await self._redis.xrevrange(self._feed_key, count=1)
@@ -179,7 +201,10 @@ class RedisMatcher:
         """Run one decision and hand the matches it made to on_match; return the reply."""
         # Shielded: once the script is sent, a cancelled caller must not lose the reply,
         # or a match would be made in Redis and never reported.
-        return await asyncio.shield(self._decide_in_turn(op, *args))
+        decision = asyncio.ensure_future(self._decide_in_turn(op, *args))
+        # A cancelled caller no longer awaits it; its failure is logged, not lost.
+        decision.add_done_callback(_log_orphan_failure)
+        return await asyncio.shield(decision)
 
     async def _decide_in_turn(self, op: str, *args: str) -> list[Any]:
         async with self._turn:
@@ -199,7 +224,7 @@ class RedisMatcher:
             self.matches_made += 1
             if node_a != node_b:
                 self.matches_cross_node += 1
-            match = Match(a, b, tuple(json.loads(shared)))
+            match = Match(a, b, tuple(json.loads(shared)), node_a=node_a, node_b=node_b)
             try:
                 self._on_match(match)
             except Exception:
@@ -212,6 +237,9 @@ class RedisMatcher:
             await asyncio.sleep(self._settings.sweep_interval)
             try:
                 await self.sweep()
+            except RedisConnectionError as exc:
+                # Redis restarting: said once per failed sweep, without a traceback.
+                logger.warning("matcher sweep failed (%s); retrying next interval", exc)
             except Exception:
-                # One bad sweep (Redis restarting, say) must not stop the timers for good.
+                # One bad sweep must not stop the timers for good.
                 logger.exception("matcher sweep failed; retrying next interval")

@@ -1,7 +1,7 @@
 """The moderator's HTTP surface: the dashboard under /moderate, JSON under /api/moderate.
 
 Every route here sits behind `moderation.auth.guard` (installed by
-`signalling.web.create_app`), so a handler only runs for a moderator, whose
+`app.create_app`), so a handler only runs for a moderator, whose
 name is in ``request[MODERATOR]``. Every action is written to the audit log.
 """
 

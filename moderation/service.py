@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client.core import GaugeMetricFamily
 
+from cluster.node import SessionRef
 from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
 from moderation.auth import Moderators
 from moderation.recorder import (
@@ -186,7 +187,7 @@ class Moderation:
 
     # -- following sessions ----------------------------------------------
 
-    def _on_pair(self, a: Session, b: Session) -> None:
+    def _on_pair(self, session: Session) -> None:
         self._reconcile()
 
     def _reconcile(self) -> None:
@@ -283,7 +284,9 @@ class Moderation:
 
     # -- reports -----------------------------------------------------------
 
-    async def on_report(self, reporter: Session, reported: Session, reason: str) -> int:
+    async def on_report(
+        self, reporter: Session, reported: Session | SessionRef, reason: str
+    ) -> int:
         """Save the pair's last seconds and chat with a new report; answer its id."""
         snapshots: dict[str, list[BufferedFrame]] = {}
         for prefix, session in (("", reported), ("reporter_", reporter)):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import Counter
 
+from rtc.bridge import MediaBridge, NullBridge
 from rtc.peer import KINDS, MediaCounters, Peer, PeerSettings, StateHandler
 
 logger = logging.getLogger(__name__)
@@ -17,8 +18,10 @@ class Relay:
     Pairing only re-points subscribers; no peer connection is renegotiated.
     """
 
-    def __init__(self, settings: PeerSettings) -> None:
+    def __init__(self, settings: PeerSettings, bridge: MediaBridge | None = None) -> None:
         self.settings = settings
+        # Media for partners on other nodes (rtc/bridge.py); none without a pipe.
+        self.bridge: MediaBridge = bridge if bridge is not None else NullBridge()
         # Peers that are open or closing; a closed one is referenced by nothing here.
         self._peers: set[Peer] = set()
         # The final counters of every closed peer, so totals stay monotonic without them.
@@ -70,6 +73,7 @@ class Relay:
     async def close(self) -> None:
         peers = list(self._peers)
         await asyncio.gather(*(self.close_peer(peer) for peer in peers), return_exceptions=True)
+        await self.bridge.close()
 
 
 def _watch(viewer: Peer, source: Peer, kind: str) -> None:

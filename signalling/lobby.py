@@ -6,34 +6,56 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler
+from cluster.bus import LocalBus, SessionBus
+from cluster.node import SessionRef
+from cluster.registry import NodeRegistry
+from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
 from rtc.peer import MediaState, Peer, PeerError
 from rtc.relay import Relay
 from signalling import protocol as p
 from signalling.limits import AddressLimits, LimitExceeded, LimitSettings
-from signalling.session import CLOSE_FLOOD, CLOSE_GOING_AWAY, Session, State
+from signalling.session import (
+    CLOSE_FLOOD,
+    CLOSE_GOING_AWAY,
+    CLOSE_SERVICE_RESTART,
+    Session,
+    State,
+)
 
 logger = logging.getLogger(__name__)
 
 MatcherFactory = Callable[[MatchHandler], Matcher]
 # Called with (reporter, reported, reason) before anything changes; answers the report id.
-ReportHandler = Callable[["Session", "Session", str], Awaitable[int | None]]
+# The reported is a Session when on this node, a SessionRef when on another.
+ReportHandler = Callable[["Session", "Session | SessionRef", str], Awaitable[int | None]]
 # Close code for a session a moderator ended (kick or ban).
 CLOSE_KICKED = 4003
 # A client that ignores this many `rate_limited` errors in a row is closed.
 MAX_REFUSED_IN_A_ROW = 100
+# Seconds a match across nodes may take to be agreed (propose -> accept over the bus)
+# before the side still waiting gives up and waits for someone else. Over a live bus
+# it takes milliseconds; a dead node's heartbeat is gone within BEAT_TTL.
+PAIR_TIMEOUT = 3.0
+# Seconds between checks that the nodes of this node's partners are alive.
+WATCH_INTERVAL = 1.0
+# Seconds a draining node waits for its clients to go before it stops.
+DRAIN_SECONDS = 3.0
 
 
 class Lobby:
     """Turns client messages into state changes, matches and forwarding.
 
     Handlers are thin: each message type maps to one method below, and every
-    state change goes through `_pair` / `_unpair`.
+    state change goes through `_on_match` / `_unpair` / `_partner_gone`.
+
+    A partner is a SessionRef; everything said to it goes through the SessionBus,
+    so a pair across nodes differs from a local one only in the handshake that
+    forms it (see "across nodes") and in the media, which the Relay's bridge carries.
     """
 
     def __init__(
@@ -43,29 +65,67 @@ class Lobby:
         *,
         ice_servers: list[dict[str, str]],
         limits: AddressLimits | None = None,
+        bus: SessionBus | None = None,
+        registry: NodeRegistry | None = None,
+        announce_node: bool = False,
     ) -> None:
         self.relay = relay
         # Per-address counts: a slot is taken in join/_offer and released in
         # leave/_drop_peer, the only ways a session or a peer ends.
         self.limits = limits or AddressLimits(LimitSettings(0, 0, 0))
         self.matcher = matcher_factory(self._on_match)
+        self.bus: SessionBus = bus if bus is not None else LocalBus()
+        self.bus.set_handler(self._on_bus)
+        self.node = self.bus.node
+        self.registry = registry
+        self._announce_node = announce_node
         self.sessions: dict[str, Session] = {}
         self.matches_made = 0
-        # Called with both sessions each time a pair is made (metrics observe here).
-        self.pair_listeners: list[Callable[[Session, Session], None]] = []
+        # Called with each session of this node that was just paired (metrics observe here).
+        self.pair_listeners: list[Callable[[Session], None]] = []
         # Moderation saves evidence here; without one a report is only logged.
         self.report_handler: ReportHandler | None = None
         self.report_moves_on = True
+        # Set by drain(): no new sessions.
+        self.draining = False
+        self._emptied = asyncio.Event()
         self._ice_servers = ice_servers
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
+        await self.bus.start()
+        if self.registry is not None:
+            self.registry.on_rejoin = self._rejoin
+            await self.registry.start()
+            self._spawn(self._watch_nodes(), "watch nodes")
         await self.matcher.start()
+        if isinstance(self.matcher, RemoteMatches):
+            self._spawn(self._read_remote_matches(self.matcher), "remote matches")
 
     def shutdown(self) -> None:
         """Tell every client the server is going away (their handlers then clean up)."""
         for session in list(self.sessions.values()):
             session.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def drain(self) -> None:
+        """Stop taking visitors; partners elsewhere are told and clients asked to reconnect."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            if session.state == State.PAIRED:
+                self._unpair(session, "disconnect")
+            session.pending = None
+            session.state = State.IDLE
+            if session.queued:
+                session.queued = False
+                with contextlib.suppress(Exception):
+                    await self.matcher.dequeue(session.id)
+            session.close(CLOSE_SERVICE_RESTART, "node restarting; reconnect")
+        if self.registry is not None:
+            # Gone from the registry now, so no one proposes a pair to this node.
+            await self.registry.close()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), DRAIN_SECONDS)
 
     async def close(self) -> None:
         self.shutdown()
@@ -73,6 +133,9 @@ class Lobby:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.matcher.close()
+        if self.registry is not None:
+            await self.registry.close()
+        await self.bus.close()
         await self.relay.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -89,15 +152,21 @@ class Lobby:
         """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit."""
         slot = self.limits.open_session(ip)
         try:
-            session = Session(ws, identity=identity, ip=ip)
+            session = Session(ws, identity=identity, ip=ip, node=self.node)
         except BaseException:
             slot.release()
             raise
         session.session_slot = slot
         self.sessions[session.id] = session
-        session.send(
-            {"type": "hello", "id": session.id, "iceServers": self._ice_servers, "limits": p.LIMITS}
-        )
+        hello = {
+            "type": "hello",
+            "id": session.id,
+            "iceServers": self._ice_servers,
+            "limits": p.LIMITS,
+        }
+        if self._announce_node:
+            hello["node"] = self.node
+        session.send(hello)
         logger.info("%r joined (%d online)", session, len(self.sessions))
         return session
 
@@ -110,10 +179,17 @@ class Lobby:
             self._unpair(session, "disconnect")
         session.state = State.IDLE
         session.queued = False
-        await self.matcher.forget(session.id)
+        session.pending = None
+        try:
+            await self.matcher.forget(session.id)
+        except Exception as exc:
+            # Redis away: the record expires on its own; the peer must still be closed.
+            logger.warning("%r: the matcher could not forget it (%s)", session, exc)
         await self._drop_peer(session)
         await session.finish()
         logger.info("%r left (%d online)", session, len(self.sessions))
+        if not self.sessions:
+            self._emptied.set()
 
     async def receive(self, session: Session, data: str | bytes) -> None:
         """One WebSocket frame from the client."""
@@ -156,17 +232,23 @@ class Lobby:
                 await self._stop(session)
             case p.Chat():
                 partner = self._partner_of(session, "chat")
-                line = (time.time(), session.id, message.text)
-                session.transcript.append(line)
-                partner.transcript.append(line)
-                partner.send({"type": "chat", "text": message.text})
+                at = time.time()
+                session.transcript.append((at, session.id, message.text))
+                self.bus.send(partner, session.ref, {"t": "chat", "text": message.text, "at": at})
             case p.Typing():
-                self._partner_of(session, "typing").send(
-                    {"type": "typing", "active": message.active}
+                self.bus.send(
+                    self._partner_of(session, "typing"),
+                    session.ref,
+                    {"t": "client", "m": {"type": "typing", "active": message.active}},
                 )
             case p.MediaStateMessage():
-                self._partner_of(session, "media_state").send(
-                    {"type": "media_state", "camera": message.camera, "mic": message.mic}
+                self.bus.send(
+                    self._partner_of(session, "media_state"),
+                    session.ref,
+                    {
+                        "t": "client",
+                        "m": {"type": "media_state", "camera": message.camera, "mic": message.mic},
+                    },
                 )
             case p.Report():
                 await self._report(session, message)
@@ -217,6 +299,7 @@ class Lobby:
             return
         if session.state == State.PAIRED:
             self._unpair(session, "disconnect")
+        session.pending = None
         if session.queued:
             session.queued = False
             await self.matcher.dequeue(session.id)
@@ -255,6 +338,9 @@ class Lobby:
         await self._look_for_partner(session)
 
     async def _look_for_partner(self, session: Session) -> None:
+        # A pair still being agreed across nodes is given up: a late accept is answered
+        # with `left`, a late proposal with `refuse`.
+        session.pending = None
         if session.state != State.WAITING:
             session.state = State.WAITING
             session.waiting_since = asyncio.get_running_loop().time()
@@ -264,6 +350,7 @@ class Lobby:
     async def _stop(self, session: Session) -> None:
         if session.state == State.PAIRED:
             self._unpair(session, "stop")
+        session.pending = None
         if session.queued:
             session.queued = False
             await self.matcher.dequeue(session.id)
@@ -274,6 +361,8 @@ class Lobby:
         """Offer a waiting session to the matcher once its media can flow."""
         if session.state != State.WAITING or session.queued or not session.media_ready:
             return
+        if session.pending is not None or self.draining:
+            return
         if self.sessions.get(session.id) is not session:
             return
         session.queued = True
@@ -281,6 +370,16 @@ class Lobby:
             await self.matcher.enqueue(session.id, session.interests)
 
     def _on_match(self, match: Match) -> None:
+        """A match this node's matcher made; one side may be on another node."""
+        node_a, node_b = match.node_a or self.node, match.node_b or self.node
+        if node_a != self.node or node_b != self.node:
+            local, remote = (
+                (match.a, SessionRef(match.b, node_b))
+                if node_a == self.node
+                else (match.b, SessionRef(match.a, node_a))
+            )
+            self._propose(local, remote, match.shared_interests)
+            return
         a, b = self.sessions.get(match.a), self.sessions.get(match.b)
         for session in (a, b):
             if session is not None:
@@ -288,21 +387,29 @@ class Lobby:
         if a is None or b is None or not _can_pair(a) or not _can_pair(b):
             # One side vanished between queueing and matching: the other waits on.
             for session in (a, b):
-                if session is not None and session.state == State.WAITING:
-                    self._spawn(self._enqueue(session), f"requeue {session.id}")
+                if session is not None:
+                    self._requeue(session)
             return
         assert a.peer is not None and b.peer is not None
-        a.state = b.state = State.PAIRED
-        a.partner, b.partner = b, a
-        a.transcript, b.transcript = [], []
         self.relay.pair(a.peer, b.peer)
+        self._paired(a, b.ref, match.shared_interests)
+        self._paired(b, a.ref, match.shared_interests)
         self.matches_made += 1
+        logger.info("paired %s with %s (shared: %s)", a.id, b.id, list(match.shared_interests))
+
+    def _paired(self, session: Session, partner: SessionRef, shared: Sequence[str]) -> None:
+        """Record a pair on `session`'s side and tell its client."""
+        session.state = State.PAIRED
+        session.partner = partner
+        session.pending = None
+        session.transcript = []
         for listener in self.pair_listeners:
-            listener(a, b)
-        shared = list(match.shared_interests)
-        a.send({"type": "matched", "interests": shared})
-        b.send({"type": "matched", "interests": shared})
-        logger.info("paired %s with %s (shared: %s)", a.id, b.id, shared)
+            listener(session)
+        session.send({"type": "matched", "interests": list(shared)})
+
+    def _requeue(self, session: Session) -> None:
+        if session.state == State.WAITING:
+            self._spawn(self._enqueue(session), f"requeue {session.id}")
 
     def _unpair(self, session: Session, reason: str) -> None:
         """End `session`'s pair; the partner is told why and left idle."""
@@ -310,17 +417,238 @@ class Lobby:
         session.partner = None
         if partner is None:
             return
-        partner.partner = None
-        partner.state = State.IDLE
-        if session.peer is not None and partner.peer is not None:
-            self.relay.unpair(session.peer, partner.peer)
-        partner.send({"type": "partner_left", "reason": reason})
+        if partner.node == self.node:
+            other = self.sessions.get(partner.id)
+            if session.peer is not None and other is not None and other.peer is not None:
+                self.relay.unpair(session.peer, other.peer)
+        else:
+            self._disconnect_bridge(session)
+        self.bus.send(partner, session.ref, {"t": "left", "reason": reason})
         logger.info("%s left %s (%s)", session.id, partner.id, reason)
+
+    def _partner_gone(self, session: Session, reason: str) -> None:
+        """`session`'s partner ended the pair (or its node died): idle, and told why."""
+        partner, session.partner = session.partner, None
+        session.state = State.IDLE
+        if partner is not None and partner.node != self.node:
+            self._disconnect_bridge(session)
+        session.send({"type": "partner_left", "reason": reason})
+
+    def _disconnect_bridge(self, session: Session) -> None:
+        if session.peer is not None:
+            self._spawn(self.relay.bridge.disconnect(session.peer), f"unbridge {session.id}")
+
+    # -- across nodes ----------------------------------------------------
+    #
+    # The node holding a session decides whether it joins a pair: a match from Redis is
+    # a proposal. The node that made the match (the proposer, holding `a`) sends
+    # `propose` with its bridge description; the node holding `b` answers `accept` with
+    # its own (and tells its client `matched`) or `refuse` (b left or moved on). On
+    # `accept` the proposer tells its client `matched`; on `refuse`, or no answer within
+    # PAIR_TIMEOUT (a dead node), its user waits on in the queue, never told of the
+    # match. An accept for a user who moved on is answered with `left`, so the other
+    # side gets `partner_left`. The match also reaches b's node through the matcher's
+    # feed; if no proposal follows (the proposer died), b waits on after PAIR_TIMEOUT.
+
+    def _propose(self, local_id: str, remote: SessionRef, shared: Sequence[str]) -> None:
+        session = self.sessions.get(local_id)
+        if session is not None:
+            session.queued = False
+        if session is None or not _can_pair(session):
+            self.bus.send(remote, SessionRef(local_id, self.node), {"t": "refuse"})
+            if session is not None:
+                self._requeue(session)
+            return
+        attempt = self._expect(session, remote)
+        self._spawn(self._send_proposal(session, remote, shared, attempt), f"propose {local_id}")
+
+    def _expect(self, session: Session, remote: SessionRef) -> int:
+        """Hold `session` for a pair with `remote` until agreed, or PAIR_TIMEOUT."""
+        session.pending = remote
+        session.attempt += 1
+        attempt = session.attempt
+        self._spawn(self._give_up_after(session, attempt), f"pair timeout {session.id}")
+        return attempt
+
+    async def _give_up_after(self, session: Session, attempt: int) -> None:
+        await asyncio.sleep(PAIR_TIMEOUT)
+        if session.attempt == attempt and session.pending is not None:
+            logger.info("%s: no answer from %s; waiting on", session.id, session.pending)
+            session.pending = None
+            self._disconnect_bridge(session)
+            self._requeue(session)
+
+    async def _send_proposal(
+        self, session: Session, remote: SessionRef, shared: Sequence[str], attempt: int
+    ) -> None:
+        if self.registry is not None and not await self._alive(remote.node):
+            # A dead node's waiters linger in the queue until their records expire.
+            logger.info("%s was matched with %s on a dead node; waiting on", session.id, remote)
+            if session.attempt == attempt and session.pending == remote:
+                session.pending = None
+                self._requeue(session)
+            return
+        assert session.peer is not None
+        media = await self.relay.bridge.offer_streams(session.peer)
+        if session.attempt != attempt or session.pending != remote:
+            self._disconnect_bridge(session)
+            self.bus.send(remote, session.ref, {"t": "refuse"})
+            return
+        self.bus.send(remote, session.ref, {"t": "propose", "shared": list(shared), "media": media})
+
+    async def _alive(self, node: str) -> bool:
+        assert self.registry is not None
+        try:
+            return node in await self.registry.alive([node])
+        except Exception:
+            return True  # Redis cannot say: the timeout decides
+
+    async def _accept(
+        self, session: Session, sender: SessionRef, shared: Sequence[str], media: dict[str, Any]
+    ) -> None:
+        if session.queued:
+            # The flag may be stale (this very match took b out of the queue) or b may
+            # be queued again; either way b leaves the queue before joining a pair.
+            # A match this node's matcher makes meanwhile is handled before this
+            # returns, and leaves b unable to pair, so b is never in two pairs.
+            session.queued = False
+            await self.matcher.dequeue(session.id)
+        if not _can_pair(session, expecting=sender) or self.sessions.get(session.id) is not session:
+            self.bus.send(sender, session.ref, {"t": "refuse"})
+            return
+        session.pending = None
+        session.state = State.PAIRED  # nobody else can claim b from here on
+        session.partner = sender
+        assert session.peer is not None
+        peer = session.peer
+        mine = await self.relay.bridge.offer_streams(peer)
+        if session.partner != sender:
+            # b moved on meanwhile; _unpair has already sent `left`.
+            await self.relay.bridge.disconnect(peer)
+            return
+        self.bus.send(sender, session.ref, {"t": "accept", "media": mine})
+        self.matches_made += 1
+        self._paired(session, sender, shared)
+        logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
+        await self.relay.bridge.connect(peer, media)
+
+    def _accepted(self, session: Session | None, to: str, sender: SessionRef, media: Any) -> None:
+        if session is None or session.pending != sender:
+            reason = "disconnect" if session is None else "next"
+            self.bus.send(sender, SessionRef(to, self.node), {"t": "left", "reason": reason})
+            return
+        self._paired(session, sender, ())
+        assert session.peer is not None
+        self._spawn(
+            self.relay.bridge.connect(session.peer, media if isinstance(media, dict) else {}),
+            f"bridge {session.id}",
+        )
+        logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
+
+    def _on_bus(self, to: str, sender: SessionRef, message: dict[str, Any]) -> None:
+        """A message for one of this node's sessions, from a session on any node."""
+        session = self.sessions.get(to)
+        kind = message.get("t")
+        if kind == "propose":
+            if session is None:
+                self.bus.send(sender, SessionRef(to, self.node), {"t": "refuse"})
+                return
+            shared = [str(i) for i in message.get("shared", ())]
+            media = message.get("media")
+            self._spawn(
+                self._accept(session, sender, shared, media if isinstance(media, dict) else {}),
+                f"accept {to}",
+            )
+        elif kind == "accept":
+            self._accepted(session, to, sender, message.get("media"))
+        elif session is None:
+            return
+        elif kind == "refuse" or (kind == "left" and session.pending == sender):
+            if session.pending == sender:
+                session.pending = None
+                self._disconnect_bridge(session)
+                self._requeue(session)
+        elif session.partner != sender:
+            return  # from a pair that has ended
+        elif kind == "chat":
+            text = str(message.get("text", ""))
+            session.transcript.append((float(message.get("at", time.time())), sender.id, text))
+            session.send({"type": "chat", "text": text})
+        elif kind == "client" and isinstance(message.get("m"), dict):
+            session.send(message["m"])
+        elif kind == "left":
+            self._partner_gone(session, str(message.get("reason", "disconnect")))
+            logger.info("%s's partner %s left", session.id, sender.id)
+
+    def _on_remote_match(self, match: Match) -> None:
+        """Another node matched one of ours; its proposal (or refusal) follows on the bus."""
+        for local, other, node in (
+            (match.a, match.b, match.node_b),
+            (match.b, match.a, match.node_a),
+        ):
+            session = self.sessions.get(local)
+            if session is None or node is None:
+                continue
+            remote = SessionRef(other, node)
+            if session.partner == remote or session.pending == remote:
+                return  # the proposal came first
+            if _can_pair(session) and session.queued:
+                session.queued = False
+                self._expect(session, remote)
+            return
+
+    async def _read_remote_matches(self, matcher: RemoteMatches) -> None:
+        while True:
+            try:
+                async for match in matcher.remote_matches():
+                    self._on_remote_match(match)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("reading matches made elsewhere failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+
+    def _rejoin(self) -> None:
+        """Redis lost this node's records (a restart): put its waiting users back."""
+        for session in self.sessions.values():
+            if session.queued and session.pending is None:
+                session.queued = False
+                self._requeue(session)
+
+    async def _watch_nodes(self) -> None:
+        """Partners on a node that stopped beating are gone: tell ours within seconds."""
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            nodes = {
+                ref.node
+                for s in self.sessions.values()
+                for ref in (s.partner, s.pending)
+                if ref is not None and ref.node != self.node
+            }
+            if not nodes:
+                continue
+            try:
+                alive = await self.registry.alive(nodes)
+                if nodes - alive and not await self.registry.settled():
+                    continue  # Redis just restarted: keys are missing, nodes are not dead
+            except Exception as exc:
+                # Redis cannot say; nobody is declared dead for that.
+                logger.warning("cannot check nodes (%s)", exc)
+                continue
+            for dead in nodes - alive:
+                logger.warning("node %s is gone; ending its pairs here", dead)
+                for session in list(self.sessions.values()):
+                    if session.partner is not None and session.partner.node == dead:
+                        self._partner_gone(session, "disconnect")
+                    elif session.pending is not None and session.pending.node == dead:
+                        session.pending = None
+                        self._requeue(session)
 
     # -- between partners --------------------------------------------------
 
     @staticmethod
-    def _partner_of(session: Session, kind: str) -> Session:
+    def _partner_of(session: Session, kind: str) -> SessionRef:
         if session.partner is None:
             raise p.ProtocolError(
                 "not_paired", "there is no partner to send this to", in_reply_to=kind
@@ -332,13 +660,17 @@ class Lobby:
         logger.warning("report by %s about %s: %r", session.id, partner.id, report.reason)
         report_id = None
         if self.report_handler is not None:
-            report_id = await self.report_handler(session, partner, report.reason)
+            # A partner on another node is reported by reference: its evidence stays there.
+            reported: Session | SessionRef = partner
+            if partner.node == self.node:
+                reported = self.sessions.get(partner.id) or partner
+            report_id = await self.report_handler(session, reported, report.reason)
         reply: dict[str, Any] = {"type": "reported"}
         if report_id is not None:
             reply["reportId"] = report_id
         session.send(reply)
         move_on = self.report_moves_on if report.move_on is None else report.move_on
-        if move_on and session.partner is partner:
+        if move_on and session.partner == partner:
             await self._next(session)
 
     # -- moderation ------------------------------------------------------
@@ -353,8 +685,14 @@ class Lobby:
         return True
 
 
-def _can_pair(session: Session) -> bool:
-    return session.state == State.WAITING and session.media_ready
+def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
+    """Waiting with media up, and in no pair nor handshake (but the one `expecting`)."""
+    return (
+        session.state == State.WAITING
+        and session.media_ready
+        and session.partner is None
+        and session.pending in (None, expecting)
+    )
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -82,6 +82,12 @@ class _LobbyCollector(Collector):
         yield CounterMetricFamily(
             "relay_matches", "Pairs made since the server started", self._lobby.matches_made
         )
+        # Matches this node's matcher made between users of two nodes (Redis matcher only).
+        yield CounterMetricFamily(
+            "relay_matches_cross_node",
+            "Matches this node's matcher made between users on two different nodes",
+            getattr(self._lobby.matcher, "matches_cross_node", 0),
+        )
         refusals = CounterMetricFamily(
             "relay_limit_refusals",
             "Sessions and media connections refused by a per-address limit",
@@ -121,11 +127,10 @@ class RelayMetrics:
         self.registry.register(_LobbyCollector(lobby, mode))
         lobby.pair_listeners.append(self.on_pair)
 
-    def on_pair(self, a: Session, b: Session) -> None:
+    def on_pair(self, session: Session) -> None:
         now = asyncio.get_running_loop().time()
-        for session in (a, b):
-            if session.waiting_since is not None:
-                self.time_to_match.observe(max(0.0, now - session.waiting_since))
+        if session.waiting_since is not None:
+            self.time_to_match.observe(max(0.0, now - session.waiting_since))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from aiohttp import WSMessage, WSMsgType, web
 
+from cluster.node import SessionRef
 from rtc.peer import MediaState, Peer
 from signalling.limits import Slot
 
@@ -26,6 +27,8 @@ CLOSE_FLOOD: Final = 4008
 # Refused because the client's address is over a per-address limit (signalling/limits.py).
 CLOSE_TOO_MANY: Final = 4029
 CLOSE_GOING_AWAY: Final = 1001
+# The node is draining (SIGTERM): reconnect soon, another node will answer.
+CLOSE_SERVICE_RESTART: Final = 1012
 
 
 class State(Enum):
@@ -69,8 +72,10 @@ class Session:
         burst: int = 60,
         identity: str | None = None,
         ip: str | None = None,
+        node: str = "local",
     ) -> None:
         self.id = secrets.token_urlsafe(9)
+        self.ref = SessionRef(self.id, node)
         self.ws = ws
         # The browser's persistent random id (`/ws?clientId=`) and address, for bans.
         self.identity = identity
@@ -78,7 +83,12 @@ class Session:
         # The current pair's chat, (time.time(), sender session id, text), for reports.
         self.transcript: list[tuple[float, str, str]] = []
         self.state = State.IDLE
-        self.partner: Session | None = None
+        # The partner, on this node or another; messages to it go through the SessionBus.
+        self.partner: SessionRef | None = None
+        # A match across nodes being agreed (signalling/lobby.py's handshake): the other
+        # side, and a number that tells this attempt's timer from a later one's.
+        self.pending: SessionRef | None = None
+        self.attempt = 0
         self.interests: tuple[str, ...] = ()
         # Whether the matcher currently holds this session in its waiting set.
         self.queued = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -11,13 +12,15 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+from redis import Redis
 
+from app import create_app
 from bench.target import free_port
 from config import Settings
-from signalling.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -106,6 +109,15 @@ class RelayServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def send_signal(self, signum: int) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code once the process has ended (after a signal, say)."""
+        assert self._proc is not None
+        return self._proc.wait(timeout)
+
 
 def _log_path(request: pytest.FixtureRequest) -> Path:
     name = (
@@ -190,3 +202,53 @@ def redis_server() -> Iterator[object]:
         yield server
     finally:
         server.stop()
+
+
+# --- Cluster nodes (tests/test_cluster.py) ------------------------------------------
+
+_databases = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> Iterator[str]:
+    """A database of its own per test (pub/sub channels carry unique node ids)."""
+    url = f"{redis_server.url.rsplit('/', 1)[0]}/{next(_databases)}"
+    client = Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+
+
+@pytest.fixture
+def nodes(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Callable[..., RelayServer]]:
+    """Starts cluster nodes; each is stopped at the end and must not have logged a traceback."""
+    started: list[RelayServer] = []
+    name = request.node.name.replace("[", "-").replace("]", "")
+
+    def start(*extra: str, redis: str | None = None) -> RelayServer:
+        log = ARTIFACTS / "server-logs" / f"test_cluster-{name}-node{len(started) + 1}.log"
+        server = RelayServer(
+            Path(log),
+            [
+                "--redis",
+                redis or redis_url,
+                "--cluster-secret",
+                "test-secret",
+                "--media-timeout",
+                "3",
+                "--interest-timeout",
+                "1",
+                "--rematch-after",
+                "1",
+                *extra,
+            ],
+        )
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+    for server in started:
+        assert "Traceback" not in server.all_logs(), server.all_logs()

@@ -20,12 +20,13 @@ INSTALL_HINT = (
 class RedisServer:
     """redis-server without persistence, in a temp dir, stopped by stop()."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
+        """On `port` (a restart of a stopped one), or on a free port."""
         binary = shutil.which(REDIS_SERVER)
         if binary is None:
             # Fail, never skip: a missing server would silently drop the cluster tests.
             raise RuntimeError(f"{REDIS_SERVER} not found; {INSTALL_HINT}")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="rr-redis-")
         self.log_path = Path(self._dir.name) / "redis.log"

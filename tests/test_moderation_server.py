@@ -24,12 +24,12 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from app import create_app
 from config import Settings
 from moderation.service import ban_message, ban_until
 from moderation.store import Ban
 from rtc.client import ChatClient
 from rtc.stamp import read_stamp
-from signalling.web import create_app
 
 TIMEOUT = 20.0
 SECRET = "s3cret-token-for-tests-0123456789"

@@ -5,6 +5,8 @@ const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
 const CLOSE_FLOODING = 4008;
 // A moderator ended this visit (kick or ban): reconnecting would be refused too.
 const CLOSE_MODERATED = 4003;
+// One node of a cluster is restarting (draining): another node answers at once.
+const CLOSE_SERVICE_RESTART = 1012;
 
 export function socketUrl(loc = window.location) {
   const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
@@ -124,6 +126,13 @@ export class Signalling {
     if (code === CLOSE_FLOODING || code === CLOSE_MODERATED) {
       this.closed = true;
       this.handlers.down({ everUp: this.everUp, retryInMs: null, final: true, code });
+      return;
+    }
+    if (code === CLOSE_SERVICE_RESTART) {
+      // Soon, but spread over a second so a drained node's visitors do not arrive at once.
+      const retryInMs = Math.round(200 + Math.random() * 800);
+      this.retryTimer = setTimeout(() => this.connect(), retryInMs);
+      this.handlers.down({ everUp: this.everUp, retryInMs, final: false, code });
       return;
     }
     const base = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];

@@ -1,0 +1,211 @@
+"""The composition root: settings in, the whole server out as an aiohttp application.
+
+It picks the parts: in memory for one node, Redis (matcher, bus, node registry) when
+the node joins a cluster. Tests build the app the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCIceServer
+from redis.asyncio import Redis
+
+from cluster.bus import LocalBus, RedisBus, SessionBus
+from cluster.node import new_node_id
+from cluster.registry import BEAT_TTL, NodeRegistry
+from config import Settings
+from matcher.base import MatcherSettings, MatchHandler
+from matcher.memory import MemoryMatcher
+from matcher.redis import RedisMatcher
+from moderation import auth
+from moderation.routes import MODERATION, WATCH_ICE, setup_routes
+from moderation.service import FlagCollector, Moderation, ModerationSettings
+from moderation.store import ModerationStore
+from moderation.throttle import AuditHook as LoginThrottleAudit
+from moderation.throttle import LoginThrottle
+from rtc.peer import PeerSettings
+from rtc.relay import Relay
+from signalling import headers
+from signalling.limits import AddressLimits, LimitSettings
+from signalling.lobby import Lobby, MatcherFactory
+from signalling.metrics import METRICS, setup_metrics
+from signalling.web import LOBBY, SETTINGS, add_routes
+
+logger = logging.getLogger(__name__)
+
+REDIS = web.AppKey("redis", Redis)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The whole server as an aiohttp application; tests build it the same way."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_lobby_context)
+    app.cleanup_ctx.append(_moderation_context)
+    moderators = (
+        auth.Moderators.from_file(settings.moderators_file)
+        if settings.moderators_file
+        else auth.Moderators.from_env()
+    )
+    if not len(moderators):
+        logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
+    auth.install(
+        app,
+        moderators,
+        trusted_proxy=settings.trusted_proxy,
+        throttle=LoginThrottle(free_failures=settings.login_throttle_after),
+    )
+    headers.install(app, trusted_proxy=settings.trusted_proxy)
+    app[WATCH_ICE] = list(_rtc_ice_servers(settings))
+    setup_routes(app, os.path.join(settings.web_dir, "moderate"))
+    app.on_shutdown.append(_close_sessions)
+    add_routes(app)
+    setup_metrics(
+        app,
+        LOBBY,
+        settings.relay,
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        token=settings.metrics_token,
+    )
+    app.on_startup.append(_moderation_metrics)
+    if os.path.isdir(settings.web_dir):
+        app.router.add_static("/static/", settings.web_dir, follow_symlinks=False)
+    return app
+
+
+async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    peer_settings = PeerSettings(
+        ice_servers=_rtc_ice_servers(settings),
+        keyframe_interval=settings.keyframe_interval,
+        media_timeout=settings.media_timeout,
+        connect_timeout=settings.connect_timeout,
+        transcode=settings.relay == "transcode",
+    )
+    matcher_settings = MatcherSettings(
+        interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
+    )
+    limits = LimitSettings(
+        max_sessions=settings.ip_max_sessions,
+        max_peers=settings.ip_max_peers,
+        max_new_sessions=settings.ip_max_new_sessions,
+    )
+    node = settings.node_id or new_node_id()
+    redis: Redis | None = None
+    registry: NodeRegistry | None = None
+    bus: SessionBus
+    matcher_factory: MatcherFactory
+    if settings.redis is None:
+        bus = LocalBus(node)
+
+        def matcher_factory(on_match: MatchHandler) -> MemoryMatcher:
+            return MemoryMatcher(on_match, matcher_settings)
+
+    else:
+        redis = Redis.from_url(settings.redis, decode_responses=True)
+        app[REDIS] = redis
+        bus = RedisBus(redis, node)
+        registry = NodeRegistry(redis, node)
+        client = redis
+
+        def matcher_factory(on_match: MatchHandler) -> RedisMatcher:
+            # A dead node's waiters leave the queue when their records expire: as soon
+            # as its heartbeat does (the sweep renews a live node's every 0.25 s).
+            return RedisMatcher(
+                on_match, matcher_settings, client=client, node_id=node, waiting_ttl=BEAT_TTL
+            )
+
+    lobby = Lobby(
+        Relay(peer_settings),
+        matcher_factory,
+        ice_servers=[s.to_json() for s in settings.ice_servers],
+        limits=AddressLimits(limits),
+        bus=bus,
+        registry=registry,
+        announce_node=settings.clustered,
+    )
+    lobby.report_moves_on = settings.report_moves_on
+    await lobby.start()
+    app[LOBBY] = lobby
+    if settings.clustered:
+        logger.info("node %s joined the lobby at %s", node, _redacted(settings.redis))
+    yield
+    await lobby.close()
+    if redis is not None:
+        await redis.aclose()
+
+
+async def _moderation_metrics(app: web.Application) -> None:
+    # After setup_metrics' own on_startup handler has made the registry.
+    app[METRICS].registry.register(FlagCollector(app[MODERATION]))
+
+
+def _rtc_ice_servers(settings: Settings) -> tuple[RTCIceServer, ...]:
+    return tuple(
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+        for s in settings.ice_servers
+    )
+
+
+async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if os.path.dirname(settings.db):
+        os.makedirs(os.path.dirname(settings.db), mode=0o700, exist_ok=True)
+    moderation = Moderation(
+        app[LOBBY],
+        ModerationStore(settings.db),
+        app[auth.MODERATORS],
+        ModerationSettings(
+            recordings_dir=settings.recordings_dir,
+            recording_retention=settings.recording_retention,
+            evidence_seconds=settings.evidence_seconds,
+            analyzer_interval=settings.analyzer_interval,
+        ),
+    )
+    await moderation.start()
+    app[MODERATION] = moderation
+    throttle = app[auth.LOGIN_THROTTLE]
+    throttle.audit = _audit_logins(moderation.store)
+    yield
+    throttle.audit = None
+    await moderation.close()
+
+
+def _audit_logins(store: ModerationStore) -> LoginThrottleAudit:
+    """Failed logins and lock-outs into the audit log, written off the event loop."""
+    loop = asyncio.get_running_loop()
+
+    def audit(action: str, target: str, detail: str) -> None:
+        written = loop.run_in_executor(None, store.audit, "anonymous", action, target, detail)
+        written.add_done_callback(_log_audit_failure)
+
+    return audit
+
+
+def _log_audit_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("writing a login event to the audit log failed", exc_info=future.exception())
+
+
+async def _close_sessions(app: web.Application) -> None:
+    app[LOBBY].shutdown()
+
+
+async def drain(app: web.Application) -> None:
+    """SIGTERM: this node stops taking visitors and hands its users to the others."""
+    await app[LOBBY].drain()
+
+
+def _redacted(url: str | None) -> str:
+    """A Redis URL without its password, for logs."""
+    if url is None or "@" not in url:
+        return str(url)
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

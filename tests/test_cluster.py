@@ -1,0 +1,208 @@
+"""Several real server processes on one real redis-server: one lobby across nodes.
+
+Each node is `server.py --redis ... --cluster-secret ...` as an operator runs it;
+clients are real aiortc ChatClients. Media across nodes waits for the pipe
+(rtc/pipe.py); here pairs across nodes are checked for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+from typing import Any
+
+from redis import Redis
+
+from rtc.client import ChatClient
+
+TIMEOUT = 20.0
+# The promise: a dead node's partners are told within 5 s (3 s heartbeat TTL + 1 s
+# check). The test allows slack for a loaded machine; the log shows the real delay.
+NODE_DEATH_TIMEOUT = 8.0
+
+# conftest.RelayServer (pytest gives its fixtures, not its names, to test modules).
+RelayServer = Any
+
+
+async def connected(server: RelayServer, clients: list, tag: int) -> ChatClient:
+    client = ChatClient(server.ws_url, tag=tag)
+    clients.append(client)
+    await client.connect()
+    return client
+
+
+async def cross_pair(one: RelayServer, two: RelayServer, clients: list):
+    a = await connected(one, clients, 1)
+    b = await connected(two, clients, 2)
+    assert a.hello["node"] != b.hello["node"]
+    await a.start()
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    return a, b
+
+
+def scrape(server: RelayServer, name: str) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def waiting_in_redis(url: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        return int(client.zcard("{rr:matcher}:waiting"))
+    finally:
+        client.close()
+
+
+async def test_a_pair_across_nodes_chats_and_parts(nodes, clients) -> None:
+    one, two = nodes(), nodes()
+    a, b = await cross_pair(one, two, clients)
+    assert (
+        scrape(one, "relay_matches_cross_node_total")
+        + scrape(two, "relay_matches_cross_node_total")
+        == 1
+    )
+
+    await a.chat("hello from node one")
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "hello from node one"
+    await b.chat("and back")
+    assert (await a.wait_for("chat", timeout=TIMEOUT))["text"] == "and back"
+    await b.send({"type": "typing", "active": True})
+    assert (await a.wait_for("typing", timeout=TIMEOUT))["active"] is True
+    await a.send({"type": "media_state", "camera": False, "mic": True})
+    state = await b.wait_for("media_state", timeout=TIMEOUT)
+    assert (state["camera"], state["mic"]) == (False, True)
+
+    # next crosses; the one left behind is idle and can start again.
+    await a.next()
+    assert (await b.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "next"
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+
+    await b.stop()
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "stop"
+    await a.start()
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+
+    await b.close()
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
+
+
+async def test_a_killed_node_frees_its_partners_and_the_queue(nodes, clients, redis_url) -> None:
+    one, two = nodes(), nodes()
+    a, _b = await cross_pair(one, two, clients)
+    # A user waiting on the node about to die: it must leave the queue with it.
+    ghost = await connected(two, clients, 3)
+    await ghost.start()
+    await ghost.wait_for("waiting", timeout=TIMEOUT)
+    await asyncio.wait_for(_until(lambda: waiting_in_redis(redis_url) == 1), TIMEOUT)
+
+    two.send_signal(signal.SIGKILL)
+    two.wait(TIMEOUT)
+    left = await a.wait_for("partner_left", timeout=NODE_DEATH_TIMEOUT)
+    assert left["reason"] == "disconnect"
+
+    # A newcomer on the surviving node is never matched with the dead node's user.
+    newcomer = await connected(one, clients, 4)
+    await newcomer.start()
+    await newcomer.wait_for("waiting", timeout=TIMEOUT)
+    await asyncio.sleep(4)
+    assert not any(m["type"] == "matched" for m in newcomer.messages)
+    assert waiting_in_redis(redis_url) == 1
+    # ...but with a live one at once.
+    await a.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await newcomer.wait_for("matched", timeout=TIMEOUT)
+
+
+async def test_sigterm_drains_a_node(nodes, clients, redis_url) -> None:
+    one, two = nodes(), nodes()
+    a, b = await cross_pair(one, two, clients)
+    waiter = await connected(two, clients, 3)
+    await waiter.start()
+    await waiter.wait_for("waiting", timeout=TIMEOUT)
+
+    two.send_signal(signal.SIGTERM)
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
+    await asyncio.wait_for(_until(lambda: b.close_code is not None), TIMEOUT)
+    assert b.close_code == 1012  # service restart: the page reconnects soon
+    await asyncio.wait_for(_until(lambda: waiter.close_code is not None), TIMEOUT)
+    assert waiter.close_code == 1012
+    assert await asyncio.to_thread(two.wait, TIMEOUT) == 0
+    assert waiting_in_redis(redis_url) == 0
+
+
+async def test_a_redis_restart_keeps_pairs_and_matching_resumes(nodes, clients) -> None:
+    from redis_server import RedisServer
+
+    redis = RedisServer()
+    one = two = None
+    try:
+        one, two = nodes(redis=redis.url), nodes(redis=redis.url)
+        a, b = await cross_pair(one, two, clients)
+        waiter = await connected(one, clients, 3)
+        await waiter.start()
+        await waiter.wait_for("waiting", timeout=TIMEOUT)
+
+        redis.stop()
+        redis = RedisServer(redis.port)  # empty: no persistence
+        # Past the heartbeat TTL: each node has rejoined and put its waiters back.
+        await asyncio.sleep(6)
+        assert not any(m["type"] == "partner_left" for m in a.messages + b.messages)
+        await a.chat("still here")
+        assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "still here"
+        newcomer = await connected(two, clients, 4)
+        await newcomer.start()
+        await newcomer.wait_for("matched", timeout=TIMEOUT)
+        await waiter.wait_for("matched", timeout=TIMEOUT)
+    finally:
+        for node in (one, two):
+            if node is not None:
+                node.stop()  # before their Redis goes
+        redis.stop()
+
+
+async def test_a_same_node_pair_still_gets_frames_with_redis(nodes, clients) -> None:
+    one, _two = nodes(), nodes()
+    a = await connected(one, clients, 1)
+    b = await connected(one, clients, 2)
+    await a.start()
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    await a.wait_frames(tag=2, count=20, timeout=TIMEOUT)
+    await b.wait_frames(tag=1, count=20, timeout=TIMEOUT)
+
+
+async def test_two_workers_share_a_port_and_pair_across(nodes, clients) -> None:
+    server = nodes("--workers", "2")
+    by_node: dict[str, ChatClient] = {}
+    for tag in range(1, 40):
+        client = await connected(server, clients, tag)
+        if client.hello["node"] in by_node:
+            await client.close()
+        else:
+            by_node[client.hello["node"]] = client
+        if len(by_node) == 2:
+            break
+    assert len(by_node) == 2, "the kernel gave every connection to one worker"
+    a, b = by_node.values()
+    await a.start()
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    await a.chat("across workers")
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "across workers"
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.05)
