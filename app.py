@@ -30,6 +30,8 @@ from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc.peer import PeerSettings
+from rtc.pipe import PipeEndpoint
+from rtc.pipe_bridge import PipeBridge
 from rtc.relay import Relay
 from signalling import headers
 from signalling.limits import AddressLimits, LimitSettings
@@ -122,8 +124,21 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
                 on_match, matcher_settings, client=client, node_id=node, waiting_ttl=BEAT_TTL
             )
 
+    bridge: PipeBridge | None = None
+    if settings.clustered:
+        assert settings.cluster_secret is not None  # parse_settings insists
+        endpoint = PipeEndpoint(
+            settings.cluster_secret.encode(),
+            host=settings.pipe_host,
+            port=settings.pipe_port,
+            encrypt=settings.pipe_encrypt,
+            keyframe_interval=settings.keyframe_interval,
+        )
+        await endpoint.start()
+        bridge = PipeBridge(endpoint, announce=settings.pipe_announce)
+        logger.info("media pipe on udp %s:%d", *bridge.address())
     lobby = Lobby(
-        Relay(peer_settings),
+        Relay(peer_settings, bridge=bridge),
         matcher_factory,
         ice_servers=[s.to_json() for s in settings.ice_servers],
         limits=AddressLimits(limits),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,9 +92,10 @@ class Settings:
     node_id: str | None = None
     # Processes sharing the HTTP port (SO_REUSEPORT), each a node; >1 needs redis.
     workers: int = 1
-    # The pipe between nodes (rtc/pipe.py, not wired yet): where it listens, the
-    # address other nodes should send to, and whether packets are encrypted.
-    pipe_host: str = "0.0.0.0"
+    # The pipe between nodes (rtc/pipe.py): where it listens (loopback: the nodes
+    # of one machine), the address other nodes send to when it listens on a
+    # wildcard address, and whether packets are encrypted, not only authenticated.
+    pipe_host: str = "127.0.0.1"
     pipe_port: int = 0
     pipe_announce: str | None = None
     pipe_encrypt: bool = False
@@ -101,6 +103,18 @@ class Settings:
     @property
     def clustered(self) -> bool:
         return self.redis is not None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_wildcard(value: str) -> bool:
+    return _is_ip(value) and ipaddress.ip_address(value).is_unspecified
 
 
 def _env(name: str, default: str) -> str:
@@ -358,13 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipe-port",
         type=_count,
         default=_count(_env("PIPE_PORT", str(d.pipe_port))),
-        help="UDP port of the media pipe; 0 = any free one [RELAY_PIPE_PORT]",
+        help="UDP port of the media pipe; 0 = any free one; worker i takes port + i "
+        "[RELAY_PIPE_PORT]",
     )
     cluster.add_argument(
         "--pipe-announce",
         default=os.environ.get("RELAY_PIPE_ANNOUNCE") or None,
-        metavar="HOST[:PORT]",
-        help="address other nodes send media to, when not the listening one [RELAY_PIPE_ANNOUNCE]",
+        metavar="IP",
+        help="IP address other nodes send media to; needed when --pipe-host is 0.0.0.0 or :: "
+        "[RELAY_PIPE_ANNOUNCE]",
     )
     cluster.add_argument(
         "--pipe-encrypt",
@@ -401,6 +417,16 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         build_parser().error(
             "--redis needs --cluster-secret (or RELAY_CLUSTER_SECRET): the same secret on "
             "every node, so nodes accept media only from each other"
+        )
+    if args.cluster_secret is not None and len(args.cluster_secret.encode()) < 16:
+        build_parser().error("--cluster-secret: at least 16 characters, the same on every node")
+    for name, value in (("--pipe-host", args.pipe_host), ("--pipe-announce", args.pipe_announce)):
+        if value is not None and not _is_ip(value):
+            build_parser().error(f"{name} {value!r}: an IP address (v4 or v6)")
+    if args.redis and _is_wildcard(args.pipe_host) and not args.pipe_announce:
+        build_parser().error(
+            f"--pipe-host {args.pipe_host} listens on every address: say which one other "
+            "nodes reach this node at with --pipe-announce IP"
         )
     if args.workers > 1 and not args.redis:
         build_parser().error(

@@ -96,6 +96,8 @@ def _worker(settings: Settings, index: int) -> None:
         node_id=f"{settings.node_id}-{index}" if settings.node_id else None,
         # Each worker has its own /metrics listener: metrics port + worker index.
         metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
+        # And its own pipe port, when one is fixed.
+        pipe_port=settings.pipe_port + index if settings.pipe_port else 0,
     )
     _setup_logging(settings)
     run_node(settings, worker=index)

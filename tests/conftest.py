@@ -233,7 +233,7 @@ def nodes(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Callable[.
                 "--redis",
                 redis or redis_url,
                 "--cluster-secret",
-                "test-secret",
+                "test-cluster-secret-0123",
                 "--media-timeout",
                 "3",
                 "--interest-timeout",
