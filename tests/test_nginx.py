@@ -125,7 +125,7 @@ async def test_the_page_loads_through_nginx_with_its_security_headers(behind_ngi
 
 
 async def test_origins_are_checked_against_what_the_browser_used(behind_nginx) -> None:
-    nginx, _one, _two = behind_nginx()
+    nginx, one, _two = behind_nginx()
     connector = aiohttp.TCPConnector(ssl=trusting(nginx))
     async with aiohttp.ClientSession(connector=connector) as http:
         # The page served by nginx: the node sees nginx's host, port and scheme.
@@ -136,7 +136,7 @@ async def test_origins_are_checked_against_what_the_browser_used(behind_nginx) -
             # Same host and port, but not the scheme the browser used.
             nginx.origin.replace("https:", "http:"),
             # The node's own address is not where the visitor's page came from.
-            f"http://127.0.0.1:{_one.port}",
+            f"http://127.0.0.1:{one.port}",
         ):
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(nginx.ws_url, origin=origin)
