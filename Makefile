@@ -7,6 +7,7 @@ PORT     ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 JANUS    ?= /usr/bin/janus
 REDIS    ?= /usr/bin/redis-server
+NGINX    ?= /usr/sbin/nginx
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -39,11 +40,17 @@ $(REDIS):
 	$(APT) update -qq
 	$(APT) install -y -qq redis-server
 
+# Debian's nginx, run by tests/test_nginx.py as an ordinary process (never the
+# system service) with docs/nginx-cluster.conf in front of two nodes.
+$(NGINX):
+	$(APT) update -qq
+	$(APT) install -y -qq nginx
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -15,6 +15,7 @@ import contextlib
 import fractions
 import json
 import random
+import ssl
 import sys
 import time
 from collections import Counter, deque
@@ -225,6 +226,7 @@ class ChatClient:
         tone_hz: float = 440.0,
         media_file: str | None = None,
         video_codec: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not 0 <= tag < 1 << 16:
             raise ValueError(f"tag {tag} is not a 16-bit number")
@@ -235,6 +237,8 @@ class ChatClient:
         self.fps = fps
         self.tone_hz = tone_hz
         self.media_file = media_file
+        # For wss:// with a certificate of your own CA (a staging proxy, tests/test_nginx.py).
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._video_preferences = (
             _codec_preferences("video", video_codec) if video_codec is not None else None
         )
@@ -312,7 +316,7 @@ class ChatClient:
         if self._session is not None:
             raise RuntimeError("already connected")
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.url)
+        self._ws = await self._session.ws_connect(self.url, ssl=self._ssl)
         self._spawn(self._read_messages())
         self.hello = await self.wait_for("hello")
         self.id = str(self.hello.get("id", ""))

@@ -526,18 +526,26 @@ class Lobby:
             # b moved on meanwhile; _unpair has already sent `left`.
             await self.relay.bridge.disconnect(peer)
             return
-        self.bus.send(sender, session.ref, {"t": "accept", "media": mine})
+        # The proposer's user is told the shared interests too: they come back with the accept.
+        self.bus.send(sender, session.ref, {"t": "accept", "media": mine, "shared": list(shared)})
         self.matches_made += 1
         self._paired(session, sender, shared)
         logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
         await self.relay.bridge.connect(peer, media)
 
-    def _accepted(self, session: Session | None, to: str, sender: SessionRef, media: Any) -> None:
+    def _accepted(
+        self,
+        session: Session | None,
+        to: str,
+        sender: SessionRef,
+        media: Any,
+        shared: Sequence[str],
+    ) -> None:
         if session is None or session.pending != sender:
             reason = "disconnect" if session is None else "next"
             self.bus.send(sender, SessionRef(to, self.node), {"t": "left", "reason": reason})
             return
-        self._paired(session, sender, ())
+        self._paired(session, sender, shared)
         assert session.peer is not None
         self._spawn(
             self.relay.bridge.connect(session.peer, media if isinstance(media, dict) else {}),
@@ -560,7 +568,8 @@ class Lobby:
                 f"accept {to}",
             )
         elif kind == "accept":
-            self._accepted(session, to, sender, message.get("media"))
+            shared = [str(i) for i in message.get("shared", ())]
+            self._accepted(session, to, sender, message.get("media"), shared)
         elif session is None:
             return
         elif kind == "refuse" or (kind == "left" and session.pending == sender):

@@ -96,6 +96,20 @@ async def test_a_pair_across_nodes_chats_and_parts(nodes, clients) -> None:
     assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
 
 
+async def test_both_sides_of_a_pair_across_nodes_are_told_their_shared_interests(
+    nodes, clients
+) -> None:
+    """Found by the two-browser test: the user on the node that made the match got
+    `matched` with no interests, as if they shared none."""
+    one, two = nodes(), nodes()
+    a = await connected(one, clients, 1)
+    b = await connected(two, clients, 2)
+    await a.start(["chess", "music"])
+    await b.start(["travel", "chess"])
+    assert (await a.wait_for("matched", timeout=TIMEOUT))["interests"] == ["chess"]
+    assert (await b.wait_for("matched", timeout=TIMEOUT))["interests"] == ["chess"]
+
+
 async def test_a_killed_node_frees_its_partners_and_the_queue(nodes, clients, redis_url) -> None:
     one, two = nodes(), nodes()
     a, _b = await cross_pair(one, two, clients)

@@ -253,3 +253,5 @@ class ChatPage:
 
 # `await open_chat("alice")`: the page opened for one more person (see conftest.py).
 OpenChat = Callable[..., Awaitable[ChatPage]]
+# `await open_page("alice", server.http_url)`: the same, on the page of a server of your choice.
+OpenPage = Callable[..., Awaitable[ChatPage]]

@@ -22,6 +22,7 @@ from chatpage import (
     UI_TIMEOUT,
     ChatPage,
     OpenChat,
+    OpenPage,
 )
 
 if TYPE_CHECKING:
@@ -103,8 +104,8 @@ def artifacts() -> Path:
 
 
 @pytest.fixture
-async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenChat]:
-    """Opens the page for one more person; `await open_chat("alice")`.
+async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
+    """Opens a server's page for one more person; `await open_page("alice", url)`.
 
     Each person is a separate browser context (separate storage, devices and
     permissions). At the end every context is closed, and the test fails if a
@@ -113,7 +114,7 @@ async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenCh
     opened: list[ChatPage] = []
 
     async def open_(
-        name: str, *, viewport: dict[str, int] = DESKTOP, on: Browser | None = None
+        name: str, url: str, *, viewport: dict[str, int] = DESKTOP, on: Browser | None = None
     ) -> ChatPage:
         context = await (on or browser).new_context(viewport=viewport)
         await context.add_init_script(RECORD_PEER_CONNECTIONS)
@@ -122,7 +123,7 @@ async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenCh
         page.set_default_timeout(UI_TIMEOUT * 1000)
         chat = ChatPage(context, page, name)
         opened.append(chat)
-        await page.goto(relay_server.http_url + "/")
+        await page.goto(url.rstrip("/") + "/")
         return chat
 
     yield open_
@@ -134,3 +135,16 @@ async def open_chat(browser: Browser, relay_server: Any) -> AsyncIterator[OpenCh
         except Exception as exc:  # the browser may already be gone
             print(f"closing {chat.name}: {exc}")
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def open_chat(relay_server: Any, open_page: OpenPage) -> OpenChat:
+    """Opens the `relay_server` fixture's page for one more person; `await open_chat("alice")`.
+
+    The server is asked for first, so the pages close before it stops.
+    """
+
+    async def open_(name: str, **options: Any) -> ChatPage:
+        return await open_page(name, relay_server.http_url, **options)
+
+    return open_
