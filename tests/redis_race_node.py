@@ -142,9 +142,25 @@ class Node:
         }
 
 
+# A node still busy this long after its run should have ended is stuck: it says
+# where every task is waiting (on stderr, which the test shows) instead of hanging.
+STUCK_AFTER = 30.0
+
+
+async def run_or_explain(node: Node, seconds: float) -> dict[str, object]:
+    try:
+        return await asyncio.wait_for(node.run(seconds), seconds + STUCK_AFTER)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+        raise SystemExit(f"{node.node}: stuck {STUCK_AFTER:.0f} s after its run") from None
+
+
 def main() -> None:
     url, prefix, node, seed, seconds, users, out = sys.argv[1:]
-    result = asyncio.run(Node(url, prefix, node, int(seed), int(users)).run(float(seconds)))
+    result = asyncio.run(
+        run_or_explain(Node(url, prefix, node, int(seed), int(users)), float(seconds))
+    )
     Path(out).write_text(json.dumps(result))
 
 
