@@ -54,6 +54,10 @@ class RedisServer:
         self.stop()
         raise RuntimeError(f"redis-server did not answer PING:\n{self.log()}")
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
