@@ -185,3 +185,58 @@ def test_help_describes_every_option() -> None:
         "--max-other-cpu",
     ):
         assert option in done.stdout
+
+
+CLUSTER_FIELDS = (
+    "cross_node_pairs",
+    "server_cpu_per_pair_pct",
+    "server_cpu_us_per_forwarded_packet",
+    "redis_cpu_pct",
+    "delivered_ratio",
+    "next_first_frame_ms_p50",
+    "time_to_match_ms_p50",
+    "time_to_match_samples",
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_cluster_run_reports_local_and_cross_node_pairs(tmp_path) -> None:
+    out = tmp_path / "cluster.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.relay",
+        "--cluster",
+        "2",
+        "--pairs",
+        "1",
+        "--seconds",
+        "2",
+        "--direct-seconds",
+        "1",
+        "--switches",
+        "2",
+        "--loop-seconds",
+        "2",
+        "--max-other-cpu",
+        "-1",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "cross / local server CPU" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["cluster_nodes"] == 2
+    for placement, crossing in (("local", 0), ("cross", 1)):
+        run = result[placement]
+        assert "error" not in run, run.get("error")
+        for field in CLUSTER_FIELDS:
+            assert field in run, (placement, field)
+        assert run["placement"] == placement
+        assert run["cross_node_pairs"] == crossing
+        assert run["server_exit_codes"] == [0, 0]
+        assert run["switch_error"] is None
+        assert run["time_to_match_samples"] >= 1
+    assert result["cross_over_local_cpu"] > 0
+    assert all("met" in t for t in result["targets"].values())
