@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shlex
 import sys
@@ -220,15 +221,20 @@ async def child(spec: dict[str, Any]) -> dict[str, Any]:
         run.requeue(user)
     await asyncio.sleep(max(0.0, run.window[1] - time.time()))
     run.stopping = True
-    waiting = None
     assert nodes[0].matcher is not None
     waiting = await nodes[0].matcher.waiting()
-    for task in feeds:
+    # Bounded: a feed reader blocked in XREAD, or a decision stuck behind a slow
+    # script, must not keep the result from the parent.
+    pending = [*feeds, *run.tasks]
+    for task in pending:
         task.cancel()
-    await asyncio.gather(*feeds, *run.tasks, return_exceptions=True)
+    if pending:
+        await asyncio.wait(pending, timeout=10)
     for node in nodes:
         assert node.matcher is not None
-        await node.matcher.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await node.matcher.close()
     return {
         "matches": sum(1 for t in run.match_times if run.in_window(t)),
         "ttm": run.ttm,
