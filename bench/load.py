@@ -182,7 +182,7 @@ class RelayUser:
     """A visitor of the relay: one LoadPeer and the signalling WebSocket.
 
     ``events`` logs ``(monotonic time, what)`` for what the analysis needs:
-    ``next`` sent, ``matched`` and ``partner_left`` received.
+    ``start`` and ``next`` sent, ``matched`` and ``partner_left`` received.
     """
 
     def __init__(self, url: str, media: LoadMedia, *, tag: int) -> None:
@@ -210,6 +210,7 @@ class RelayUser:
         await self._ws.send_str(json.dumps(message))
 
     async def start(self) -> None:
+        self.events.append((time.monotonic(), "start"))
         await self.send({"type": "start"})
 
     async def next(self) -> None:

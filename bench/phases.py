@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,26 @@ async def direct_phase(
     }
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """Several server nodes sharing one lobby, and where each pair's two people sit.
+
+    ``placement`` "local" puts both people of pair k on node k mod N; "cross"
+    puts them on nodes k and k+1 mod N, so their media crosses the pipe.
+    Pairs are started one at a time, so the only waiting candidate of the
+    second person is the first, wherever they sit.
+    """
+
+    nodes: tuple[RelayServer, ...]
+    placement: str = "local"
+    # Processes besides the nodes whose CPU the result reports on its own (Redis).
+    extra_pids: tuple[int, ...] = ()
+
+    def node_of_pair(self, k: int) -> tuple[int, int]:
+        n = len(self.nodes)
+        return (k % n, (k + 1) % n if self.placement == "cross" else k % n)
+
+
 async def relay_phase(
     pool: WorkerPool,
     server: RelayServer,
@@ -204,28 +224,39 @@ async def relay_phase(
     *,
     profile: Path | None = None,
     dump: Path | None = None,
+    cluster: Cluster | None = None,
 ) -> dict[str, Any]:
     """Pairs through our server: a steady window, then `next` after `next`.
 
     With ``profile``, py-spy samples the server through the window (collapsed
-    stacks there, a summary beside it with `.txt` added).
+    stacks there, a summary beside it with `.txt` added). With ``cluster``
+    the pairs go through its nodes (``server`` is ignored) and "server" is the
+    sum of every node.
     """
-    label = server.mode
-    meter = Meter({"server": [server.pid], "clients": pool.pids, "bench": [_own_pid()]})
+    nodes = cluster.nodes if cluster is not None else (server,)
+    label = nodes[0].mode if cluster is None else f"{nodes[0].mode}-{cluster.placement}"
+    groups = {"server": [n.pid for n in nodes], "clients": pool.pids, "bench": [_own_pid()]}
+    if cluster is not None and cluster.extra_pids:
+        groups["redis"] = list(cluster.extra_pids)
+    meter = Meter(groups)
     rss_idle = meter.rss_mb("server")
     pairs = _pairs("relay", load.pairs)
     where: dict[str, int] = {}
+    node_of: dict[str, int] = {}
     for k, (a, _, b, _) in enumerate(pairs):
         where[a] = where[b] = k % pool.count
+        node_of[a], node_of[b] = cluster.node_of_pair(k) if cluster else (0, 0)
 
     waited = await _quiet(load, meter, progress, label)
-    progress(f"{label}: connecting {2 * load.pairs} load clients to the server")
+    progress(f"{label}: connecting {2 * load.pairs} load clients to {len(nodes)} node(s)")
     await asyncio.gather(
         *(
             pool.call(
                 w,
                 "relay_users",
-                url=server.ws_url,
+                urls=[
+                    nodes[node_of[n]].ws_url for p in pairs[w :: pool.count] for n in (p[0], p[2])
+                ],
                 names=[n for p in pairs[w :: pool.count] for n in (p[0], p[2])],
                 tags=[t for p in pairs[w :: pool.count] for t in (p[1], p[3])],
             )
@@ -244,10 +275,12 @@ async def relay_phase(
     progress(f"{label}: {load.pairs} pairs matched; warming up")
     await asyncio.sleep(WARMUP)
 
-    before = await server.scrape()
-    profiling = asyncio.create_task(record(server.pid, load.seconds, profile)) if profile else None
+    before = await _scrape(nodes)
+    profiling = (
+        asyncio.create_task(record(nodes[0].pid, load.seconds, profile)) if profile else None
+    )
     start, end = await _measure(load.seconds, meter, progress, label)
-    after = await server.scrape()
+    after = await _scrape(nodes)
     if profiling is not None and profile is not None:
         await profiling
         progress(f"{label}: profile summary in {write_summary(profile)}")
@@ -255,39 +288,116 @@ async def relay_phase(
     await asyncio.sleep(GRACE)
 
     partners = {a: b for a, _, b, _ in pairs} | {b: a for a, _, b, _ in pairs}
+    partners_at_start = dict(partners)
     switch_error = None
     if load.switches:
         progress(f"{label}: {load.switches} partner switches with next")
         try:
-            await _switches(pool, server, load.switches, partners, where)
+            await _switches(pool, nodes, load.switches, partners, where, node_of, cluster)
         except (WorkerError, TimeoutError) as exc:
             # An overwhelmed relay may not pair in time; the window's numbers still stand.
             switch_error = str(exc)
             progress(f"{label}: switching stopped: {exc}")
     result = await _window_result(
-        server.mode, pool, load, (start, end), (rss_idle, rss), waited, dump
+        nodes[0].mode, pool, load, (start, end), (rss_idle, rss), waited, dump, keep_events=True
     )
-    return result | {
-        "server_metrics": _deltas(before, after, end.at - start.at),
-        "switch_error": switch_error,
+    events = result.pop("_events")
+    metrics = _deltas(before, after, end.at - start.at)
+    result |= {"server_metrics": metrics, "switch_error": switch_error}
+    if cluster is not None:
+        seconds = {b for _, _, b, _ in pairs}
+        result |= _cluster_numbers(cluster, result, metrics, node_of, partners_at_start)
+        ttm = [
+            after - before
+            for name, log in events.items()
+            for before, after in _start_to_match(log, second=name in seconds)
+        ]
+        result |= {
+            "time_to_match_ms_p50": _ms(percentile(ttm, 50)),
+            "time_to_match_ms_p95": _ms(percentile(ttm, 95)),
+            "time_to_match_samples": len(ttm),
+        }
+    return result
+
+
+async def _scrape(nodes: Sequence[RelayServer]) -> dict[str, float]:
+    """Every node's /metrics, summed sample by sample."""
+    total: dict[str, float] = {}
+    for node in nodes:
+        for key, value in (await node.scrape()).items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def _cluster_numbers(
+    cluster: Cluster,
+    result: dict[str, Any],
+    metrics: dict[str, Any],
+    node_of: dict[str, int],
+    partners: dict[str, str],
+) -> dict[str, Any]:
+    """What a cluster run adds: placement, CPU per forwarded packet, time to match."""
+    cross = sum(1 for a, b in partners.items() if node_of[a] != node_of[b]) // 2
+    packets = sum(v for k, v in metrics.items() if k.startswith("relay_forwarded_packets_total"))
+    cpu_seconds = result["server_cpu_pct"] / 100 * result["seconds"]
+    return {
+        "cluster_nodes": len(cluster.nodes),
+        "placement": cluster.placement,
+        "cross_node_pairs": cross,
+        "redis_cpu_pct": result.get("redis_cpu_pct"),
+        "server_cpu_us_per_forwarded_packet": round(cpu_seconds / packets * 1e6, 1)
+        if packets
+        else None,
     }
+
+
+def _start_to_match(events: list[list[Any]], *, second: bool) -> list[tuple[float, float]]:
+    """(`next` or first `start`, the `matched` that followed) for each visit the matcher timed.
+
+    Only visits that found someone already waiting: every `next` (the bench
+    keeps a stranger waiting) and the first `start` of the second person of
+    each pair. A first person's start and a left partner's restart wait for
+    the bench's next step, not for the matcher.
+    """
+    out: list[tuple[float, float]] = []
+    asked: float | None = None
+    starts = 0
+    for when, what in events:
+        if what == "next" or (what == "start" and second and starts == 0):
+            asked = float(when)
+        if what == "start":
+            starts += 1
+        elif what == "matched" and asked is not None:
+            out.append((asked, float(when)))
+            asked = None
+    return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 async def _switches(
     pool: WorkerPool,
-    server: RelayServer,
+    nodes: Sequence[RelayServer],
     rounds: int,
     partners: dict[str, str],
     where: dict[str, int],
+    node_of: dict[str, int],
+    cluster: Cluster | None = None,
 ) -> None:
     """Each round one paired user sends `next` and gets the one stranger who is waiting.
 
     The partner left behind starts again and becomes the stranger who waits for
     the next round, so a waiting user is always there, as on a busy server.
+    In a cluster the leaver is taken from the waiting stranger's node
+    ("local") or from another node ("cross"), so each new pair keeps the
+    placement.
     """
     spare = "relay-spare"
     where[spare] = 0
-    await pool.call(0, "relay_users", url=server.ws_url, names=[spare], tags=[29_999])
+    node_of[spare] = 0
+    await pool.call(0, "relay_users", urls=[nodes[0].ws_url], names=[spare], tags=[29_999])
     await pool.call(0, "start", name=spare)
     waiting = spare
     last_partner: dict[str, str] = {}
@@ -297,6 +407,10 @@ async def _switches(
         candidates = [
             name for name in order if name in partners and name != last_partner.get(waiting)
         ]
+        if cluster is not None:
+            cross = cluster.placement == "cross"
+            placed = [n for n in candidates if (node_of[n] != node_of[waiting]) == cross]
+            candidates = placed or candidates
         leaver = candidates[turn % len(candidates)]
         left = partners.pop(leaver)
         await pool.call(where[leaver], "next", name=leaver)
@@ -353,15 +467,23 @@ async def _window_result(
     rss_idle_and_end: tuple[float, float],
     waited: float,
     dump: Path | None,
+    *,
+    keep_events: bool = False,
 ) -> dict[str, Any]:
-    """Collect the clients' logs and turn one measured window into the result fields."""
+    """Collect the clients' logs and turn one measured window into the result fields.
+
+    ``keep_events`` adds ``_events`` (each client's signalling events) for the caller.
+    """
     start, end = window
     rss_idle, rss = rss_idle_and_end
     clients, lags = await pool.collect()
     dump_logs(clients, dump)
     report = analyse(clients, (start.at, end.at))
     cpu = cpu_percent(start, end)
-    return {
+    extra: dict[str, Any] = {"redis_cpu_pct": cpu["redis"]} if "redis" in cpu else {}
+    if keep_events:
+        extra["_events"] = {name: log.get("events", []) for name, log in clients.items()}
+    return extra | {
         "relay": relay,
         "pairs": load.pairs,
         "seconds": load.seconds,

@@ -34,6 +34,7 @@ from bench.media import encode_load_media
 from bench.meter import machine
 from bench.phases import Load, print_progress
 from bench.pool import WorkerPool
+from bench.redis_server import RedisServer
 from bench.target import RelayServer
 
 # Targets of issue 4, checked on the passthrough result (never asserted in tests).
@@ -42,6 +43,10 @@ TARGET_CPU_RATIO = 25.0
 TARGET_DELIVERED = 0.995
 TARGET_ADDED_LATENCY_MS = 15.0
 TARGET_NEXT_FIRST_FRAME_MS = 150.0
+# Issue 10: a cross-node pair costs at most this much more server CPU than a local one.
+TARGET_CROSS_EXTRA_CPU = 0.25
+# Only the benchmark's own nodes, on loopback, share it.
+CLUSTER_SECRET = "bench-cluster-secret-0123456789"
 # Load clients per worker process before another worker is started.
 PAIRS_PER_WORKER = 5
 MAX_WORKERS = 4
@@ -112,7 +117,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quiet-wait", type=float, default=300.0, help="longest wait for a quiet machine, seconds"
     )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N server nodes on one redis-server of their own (started here) instead of "
+        "one server; see --placement",
+    )
+    p.add_argument(
+        "--placement",
+        choices=("local", "cross", "both"),
+        default="both",
+        help="with --cluster: both people of a pair on one node (local), on two nodes "
+        "(cross, media through the pipe), or one run of each",
+    )
     args = p.parse_args(argv)
+    if args.cluster == 1 or args.cluster < 0:
+        p.error("--cluster needs at least 2 nodes")
+    if args.cluster and (args.compare or args.janus or args.relay != "passthrough"):
+        p.error("--cluster measures passthrough only (no --compare, --janus or --relay)")
+    if args.cluster and args.sweep:
+        p.error("--cluster takes --pairs, not --sweep")
     if args.plot and not args.sweep:
         p.error("--plot needs --sweep")
     if args.compare and args.relay == "janus":
@@ -138,6 +164,8 @@ async def measure(
     load = Load(pairs=pairs, seconds=args.seconds, switches=args.switches, **quiet)
     pool = WorkerPool(_worker_count(args, pairs), media_path, log_dir)
     await pool.start()
+    if args.cluster:
+        return await _measure_cluster(args, pairs, pool, load, log_dir, quiet)
     runs: dict[str, dict[str, Any]] = {}
     modes = ["passthrough", "transcode"] if args.compare else [args.relay]
     try:
@@ -188,6 +216,117 @@ async def measure(
     if primary_name == "passthrough" and "error" not in result:
         result["targets"] = _targets(result)
     return result
+
+
+async def _measure_cluster(
+    args: argparse.Namespace,
+    pairs: int,
+    pool: WorkerPool,
+    load: Load,
+    log_dir: Path,
+    quiet: dict[str, Any],
+) -> dict[str, Any]:
+    """Direct baseline, then the pairs through N nodes on one Redis, local and/or cross-node."""
+    placements = ["local", "cross"] if args.placement == "both" else [args.placement]
+    runs: dict[str, dict[str, Any]] = {}
+    redis = RedisServer()
+    try:
+        direct = await phases.direct_phase(
+            pool,
+            Load(
+                pairs=pairs,
+                seconds=args.direct_seconds or min(args.seconds, 10.0),
+                switches=0,
+                **quiet,
+            ),
+            dump=_dump(args, f"direct-{pairs}"),
+        )
+        for db, placement in enumerate(placements):
+            url = f"{redis.url.rsplit('/', 1)[0]}/{db}"
+            runs[placement] = await _attempt(
+                placement,
+                pairs,
+                pool,
+                _cluster(args, pool, placement, url, redis.pid, load, log_dir),
+            )
+    finally:
+        await pool.close()
+        redis.stop()
+    for run in runs.values():
+        if "error" not in run:
+            run["direct_latency_ms_p50"] = direct["latency_ms_p50"]
+            run["direct_latency_ms_p95"] = direct["latency_ms_p95"]
+            run["added_latency_ms"] = _added(run, direct)
+    result: dict[str, Any] = {
+        "relay": "passthrough",
+        "pairs": pairs,
+        "seconds": args.seconds,
+        "cluster_nodes": args.cluster,
+        "direct": direct,
+        **runs,
+    }
+    local, cross = runs.get("local", {}), runs.get("cross", {})
+    lc, cc = local.get("server_cpu_pct"), cross.get("server_cpu_pct")
+    result["cross_over_local_cpu"] = round(cc / lc, 3) if lc and cc else None
+    result["targets"] = _cluster_targets(result)
+    return result
+
+
+async def _cluster(
+    args: argparse.Namespace,
+    pool: WorkerPool,
+    placement: str,
+    redis_url: str,
+    redis_pid: int,
+    load: Load,
+    log_dir: Path,
+) -> dict[str, Any]:
+    nodes = tuple(
+        RelayServer(
+            "passthrough",
+            log_dir / f"server-{placement}-{load.pairs}-node{i}.log",
+            (
+                "--redis",
+                redis_url,
+                "--cluster-secret",
+                CLUSTER_SECRET,
+                "--node-id",
+                f"bench-{placement}-{i}",
+                # One moderation database per node: nodes that open one file at the same
+                # moment can fail with "database is locked" (see docs/performance.md).
+                "--db",
+                str(log_dir / f"moderation-{placement}-{load.pairs}-node{i}.sqlite3"),
+            ),
+        )
+        for i in range(args.cluster)
+    )
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+        cluster = phases.Cluster(nodes, placement, extra_pids=(redis_pid,))
+        result = await phases.relay_phase(
+            pool, nodes[0], load, cluster=cluster, dump=_dump(args, f"{placement}-{load.pairs}")
+        )
+    finally:
+        codes = await asyncio.gather(*(node.stop() for node in nodes))
+    result["relay"] = f"passthrough-{placement}"
+    result["server_exit_codes"] = list(codes)
+    return result
+
+
+def _cluster_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ratio = result.get("cross_over_local_cpu")
+    first = result.get("cross", {}).get("next_first_frame_ms_p50")
+    limit = 1 + TARGET_CROSS_EXTRA_CPU
+    return {
+        f"cross-node pair CPU / local pair CPU <= {limit}": {
+            "value": ratio,
+            "met": None if ratio is None else ratio <= limit,
+        },
+        f"cross-node next_first_frame_ms_p50 <= {TARGET_NEXT_FIRST_FRAME_MS}": {
+            "value": first,
+            "met": None if first is None else first <= TARGET_NEXT_FIRST_FRAME_MS,
+        },
+    }
 
 
 async def _attempt(
@@ -273,6 +412,8 @@ def _targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def describe(result: dict[str, Any]) -> str:
     """A few lines a person reads; the JSON has everything."""
+    if result.get("cluster_nodes"):
+        return _describe_cluster(result)
     runs = [result] + [result[n] for n in ("transcode", "janus") if isinstance(result.get(n), dict)]
     direct = result.get("direct", {})
     head = (
@@ -301,6 +442,35 @@ def describe(result: dict[str, Any]) -> str:
             f"cpu ratio transcode/passthrough: {result['cpu_ratio']} "
             f"(per delivered frame: {result.get('cpu_ratio_per_delivered_frame')})"
         )
+    for name, target in result.get("targets", {}).items():
+        mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
+        rows.append(f"target {name}: {target['value']} ({mark})")
+    return "\n".join(rows)
+
+
+def _describe_cluster(result: dict[str, Any]) -> str:
+    direct = result.get("direct", {})
+    rows = [
+        f"{result['pairs']} pairs on {result['cluster_nodes']} nodes, {result['seconds']} s "
+        f"windows, direct latency p50 {direct.get('latency_ms_p50')} ms",
+        f"{'placement':<10}{'cross':>6}{'cpu/pair':>9}{'us/pkt':>8}{'redis':>7}{'delivered':>10}"
+        f"{'p50 ms':>8}{'p95 ms':>8}{'next p50':>9}{'next p95':>9}{'match p50':>10}",
+    ]
+    for placement in ("local", "cross"):
+        run = result.get(placement)
+        if not isinstance(run, dict):
+            continue
+        if "error" in run:
+            rows.append(f"{placement:<10}{run['error']}")
+            continue
+        rows.append(
+            f"{placement:<10}{run['cross_node_pairs']:>6}{run['server_cpu_per_pair_pct']:>8}%"
+            f"{_fmt(run['server_cpu_us_per_forwarded_packet']):>8}{_fmt(run['redis_cpu_pct']):>6}%"
+            f"{_fmt(run['delivered_ratio']):>10}{_fmt(run['latency_ms_p50']):>8}"
+            f"{_fmt(run['latency_ms_p95']):>8}{_fmt(run.get('next_first_frame_ms_p50')):>9}"
+            f"{_fmt(run.get('next_first_frame_ms_p95')):>9}{_fmt(run['time_to_match_ms_p50']):>10}"
+        )
+    rows.append(f"cross / local server CPU: {result.get('cross_over_local_cpu')}")
     for name, target in result.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
         rows.append(f"target {name}: {target['value']} ({mark})")

@@ -69,17 +69,27 @@ class Worker:
 
     # -- commands ----------------------------------------------------------
 
-    async def relay_users(self, url: str, names: list[str], tags: list[int]) -> None:
-        """Connect one relay visitor per name (WebSocket, offer, media up); none starts yet."""
-        http = await self.http()
+    async def relay_users(
+        self,
+        names: list[str],
+        tags: list[int],
+        url: str | None = None,
+        urls: list[str] | None = None,
+    ) -> None:
+        """Connect one relay visitor per name (WebSocket, offer, media up); none starts yet.
 
-        async def one(name: str, tag: int) -> None:
-            user = RelayUser(url, self.media, tag=tag)
+        Every visitor to ``url``, or each to its own of ``urls`` (cluster nodes).
+        """
+        http = await self.http()
+        where = urls if urls is not None else [url or ""] * len(names)
+
+        async def one(name: str, tag: int, to: str) -> None:
+            user = RelayUser(to, self.media, tag=tag)
             self.users[name] = user
             async with self._limit:
                 await user.connect(http)
 
-        await asyncio.gather(*(one(n, t) for n, t in zip(names, tags, strict=True)))
+        await asyncio.gather(*(one(*a) for a in zip(names, tags, where, strict=True)))
 
     async def start(self, name: str) -> None:
         await self.users[name].start()

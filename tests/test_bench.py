@@ -183,5 +183,79 @@ def test_help_describes_every_option() -> None:
         "--sweep",
         "--profile",
         "--max-other-cpu",
+        "--cluster",
+        "--placement",
     ):
         assert option in done.stdout
+
+
+CLUSTER_FIELDS = (
+    "cross_node_pairs",
+    "server_cpu_per_pair_pct",
+    "server_cpu_us_per_forwarded_packet",
+    "redis_cpu_pct",
+    "delivered_ratio",
+    "next_first_frame_ms_p50",
+    "time_to_match_ms_p50",
+    "time_to_match_samples",
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_cluster_run_reports_local_and_cross_node_pairs(tmp_path) -> None:
+    out = tmp_path / "cluster.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.relay",
+        "--cluster",
+        "2",
+        "--pairs",
+        "1",
+        "--seconds",
+        "2",
+        "--direct-seconds",
+        "1",
+        "--switches",
+        "2",
+        "--loop-seconds",
+        "2",
+        "--max-other-cpu",
+        "-1",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "cross / local server CPU" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["cluster_nodes"] == 2
+    for placement, crossing in (("local", 0), ("cross", 1)):
+        run = result[placement]
+        assert "error" not in run, run.get("error")
+        for field in CLUSTER_FIELDS:
+            assert field in run, (placement, field)
+        assert run["placement"] == placement
+        assert run["cross_node_pairs"] == crossing
+        assert run["server_exit_codes"] == [0, 0]
+        assert run["switch_error"] is None
+        assert run["time_to_match_samples"] >= 1
+    assert result["cross_over_local_cpu"] > 0
+    assert all("met" in t for t in result["targets"].values())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("matcher", ["redis", "memory"])
+def test_a_tiny_matcher_run_reports_its_rate(tmp_path, matcher: str) -> None:
+    out = tmp_path / "matcher.json"
+    command = [sys.executable, "-m", "bench.matcher", "--matcher", matcher]
+    command += ["--waiting", "20", "--active", "8", "--seconds", "1", "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["matcher"] == matcher and result["waiting"] == 20
+    assert result["matches"] > 0 and result["errors"] == 0
+    assert result["time_to_match_ms_p50"] is not None
+    # The backlog stays waiting: nobody in it may be matched.
+    assert result["waiting_at_end"] >= 20
+    assert all("met" in t for t in result["target"].values())

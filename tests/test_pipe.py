@@ -249,7 +249,8 @@ async def test_forged_replayed_unknown_and_misaddressed_datagrams_are_dropped(
     assert dict(node_y.dropped) == expected
     assert dict(node_x.dropped) == {"wrong_address": 1}
     assert piped.frames == 5
-    assert publisher.keyframe_requests == 0, "a misaddressed request asks nothing of the browser"
+    # The one request is send_stream's own: a misaddressed one asks nothing of the browser.
+    assert publisher.keyframe_requests == 1
 
     # The stream goes on.
     push_frames(publisher, 5, start=5)
@@ -270,6 +271,21 @@ async def test_a_lost_codec_message_is_asked_for_again(
     assert piped.codec is not None and piped.codec.mimeType == VP8.mimeType
     push_frames(publisher, 3, start=4)
     await until(lambda: piped.frames >= 3)
+
+
+async def test_a_keyframe_arrives_with_its_codec_after_the_first_codec_message_was_lost(
+    endpoints: tuple[PipeEndpoint, ...], publisher: Publisher
+) -> None:
+    node_x, node_y, _ = endpoints
+    push_frames(publisher, 1)  # the publisher knows its codec already
+    node_x.send_stream(publisher, node_y.address, 4)
+    await until(lambda: node_y.dropped["unknown_stream"] == 1)  # that CODEC message
+    piped = node_y.receive_stream(4, "video", node_x.address)
+    # The keyframe the receiver asked for is its first packets: none may be lost to
+    # a codec it does not know yet (it would wait a keyframe interval for the next).
+    push_frames(publisher, 1, start=1)
+    await until(lambda: piped.frames == 1)
+    assert piped.codec is not None and piped.codec.mimeType == VP8.mimeType
 
 
 async def test_keyframe_requests_codec_and_bye(
@@ -295,6 +311,22 @@ async def test_keyframe_requests_codec_and_bye(
         node_y.receive_stream(6, "video", ("localhost", 1))
     await node_y.stop_receiving(5, node_x.address)
     assert node_y.streams_in == ()
+
+
+async def test_a_keyframe_request_sent_before_the_stream_starts_is_made_up_for(
+    endpoints: tuple[PipeEndpoint, ...], publisher: Publisher
+) -> None:
+    node_x, node_y, _ = endpoints
+    # Y attaches first and asks for a keyframe; X does not know the stream yet.
+    piped = node_y.receive_stream(7, "video", node_x.address)
+    piped.request_keyframe()
+    await until(lambda: node_x.dropped["unknown_stream"] == 1)
+    assert publisher.keyframe_requests == 0
+    # X starts sending: the publisher is asked at once, not a keyframe interval later.
+    node_x.send_stream(publisher, node_y.address, 7)
+    assert publisher.keyframe_requests == 1
+    push_frames(publisher, 2)
+    await until(lambda: piped.frames == 2)
 
 
 async def test_a_closed_publisher_ends_its_stream(
