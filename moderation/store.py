@@ -185,7 +185,7 @@ class ModerationStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA busy_timeout = 5000")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _set_wal(self._db)
             # With WAL, NORMAL loses at most the last commits on power loss, never consistency.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
@@ -476,3 +476,21 @@ def _report(row: tuple[Any, ...]) -> Report:
 
 def _ban(row: tuple[Any, ...]) -> Ban:
     return Ban(*row)
+
+
+def _set_wal(db: sqlite3.Connection, *, wait: float = 10.0) -> None:
+    """Switch to WAL, waiting out other processes that open the same new file.
+
+    Switching a new database to WAL needs an exclusive lock and, unlike other
+    statements, fails at once with "database is locked" instead of using the
+    busy timeout: `--workers N` opening one fresh file killed a worker so.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,3 +179,24 @@ def test_normalize_ip() -> None:
     assert normalize_ip("2001:DB8::0001") == "2001:db8::1"
     assert normalize_ip(" 10.0.0.1 ") == "10.0.0.1"
     assert normalize_ip("not an address") == "not an address"
+
+
+def _open_store(path: str, start: Any) -> None:
+    start.wait()
+    ModerationStore(path).close()
+
+
+def test_processes_opening_one_new_file_at_once_all_succeed(tmp_path) -> None:
+    # `--workers N` starts N processes on one --db at the same moment.
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    path = str(tmp_path / "shared.sqlite3")
+    processes = [context.Process(target=_open_store, args=(path, start)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    start.set()
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0] * 6
+    with ModerationStore(path) as store:
+        assert store.reports() == []
