@@ -19,6 +19,14 @@ from signalling.metrics import METRICS
 from signalling.web import LOBBY
 
 TIMEOUT = 20.0
+# The media counters that grow whenever a pair's media flows.
+FLOWING = (
+    "relay_received_frames_total",
+    "relay_received_bytes_total",
+    "relay_forwarded_frames_total",
+    "relay_forwarded_packets_total",
+    "relay_forwarded_bytes_total",
+)
 
 NAMES = (
     "relay_users_connected",
@@ -77,13 +85,7 @@ async def test_metrics_follow_a_pair_that_forwards_media(relay_server, clients) 
     # Attaching asks each publisher for a keyframe.
     assert first["relay_keyframe_requests_sent_total{kind=video}"] >= 1
     for kind in ("audio", "video"):
-        for name in (
-            "relay_received_frames_total",
-            "relay_received_bytes_total",
-            "relay_forwarded_frames_total",
-            "relay_forwarded_packets_total",
-            "relay_forwarded_bytes_total",
-        ):
+        for name in FLOWING:
             assert first[f"{name}{{kind={kind}}}"] > 0, (name, kind)
 
     await a.wait_frames(tag=2, count=10, after=a.frames[-1].recv_time, timeout=TIMEOUT)
@@ -163,13 +165,7 @@ async def test_closed_visits_are_freed_without_a_scrape(local_server, tmp_path) 
 
     totals = _parse(server.app[METRICS].render())
     for kind in ("audio", "video"):
-        for name in (
-            "relay_received_frames_total",
-            "relay_received_bytes_total",
-            "relay_forwarded_frames_total",
-            "relay_forwarded_packets_total",
-            "relay_forwarded_bytes_total",
-        ):
+        for name in FLOWING:
             assert totals[f"{name}{{kind={kind}}}"] > 0, (name, kind)
     # One more visit: the totals carry on from the closed ones.
     await _pair_and_leave(server.ws_url, tags=(7, 8))
