@@ -27,6 +27,7 @@ aiortc to the minor version those tests pass on.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import queue
 import random
@@ -576,10 +577,7 @@ class PacketSender:
         self.ready = False
         # The next sequence number to use when nobody asks for a particular one.
         self.sequence_number = random.getrandbits(16)
-        # Packets and payload bytes sent (what aiortc's outbound-rtp stats report,
-        # readable without awaiting getStats()).
         self.packets = 0
-        self.bytes = 0
         self.dropped = 0
         self.retransmitted = 0
         self._rtx_sequence_number = random.getrandbits(16)
@@ -591,6 +589,16 @@ class PacketSender:
         self._connection: Any = None
         setattr(sender, _RUN_RTP, self._run)
         setattr(sender, _RETRANSMIT, self._retransmit)
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes sent: the octet count `send` keeps for aiortc's sender reports
+        (and its outbound-rtp stats), readable without awaiting getStats().
+
+        Named like `Publisher.bytes`; below it, this class spells the type `builtins.bytes`.
+        """
+        octets: int = self._state[_SENDER_OCTETS]
+        return octets
 
     def _start(self, codec: RTCRtpCodecParameters) -> None:
         state = self._state
@@ -637,7 +645,11 @@ class PacketSender:
             self._state[_SENDER_RTP_EXITED].set()
 
     def send(
-        self, payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+        self,
+        payload: builtins.bytes,
+        marker: bool,
+        timestamp: int,
+        sequence_number: int | None = None,
     ) -> bool:
         """Send one packet now; False if it could not go (not connected, or the socket is full)."""
         if not self.ready:
@@ -659,7 +671,6 @@ class PacketSender:
             payload,
         )
         self.packets += 1
-        self.bytes += len(payload)
         state = self._state
         state[_SENDER_NTP] = ntp
         state[_SENDER_RTP_TIMESTAMP] = timestamp
@@ -667,7 +678,7 @@ class PacketSender:
         state[_SENDER_PACKETS] += 1
         return True
 
-    def _transmit(self, plain: bytes) -> bool:
+    def _transmit(self, plain: builtins.bytes) -> bool:
         dtls = self._dtls
         # The enum itself: the public `state` property formats a string per call.
         if dtls is None or dtls._state is not DtlsState.CONNECTED:

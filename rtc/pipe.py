@@ -189,6 +189,8 @@ class PipePublisher(PacketSource):
         self.ended = False
         self._endpoint = endpoint
         self._last_codec_request = -CODEC_REQUEST_INTERVAL
+        # The CODEC body `codec` came from.
+        self._codec_body: bytes | None = None
 
     def _receive_rtp(self, body: bytes) -> bool:
         if len(body) < _RTP.size:
@@ -213,12 +215,14 @@ class PipePublisher(PacketSource):
         return True
 
     def _receive_codec(self, body: bytes) -> bool:
+        # The sender repeats its CODEC ahead of every keyframe: the same bytes, nothing to parse.
+        if body == self._codec_body:
+            return True
         codec = codec_from_json(body, self.kind)
         if codec is None:
             return False
-        current = self.codec
-        if current is None or codec_to_json(current) != body:
-            self._set_codec(codec)
+        self._codec_body = body
+        self._set_codec(codec)
         return True
 
     def _ask_for_codec(self) -> None:
@@ -249,7 +253,7 @@ class PipePublisher(PacketSource):
 class _OutgoingStream:
     """Sits in a local source's fan-out and sends every packet on over the pipe."""
 
-    __slots__ = ("_codec", "_endpoint", "publisher", "stream_id", "to")
+    __slots__ = ("_codec", "_codec_body", "_endpoint", "publisher", "stream_id", "to")
 
     def __init__(
         self, endpoint: PipeEndpoint, publisher: PacketSource, to: Address, stream_id: int
@@ -259,6 +263,8 @@ class _OutgoingStream:
         self.to = to
         self.stream_id = stream_id
         self._codec: RTCRtpCodecParameters | None = None
+        # `_codec` as a CODEC body, encoded once per codec (it goes ahead of every keyframe).
+        self._codec_body = b""
 
     def __repr__(self) -> str:
         return f"<pipe out {self.stream_id} {self.publisher!r} -> {self.to}>"
@@ -269,7 +275,8 @@ class _OutgoingStream:
         # knows the codec, and the keyframe it asked for must not be among them (that
         # cost a cross-node `next` a whole keyframe interval, 0.5 s, in the benchmark).
         if codec is not self._codec or keyframe:
-            self._codec = codec
+            if codec is not self._codec:
+                self._codec, self._codec_body = codec, codec_to_json(codec)
             self.send_codec()
         self._endpoint._send(
             MessageType.RTP,
@@ -285,9 +292,12 @@ class _OutgoingStream:
 
     def send_codec(self) -> None:
         codec = self._codec or self.publisher.codec
-        if codec is not None:
+        if codec is None:
+            return
+        if codec is not self._codec or not self._codec_body:
             self._codec = codec
-            self._endpoint._send(MessageType.CODEC, self.stream_id, codec_to_json(codec), self.to)
+            self._codec_body = codec_to_json(codec)
+        self._endpoint._send(MessageType.CODEC, self.stream_id, self._codec_body, self.to)
 
     def detach(self) -> None:
         """The publisher went away (closed): the stream ends."""
