@@ -111,14 +111,9 @@ class Lobby:
         """Stop taking visitors; partners elsewhere are told and clients asked to reconnect."""
         self.draining = True
         for session in list(self.sessions.values()):
-            if session.state == State.PAIRED:
-                self._unpair(session, "disconnect")
-            session.pending = None
-            session.state = State.IDLE
-            if session.queued:
-                session.queued = False
-                with contextlib.suppress(Exception):
-                    await self.matcher.dequeue(session.id)
+            # Redis may be what is failing: the node drains all the same.
+            with contextlib.suppress(Exception):
+                await self._go_idle(session, "disconnect")
             session.close(CLOSE_SERVICE_RESTART, "node restarting; reconnect")
         if self.registry is not None:
             # Gone from the registry now, so no one proposes a pair to this node.
@@ -297,13 +292,7 @@ class Lobby:
     async def _media_lost(self, session: Session, peer: Peer, why: str) -> None:
         if session.peer is not peer:
             return
-        if session.state == State.PAIRED:
-            self._unpair(session, "disconnect")
-        session.pending = None
-        if session.queued:
-            session.queued = False
-            await self.matcher.dequeue(session.id)
-        session.state = State.IDLE
+        await self._go_idle(session, "disconnect")
         session.send(
             p.error_message(
                 "media_lost",
@@ -348,14 +337,18 @@ class Lobby:
         await self._enqueue(session)
 
     async def _stop(self, session: Session) -> None:
+        await self._go_idle(session, "stop")
+        session.send({"type": "stopped"})
+
+    async def _go_idle(self, session: Session, reason: str) -> None:
+        """Out of any pair (the partner told `reason`), any pending pair and the queue."""
         if session.state == State.PAIRED:
-            self._unpair(session, "stop")
+            self._unpair(session, reason)
         session.pending = None
         if session.queued:
             session.queued = False
             await self.matcher.dequeue(session.id)
         session.state = State.IDLE
-        session.send({"type": "stopped"})
 
     async def _enqueue(self, session: Session) -> None:
         """Offer a waiting session to the matcher once its media can flow."""
