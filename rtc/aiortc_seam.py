@@ -36,7 +36,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import pylibsrtp
-from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aioice import Candidate
+from aiortc import (
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -711,3 +718,26 @@ class PacketSender:
             )
         if self._transmit(plain):
             self.retransmitted += 1
+
+
+# -- ICE ---------------------------------------------------------------------
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """The (local, remote) candidates ICE nominated on `pc`'s first transport, or None.
+
+    aiortc reports no candidate-pair statistics; tests use this to show which
+    path media took (host, relay through TURN, an announced address).
+    """
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        _require(dtls.transport, _ICE_CONNECTION)
+        connection = getattr(dtls.transport, _ICE_CONNECTION)
+        _require(connection, _NOMINATED)
+        pair = getattr(connection, _NOMINATED).get(1)
+        if pair is None:
+            return None
+        return pair.local_candidate, pair.remote_candidate
+    return None
