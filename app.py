@@ -28,6 +28,7 @@ from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
+from rtc import aiortc_seam, host_addresses
 from rtc.ice_servers import IceServers
 from rtc.peer import PeerSettings
 from rtc.pipe import PipeEndpoint
@@ -85,8 +86,11 @@ def create_app(settings: Settings) -> web.Application:
 async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     ice_servers = _ice_servers(settings)
+    hosts = host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
+    logger.info("media on %s", hosts.describe())
     peer_settings = PeerSettings(
         ice_servers=ice_servers.for_server,
+        host_addresses=hosts,
         keyframe_interval=settings.keyframe_interval,
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,

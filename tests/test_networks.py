@@ -126,3 +126,29 @@ def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
         assert report["messages"][0]["iceServers"][0]["urls"].startswith("turns:")
         assert all("typ relay" not in sdp for sdp in _answers(report))
     assert_no_address_leaks([a, b], [alice, bob])
+
+
+def _server_candidates(report: dict) -> list[str]:
+    return [
+        line.split()[4]
+        for sdp in _answers(report)
+        for line in sdp.splitlines()
+        if line.startswith("a=candidate:")
+    ]
+
+
+def test_a_server_behind_a_1_to_1_nat_announces_its_public_address(net: Net, log: Path) -> None:
+    cloud = net.one_to_one_nat("cloud")
+    server = cloud.host("server")
+    alice = net.nat("home-a").host("alice")
+    bob = net.nat("home-b").host("bob")
+    # No --stun: the announced address is all the server needs.
+    start_relay(server, log, "--announce-ip", cloud.public_ip)
+
+    a, b = visit_pair(relay_url(server), alice, bob)
+
+    for report in (a, b):
+        # Only the public address is offered; the private one would be useless out there.
+        assert set(_server_candidates(report)) == {cloud.public_ip}
+        assert report["pair"]["remote"]["address"] == cloud.public_ip
+    assert_no_address_leaks([a, b], [alice, bob])
