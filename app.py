@@ -23,7 +23,7 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, WATCH_ICE, setup_routes
+from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
@@ -65,7 +65,6 @@ def create_app(settings: Settings) -> web.Application:
         throttle=LoginThrottle(free_failures=settings.login_throttle_after),
     )
     headers.install(app, trusted_proxy=settings.trusted_proxy)
-    app[WATCH_ICE] = _ice_servers(settings).for_server
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)
     add_routes(app)
