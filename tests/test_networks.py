@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from coturn import Coturn
-from netns import ROOT, Net, assert_no_address_leaks, relay_url, start_relay, visit_pair
+from netns import (
+    ROOT,
+    Net,
+    assert_no_address_leaks,
+    relay_url,
+    start_relay,
+    visit_pair,
+    visit_with_browser,
+)
 from netns import _env as probe_env
 
 PROBE = ROOT / "tests" / "netns_turn_probe.py"
@@ -152,3 +160,27 @@ def test_a_server_behind_a_1_to_1_nat_announces_its_public_address(net: Net, log
         assert set(_server_candidates(report)) == {cloud.public_ip}
         assert report["pair"]["remote"]["address"] == cloud.public_ip
     assert_no_address_leaks([a, b], [alice, bob])
+
+
+def test_chromium_without_udp_gets_through_coturn_and_decodes_its_partner(
+    net: Net, log: Path, folder: Path
+) -> None:
+    server = net.host("server")
+    turn_host = net.host("turn")
+    office = net.nat("office", block_udp=True)
+    browser, bob = office.host("browser"), net.nat("home").host("bob")
+    coturn = Coturn(turn_host, folder, SECRET)
+    start_relay(server, log, "--turn", coturn.url(), "--turn-secret", SECRET)
+
+    page, headless = visit_with_browser(server, browser, bob)
+
+    # Chromium decoded bob's video, relayed through coturn over TCP (its UDP is dropped).
+    assert page["stats"]["video"]["framesDecoded"] >= 10
+    assert page["pair"]["local"]["type"] == "relay", page["pair"]
+    assert page["pair"]["local"]["relayProtocol"] == "tcp", page["pair"]
+    # And bob decoded the browser's camera.
+    assert headless["summary"]["frames_received"] >= 10
+    (turn,) = page["messages"][0]["iceServers"]
+    assert turn["username"].count(":") == 1 and turn["credential"]
+    assert not page["errors"], page["errors"]
+    assert_no_address_leaks([page, headless], [browser, bob])
