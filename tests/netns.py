@@ -50,8 +50,16 @@ class NetError(RuntimeError):
     """A namespace command failed; the message has the command and its output."""
 
 
-def _run(args: Sequence[str], *, check: bool = True, stdin: str | None = None) -> str:
-    proc = subprocess.run(list(args), capture_output=True, text=True, input=stdin, timeout=30)
+def _run(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    proc = subprocess.run(
+        list(args), capture_output=True, text=True, input=stdin, timeout=30, env=env
+    )
     if check and proc.returncode != 0:
         raise NetError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
@@ -111,9 +119,15 @@ class Host:
     def __repr__(self) -> str:
         return f"<Host {self.ns} {self.ip} (public {self.public_ip})>"
 
-    def cmd(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+    def cmd(
+        self,
+        *args: str,
+        check: bool = True,
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Run a short command inside this host and return its output."""
-        return _run(["ip", "netns", "exec", self.ns, *args], check=check, stdin=stdin)
+        return _run(["ip", "netns", "exec", self.ns, *args], check=check, stdin=stdin, env=env)
 
     def popen(
         self,

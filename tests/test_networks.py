@@ -113,6 +113,11 @@ def test_visitors_without_udp_get_through_coturn_over_tcp_with_their_own_credent
     result = json.loads(out)
     assert result["allocated"] is False and "401" in result["error"], result
     assert "Cannot find credentials" in coturn.log() or "401" in coturn.log()
+    # While a visitor arriving now gets credentials coturn accepts.
+    fresh = json.loads(
+        carol.cmd(sys.executable, str(PROBE), "--url", relay_url(server), env=probe_env())
+    )
+    assert fresh["allocated"] is True, fresh
 
 
 def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
