@@ -120,11 +120,24 @@ def test_visitors_without_udp_get_through_coturn_over_tcp_with_their_own_credent
     result = json.loads(out)
     assert result["allocated"] is False and "401" in result["error"], result
     assert "Cannot find credentials" in coturn.log() or "401" in coturn.log()
-    # While a visitor arriving now gets credentials coturn accepts.
-    fresh = json.loads(
-        carol.cmd(sys.executable, str(PROBE), "--url", relay_url(server), env=probe_env())
-    )
-    assert fresh["allocated"] is True, fresh
+    # While a visitor arriving now gets credentials coturn accepts, and may relay
+    # to the server, but not to anyone's private address (the documented config).
+    for peer, refused in ((server.ip, False), (alice.ip, True)):
+        fresh = json.loads(
+            carol.cmd(
+                sys.executable,
+                str(PROBE),
+                "--url",
+                relay_url(server),
+                "--peer",
+                peer,
+                env=probe_env(),
+            )
+        )
+        assert fresh["allocated"] is True, fresh
+        assert (fresh["peer_error"] is not None) == refused, fresh
+        if refused:
+            assert "403" in fresh["peer_error"], fresh
 
 
 def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
