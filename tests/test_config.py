@@ -156,6 +156,7 @@ def test_turn_secret_mints_per_visitor_instead_of_static_credentials(
         (["--turn", "turn:t.example", "--turn-username", "u"], "drop --turn-username"),
         ([], "--turn-secret needs --turn"),
         (["--turn", "turn:t.example", "--turn-ttl", "0"], "above 0"),
+        (["--server-uses-turn"], "--server-uses-turn needs --turn"),
     ):
         with pytest.raises(SystemExit):
             parse_settings(bad)
