@@ -29,6 +29,8 @@ from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
+from rtc import aiortc_seam
+from rtc.mux import MediaMux
 from rtc.peer import PeerSettings
 from rtc.pipe import PipeEndpoint
 from rtc.pipe_bridge import PipeBridge
@@ -90,6 +92,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
         transcode=settings.relay == "transcode",
+        media=_open_media(settings),
     )
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
@@ -153,8 +156,20 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         logger.info("node %s joined the lobby at %s", node, _redacted(settings.redis))
     yield
     await lobby.close()
+    if peer_settings.media is not None:
+        peer_settings.media.close()
     if redis is not None:
         await redis.aclose()
+
+
+def _open_media(settings: Settings) -> MediaMux | None:
+    """The shared media port(s), when configured; every peer connection gathers on them."""
+    if not settings.media_port:
+        return None
+    media = MediaMux.open(settings.media_port, aiortc_seam.host_addresses())
+    for socket in media.udp:
+        logger.info("media port udp %s:%d", socket.host, socket.port)
+    return media
 
 
 async def _moderation_metrics(app: web.Application) -> None:

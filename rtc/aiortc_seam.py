@@ -36,7 +36,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import pylibsrtp
-from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aioice import Candidate, Connection, stun
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, get_host_addresses
+from aiortc import (
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -53,7 +62,7 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 
-from rtc import rtp
+from rtc import mux, rtp
 
 logger = logging.getLogger(__name__)
 
@@ -711,3 +720,102 @@ class PacketSender:
             )
         if self._transmit(plain):
             self.retransmitted += 1
+
+
+# -- the media port (rtc/mux.py) ---------------------------------------------
+
+_GET_COMPONENT_CANDIDATES = "get_component_candidates"  # aioice.Connection: binds sockets
+_STUN_PROTOCOL_CLOSED = "_StunProtocol__closed"
+
+
+class _MuxProtocol(StunProtocol):
+    """One aioice connection's share of a shared media socket.
+
+    aioice sees a protocol with a host candidate like any other; its transport
+    is the shared `UdpMux`, which hands it the datagrams of its own addresses.
+    """
+
+    def __init__(self, connection: Connection, socket: mux.UdpMux, component: int) -> None:
+        super().__init__(connection)
+        self._socket = socket
+        self.local_candidate = Candidate(
+            foundation=candidate_foundation("host", "udp", socket.candidate_host),
+            component=component,
+            transport="udp",
+            priority=candidate_priority(component, "host"),
+            host=socket.candidate_host,
+            port=socket.port,
+            type="host",
+        )
+        self.transport = socket
+        socket.register(self)
+
+    @property
+    def ufrag(self) -> str:
+        username: str = self.receiver.local_username
+        return username
+
+    @property
+    def password(self) -> bytes:
+        password: str = self.receiver.local_password
+        return password.encode("utf8")
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            self._socket.sending_check(self, addr)
+        self._socket.sendto(bytes(message), addr)
+
+    async def close(self) -> None:
+        # The socket is shared: leave it, and tell aioice this share is gone.
+        self._socket.unregister(self)
+        self.connection_lost(None)
+
+
+def host_addresses() -> list[str]:
+    """The local addresses aioice gathers on by itself: every interface's, loopback excepted."""
+    return get_host_addresses(use_ipv4=True, use_ipv6=True)
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Connection]:
+    connections: list[Connection] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        _require(dtls.transport, _ICE_CONNECTION)
+        connection = getattr(dtls.transport, _ICE_CONNECTION)
+        if connection not in connections:
+            connections.append(connection)
+    return connections
+
+
+def use_media_mux(pc: RTCPeerConnection, media: mux.MediaMux) -> None:
+    """Make `pc` gather its candidates on the shared media sockets instead of binding its own.
+
+    Call after the remote description is set (the ICE transports exist) and
+    before the local one (which gathers). No STUN or TURN gathering happens:
+    the server is reached at its own (or announced) address.
+    """
+    for connection in _ice_connections(pc):
+        _require(connection, _GET_COMPONENT_CANDIDATES)
+        _require(connection, _PROTOCOLS)
+        _require(StunProtocol, "connection_lost")
+        protocols: list[StunProtocol] = getattr(connection, _PROTOCOLS)
+
+        async def gather(
+            component: int,
+            addresses: list[str],
+            timeout: int = 5,  # noqa: ASYNC109 - aioice's signature; nothing here waits
+            connection: Connection = connection,
+            protocols: list[StunProtocol] = protocols,
+        ) -> list[Candidate]:
+            candidates = []
+            for socket in media.udp:
+                if socket.is_closing():
+                    continue
+                protocol = _MuxProtocol(connection, socket, component)
+                protocols.append(protocol)
+                candidates.append(protocol.local_candidate)
+            return candidates
+
+        setattr(connection, _GET_COMPONENT_CANDIDATES, gather)

@@ -20,6 +20,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from rtc import aiortc_seam
 from rtc.candidate import MAX_REMOTE_CANDIDATES, CandidateError, check_candidate
+from rtc.mux import MediaMux
 from rtc.offer import KINDS as KINDS
 from rtc.offer import OfferError, check_offer
 from rtc.publisher import Publisher
@@ -67,6 +68,8 @@ class PeerSettings:
     watchdog_interval: float = 0.5
     # Decode and re-encode every frame instead of forwarding it (a baseline to measure against).
     transcode: bool = False
+    # The shared media port(s) every connection gathers on; None: a socket per connection.
+    media: MediaMux | None = None
 
 
 StateHandler = Callable[["Peer", MediaState, str], None]
@@ -133,6 +136,8 @@ class Peer:
             raise PeerError(
                 "bad_sdp", f"the offer was rejected: {exc or type(exc).__name__}"
             ) from exc
+        if self._settings.media is not None:
+            aiortc_seam.use_media_mux(pc, self._settings.media)
         encoder_keyframe = {}
         for transceiver in pc.getTransceivers():
             kind = transceiver.kind

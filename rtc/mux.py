@@ -1,0 +1,328 @@
+"""The media port: one UDP socket that every peer connection of a process shares.
+
+Without it aioice binds a fresh ephemeral port per connection and per local
+address, so a firewall in front of the server must open the whole ephemeral
+range. A `UdpMux` is one socket on a fixed port, read by the event loop and
+demultiplexed the way pion's UDPMux and mediasoup's WebRtcServer do it:
+
+1. by remote address, for addresses a connection has authenticated;
+2. for an unknown address, only a STUN Binding request is considered: the
+   local ufrag in its USERNAME names the connection(s), and the first whose
+   password checks the MESSAGE-INTEGRITY learns the address;
+3. STUN responses from an address the connection itself sent a check to
+   reach that connection (its check to a candidate the client signalled).
+
+Anything else from an unknown address (RTP, garbage, STUN with a wrong ufrag
+or a bad integrity) is counted and dropped. An address is only remembered
+once it proved the password (or once the server sent to it), per connection
+at most `MAX_ADDRESSES` of each, and forgotten when the connection closes:
+the tables cannot be grown by someone spraying the port.
+
+The aioice side (a connection's share of the socket, its candidates) is in
+rtc/aiortc_seam.py; this module knows only endpoints: a ufrag, a password and
+`datagram_received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from aioice import stun
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+# Addresses remembered per connection: a client's host, server-reflexive and
+# relayed candidates, v4 and v6, with room to spare.
+MAX_ADDRESSES = 16
+# Datagrams read per wake-up of the event loop before other callbacks get a turn.
+DRAIN_LIMIT = 64
+# Larger than any datagram a browser sends (MTU-sized); a bigger one is cut and fails to decrypt.
+RECV_SIZE = 8192
+# The kernel's receive queue for the shared socket (capped by net.core.rmem_max).
+RECV_BUFFER = 4 * 1024 * 1024
+_STUN_COOKIE = b"\x21\x12\xa4\x42"
+
+
+class MuxError(OSError):
+    """The media port cannot be opened; the message says which address and why."""
+
+
+class Endpoint(Protocol):
+    """One ICE connection's share of a socket."""
+
+    @property
+    def ufrag(self) -> str: ...
+
+    @property
+    def password(self) -> bytes: ...
+
+    def datagram_received(self, data: bytes, addr: Any) -> None: ...
+
+
+class UdpMux(asyncio.DatagramTransport):
+    """One UDP socket on one local address, shared by many ICE connections.
+
+    It is the `transport` of each connection's protocol, so aioice and the
+    packet path send with `sendto` as they would on a socket of their own.
+    """
+
+    def __init__(self, sock: socket.socket, announce: str | None = None) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        host, port = sock.getsockname()[:2]
+        self.host: str = host
+        self.port: int = port
+        # The address written into candidates (an announced public one, or the bound one).
+        self.candidate_host = announce or host
+        self.routes: dict[Address, Endpoint] = {}
+        self._sent_to: dict[Address, Endpoint] = {}
+        self._by_ufrag: dict[str, list[Endpoint]] = {}
+        # Per endpoint, the addresses it holds in `routes` and `_sent_to`, oldest first.
+        self._owned: dict[Endpoint, tuple[dict[Address, None], dict[Address, None]]] = {}
+        self.received = 0
+        self.dropped_unknown = 0
+        self.dropped_unauthenticated = 0
+        self.send_failures = 0
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._read_ready)
+
+    @classmethod
+    def open(cls, host: str, port: int, announce: str | None = None) -> UdpMux:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+            sock.setblocking(False)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise MuxError(
+                exc.errno, f"media port: cannot bind UDP {host} port {port}: {exc.strerror}"
+            ) from None
+        return cls(sock, announce)
+
+    def __repr__(self) -> str:
+        return f"<UdpMux {self.host}:{self.port} {len(self._owned)} connections>"
+
+    # -- endpoints ---------------------------------------------------------
+
+    def register(self, endpoint: Endpoint) -> None:
+        if endpoint in self._owned:
+            return
+        self._owned[endpoint] = ({}, {})
+        self._by_ufrag.setdefault(endpoint.ufrag, []).append(endpoint)
+
+    def unregister(self, endpoint: Endpoint) -> None:
+        owned = self._owned.pop(endpoint, None)
+        if owned is None:
+            return
+        routes, sent_to = owned
+        for addr in routes:
+            if self.routes.get(addr) is endpoint:
+                del self.routes[addr]
+        for addr in sent_to:
+            if self._sent_to.get(addr) is endpoint:
+                del self._sent_to[addr]
+        same = self._by_ufrag.get(endpoint.ufrag, [])
+        if endpoint in same:
+            same.remove(endpoint)
+        if not same:
+            self._by_ufrag.pop(endpoint.ufrag, None)
+
+    def sending_check(self, endpoint: Endpoint, addr: Address) -> None:
+        """`endpoint` sends a STUN request to `addr`: let the response find it."""
+        owned = self._owned.get(endpoint)
+        if owned is None or addr in owned[1] or addr in self._sent_to:
+            return
+        if len(owned[1]) >= MAX_ADDRESSES:
+            self._forget(self._sent_to, endpoint, owned[1], next(iter(owned[1])))
+        owned[1][addr] = None
+        self._sent_to[addr] = endpoint
+
+    def _learn(self, endpoint: Endpoint, addr: Address) -> None:
+        """`addr` proved `endpoint`'s password: its datagrams go there from now on."""
+        owned = self._owned[endpoint]
+        previous = self.routes.get(addr)
+        if previous is endpoint:
+            return
+        if previous is not None:
+            # The address authenticated to another connection (a client port reused).
+            self._owned[previous][0].pop(addr, None)
+        if len(owned[0]) >= MAX_ADDRESSES:
+            self._forget(self.routes, endpoint, owned[0], next(iter(owned[0])))
+        owned[0][addr] = None
+        self.routes[addr] = endpoint
+
+    @staticmethod
+    def _forget(
+        table: dict[Address, Endpoint],
+        endpoint: Endpoint,
+        owned: dict[Address, None],
+        addr: Address,
+    ) -> None:
+        del owned[addr]
+        if table.get(addr) is endpoint:
+            del table[addr]
+
+    @property
+    def connections(self) -> int:
+        return len(self._owned)
+
+    @property
+    def remembered(self) -> int:
+        """Addresses the socket remembers, authenticated or sent to."""
+        return len(self.routes) + len(self._sent_to)
+
+    # -- receiving ---------------------------------------------------------
+
+    def _read_ready(self) -> None:
+        # Drain what arrived rather than one datagram per event-loop callback.
+        sock = self._sock
+        routes = self.routes
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, addr = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # An ICMP error reported on the socket; nothing to read behind it.
+                logger.debug("%r: %r", self, exc)
+                return
+            self.received += 1
+            if len(addr) > 2:  # IPv6: (host, port, flowinfo, scope_id)
+                addr = addr[:2]
+            endpoint = routes.get(addr)
+            try:
+                if endpoint is not None:
+                    endpoint.datagram_received(data, addr)
+                else:
+                    self._from_unknown(data, addr)
+            except Exception:
+                # One connection's bug must not stop the socket for everyone.
+                logger.exception("%r: handling a datagram from %s failed", self, addr)
+
+    def _from_unknown(self, data: bytes, addr: Address) -> None:
+        # RFC 7983: STUN starts with 0-3 and carries the magic cookie.
+        if len(data) < 20 or data[0] > 3 or data[4:8] != _STUN_COOKIE:
+            self.dropped_unknown += 1
+            return
+        try:
+            message = stun.parse_message(data)
+        except ValueError:
+            self.dropped_unknown += 1
+            return
+        if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
+            endpoint = self._sent_to.get(addr)
+            if endpoint is None:
+                self.dropped_unknown += 1
+            else:
+                endpoint.datagram_received(data, addr)
+            return
+        username = message.attributes.get("USERNAME")
+        if (
+            message.message_class != stun.Class.REQUEST
+            or message.message_method != stun.Method.BINDING
+            or not isinstance(username, str)
+            or "MESSAGE-INTEGRITY" not in message.attributes
+        ):
+            self.dropped_unknown += 1
+            return
+        candidates = self._by_ufrag.get(username.partition(":")[0])
+        if not candidates:
+            self.dropped_unknown += 1
+            return
+        for endpoint in candidates:
+            if message.check_message_integrity(endpoint.password):
+                self._learn(endpoint, addr)
+                endpoint.datagram_received(data, addr)
+                return
+        self.dropped_unauthenticated += 1
+
+    # -- the transport each endpoint sends with ------------------------------
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            # The kernel's queue is full: drop, as the network would.
+            self.send_failures += 1
+        except OSError as exc:
+            self.send_failures += 1
+            logger.debug("%r: sending to %s failed: %r", self, addr, exc)
+
+    def get_write_buffer_size(self) -> int:
+        # Nothing is buffered in user space: what the kernel does not take is dropped.
+        return 0
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the socket itself; only the owner (MediaMux) does this."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self.routes.clear()
+        self._sent_to.clear()
+        self._by_ufrag.clear()
+        self._owned.clear()
+
+    def abort(self) -> None:
+        self.close()
+
+
+class MediaMux:
+    """The media port(s) of one process: a UdpMux per local address, all on one port."""
+
+    def __init__(self, udp: list[UdpMux]) -> None:
+        self.udp = udp
+
+    @classmethod
+    def open(
+        cls,
+        port: int,
+        addresses: Iterable[str],
+        announce: dict[str, str] | None = None,
+    ) -> MediaMux:
+        """Bind `port` on every address in `addresses` (one socket each).
+
+        `announce` maps a bound address to the one written into candidates instead.
+        """
+        sockets: list[UdpMux] = []
+        try:
+            for host in addresses:
+                sockets.append(UdpMux.open(host, port, (announce or {}).get(host)))
+        except BaseException:
+            for mux in sockets:
+                mux.close()
+            raise
+        if not sockets:
+            raise MuxError(f"media port {port}: no local address to bind it on")
+        return cls(sockets)
+
+    def close(self) -> None:
+        for mux in self.udp:
+            mux.close()
+
+    def stats(self) -> dict[str, int]:
+        """Totals over the sockets, for tests and metrics."""
+        return {
+            # Each connection has a share of every socket.
+            "connections": max((m.connections for m in self.udp), default=0),
+            "remembered": sum(m.remembered for m in self.udp),
+            "received": sum(m.received for m in self.udp),
+            "dropped_unknown": sum(m.dropped_unknown for m in self.udp),
+            "dropped_unauthenticated": sum(m.dropped_unauthenticated for m in self.udp),
+            "send_failures": sum(m.send_failures for m in self.udp),
+        }
