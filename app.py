@@ -92,7 +92,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
         transcode=settings.relay == "transcode",
-        media=_open_media(settings),
+        media=await _open_media(settings),
     )
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
@@ -162,13 +162,17 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         await redis.aclose()
 
 
-def _open_media(settings: Settings) -> MediaMux | None:
+async def _open_media(settings: Settings) -> MediaMux | None:
     """The shared media port(s), when configured; every peer connection gathers on them."""
     if not settings.media_port:
         return None
-    media = MediaMux.open(settings.media_port, aiortc_seam.host_addresses())
-    for socket in media.udp:
-        logger.info("media port udp %s:%d", socket.host, socket.port)
+    media = await MediaMux.open(
+        settings.media_port, aiortc_seam.host_addresses(), tcp_port=settings.media_tcp_port
+    )
+    for udp in media.udp:
+        logger.info("media port udp %s:%d", udp.host, udp.port)
+    for tcp in media.tcp:
+        logger.info("media port tcp %s:%d (ICE-TCP, passive)", tcp.host, tcp.port)
     return media
 
 

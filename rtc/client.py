@@ -39,6 +39,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
+from rtc import aiortc_seam
 from rtc.stamp import Stamp, draw_video_frame, luma, read_stamp
 
 __all__ = ["ChatClient", "ReceivedFrame", "SignallingError", "main"]
@@ -227,6 +228,7 @@ class ChatClient:
         media_file: str | None = None,
         video_codec: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        ice_tcp_only: bool = False,
     ) -> None:
         if not 0 <= tag < 1 << 16:
             raise ValueError(f"tag {tag} is not a 16-bit number")
@@ -237,6 +239,8 @@ class ChatClient:
         self.fps = fps
         self.tone_hz = tone_hz
         self.media_file = media_file
+        # Only an active ICE-TCP candidate, as a browser whose UDP is blocked has.
+        self.ice_tcp_only = ice_tcp_only
         # For wss:// with a certificate of your own CA (a staging proxy, tests/test_nginx.py).
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._video_preferences = (
@@ -347,6 +351,8 @@ class ChatClient:
                 if transceiver.kind == "video":
                     transceiver.setCodecPreferences(self._video_preferences)
 
+        if self.ice_tcp_only:
+            aiortc_seam.use_active_tcp(pc, only=True)
         # aiortc gathers every ICE candidate inside setLocalDescription, so the
         # offer is complete and nothing needs trickling.
         await pc.setLocalDescription(await pc.createOffer())

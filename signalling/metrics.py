@@ -127,6 +127,11 @@ def _media_port_metrics(stats: dict[str, int]) -> Iterator[Any]:
     yield CounterMetricFamily(
         "relay_media_port_datagrams_received", "Datagrams read on the media port", stats["received"]
     )
+    yield GaugeMetricFamily(
+        "relay_media_port_tcp_streams",
+        "ICE-TCP streams (--media-tcp-port) that authenticated to a connection",
+        stats["tcp_streams"],
+    )
     dropped = CounterMetricFamily(
         "relay_media_port_dropped",
         "Datagrams dropped on the media port: from an address no connection knows "

@@ -18,7 +18,10 @@ import aiohttp
 import pytest
 from aioice import stun
 
+from bench.target import free_port, free_udp_port
+from config import Settings
 from rtc.client import ChatClient
+from signalling.web import LOBBY
 
 TIMEOUT = 20.0
 
@@ -29,13 +32,6 @@ def candidate_ports(sdp: str) -> set[tuple[str, int]]:
         (m.group(1).lower(), int(m.group(2)))
         for m in re.finditer(r"^a=candidate:\S+ \d+ (\S+) \d+ \S+ (\d+) typ", sdp, re.M)
     }
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("0.0.0.0", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -310,3 +306,47 @@ async def test_each_worker_takes_its_own_media_port(nodes, clients) -> None:
     for viewer, partner_tag in ((a, b.tag), (b, a.tag)):
         frames = await viewer.wait_frames(tag=partner_tag, count=10, timeout=TIMEOUT)
         assert len({f.stamp.counter for f in frames}) == 10
+
+
+# -- ICE over TCP --------------------------------------------------------------
+
+
+async def test_a_client_with_only_tcp_connects_over_ice_tcp(local_server, clients) -> None:
+    """A client that can only open TCP (as behind a network dropping UDP) reaches
+    the server's passive ICE-TCP candidate; its partner stays on UDP."""
+    media_port, tcp_port = free_udp_port(), free_port()
+    server = await local_server(
+        Settings(media_port=media_port, media_tcp_port=tcp_port, media_timeout=3.0)
+    )
+    media = server.app[LOBBY].relay.settings.media
+    assert media is not None
+    tcp_only = ChatClient(server.ws_url, tag=1, ice_tcp_only=True)
+    on_udp = ChatClient(server.ws_url, tag=2)
+    clients += [tcp_only, on_udp]
+    for client in (tcp_only, on_udp):
+        await client.connect()
+        sdp = client.pc.remoteDescription.sdp
+        # UDP first, then the passive TCP candidate, lower in priority.
+        assert candidate_ports(sdp) == {("udp", media_port), ("tcp", tcp_port)}
+        priorities = {
+            m.group(1): int(m.group(2))
+            for m in re.finditer(r"^a=candidate:\S+ \d+ (\S+) (\d+) ", sdp, re.M)
+        }
+        assert priorities["tcp"] < priorities["udp"]
+        assert "tcptype passive" in sdp
+        await client.start()
+    await tcp_only.wait_for("matched", timeout=TIMEOUT)
+    for viewer, partner_tag in ((tcp_only, 2), (on_udp, 1)):
+        frames = await viewer.wait_frames(tag=partner_tag, count=20, timeout=TIMEOUT)
+        got = [f.stamp.counter for f in frames]
+        assert got == sorted(got) and len(set(got)) == len(got)
+    assert media.stats()["tcp_streams"] >= 1
+    await tcp_only.close()
+    await on_udp.close()
+
+    async def settled() -> None:
+        while media.stats()["connections"] or media.stats()["tcp_streams"]:
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(settled(), 20)
+    assert media.stats()["remembered"] == 0
