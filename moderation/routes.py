@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 MODERATION = web.AppKey("moderation", Moderation)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
-WATCH_ICE = web.AppKey("watch_ice", list[RTCIceServer])
+# Called per watch: what the server's own connections gather with (rtc/ice_servers.py).
+WATCH_ICE: web.AppKey[Callable[[], list[RTCIceServer]]] = web.AppKey("watch_ice")
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
@@ -327,7 +329,7 @@ async def watch(request: web.Request) -> web.Response:
         if session is None or session.peer is None:
             raise web.HTTPNotFound(text=f"no media from session {session_id}")
         peers.append(session.peer)
-    ice_servers: list[RTCIceServer] = request.app[WATCH_ICE]
+    ice_servers = request.app[WATCH_ICE]()
     watcher = Watcher(_who(request), ice_servers)
     try:
         answer = await watcher.answer(sdp, peers)

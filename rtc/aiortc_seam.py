@@ -1017,3 +1017,26 @@ def use_active_tcp(pc: RTCPeerConnection, *, only: bool = False) -> None:
             return candidates
 
         setattr(connection, _GET_COMPONENT_CANDIDATES, gather)
+
+
+# -- ICE ---------------------------------------------------------------------
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """The (local, remote) candidates ICE nominated on `pc`'s first transport, or None.
+
+    aiortc reports no candidate-pair statistics; tests use this to show which
+    path media took (host, relay through TURN, an announced address).
+    """
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        _require(dtls.transport, _ICE_CONNECTION)
+        connection = getattr(dtls.transport, _ICE_CONNECTION)
+        _require(connection, _NOMINATED)
+        pair = getattr(connection, _NOMINATED).get(1)
+        if pair is None:
+            return None
+        return pair.local_candidate, pair.remote_candidate
+    return None

@@ -59,9 +59,14 @@ class MediaState(Enum):
     LOST = "lost"
 
 
+def _no_ice_servers() -> list[RTCIceServer]:
+    return []
+
+
 @dataclass(frozen=True)
 class PeerSettings:
-    ice_servers: tuple[RTCIceServer, ...] = ()
+    # Called per connection: TURN credentials, when the server uses TURN, are minted per use.
+    ice_servers: Callable[[], list[RTCIceServer]] = _no_ice_servers
     keyframe_interval: float = 0.5
     media_timeout: float = 5.0
     connect_timeout: float = 20.0
@@ -118,7 +123,7 @@ class Peer:
             checked = check_offer(offer_sdp)
         except OfferError as exc:
             raise PeerError("bad_sdp", str(exc)) from None
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._settings.ice_servers)))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._settings.ice_servers()))
         self._pc = pc
         self._remote_candidates = checked.candidates
         pc.on("connectionstatechange", self._on_connection_state)

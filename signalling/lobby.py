@@ -63,7 +63,7 @@ class Lobby:
         relay: Relay,
         matcher_factory: MatcherFactory,
         *,
-        ice_servers: list[dict[str, str]],
+        ice_servers: Callable[[str], list[dict[str, str]]],
         limits: AddressLimits | None = None,
         bus: SessionBus | None = None,
         registry: NodeRegistry | None = None,
@@ -156,7 +156,8 @@ class Lobby:
         hello = {
             "type": "hello",
             "id": session.id,
-            "iceServers": self._ice_servers,
+            # Minted per session: TURN credentials of its own (rtc/ice_servers.py).
+            "iceServers": self._ice_servers(repr(session)),
             "limits": p.LIMITS,
         }
         if self._announce_node:

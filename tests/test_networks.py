@@ -1,0 +1,128 @@
+"""The relay reached from the networks users are really in, built in network namespaces.
+
+Each test builds its own small internet (tests/netns.py), runs the real
+server.py, real headless aiortc visitors and real TURN servers in it, and checks
+that a pair sees the other's stamped frames and that no signalling message
+carried another visitor's address. Needs root (CI has it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from coturn import Coturn
+from netns import ROOT, Net, assert_no_address_leaks, relay_url, start_relay, visit_pair
+from netns import _env as probe_env
+
+PROBE = ROOT / "tests" / "netns_turn_probe.py"
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "networks"
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    with Net() as made:
+        yield made
+
+
+@pytest.fixture
+def log(request: pytest.FixtureRequest) -> Path:
+    return ARTIFACTS / f"{request.node.name}.log"
+
+
+def test_visitors_behind_home_nats_see_each_other(net: Net, log: Path) -> None:
+    server = net.host("server")
+    alice = net.nat("home-a").host("alice")
+    bob = net.nat("home-b").host("bob")
+    start_relay(server, log)
+
+    a, b = visit_pair(relay_url(server), alice, bob)
+
+    assert a["counters"] == sorted(a["counters"]) and b["counters"] == sorted(b["counters"])
+    # Straight to the server's host candidate, each from behind its own NAT.
+    assert a["pair"]["remote"]["address"] == server.ip
+    assert b["pair"]["remote"]["address"] == server.ip
+    assert_no_address_leaks([a, b], [alice, bob])
+
+
+SECRET = "test-turn-secret-for-this-run"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _relayed(report: dict) -> bool:
+    return report["pair"]["local"]["type"] == "relay"
+
+
+def _answers(report: dict) -> list[str]:
+    return [m["sdp"] for m in report["messages"] if m["type"] == "answer"]
+
+
+def test_visitors_without_udp_get_through_coturn_over_tcp_with_their_own_credentials(
+    net: Net, log: Path, folder: Path
+) -> None:
+    server = net.host("server")
+    turn_host = net.host("turn")
+    office = net.nat("office", block_udp=True)
+    alice, bob, carol = office.host("alice"), office.host("bob"), office.host("carol")
+    coturn = Coturn(turn_host, folder, SECRET)
+    # Short-lived on purpose: carol's credentials expire while she waits.
+    start_relay(server, log, "--turn", coturn.url(), "--turn-secret", SECRET, "--turn-ttl", "5")
+    late = carol.popen(
+        [sys.executable, str(PROBE), "--url", relay_url(server), "--wait", "6"],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=probe_env(),
+    )
+
+    a, b = visit_pair(relay_url(server), alice, bob)
+
+    # All UDP is dropped at the office: media went through coturn (over TCP).
+    assert _relayed(a) and _relayed(b), (a["pair"], b["pair"])
+    # Each visitor got credentials of its own: "<expiry>:<opaque id>", no session id in them.
+    users = []
+    for report in (a, b):
+        (turn,) = report["messages"][0]["iceServers"]
+        expiry, _, who = turn["username"].partition(":")
+        assert int(expiry) > time.time() - 60 and who and who not in report["summary"]["id"]
+        users.append(turn["username"])
+    assert users[0] != users[1]
+    # The server answered with its own addresses only: it made no TURN allocation of its own.
+    for report in (a, b):
+        assert all("typ relay" not in sdp for sdp in _answers(report))
+    assert_no_address_leaks([a, b], [alice, bob])
+    # Carol's credentials, six seconds later, are refused: a copied credential expires.
+    out, _ = late.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["allocated"] is False and "401" in result["error"], result
+    assert "Cannot find credentials" in coturn.log() or "401" in coturn.log()
+
+
+def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
+    net: Net, log: Path, folder: Path
+) -> None:
+    server = net.host("server")
+    turn_host = net.host("turn")
+    guest = net.nat("guest-wifi", tcp_ports=(443,))
+    alice, bob = guest.host("alice"), guest.host("bob")
+    coturn = Coturn(turn_host, folder, SECRET)
+    start_relay(server, log, "--turn", coturn.url("turns", 443), "--turn-secret", SECRET)
+
+    # The visitors trust the TURN server's self-signed certificate, as browsers
+    # trust a real one.
+    a, b = visit_pair(relay_url(server), alice, bob, env={"SSL_CERT_FILE": str(coturn.cert)})
+
+    assert _relayed(a) and _relayed(b), (a["pair"], b["pair"])
+    for report in (a, b):
+        assert report["messages"][0]["iceServers"][0]["urls"].startswith("turns:")
+        assert all("typ relay" not in sdp for sdp in _answers(report))
+    assert_no_address_leaks([a, b], [alice, bob])
