@@ -725,7 +725,6 @@ class PacketSender:
 # -- the media port (rtc/mux.py) ---------------------------------------------
 
 _GET_COMPONENT_CANDIDATES = "get_component_candidates"  # aioice.Connection: binds sockets
-_STUN_PROTOCOL_CLOSED = "_StunProtocol__closed"
 
 
 # ICE-TCP host candidates rank under UDP's host (126), peer-reflexive (110) and
@@ -756,6 +755,29 @@ class _PassiveTcpCandidate(Candidate):
         )
 
 
+def _mux_candidate(socket: mux.UdpMux | mux.TcpMux, host: str, component: int) -> Candidate:
+    if isinstance(socket, mux.TcpMux):
+        return _PassiveTcpCandidate(
+            foundation=candidate_foundation("host", "tcp", host),
+            component=component,
+            transport="tcp",
+            priority=_tcp_priority(component),
+            host=host,
+            port=socket.port,
+            type="host",
+            tcptype="passive",
+        )
+    return Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=socket.port,
+        type="host",
+    )
+
+
 class _MuxProtocol(StunProtocol):
     """One aioice connection's share of a shared media socket (UDP) or listener (TCP).
 
@@ -769,28 +791,11 @@ class _MuxProtocol(StunProtocol):
     ) -> None:
         super().__init__(connection)
         self._socket = socket
-        host = socket.candidate_host
-        if isinstance(socket, mux.TcpMux):
-            self.local_candidate = _PassiveTcpCandidate(
-                foundation=candidate_foundation("host", "tcp", host),
-                component=component,
-                transport="tcp",
-                priority=_tcp_priority(component),
-                host=host,
-                port=socket.port,
-                type="host",
-                tcptype="passive",
-            )
-        else:
-            self.local_candidate = Candidate(
-                foundation=candidate_foundation("host", "udp", host),
-                component=component,
-                transport="udp",
-                priority=candidate_priority(component, "host"),
-                host=host,
-                port=socket.port,
-                type="host",
-            )
+        # One candidate per address the socket is announced at; aioice pairs with the first.
+        self.candidates = [
+            _mux_candidate(socket, host, component) for host in socket.candidate_hosts
+        ]
+        self.local_candidate = self.candidates[0]
         self.transport = socket
         socket.register(self)
 
@@ -860,7 +865,7 @@ def use_media_mux(pc: RTCPeerConnection, media: mux.MediaMux) -> None:
                     continue
                 protocol = _MuxProtocol(connection, socket, component)
                 protocols.append(protocol)
-                candidates.append(protocol.local_candidate)
+                candidates += protocol.candidates
             return candidates
 
         setattr(connection, _GET_COMPONENT_CANDIDATES, gather)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aioice import stun
@@ -77,15 +77,15 @@ class UdpMux(asyncio.DatagramTransport):
     packet path send with `sendto` as they would on a socket of their own.
     """
 
-    def __init__(self, sock: socket.socket, announce: str | None = None) -> None:
+    def __init__(self, sock: socket.socket, announce: Sequence[str] = ()) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname()})
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         host, port = sock.getsockname()[:2]
         self.host: str = host
         self.port: int = port
-        # The address written into candidates (an announced public one, or the bound one).
-        self.candidate_host = announce or host
+        # The addresses written into candidates: announced public ones, or the bound one.
+        self.candidate_hosts: tuple[str, ...] = tuple(announce) or (host,)
         self.routes: dict[Address, Endpoint] = {}
         self._sent_to: dict[Address, Endpoint] = {}
         self._by_ufrag: dict[str, list[Endpoint]] = {}
@@ -99,7 +99,7 @@ class UdpMux(asyncio.DatagramTransport):
         self._loop.add_reader(sock.fileno(), self._read_ready)
 
     @classmethod
-    def open(cls, host: str, port: int, announce: str | None = None) -> UdpMux:
+    def open(cls, host: str, port: int, announce: Sequence[str] = ()) -> UdpMux:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -367,13 +367,13 @@ class TcpMux(asyncio.DatagramTransport):
     frames a datagram onto the stream the client opened from `addr`.
     """
 
-    def __init__(self, announce: str | None = None) -> None:
+    def __init__(self, announce: Sequence[str] = ()) -> None:
         super().__init__()
         self._server: asyncio.Server | None = None
         self.host = ""
         self.port = 0
         self._announce = announce
-        self.candidate_host = ""
+        self.candidate_hosts: tuple[str, ...] = ()
         self._by_ufrag: dict[str, list[Endpoint]] = {}
         self._streams: dict[Endpoint, dict[Address, _TcpStream]] = {}
         self.routes: dict[Address, _TcpStream] = {}
@@ -385,7 +385,7 @@ class TcpMux(asyncio.DatagramTransport):
         self._closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int, announce: str | None = None) -> TcpMux:
+    async def open(cls, host: str, port: int, announce: Sequence[str] = ()) -> TcpMux:
         listener = cls(announce)
         loop = asyncio.get_running_loop()
         try:
@@ -398,7 +398,7 @@ class TcpMux(asyncio.DatagramTransport):
             ) from None
         bound = listener._server.sockets[0].getsockname()
         listener.host, listener.port = bound[0], bound[1]
-        listener.candidate_host = announce or listener.host
+        listener.candidate_hosts = tuple(announce) or (listener.host,)
         return listener
 
     def __repr__(self) -> str:
@@ -547,19 +547,21 @@ class MediaMux:
         cls,
         port: int,
         addresses: Iterable[str],
-        announce: dict[str, str] | None = None,
+        announce: Mapping[str, Sequence[str]] | None = None,
         tcp_port: int = 0,
     ) -> MediaMux:
         """Bind `port` (and `tcp_port`, unless 0) on every address in `addresses`.
 
-        `announce` maps a bound address to the one written into candidates instead.
+        `announce` maps a bound address to the ones written into candidates instead
+        (a public address behind a 1:1 NAT, with or without the bound one).
         """
         media = cls([])
         try:
             for host in addresses:
-                media.udp.append(UdpMux.open(host, port, (announce or {}).get(host)))
+                hosts = (announce or {}).get(host, ())
+                media.udp.append(UdpMux.open(host, port, hosts))
                 if tcp_port:
-                    media.tcp.append(await TcpMux.open(host, tcp_port, (announce or {}).get(host)))
+                    media.tcp.append(await TcpMux.open(host, tcp_port, hosts))
         except BaseException:
             media.close()
             raise

@@ -399,15 +399,17 @@ def visit_pair(
     env: dict[str, str] | None = None,
     frames: int = 10,
     timeout: float = 30.0,
+    ice_tcp: tuple[str, str] = ("no", "no"),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two visitors (tags 1 and 2) on `a` and `b` paired by the relay at `url`.
 
     Returns what each observed (see tests/netns_visitor.py) once both received
     `frames` of the other's stamped frames, or raises with both reports.
+    `ice_tcp` is each visitor's ICE-TCP choice (rtc.client.ICE_TCP_CHOICES).
     """
     procs = []
-    for host, tag, partner in ((a, 1, 2), (b, 2, 1)):
-        args = [_python(), str(VISITOR), "--url", url, "--tag", str(tag)]
+    for host, tag, partner, tcp in ((a, 1, 2, ice_tcp[0]), (b, 2, 1, ice_tcp[1])):
+        args = [_python(), str(VISITOR), "--url", url, "--tag", str(tag), "--ice-tcp", tcp]
         args += ["--partner", str(partner), "--frames", str(frames), "--timeout", str(timeout)]
         procs.append(
             host.popen(

@@ -320,7 +320,7 @@ async def test_a_client_with_only_tcp_connects_over_ice_tcp(local_server, client
     )
     media = server.app[LOBBY].relay.settings.media
     assert media is not None
-    tcp_only = ChatClient(server.ws_url, tag=1, ice_tcp_only=True)
+    tcp_only = ChatClient(server.ws_url, tag=1, ice_tcp="only")
     on_udp = ChatClient(server.ws_url, tag=2)
     clients += [tcp_only, on_udp]
     for client in (tcp_only, on_udp):
