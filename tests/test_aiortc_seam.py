@@ -348,3 +348,28 @@ def test_media_mux_names_are_checked() -> None:
     media = MediaMux([])
     with pytest.raises(aiortc_seam.SeamError, match="get_component_candidates"):
         aiortc_seam.use_media_mux(Pc(), media)  # type: ignore[arg-type]
+
+
+async def test_a_mux_socket_announced_at_other_addresses_offers_each() -> None:
+    """Behind a 1:1 NAT the socket is offered at the public address (and the local one)."""
+    host = aiortc_seam.host_addresses()[0]
+    announced = "203.0.113.7" if ":" not in host else "2001:db8::7"
+    media = MediaMux([UdpMux.open(host, 0, (announced, host))])
+    a, server = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        a.addTrack(VideoStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await server.setRemoteDescription(a.localDescription)
+        aiortc_seam.use_media_mux(server, media)
+        await server.setLocalDescription(await server.createAnswer())
+        candidates = [
+            line.split()[4:6]
+            for line in server.localDescription.sdp.splitlines()
+            if line.startswith("a=candidate")
+        ]
+        port = str(media.udp[0].port)
+        assert candidates == [[announced, port], [host, port]]
+    finally:
+        await server.close()
+        await a.close()
+        media.close()

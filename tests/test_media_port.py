@@ -350,3 +350,65 @@ async def test_a_client_with_only_tcp_connects_over_ice_tcp(local_server, client
 
     await asyncio.wait_for(settled(), 20)
     assert media.stats()["remembered"] == 0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(180)
+async def test_peers_coming_and_going_on_the_shared_ports_leave_nothing_behind(
+    local_server,
+) -> None:
+    """Waves of visitors (half over UDP, half over ICE-TCP) connect, see media and
+    leave: the mux's tables, the ICE-TCP streams and this process's file
+    descriptors (server and clients both live here) return to where they were."""
+    server = await local_server(
+        Settings(
+            media_port=free_udp_port(),
+            media_tcp_port=free_port(),
+            ip_max_peers=0,
+            ip_max_sessions=0,
+            ip_max_new_sessions=0,
+        )
+    )
+    media = server.app[LOBBY].relay.settings.media
+    assert media is not None
+
+    async def wave(size: int, tag: int) -> None:
+        made = [
+            ChatClient(
+                server.ws_url,
+                tag=tag + i,
+                width=160,
+                height=120,
+                fps=5,
+                ice_tcp="only" if i % 2 else "no",
+            )
+            for i in range(size)
+        ]
+        try:
+            await asyncio.gather(*(c.connect() for c in made))
+            for c in made:
+                await c.start()
+            await asyncio.gather(*(c.wait_frames(count=2, timeout=30) for c in made))
+            assert media.stats()["connections"] == size
+            assert media.stats()["tcp_streams"] >= size // 2
+        finally:
+            await asyncio.gather(*(c.close() for c in made), return_exceptions=True)
+
+    async def settled() -> None:
+        while media.stats()["connections"] or media.stats()["remembered"]:
+            await asyncio.sleep(0.1)
+
+    await wave(4, 10)  # warm-up: imports, codecs, the executor's threads
+    await asyncio.wait_for(settled(), 20)
+    before = open_fds()
+    for n in range(3):
+        await wave(8, 100 + 10 * n)
+        await asyncio.wait_for(settled(), 20)
+    assert media.stats()["tcp_streams"] == 0
+    deadline = time.monotonic() + 10
+    while open_fds() > before and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert open_fds() <= before, f"{open_fds() - before} file descriptors left open"

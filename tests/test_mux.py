@@ -14,7 +14,7 @@ import pytest
 from aioice import stun
 
 from rtc import mux
-from rtc.mux import MediaMux, MuxError, UdpMux
+from rtc.mux import MediaMux, MuxError, TcpMux, UdpMux
 
 
 class Recorder:
@@ -155,6 +155,77 @@ async def test_a_port_in_use_is_a_clear_error() -> None:
     taken.bind(("127.0.0.1", 0))
     try:
         with pytest.raises(MuxError, match=r"cannot bind UDP 127\.0\.0\.1 port \d+"):
-            MediaMux.open(taken.getsockname()[1], ["127.0.0.1"])
+            await MediaMux.open(taken.getsockname()[1], ["127.0.0.1"])
     finally:
         taken.close()
+
+
+# -- the ICE-TCP listener ---------------------------------------------------------
+
+
+async def _stream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    async with asyncio.timeout(5):
+        try:
+            return await reader.read() == b""
+        except ConnectionResetError:
+            return True
+
+
+async def test_a_tcp_stream_belongs_to_whoever_its_first_check_authenticates_to() -> None:
+    listener = await TcpMux.open("127.0.0.1", 0)
+    alice = Recorder("alic", "a" * 22)
+    listener.register(alice)
+    try:
+        reader, writer = await _stream(listener.port)
+        check_frame = check("alic", alice.password)
+        # Split across writes: framing must not depend on how TCP cuts the bytes.
+        data = mux.frame(check_frame) + mux.frame(b"\x80\x60media")
+        writer.write(data[:7])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(data[7:])
+        await _until(lambda: len(alice.got) == 2)
+        addr = writer.get_extra_info("sockname")[:2]
+        assert alice.got == [(check_frame, addr), (b"\x80\x60media", addr)]
+        # The connection's replies go back on that stream, framed.
+        listener.sendto(b"reply", addr)
+        assert await reader.readexactly(7) == mux.frame(b"reply")
+        listener.unregister(alice)
+        assert await _closed_by_server(reader)
+        await _until(lambda: listener.remembered == 0)
+        writer.close()
+    finally:
+        listener.close()
+
+
+async def test_tcp_streams_that_do_not_authenticate_are_closed() -> None:
+    listener = await TcpMux.open("127.0.0.1", 0)
+    alice = Recorder("alic", "a" * 22)
+    listener.register(alice)
+    try:
+        writers = []
+        for first in (mux.frame(b"GET / HTTP/1.1\r\n\r\n"), mux.frame(check("alic", b"wrong" * 5))):
+            reader, writer = await _stream(listener.port)
+            writers.append(writer)
+            writer.write(first)
+            assert await _closed_by_server(reader)
+        assert alice.got == []
+        assert (listener.dropped_unknown, listener.dropped_unauthenticated) == (1, 1)
+        # One that says nothing (or sends an unframed request) is closed after
+        # TCP_AUTH_TIMEOUT (shortened here).
+        listener_timeout, mux.TCP_AUTH_TIMEOUT = mux.TCP_AUTH_TIMEOUT, 0.2
+        try:
+            reader, writer = await _stream(listener.port)
+            writers.append(writer)
+            assert await _closed_by_server(reader)
+        finally:
+            mux.TCP_AUTH_TIMEOUT = listener_timeout
+        await _until(lambda: listener.remembered == 0)
+        for writer in writers:
+            writer.close()
+    finally:
+        listener.close()
