@@ -107,7 +107,7 @@ def test_without_the_media_port_that_firewall_stops_media(net: Net, log: Path) -
     start_relay(server, log)
 
     with pytest.raises(AssertionError, match="did not see each other"):
-        visit_pair(relay_url(server), alice, bob, timeout=8.0)
+        visit_pair(relay_url(server), alice, bob, timeout=5.0)
 
 
 BROWSER = ROOT / "tests" / "netns_browser.py"
