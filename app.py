@@ -23,12 +23,12 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, WATCH_ICE, setup_routes
+from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
-from rtc import aiortc_seam
+from rtc import aiortc_seam, host_addresses
 from rtc.ice_servers import IceServers
 from rtc.mux import MediaMux
 from rtc.peer import PeerSettings
@@ -66,7 +66,6 @@ def create_app(settings: Settings) -> web.Application:
         throttle=LoginThrottle(free_failures=settings.login_throttle_after),
     )
     headers.install(app, trusted_proxy=settings.trusted_proxy)
-    app[WATCH_ICE] = _ice_servers(settings).for_server
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)
     add_routes(app)
@@ -87,13 +86,16 @@ def create_app(settings: Settings) -> web.Application:
 async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     ice_servers = _ice_servers(settings)
+    hosts = host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
+    logger.info("media on %s", hosts.describe())
     peer_settings = PeerSettings(
         ice_servers=ice_servers.for_server,
+        host_addresses=hosts,
         keyframe_interval=settings.keyframe_interval,
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
         transcode=settings.relay == "transcode",
-        media=await _open_media(settings),
+        media=await _open_media(settings, hosts),
     )
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
@@ -163,12 +165,18 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         await redis.aclose()
 
 
-async def _open_media(settings: Settings) -> MediaMux | None:
-    """The shared media port(s), when configured; every peer connection gathers on them."""
+async def _open_media(settings: Settings, hosts: host_addresses.HostAddresses) -> MediaMux | None:
+    """The shared media port(s), when configured; every peer connection gathers on them.
+
+    They are bound on the addresses `--media-ip` chose and offered as `--announce-ip` says.
+    """
     if not settings.media_port:
         return None
     media = await MediaMux.open(
-        settings.media_port, aiortc_seam.host_addresses(), tcp_port=settings.media_tcp_port
+        settings.media_port,
+        hosts.local,
+        {local: hosts.advertised(local) for local in hosts.local},
+        tcp_port=settings.media_tcp_port,
     )
     for udp in media.udp:
         logger.info("media port udp %s:%d", udp.host, udp.port)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCIceServer
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.service import Moderation, ban_until
@@ -26,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 MODERATION = web.AppKey("moderation", Moderation)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
-# Called per watch: what the server's own connections gather with (rtc/ice_servers.py).
-WATCH_ICE: web.AppKey[Callable[[], list[RTCIceServer]]] = web.AppKey("watch_ice")
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
@@ -329,8 +325,8 @@ async def watch(request: web.Request) -> web.Response:
         if session is None or session.peer is None:
             raise web.HTTPNotFound(text=f"no media from session {session_id}")
         peers.append(session.peer)
-    ice_servers = request.app[WATCH_ICE]()
-    watcher = Watcher(_who(request), ice_servers)
+    # Gathered like the users' own connections: same ICE servers, same addresses.
+    watcher = Watcher(_who(request), moderation.lobby.relay.settings)
     try:
         answer = await watcher.answer(sdp, peers)
     except PeerError as exc:

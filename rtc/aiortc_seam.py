@@ -32,7 +32,7 @@ import logging
 import queue
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import pylibsrtp
@@ -79,6 +79,7 @@ _CODECS = "_codecs"
 _ICE_CONNECTION = "_connection"  # RTCIceTransport -> aioice.Connection
 _NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
 _PROTOCOLS = "_protocols"  # aioice.Connection: one StunProtocol per local socket
+_GATHERING_STARTED = "_local_candidates_start"  # aioice.Connection
 _DTLS_STATE = "_state"
 _RX_SRTP = "_rx_srtp"
 _TX_SRTP = "_tx_srtp"
@@ -820,11 +821,6 @@ class _MuxProtocol(StunProtocol):
         self.connection_lost(None)
 
 
-def host_addresses() -> list[str]:
-    """The local addresses aioice gathers on by itself: every interface's, loopback excepted."""
-    return get_host_addresses(use_ipv4=True, use_ipv6=True)
-
-
 def _ice_connections(pc: RTCPeerConnection) -> list[Connection]:
     connections: list[Connection] = []
     for transceiver in pc.getTransceivers():
@@ -1014,7 +1010,7 @@ def use_active_tcp(pc: RTCPeerConnection, *, only: bool = False) -> None:
             if not only:
                 candidates += await original(component, addresses, timeout)
             # One active candidate per address family: it pairs with the server's of that family.
-            firsts = {":" in host: host for host in reversed(addresses or host_addresses())}
+            firsts = {":" in host: host for host in reversed(addresses or interface_addresses())}
             for host in firsts.values():
                 protocol = _ActiveTcpProtocol(connection, host, component)
                 protocols.append(protocol)
@@ -1045,3 +1041,71 @@ def selected_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
             return None
         return pair.local_candidate, pair.remote_candidate
     return None
+
+
+def interface_addresses() -> list[str]:
+    """Every address aioice would gather on by itself (all interfaces, no loopback)."""
+    return list(get_host_addresses(use_ipv4=True, use_ipv6=True))
+
+
+def offer_addresses(
+    pc: RTCPeerConnection, local: Sequence[str], advertised: Callable[[str], Sequence[str]]
+) -> None:
+    """Make `pc` gather host candidates on `local` only, each offered as `advertised(address)`.
+
+    Call it after setRemoteDescription (which creates the ICE transports) and
+    before setLocalDescription (which gathers). aioice binds one socket per
+    address it is given; an advertised address other than the socket's own is
+    an extra host candidate on the same socket (an announced public address of
+    a 1:1 NAT), and ICE checks arriving for it reach that socket all the same,
+    since aioice pairs by socket, not by candidate address.
+    """
+    for connection in _ice_connections(pc):
+        _require(connection, _GATHERING_STARTED)
+        _require(connection, _GET_COMPONENT_CANDIDATES)
+        if getattr(connection, _GATHERING_STARTED):
+            raise SeamError("offer_addresses() called after gathering started")
+        setattr(
+            connection,
+            _GET_COMPONENT_CANDIDATES,
+            _gather_on(getattr(connection, _GET_COMPONENT_CANDIDATES), local, advertised),
+        )
+
+
+def _gather_on(
+    original: Callable[..., Any],
+    local: Sequence[str],
+    advertised: Callable[[str], Sequence[str]],
+) -> Callable[..., Any]:
+    async def get_component_candidates(
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 - aioice's own signature
+    ) -> list[Candidate]:
+        # aioice passes no addresses under the relay-only policy: keep it that way.
+        chosen = list(local) if addresses else []
+        gathered: list[Candidate] = await original(
+            component=component, addresses=chosen, timeout=timeout
+        )
+        candidates = []
+        for candidate in gathered:
+            if candidate.type != "host":
+                candidates.append(candidate)
+                continue
+            for address in advertised(candidate.host):
+                candidates.append(
+                    candidate
+                    if address == candidate.host
+                    else Candidate(
+                        foundation=candidate_foundation("host", candidate.transport, address),
+                        component=candidate.component,
+                        transport=candidate.transport,
+                        priority=candidate.priority,
+                        host=address,
+                        port=candidate.port,
+                        type="host",
+                    )
+                )
+        return candidates
+
+    return get_component_candidates

@@ -20,6 +20,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from rtc import aiortc_seam
 from rtc.candidate import MAX_REMOTE_CANDIDATES, CandidateError, check_candidate
+from rtc.host_addresses import HostAddresses
 from rtc.mux import MediaMux
 from rtc.offer import KINDS as KINDS
 from rtc.offer import OfferError, check_offer
@@ -67,6 +68,8 @@ def _no_ice_servers() -> list[RTCIceServer]:
 class PeerSettings:
     # Called per connection: TURN credentials, when the server uses TURN, are minted per use.
     ice_servers: Callable[[], list[RTCIceServer]] = _no_ice_servers
+    # Which local addresses to gather on and announce (rtc/host_addresses.py); None: aioice's own.
+    host_addresses: HostAddresses | None = None
     keyframe_interval: float = 0.5
     media_timeout: float = 5.0
     connect_timeout: float = 20.0
@@ -141,8 +144,6 @@ class Peer:
             raise PeerError(
                 "bad_sdp", f"the offer was rejected: {exc or type(exc).__name__}"
             ) from exc
-        if self._settings.media is not None:
-            aiortc_seam.use_media_mux(pc, self._settings.media)
         encoder_keyframe = {}
         for transceiver in pc.getTransceivers():
             kind = transceiver.kind
@@ -160,6 +161,12 @@ class Peer:
             encoder_keyframe[kind] = aiortc_seam.on_keyframe_request(
                 sender, subscriber.on_keyframe_request
             )
+        hosts = self._settings.host_addresses
+        if self._settings.media is not None:
+            # The shared sockets were bound on the chosen addresses, announced as configured.
+            aiortc_seam.use_media_mux(pc, self._settings.media)
+        elif hosts is not None:
+            aiortc_seam.offer_addresses(pc, hosts.local, hosts.advertised)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:

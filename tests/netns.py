@@ -50,8 +50,16 @@ class NetError(RuntimeError):
     """A namespace command failed; the message has the command and its output."""
 
 
-def _run(args: Sequence[str], *, check: bool = True, stdin: str | None = None) -> str:
-    proc = subprocess.run(list(args), capture_output=True, text=True, input=stdin, timeout=30)
+def _run(
+    args: Sequence[str],
+    *,
+    check: bool = True,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    proc = subprocess.run(
+        list(args), capture_output=True, text=True, input=stdin, timeout=30, env=env
+    )
     if check and proc.returncode != 0:
         raise NetError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
@@ -111,9 +119,15 @@ class Host:
     def __repr__(self) -> str:
         return f"<Host {self.ns} {self.ip} (public {self.public_ip})>"
 
-    def cmd(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+    def cmd(
+        self,
+        *args: str,
+        check: bool = True,
+        stdin: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Run a short command inside this host and return its output."""
-        return _run(["ip", "netns", "exec", self.ns, *args], check=check, stdin=stdin)
+        return _run(["ip", "netns", "exec", self.ns, *args], check=check, stdin=stdin, env=env)
 
     def popen(
         self,
@@ -348,6 +362,7 @@ def _forwarding(ns: str) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_PORT = 443
 VISITOR = ROOT / "tests" / "netns_visitor.py"
+BROWSER = ROOT / "tests" / "netns_browser.py"
 
 
 def start_relay(host: Host, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -401,35 +416,66 @@ def visit_pair(
     timeout: float = 30.0,
     ice_tcp: tuple[str, str] = ("no", "no"),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Two visitors (tags 1 and 2) on `a` and `b` paired by the relay at `url`.
+    """Two headless visitors (tags 1 and 2) on `a` and `b` paired by the relay at `url`.
 
     Returns what each observed (see tests/netns_visitor.py) once both received
     `frames` of the other's stamped frames, or raises with both reports.
     `ice_tcp` is each visitor's ICE-TCP choice (rtc.client.ICE_TCP_CHOICES).
     """
-    procs = []
-    for host, tag, partner, tcp in ((a, 1, 2, ice_tcp[0]), (b, 2, 1, ice_tcp[1])):
-        args = [_python(), str(VISITOR), "--url", url, "--tag", str(tag), "--ice-tcp", tcp]
-        args += ["--partner", str(partner), "--frames", str(frames), "--timeout", str(timeout)]
-        procs.append(
-            host.popen(
-                args,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=ROOT,
-                env={**_env(), **(env or {})},
-            )
+    common = ["--url", url, "--frames", str(frames), "--timeout", str(timeout)]
+    first, second = visit(
+        [
+            (a, [str(VISITOR), *common, "--tag", "1", "--partner", "2", "--ice-tcp", ice_tcp[0]]),
+            (b, [str(VISITOR), *common, "--tag", "2", "--partner", "1", "--ice-tcp", ice_tcp[1]]),
+        ],
+        env=env,
+    )
+    return first, second
+
+
+def visit_with_browser(
+    server: Host, browser: Host, other: Host, *, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Real Chromium on `browser` and a headless visitor on `other`, paired by the relay."""
+    page = f"http://{server.public_ip}:{HTTP_PORT}/"
+    first, second = visit(
+        [
+            (browser, [str(BROWSER), "--url", page, "--timeout", "40"]),
+            (other, [str(VISITOR), "--url", relay_url(server), "--tag", "2", "--timeout", "40"]),
+        ],
+        env=env,
+    )
+    return first, second
+
+
+def visit(
+    visitors: Sequence[tuple[Host, list[str]]], *, env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Run visitor scripts (netns_visitor.py, netns_browser.py) at once; their final reports.
+
+    Each prints a status line when it sees its partner; once all have (or
+    failed), their stdin is closed and each prints its report.
+    """
+    procs = [
+        host.popen(
+            [_python(), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**_env(), **(env or {})},
         )
+        for host, args in visitors
+    ]
     first = [_line(p) for p in procs]
-    reports: list[dict[str, Any]] = []
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.stdin = None  # communicate() would flush it
+    reports: list[dict[str, Any]] = []
     for proc, status in zip(procs, first, strict=True):
         try:
-            out, err = proc.communicate(timeout=15)
+            out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -440,14 +486,14 @@ def visit_pair(
         reports.append(report)
     if not all(r.get("ready") for r in reports):
         raise AssertionError(
-            "the pair did not see each other:\n"
+            "the visitors did not see each other:\n"
             + "\n".join(
                 f"visitor {i + 1}: {r.get('error')} pair={r.get('pair')} "
                 f"summary={r.get('summary')}\n{r.get('stderr')}"
                 for i, r in enumerate(reports)
             )
         )
-    return reports[0], reports[1]
+    return reports
 
 
 def _line(proc: subprocess.Popen[bytes]) -> dict[str, Any]:

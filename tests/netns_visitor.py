@@ -74,7 +74,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--tag", type=int, required=True)
-    parser.add_argument("--partner", type=int, required=True, help="the partner's tag")
+    parser.add_argument(
+        "--partner", type=int, help="the partner's tag; without it any video counts (a browser)"
+    )
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--timeout", type=float, default=30.0)

@@ -223,3 +223,15 @@ def test_announced_and_media_addresses(
         with pytest.raises(SystemExit):
             parse_settings(bad)
         assert reason in capsys.readouterr().err
+
+
+def test_a_media_ip_this_machine_lacks_stops_the_server_with_a_reason() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--media-ip", "198.51.100.77"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "--media-ip 198.51.100.77 is not an address of this machine" in run.stderr
+    assert "Traceback" not in run.stderr

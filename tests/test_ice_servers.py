@@ -10,7 +10,9 @@ import base64
 import hashlib
 import hmac
 
-from config import IceServer
+import aiohttp
+
+from config import IceServer, IceSettings, Settings
 from rtc.ice_servers import IceServers, rest_credentials
 
 STUN = IceServer("stun:stun.example:3478")
@@ -52,3 +54,21 @@ def test_the_server_itself_uses_stun_but_not_turn_unless_asked() -> None:
     both = IceServers((STUN, TURN), turn_secret="s3cret", server_uses_turn=True).for_server()
     assert [s.urls for s in both] == [STUN.urls, TURN.urls]
     assert both[1].username is not None and both[1].username.count(":") == 1
+
+
+async def test_every_hello_carries_credentials_of_its_own(local_server) -> None:
+    """A reconnecting visitor (a new WebSocket) gets fresh credentials, not the old ones."""
+    server = await local_server(
+        Settings(ice_servers=(STUN, TURN), ice=IceSettings(turn_secret="s3cret", turn_ttl=60))
+    )
+    seen = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.ws_connect(server.ws_url, origin=server.http_url) as ws:
+                hello = await ws.receive_json()
+                assert hello["type"] == "hello"
+                stun, turn = hello["iceServers"]
+                assert stun == {"urls": STUN.urls}
+                assert hello["id"] not in turn["username"]
+                seen.append(turn["username"])
+    assert seen[0] != seen[1]

@@ -7,25 +7,21 @@ checks that a pair sees the other's stamped frames. Needs root (CI has it).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from netns import (
+    BROWSER,
     HTTP_PORT,
-    ROOT,
     Host,
     Net,
     assert_no_address_leaks,
     relay_url,
     start_relay,
+    visit,
     visit_pair,
 )
-from netns import _env as netns_env
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "networks"
 MEDIA_PORT = 50000
@@ -110,19 +106,6 @@ def test_without_the_media_port_that_firewall_stops_media(net: Net, log: Path) -
         visit_pair(relay_url(server), alice, bob, timeout=5.0)
 
 
-BROWSER = ROOT / "tests" / "netns_browser.py"
-
-
-def _json_line(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    try:
-        parsed = json.loads(line)
-    except ValueError:
-        parsed = None
-    return parsed if isinstance(parsed, dict) else {"ready": False, "error": repr(line)}
-
-
 @pytest.mark.timeout(180)
 def test_chromium_whose_udp_is_dropped_connects_over_ice_tcp(net: Net, log: Path) -> None:
     """Real Chromium in an office that drops all UDP, paired with Chromium at home."""
@@ -132,38 +115,14 @@ def test_chromium_whose_udp_is_dropped_connects_over_ice_tcp(net: Net, log: Path
     start_relay(
         server, log, "--media-port", str(MEDIA_PORT), "--media-tcp-port", str(MEDIA_TCP_PORT)
     )
-    url = f"http://{server.public_ip}:{HTTP_PORT}/"
-    procs = [
-        host.popen(
-            [sys.executable, str(BROWSER), "--url", url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env=netns_env(),
-        )
-        for host in (alice, bob)
-    ]
-    ready = [_json_line(p) for p in procs]
-    finals: list[dict[str, Any]] = []
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.stdin = None
-    for proc in procs:
-        finals.append(_json_line(proc) if ready[0].get("ready") else {})
-        try:
-            _out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _out, err = proc.communicate()
-        if not all(r.get("ready") for r in ready):
-            print(err.decode(errors="replace")[-3000:])
-    assert all(r.get("ready") for r in ready), ready
-    a, b = (r["pair"] for r in ready)
+    page = f"http://{server.public_ip}:{HTTP_PORT}/"
+    browser = [str(BROWSER), "--url", page, "--frames", "15", "--timeout", "40"]
+    a, b = visit([(alice, browser), (bob, browser)])
+
     # Alice's Chromium reached the server's passive TCP candidate; Bob's stayed on UDP.
-    assert a["protocol"] == "tcp" and a["local"]["tcpType"] == "active", a
-    assert a["remote"]["port"] == MEDIA_TCP_PORT, a
-    assert b["protocol"] == "udp" and b["remote"]["port"] == MEDIA_PORT, b
-    assert all(not r["errors"] for r in ready), ready
-    assert all(f.get("frames_decoded", 0) >= 15 for f in finals), finals
+    assert a["pair"]["local"]["protocol"] == "tcp", a["pair"]
+    assert a["pair"]["remote"]["port"] == MEDIA_TCP_PORT, a["pair"]
+    assert b["pair"]["local"]["protocol"] == "udp", b["pair"]
+    assert b["pair"]["remote"]["port"] == MEDIA_PORT, b["pair"]
+    assert not a["errors"] and not b["errors"]
+    assert_no_address_leaks([a, b], [alice, bob])

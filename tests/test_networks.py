@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from coturn import Coturn
-from netns import ROOT, Net, assert_no_address_leaks, relay_url, start_relay, visit_pair
+from netns import (
+    ROOT,
+    Net,
+    assert_no_address_leaks,
+    relay_url,
+    start_relay,
+    visit_pair,
+    visit_with_browser,
+)
 from netns import _env as probe_env
 
 PROBE = ROOT / "tests" / "netns_turn_probe.py"
@@ -105,6 +113,11 @@ def test_visitors_without_udp_get_through_coturn_over_tcp_with_their_own_credent
     result = json.loads(out)
     assert result["allocated"] is False and "401" in result["error"], result
     assert "Cannot find credentials" in coturn.log() or "401" in coturn.log()
+    # While a visitor arriving now gets credentials coturn accepts.
+    fresh = json.loads(
+        carol.cmd(sys.executable, str(PROBE), "--url", relay_url(server), env=probe_env())
+    )
+    assert fresh["allocated"] is True, fresh
 
 
 def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
@@ -126,3 +139,53 @@ def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
         assert report["messages"][0]["iceServers"][0]["urls"].startswith("turns:")
         assert all("typ relay" not in sdp for sdp in _answers(report))
     assert_no_address_leaks([a, b], [alice, bob])
+
+
+def _server_candidates(report: dict) -> list[str]:
+    return [
+        line.split()[4]
+        for sdp in _answers(report)
+        for line in sdp.splitlines()
+        if line.startswith("a=candidate:")
+    ]
+
+
+def test_a_server_behind_a_1_to_1_nat_announces_its_public_address(net: Net, log: Path) -> None:
+    cloud = net.one_to_one_nat("cloud")
+    server = cloud.host("server")
+    alice = net.nat("home-a").host("alice")
+    bob = net.nat("home-b").host("bob")
+    # No --stun: the announced address is all the server needs.
+    start_relay(server, log, "--announce-ip", cloud.public_ip)
+
+    a, b = visit_pair(relay_url(server), alice, bob)
+
+    for report in (a, b):
+        # Only the public address is offered; the private one would be useless out there.
+        assert set(_server_candidates(report)) == {cloud.public_ip}
+        assert report["pair"]["remote"]["address"] == cloud.public_ip
+    assert_no_address_leaks([a, b], [alice, bob])
+
+
+def test_chromium_without_udp_gets_through_coturn_and_decodes_its_partner(
+    net: Net, log: Path, folder: Path
+) -> None:
+    server = net.host("server")
+    turn_host = net.host("turn")
+    office = net.nat("office", block_udp=True)
+    browser, bob = office.host("browser"), net.nat("home").host("bob")
+    coturn = Coturn(turn_host, folder, SECRET)
+    start_relay(server, log, "--turn", coturn.url(), "--turn-secret", SECRET)
+
+    page, headless = visit_with_browser(server, browser, bob)
+
+    # Chromium decoded bob's video, relayed through coturn over TCP (its UDP is dropped).
+    assert page["stats"]["video"]["framesDecoded"] >= 10
+    assert page["pair"]["local"]["type"] == "relay", page["pair"]
+    assert page["pair"]["local"]["relayProtocol"] == "tcp", page["pair"]
+    # And bob decoded the browser's camera.
+    assert headless["summary"]["frames_received"] >= 10
+    (turn,) = page["messages"][0]["iceServers"]
+    assert turn["username"].count(":") == 1 and turn["credential"]
+    assert not page["errors"], page["errors"]
+    assert_no_address_leaks([page, headless], [browser, bob])
