@@ -126,3 +126,35 @@ def test_chromium_whose_udp_is_dropped_connects_over_ice_tcp(net: Net, log: Path
     assert b["pair"]["remote"]["port"] == MEDIA_PORT, b["pair"]
     assert not a["errors"] and not b["errors"]
     assert_no_address_leaks([a, b], [alice, bob])
+
+
+def test_the_media_ports_behind_a_1_to_1_nat_are_offered_at_the_public_address(
+    net: Net, log: Path
+) -> None:
+    cloud = net.one_to_one_nat("cloud")
+    server = cloud.host("server")
+    alice = net.nat("home").host("alice")
+    bob = net.nat("office", block_udp=True).host("bob")
+    start_relay(
+        server,
+        log,
+        "--announce-ip",
+        cloud.public_ip,
+        "--media-port",
+        str(MEDIA_PORT),
+        "--media-tcp-port",
+        str(MEDIA_TCP_PORT),
+    )
+
+    a, b = visit_pair(relay_url(server), alice, bob, ice_tcp=("also", "also"))
+
+    assert a["pair"]["remote"] == {"type": "host", "address": cloud.public_ip, "port": MEDIA_PORT}
+    assert b["pair"]["remote"] == {
+        "type": "host",
+        "address": cloud.public_ip,
+        "port": MEDIA_TCP_PORT,
+    }
+    for report in (a, b):
+        answer = next(m["sdp"] for m in report["messages"] if m["type"] == "answer")
+        assert server.ip not in answer
+    assert_no_address_leaks([a, b], [alice, bob])
