@@ -561,6 +561,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         build_parser().error("--turn-secret needs --turn URL (the TURN server it is shared with)")
     if args.turn_ttl <= 0:
         build_parser().error("--turn-ttl: a number of seconds above 0")
+    if args.server_uses_turn and not turn:
+        build_parser().error("--server-uses-turn needs --turn URL")
     ice = _parse_ice_settings(args)
     origins = (
         args.allowed_origin

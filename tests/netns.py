@@ -224,13 +224,38 @@ class OneToOneNat(Router):
     """A cloud provider's 1:1 NAT: its public address forwards everything to one host.
 
     The host keeps a private address and never sees the public one on an
-    interface (AWS, GCP, Azure public IPs work this way).
+    interface (AWS, GCP, Azure public IPs work this way). With `inbound`
+    (e.g. ``["tcp/443", "udp/50000-50015"]``) it is also the cloud's firewall
+    (a security group): new connections from the internet reach the host on
+    those ports only; like a security group it is stateful, so replies to
+    what the host sent first still come in.
     """
+
+    def __init__(
+        self, net: Net, ns: str, public_ip: str, index: int, inbound: Sequence[str] | None
+    ) -> None:
+        super().__init__(net, ns, public_ip, index)
+        self._inbound = inbound
 
     def host(self, role: str) -> Host:
         if self.hosts:
             raise NetError("a 1:1 NAT has exactly one host behind it")
         host = super().host(role)
+        forward = ""
+        if self._inbound is not None:
+            allowed = []
+            for rule in self._inbound:
+                proto, _, ports = rule.partition("/")
+                if proto not in ("tcp", "udp") or not ports:
+                    raise NetError(f"inbound rule {rule!r}: expected tcp/PORT or udp/LOW-HIGH")
+                allowed.append(f'    iifname "wan" {proto} dport {ports} accept\n')
+            forward = (
+                "  chain forward { type filter hook forward priority 0; policy accept;\n"
+                '    iifname "wan" ct state established,related accept\n'
+                + "".join(allowed)
+                + '    iifname "wan" drop\n'
+                "  }\n"
+            )
         self.rules(
             "table ip rr {\n"
             "  chain pre { type nat hook prerouting priority -100;\n"
@@ -238,8 +263,7 @@ class OneToOneNat(Router):
             "  }\n"
             "  chain post { type nat hook postrouting priority 100;\n"
             f'    oifname "wan" ip saddr {host.ip} snat to {self.public_ip}\n'
-            "  }\n"
-            "}\n"
+            "  }\n" + forward + "}\n"
         )
         return host
 
@@ -301,12 +325,12 @@ class Net:
         _forwarding(ns)
         return Nat(self, ns, ip, next(self._routers), block_udp=block_udp, tcp_ports=tcp_ports)
 
-    def one_to_one_nat(self, role: str) -> OneToOneNat:
-        """A 1:1 NAT on the internet; `.host()` puts the one machine behind it."""
+    def one_to_one_nat(self, role: str, *, inbound: Sequence[str] | None = None) -> OneToOneNat:
+        """A 1:1 NAT on the internet (and, with `inbound`, a firewall); `.host()` goes behind it."""
         ns = self._namespace(role)
         ip = self._attach(ns, "wan")
         _forwarding(ns)
-        return OneToOneNat(self, ns, ip, next(self._routers))
+        return OneToOneNat(self, ns, ip, next(self._routers), inbound)
 
     def _namespace(self, role: str) -> str:
         if role in self._roles:

@@ -5,7 +5,8 @@
 Run by tests/test_networks.py inside a client namespace: reads `hello`, waits
 `--wait` seconds (to let the credentials expire), then asks the first TURN
 server in it for an allocation, as a browser would. Prints one JSON line:
-``{"allocated": bool, "error": str | null, "username": str}``.
+``{"allocated": bool, "error": str | null, "username": str}``, and with
+`--peer IP` also ``"peer_error"``: why the TURN server refused to relay to IP, or null.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from aioice import turn
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
 
-class _Ignore(asyncio.DatagramProtocol):
-    pass
+class _Peer(asyncio.DatagramProtocol):
+    """Remembers why sending through the allocation failed (aioice reports it here)."""
+
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+
+    def error_received(self, exc: Exception) -> None:
+        self.errors.append(exc)
 
 
 async def probe(args: argparse.Namespace) -> dict[str, Any]:
@@ -33,9 +40,9 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     parsed = parse_stun_turn_uri(server["urls"])
     result: dict[str, Any] = {"username": server["username"], "error": None}
     try:
-        transport, _ = await asyncio.wait_for(
+        transport, peer = await asyncio.wait_for(
             turn.create_turn_endpoint(
-                _Ignore,
+                _Peer,
                 server_addr=(parsed["host"], parsed["port"]),
                 username=server["username"],
                 password=server["credential"],
@@ -47,8 +54,16 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:
         result.update(allocated=False, error=f"{type(exc).__name__}: {exc}")
     else:
-        transport.close()
         result["allocated"] = True
+        if args.peer:
+            # Sending binds a channel to the peer first; the TURN server may refuse it (403).
+            transport.sendto(b"probe", (args.peer, 9))
+            for _ in range(40):
+                if peer.errors:
+                    break
+                await asyncio.sleep(0.05)
+            result["peer_error"] = f"{peer.errors[0]}" if peer.errors else None
+        transport.close()
     return result
 
 
@@ -56,6 +71,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--wait", type=float, default=0.0)
+    parser.add_argument("--peer", help="then send one datagram through the allocation to this IP")
     print(json.dumps(asyncio.run(probe(parser.parse_args()))), flush=True)
     return 0
 

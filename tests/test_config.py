@@ -219,6 +219,7 @@ def test_announced_and_media_addresses(
         (["--announce-keep-local"], "needs --announce-ip"),
         (["--media-ip", "0.0.0.0"], "an address of this machine"),
         (["--media-ip", "all", "--media-ip", "10.0.0.5"], "give it alone"),
+        (["--server-uses-turn"], "--server-uses-turn needs --turn"),
     ):
         with pytest.raises(SystemExit):
             parse_settings(bad)

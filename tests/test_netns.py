@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import pytest
 from netns import PREFIX, Net, _namespaces, sweep_stale
@@ -27,3 +28,41 @@ def test_only_namespaces_of_dead_runs_are_swept() -> None:
         # A live run's namespaces (this one's) stay.
         assert sweep_stale() == []
         assert any(n.startswith(net.name) for n in _namespaces())
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(100)
+    s.sendto(data, addr)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recv(100).decode())
+except TimeoutError:
+    print("no answer")
+"""
+
+
+def test_a_cloud_firewall_lets_in_only_its_ports() -> None:
+    with Net() as net:
+        cloud = net.one_to_one_nat("cloud", inbound=["tcp/443", "udp/5000-5001"])
+        server = cloud.host("server")
+        client = net.nat("home").host("client")
+        for port in ("5001", "6000"):
+            echo = server.popen([sys.executable, "-c", UDP_ECHO, port], stdout=subprocess.PIPE)
+            assert echo.stdout is not None and echo.stdout.readline() == b"ready\n"
+
+        def ask(port: str) -> str:
+            return client.cmd(sys.executable, "-c", UDP_ASK, cloud.public_ip, port).strip()
+
+        assert ask("5001") == "hi"  # through the 1:1 NAT, an allowed port
+        assert ask("6000") == "no answer"  # the firewall drops the rest

@@ -48,12 +48,19 @@ def test_visitors_behind_home_nats_see_each_other(net: Net, log: Path) -> None:
     server = net.host("server")
     alice = net.nat("home-a").host("alice")
     bob = net.nat("home-b").host("bob")
+    # A docker bridge on the server: nobody outside can reach it, so it is not offered.
+    server.cmd("ip", "link", "add", "docker0", "type", "veth", "peer", "name", "veth0")
+    server.cmd("ip", "addr", "add", "172.17.0.1/16", "dev", "docker0")
+    server.cmd("ip", "link", "set", "docker0", "up")
+    server.cmd("ip", "link", "set", "veth0", "up")
     start_relay(server, log)
 
     a, b = visit_pair(relay_url(server), alice, bob)
 
     assert a["counters"] == sorted(a["counters"]) and b["counters"] == sorted(b["counters"])
-    # Straight to the server's host candidate, each from behind its own NAT.
+    # Straight to the server's host candidate, each from behind its own NAT; the
+    # answer offered the address of the default route only.
+    assert set(_server_candidates(a)) == {server.ip}
     assert a["pair"]["remote"]["address"] == server.ip
     assert b["pair"]["remote"]["address"] == server.ip
     assert_no_address_leaks([a, b], [alice, bob])
@@ -113,11 +120,24 @@ def test_visitors_without_udp_get_through_coturn_over_tcp_with_their_own_credent
     result = json.loads(out)
     assert result["allocated"] is False and "401" in result["error"], result
     assert "Cannot find credentials" in coturn.log() or "401" in coturn.log()
-    # While a visitor arriving now gets credentials coturn accepts.
-    fresh = json.loads(
-        carol.cmd(sys.executable, str(PROBE), "--url", relay_url(server), env=probe_env())
-    )
-    assert fresh["allocated"] is True, fresh
+    # While a visitor arriving now gets credentials coturn accepts, and may relay
+    # to the server, but not to anyone's private address (the documented config).
+    for peer, refused in ((server.ip, False), (alice.ip, True)):
+        fresh = json.loads(
+            carol.cmd(
+                sys.executable,
+                str(PROBE),
+                "--url",
+                relay_url(server),
+                "--peer",
+                peer,
+                env=probe_env(),
+            )
+        )
+        assert fresh["allocated"] is True, fresh
+        assert (fresh["peer_error"] is not None) == refused, fresh
+        if refused:
+            assert "403" in fresh["peer_error"], fresh
 
 
 def test_visitors_allowed_only_tcp_443_get_through_coturn_over_tls(
