@@ -30,6 +30,7 @@ from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc import aiortc_seam, host_addresses
 from rtc.ice_servers import IceServers
+from rtc.mux import MediaMux
 from rtc.peer import PeerSettings
 from rtc.pipe import PipeEndpoint
 from rtc.pipe_bridge import PipeBridge
@@ -94,6 +95,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
         transcode=settings.relay == "transcode",
+        media=await _open_media(settings, hosts),
     )
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
@@ -161,8 +163,30 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         logger.info("node %s joined the lobby at %s", node, _redacted(settings.redis))
     yield
     await lobby.close()
+    if peer_settings.media is not None:
+        peer_settings.media.close()
     if redis is not None:
         await redis.aclose()
+
+
+async def _open_media(settings: Settings, hosts: host_addresses.HostAddresses) -> MediaMux | None:
+    """The shared media port(s), when configured; every peer connection gathers on them.
+
+    They are bound on the addresses `--media-ip` chose and offered as `--announce-ip` says.
+    """
+    if not settings.media_port:
+        return None
+    media = await MediaMux.open(
+        settings.media_port,
+        hosts.local,
+        {local: hosts.advertised(local) for local in hosts.local},
+        tcp_port=settings.media_tcp_port,
+    )
+    for udp in media.udp:
+        logger.info("media port udp %s:%d", udp.host, udp.port)
+    for tcp in media.tcp:
+        logger.info("media port tcp %s:%d (ICE-TCP, passive)", tcp.host, tcp.port)
+    return media
 
 
 async def _moderation_metrics(app: web.Application) -> None:

@@ -130,6 +130,11 @@ class Settings:
     pipe_port: int = 0
     pipe_announce: str | None = None
     pipe_encrypt: bool = False
+    # The media port (rtc/mux.py): one UDP port that every peer connection of
+    # the process shares; 0 = a port of its own per connection (aioice's way).
+    # Worker i takes media_port + i. The passive ICE-TCP port likewise; 0 = none.
+    media_port: int = 0
+    media_tcp_port: int = 0
 
     @property
     def clustered(self) -> bool:
@@ -213,6 +218,20 @@ def _add_seconds(p: argparse.ArgumentParser, options: list[tuple[str, float, str
             default=float(_env(env, str(default))),
             help=f"{text} [RELAY_{env}]",
         )
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    """'P' or 'P-Q' as (first, last); '0' is (0, 0): none."""
+    first, dash, last = value.strip().partition("-")
+    try:
+        low, high = int(first), int(last) if dash else int(first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a port (50000) or a range (50000-50015)"
+        ) from None
+    if not (0 <= low <= 65535 and 0 <= high <= 65535) or high < low or (low == 0 and high):
+        raise argparse.ArgumentTypeError(f"{value!r}: ports are 1-65535, the range low-high")
+    return low, high
 
 
 def _workers(value: str) -> int:
@@ -447,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
         "WebSocket, besides the one the server is served at; repeatable "
         "[RELAY_ALLOWED_ORIGIN, comma-separated]",
     )
+    media = p.add_argument_group("media ports (docs/operations.md, 'Ports and firewall')")
+    media.add_argument(
+        "--media-port",
+        type=_port_range,
+        default=_port_range(_env("MEDIA_PORT", "0")),
+        metavar="P|P-Q",
+        help="one UDP port shared by every media connection (0 = a port per connection); "
+        "worker i takes P + i, and a range P-Q must hold a port per worker [RELAY_MEDIA_PORT]",
+    )
+    media.add_argument(
+        "--media-tcp-port",
+        type=_port_range,
+        default=_port_range(_env("MEDIA_TCP_PORT", "0")),
+        metavar="T|T-U",
+        help="TCP port for ICE over TCP (RFC 6544, passive), for users whose UDP is blocked; "
+        "needs --media-port; worker i takes T + i (0 = none) [RELAY_MEDIA_TCP_PORT]",
+    )
     cluster = p.add_argument_group("cluster (docs/operations.md)")
     cluster.add_argument(
         "--redis",
@@ -559,6 +595,23 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
             f"--workers {args.workers} needs --redis redis://HOST:PORT/DB (and "
             "--cluster-secret): each worker is a node, and nodes share their lobby in Redis"
         )
+    for name, (first, last) in (
+        ("--media-port", args.media_port),
+        ("--media-tcp-port", args.media_tcp_port),
+    ):
+        if first and last - first + 1 < args.workers and last != first:
+            build_parser().error(
+                f"{name} {first}-{last} has {last - first + 1} ports for {args.workers} workers: "
+                "each worker needs its own"
+            )
+        if first and first + args.workers - 1 > 65535:
+            build_parser().error(
+                f"{name} {first}: worker {args.workers - 1} would need a port over 65535"
+            )
+    if args.media_tcp_port[0] and not args.media_port[0]:
+        build_parser().error(
+            "--media-tcp-port needs --media-port: ICE over TCP is served beside the shared UDP port"
+        )
     return Settings(
         host=args.host,
         port=args.port,
@@ -596,4 +649,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         pipe_port=args.pipe_port,
         pipe_announce=args.pipe_announce,
         pipe_encrypt=args.pipe_encrypt,
+        media_port=args.media_port[0],
+        media_tcp_port=args.media_tcp_port[0],
     )

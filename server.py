@@ -178,6 +178,9 @@ def _worker(settings: Settings, index: int) -> None:
         metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
         # And its own pipe port, when one is fixed.
         pipe_port=settings.pipe_port + index if settings.pipe_port else 0,
+        # And its own media ports: one UDP (and TCP) port per worker to open in a firewall.
+        media_port=settings.media_port + index if settings.media_port else 0,
+        media_tcp_port=settings.media_tcp_port + index if settings.media_tcp_port else 0,
     )
     _setup_logging(settings)
     run_node(settings, worker=index)

@@ -21,6 +21,7 @@ from aiortc.sdp import candidate_from_sdp
 from rtc import aiortc_seam
 from rtc.candidate import MAX_REMOTE_CANDIDATES, CandidateError, check_candidate
 from rtc.host_addresses import HostAddresses
+from rtc.mux import MediaMux
 from rtc.offer import KINDS as KINDS
 from rtc.offer import OfferError, check_offer
 from rtc.publisher import Publisher
@@ -75,6 +76,8 @@ class PeerSettings:
     watchdog_interval: float = 0.5
     # Decode and re-encode every frame instead of forwarding it (a baseline to measure against).
     transcode: bool = False
+    # The shared media port(s) every connection gathers on; None: a socket per connection.
+    media: MediaMux | None = None
 
 
 StateHandler = Callable[["Peer", MediaState, str], None]
@@ -159,7 +162,10 @@ class Peer:
                 sender, subscriber.on_keyframe_request
             )
         hosts = self._settings.host_addresses
-        if hosts is not None:
+        if self._settings.media is not None:
+            # The shared sockets were bound on the chosen addresses, announced as configured.
+            aiortc_seam.use_media_mux(pc, self._settings.media)
+        elif hosts is not None:
             aiortc_seam.offer_addresses(pc, hosts.local, hosts.advertised)
         try:
             await pc.setLocalDescription(await pc.createAnswer())

@@ -438,17 +438,19 @@ def visit_pair(
     env: dict[str, str] | None = None,
     frames: int = 10,
     timeout: float = 30.0,
+    ice_tcp: tuple[str, str] = ("no", "no"),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two headless visitors (tags 1 and 2) on `a` and `b` paired by the relay at `url`.
 
     Returns what each observed (see tests/netns_visitor.py) once both received
     `frames` of the other's stamped frames, or raises with both reports.
+    `ice_tcp` is each visitor's ICE-TCP choice (rtc.client.ICE_TCP_CHOICES).
     """
     common = ["--url", url, "--frames", str(frames), "--timeout", str(timeout)]
     first, second = visit(
         [
-            (a, [str(VISITOR), *common, "--tag", "1", "--partner", "2"]),
-            (b, [str(VISITOR), *common, "--tag", "2", "--partner", "1"]),
+            (a, [str(VISITOR), *common, "--tag", "1", "--partner", "2", "--ice-tcp", ice_tcp[0]]),
+            (b, [str(VISITOR), *common, "--tag", "2", "--partner", "1", "--ice-tcp", ice_tcp[1]]),
         ],
         env=env,
     )

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from rtc import aiortc_seam
-from rtc.client import ChatClient
+from rtc.client import ICE_TCP_CHOICES, ChatClient
 
 
 def _emit(line: dict[str, Any]) -> None:
@@ -40,7 +40,7 @@ def _pair(client: ChatClient) -> dict[str, Any] | None:
 
 
 async def visit(args: argparse.Namespace) -> int:
-    client = ChatClient(args.url, tag=args.tag, fps=args.fps)
+    client = ChatClient(args.url, tag=args.tag, fps=args.fps, ice_tcp=args.ice_tcp)
     ready = False
     counters: list[int] = []
     try:
@@ -80,6 +80,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--ice-tcp", choices=ICE_TCP_CHOICES, default="no", help="offer active ICE-TCP candidates"
+    )
     return asyncio.run(visit(parser.parse_args()))
 
 

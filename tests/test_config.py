@@ -85,6 +85,8 @@ def test_help_documents_every_option() -> None:
         "--relay",
         "--log-level",
         "--web-dir",
+        "--media-port",
+        "--media-tcp-port",
     ):
         assert flag in out
     assert "RELAY_PORT" in out
@@ -138,6 +140,41 @@ def test_login_throttle_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RELAY_LOGIN_THROTTLE_AFTER", raising=False)
     assert parse_settings([]).login_throttle_after == 5
     assert parse_settings(["--login-throttle-after", "0"]).login_throttle_after == 0
+
+
+def test_media_ports_a_port_or_a_range_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (parse_settings([]).media_port, parse_settings([]).media_tcp_port) == (0, 0)
+    settings = parse_settings(["--media-port", "50000", "--media-tcp-port", "443"])
+    assert (settings.media_port, settings.media_tcp_port) == (50000, 443)
+    monkeypatch.setenv("RELAY_MEDIA_PORT", "40000-40003")
+    assert parse_settings([]).media_port == 40000
+    cluster = ["--redis", "redis://r/0", "--cluster-secret", "s" * 16]
+    assert parse_settings([*cluster, "--workers", "4"]).media_port == 40000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--media-port", "70000"],
+        ["--media-port", "5-4"],
+        ["--media-port", "port"],
+        ["--media-tcp-port", "443"],  # without --media-port
+        [
+            "--redis",
+            "redis://r/0",
+            "--cluster-secret",
+            "s" * 16,
+            "--workers",
+            "3",
+            "--media-port",
+            "50000-50001",
+        ],
+    ],
+)
+def test_bad_media_ports_are_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(args)
+    assert "media" in capsys.readouterr().err
 
 
 def test_turn_secret_mints_per_visitor_instead_of_static_credentials(
