@@ -15,7 +15,8 @@ import { LocalMedia } from "./media.js";
 import * as text from "./messages.js";
 import { Peer } from "./peer.js";
 import { RemoteView } from "./remoteview.js";
-import { Signalling, socketUrl } from "./signalling.js";
+import { Signalling, clientId, socketUrl } from "./signalling.js";
+import { touchOnly, useTouchWording } from "./touch.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -46,7 +47,16 @@ const ui = {
   reportDetails: $("report-details"),
   reportSkip: $("report-skip"),
   localVideo: $("local-video"),
+  self: $("self"),
   selfCameraOff: $("self-camera-off"),
+  flipButton: $("flip-button"),
+  devicesButton: $("devices-button"),
+  devicesDialog: $("devices-dialog"),
+  cameraSelect: $("camera-select"),
+  micSelect: $("mic-select"),
+  interestHint: $("interest-hint"),
+  chatInput: $("chat-input"),
+  announcer: $("announcer"),
   banner: $("banner"),
   bannerText: $("banner-text"),
   bannerClose: $("banner-close"),
@@ -102,6 +112,27 @@ function send(msg) {
   return signalling.send(msg);
 }
 
+if (touchOnly) useTouchWording(ui, text.notes.interestHintTouch);
+checkStanding();
+
+// A banned visitor hears it before the age check and the camera prompt (GET /api/standing).
+async function checkStanding() {
+  let standing;
+  try {
+    const response = await fetch(`/api/standing?clientId=${encodeURIComponent(clientId())}`, { cache: "no-store" });
+    if (!response.ok) return; // an older server: /ws says it instead
+    standing = await response.json();
+  } catch {
+    return; // offline: the first screen still works, /ws tells later
+  }
+  if (standing?.banned !== true || !ui.room.hidden) return;
+  state.moderatedText = String(standing.message ?? "");
+  showBanner(state.moderatedText, "error", "banned");
+  ui.startButton.disabled = true;
+  ui.ageCheck.disabled = true;
+  ui.startNote.textContent = text.notes.banned;
+}
+
 // ---------- first screen ----------
 
 ui.startForm.addEventListener("submit", async (event) => {
@@ -138,9 +169,9 @@ ui.ageCheck.addEventListener("change", () => {
 function enterRoom() {
   ui.intro.hidden = true;
   ui.room.hidden = false;
-  ui.localVideo.srcObject = media.stream;
-  ui.localVideo.play().catch(() => {});
+  showSelf();
   media.onended = () => showBanner(text.connection.deviceEnded, "error");
+  listDevices();
   state.wanted = true;
   setPhase("connecting");
   signalling.open();
@@ -217,6 +248,8 @@ function onMatched(msg) {
   if (state.sharedInterests.length) chat.system(`${text.chat.shared}`, { tags: state.sharedInterests });
   remote.expectPartner(text.placeholder.matched);
   setPhase("matched");
+  // Ready to type; not on phones, where the keyboard would cover the partner.
+  if (!touchOnly && !ui.reportDialog.open && !ui.devicesDialog.open) ui.chatInput.focus({ preventScroll: true });
   // A new partner does not know our camera or microphone is off.
   if (!media.cameraOn || !media.micOn) sendMediaState();
 }
@@ -326,6 +359,7 @@ function onSignallingDown({ everUp, retryInMs, final }) {
   state.peer = null;
   if (state.phase === "matched") chat.system(text.chat.connectionLost, { strong: true });
   if (final) {
+    releaseCamera();
     setPhase("closed");
     showBanner(state.moderatedText ?? text.connection.kicked, "error", "connection");
     return;
@@ -373,7 +407,8 @@ function next() {
       return;
     case "left":
     case "stopped":
-      sendStart();
+      if (media.stream) sendStart();
+      else reopenCamera().then((ok) => ok && sendStart());
       return;
     case "connecting":
     case "reconnecting":
@@ -390,6 +425,7 @@ function stop() {
   disarmEsc();
   send({ type: "stop" });
   if (state.phase === "matched") chat.system(text.chat.youStopped, { strong: true });
+  releaseCamera();
   setPhase("stopped");
 }
 
@@ -398,7 +434,9 @@ ui.stopButton.addEventListener("click", stop);
 
 // Omegle's habit: Esc once arms Next, Esc again within a moment skips.
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || ui.room.hidden || ui.reportDialog.open || event.repeat) return;
+  if (event.key !== "Escape" || ui.room.hidden || ui.reportDialog.open || ui.devicesDialog.open || event.repeat) {
+    return;
+  }
   event.preventDefault();
   if (state.phase === "left" || state.phase === "stopped") return next();
   if (state.phase !== "matched") return;
@@ -436,11 +474,93 @@ ui.cameraButton.addEventListener("click", () => {
 function renderDevices() {
   const micOff = !media.micOn;
   const camOff = !media.cameraOn;
-  ui.micButton.setAttribute("aria-pressed", String(micOff));
+  // Named "Microphone" and "Camera": pressed means on.
+  ui.micButton.setAttribute("aria-pressed", String(!micOff));
   ui.micButton.title = micOff ? "Unmute microphone" : "Mute microphone";
-  ui.cameraButton.setAttribute("aria-pressed", String(camOff));
+  ui.cameraButton.setAttribute("aria-pressed", String(!camOff));
   ui.cameraButton.title = camOff ? "Turn camera on" : "Turn camera off";
+  ui.micButton.disabled = ui.cameraButton.disabled = !media.stream;
   ui.selfCameraOff.hidden = !camOff;
+}
+
+// ---------- the camera: released while idle, switched, picked ----------
+
+function showSelf() {
+  ui.localVideo.srcObject = media.stream;
+  if (media.stream) ui.localVideo.play().catch(() => {});
+  const facing = media.videoTrack?.getSettings().facingMode;
+  ui.self.dataset.facing = facing === "environment" ? "environment" : "user";
+  ui.selfCameraOff.querySelector("p").textContent = media.stream ? "Camera off" : text.notes.cameraReleased;
+  renderDevices();
+}
+
+// After Stop, a kick or a ban the camera light goes out; Start opens it again.
+function releaseCamera() {
+  media.close();
+  state.peer?.replaceTrack("audio", null).catch(() => {});
+  state.peer?.replaceTrack("video", null).catch(() => {});
+  showSelf();
+}
+
+async function reopenCamera() {
+  try {
+    await media.open();
+  } catch (err) {
+    showBanner(text.mediaErrorText(err), "error");
+    return false;
+  }
+  showSelf();
+  await Promise.all([
+    state.peer?.replaceTrack("audio", media.audioTrack),
+    state.peer?.replaceTrack("video", media.videoTrack),
+  ]).catch((err) => console.warn("could not send the camera again", err));
+  return true;
+}
+
+async function listDevices() {
+  const { cameras } = await media.devices();
+  ui.flipButton.hidden = cameras.length < 2;
+}
+
+async function useDevice(kind, id) {
+  try {
+    const track = id === "flip" ? await media.flip() : await media.useDevice(kind, id);
+    if (track) await state.peer?.replaceTrack(kind, track);
+  } catch (err) {
+    showBanner(text.mediaErrorText(err), "error");
+  }
+  showSelf();
+  sendMediaState();
+}
+
+ui.flipButton.addEventListener("click", () => useDevice("video", "flip"));
+
+ui.devicesButton.addEventListener("click", async () => {
+  const { cameras, mics } = await media.devices();
+  fillSelect(ui.cameraSelect, cameras, media.currentCameraId, "Camera");
+  fillSelect(ui.micSelect, mics, media.currentMicId, "Microphone");
+  ui.devicesDialog.returnValue = "";
+  ui.devicesDialog.showModal();
+});
+
+ui.devicesDialog.addEventListener("close", async () => {
+  if (ui.devicesDialog.returnValue !== "use") return;
+  if (ui.cameraSelect.value && ui.cameraSelect.value !== media.currentCameraId) {
+    await useDevice("video", ui.cameraSelect.value);
+  }
+  if (ui.micSelect.value && ui.micSelect.value !== media.currentMicId) {
+    await useDevice("audio", ui.micSelect.value);
+  }
+});
+
+function fillSelect(select, devices, current, fallback) {
+  select.replaceChildren(
+    ...devices.map((d, i) => {
+      const option = new Option(d.label || `${fallback} ${i + 1}`, d.deviceId);
+      option.selected = d.deviceId === current;
+      return option;
+    }),
+  );
 }
 
 // Proposed protocol message; the black frames of a disabled track say the same without it.
@@ -512,6 +632,7 @@ function renderStatus() {
       label = text.status[state.phase] ?? state.phase;
   }
   ui.status.dataset.state = dataState;
+  if (ui.statusText.textContent !== label) ui.announcer.textContent = label;
   ui.statusText.textContent = label;
   ui.statusExtra.textContent = extra;
   document.title =

@@ -45,6 +45,23 @@ export class ChatPanel {
       this.typingTimer = setTimeout(() => this.stopTyping(), TYPING_IDLE_MS);
     });
     input.addEventListener("blur", () => this.stopTyping());
+
+    // The newest message stays in view when the log shrinks: the phone keyboard opening
+    // (the page asks for interactive-widget=resizes-content), a banner, a rotation.
+    this.atBottom = true;
+    log.addEventListener("scroll", () => {
+      this.atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+    });
+    new ResizeObserver(() => {
+      if (this.atBottom) this.scrollToEnd();
+    }).observe(log);
+    // Like messaging apps: starting to type shows the newest message.
+    input.addEventListener("focus", () => this.scrollToEnd());
+  }
+
+  scrollToEnd() {
+    this.log.scrollTop = this.log.scrollHeight;
+    this.atBottom = true;
   }
 
   setMaxChars(n) {
@@ -70,7 +87,7 @@ export class ChatPanel {
 
   mine(text) {
     this.append("msg msg-mine", text, "You");
-    this.log.scrollTop = this.log.scrollHeight;
+    this.scrollToEnd();
   }
 
   theirs(text) {
@@ -121,6 +138,6 @@ export class ChatPanel {
     const log = this.log;
     const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
     log.append(li);
-    if (nearBottom) log.scrollTop = log.scrollHeight;
+    if (nearBottom) this.scrollToEnd();
   }
 }

@@ -1,5 +1,7 @@
 // Every sentence the page shows a person about state and failures, in one place.
 
+import { touchOnly } from "./touch.js";
+
 export const status = {
   connecting: "Connecting…",
   waiting: "Looking for someone to talk to…",
@@ -31,7 +33,7 @@ export const placeholder = {
 export const chat = {
   matched: "You're chatting with a stranger. Say hi!",
   shared: "You both like",
-  leftHint: "Press Start (or Esc) to meet someone new.",
+  leftHint: touchOnly ? "Tap Start to meet someone new." : "Press Start (or Esc) to meet someone new.",
   youStopped: "You stopped chatting.",
   youSkipped: "You skipped to someone new.",
   connectionLost: "Your connection was interrupted.",
@@ -44,6 +46,9 @@ export const notes = {
   reconnected: "Reconnected.",
   ageRequired: "Please confirm you are 18 or older to continue.",
   asking: "Waiting for camera permission…",
+  interestHintTouch: "We try to pair you with someone who shares one. Separate them with commas.",
+  cameraReleased: "Camera off until you press Start",
+  banned: "You cannot start a chat while the ban lasts.",
 };
 
 // Why getUserMedia failed, for a person who has to fix it.

@@ -114,9 +114,15 @@ async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
     opened: list[ChatPage] = []
 
     async def open_(
-        name: str, url: str, *, viewport: dict[str, int] = DESKTOP, on: Browser | None = None
+        name: str,
+        url: str,
+        *,
+        viewport: dict[str, int] = DESKTOP,
+        on: Browser | None = None,
+        **context_options: Any,
     ) -> ChatPage:
-        context = await (on or browser).new_context(viewport=viewport)
+        # context_options: Playwright's, e.g. has_touch=True, is_mobile=True for a phone.
+        context = await (on or browser).new_context(viewport=viewport, **context_options)
         await context.add_init_script(RECORD_PEER_CONNECTIONS)
         await context.add_init_script(REPORT_CSP_VIOLATIONS)
         page = await context.new_page()
