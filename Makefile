@@ -8,6 +8,9 @@ CHROMIUM ?= /usr/bin/chromium
 JANUS    ?= /usr/bin/janus
 REDIS    ?= /usr/bin/redis-server
 NGINX    ?= /usr/sbin/nginx
+NPM      ?= /usr/bin/npm
+# axe-core, the accessibility checker tests/browser injects into the page (version pinned there).
+AXE      := tests/browser/axe/node_modules/axe-core/axe.min.js
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -46,11 +49,20 @@ $(NGINX):
 	$(APT) update -qq
 	$(APT) install -y -qq nginx
 
+# Debian's npm, only to install the pinned axe-core for the browser tests.
+$(NPM):
+	$(APT) update -qq
+	$(APT) install -y -qq npm
+
+$(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json | $(NPM)
+	cd tests/browser/axe && $(NPM) ci --no-audit --no-fund --silent
+	touch $@
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX) $(AXE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
