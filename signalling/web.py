@@ -34,12 +34,22 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/standing", standing)
+    app.router.add_get("/sw.js", service_worker)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     # FileResponse answers 404 itself when the app is not installed.
     path = os.path.join(request.app[SETTINGS].web_dir, "index.html")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def service_worker(request: web.Request) -> web.StreamResponse:
+    # From the root, so its scope is the whole site; never cached, so updates arrive.
+    path = os.path.join(request.app[SETTINGS].web_dir, "sw.js")
+    return web.FileResponse(
+        path,
+        headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"},
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@
 //   closed        the server refused to talk to us any more
 
 import { ChatPanel } from "./chat.js";
+import { registerServiceWorker } from "./install.js";
 import { InterestInput } from "./interests.js";
 import { LocalMedia } from "./media.js";
 import * as text from "./messages.js";
@@ -113,6 +114,7 @@ function send(msg) {
 }
 
 if (touchOnly) useTouchWording(ui, text.notes.interestHintTouch);
+registerServiceWorker();
 checkStanding();
 
 // A banned visitor hears it before the age check and the camera prompt (GET /api/standing).
