@@ -10,6 +10,7 @@
 //   closed        the server refused to talk to us any more
 
 import { ChatPanel } from "./chat.js";
+import { languageSwitcher, translatePage } from "./i18n.js";
 import { registerServiceWorker } from "./install.js";
 import { InterestInput } from "./interests.js";
 import { LocalMedia } from "./media.js";
@@ -20,6 +21,9 @@ import { Signalling, clientId, socketUrl } from "./signalling.js";
 import { touchOnly, useTouchWording } from "./touch.js";
 
 const $ = (id) => document.getElementById(id);
+
+// Before any component reads a text from the page.
+translatePage();
 
 // Esc, then Esc again within this long, means Next.
 const ESC_WINDOW_MS = 2500;
@@ -113,6 +117,7 @@ function send(msg) {
   return signalling.send(msg);
 }
 
+languageSwitcher($("lang-select"));
 if (touchOnly) useTouchWording(ui, text.notes.interestHintTouch);
 registerServiceWorker();
 checkStanding();
@@ -128,7 +133,7 @@ async function checkStanding() {
     return; // offline: the first screen still works, /ws tells later
   }
   if (standing?.banned !== true || !ui.room.hidden) return;
-  state.moderatedText = String(standing.message ?? "");
+  state.moderatedText = text.serverErrorText({ ...standing, code: "banned" });
   showBanner(state.moderatedText, "error", "banned");
   ui.startButton.disabled = true;
   ui.ageCheck.disabled = true;
@@ -270,7 +275,7 @@ function onServerError(msg) {
   if (code === "media_lost") return onMediaLost();
   if (code === "banned" || code === "kicked") {
     // The close that follows shows this instead of the generic text.
-    state.moderatedText = msg.message;
+    state.moderatedText = text.serverErrorText(msg);
     return;
   }
   // Races that are harmless: "start" while already queued, chat after the partner left.
@@ -445,7 +450,7 @@ document.addEventListener("keydown", (event) => {
   if (performance.now() < state.escArmedUntil) return next();
   state.escArmedUntil = performance.now() + ESC_WINDOW_MS;
   ui.nextButton.classList.add("armed");
-  ui.nextLabel.textContent = "Really?";
+  ui.nextLabel.textContent = text.room.really;
   ui.nextButton.title = text.notes.escAgain;
   clearTimeout(state.escTimer);
   state.escTimer = setTimeout(disarmEsc, ESC_WINDOW_MS);
@@ -478,9 +483,9 @@ function renderDevices() {
   const camOff = !media.cameraOn;
   // Named "Microphone" and "Camera": pressed means on.
   ui.micButton.setAttribute("aria-pressed", String(!micOff));
-  ui.micButton.title = micOff ? "Unmute microphone" : "Mute microphone";
+  ui.micButton.title = micOff ? text.room.unmute : text.room.mute;
   ui.cameraButton.setAttribute("aria-pressed", String(!camOff));
-  ui.cameraButton.title = camOff ? "Turn camera on" : "Turn camera off";
+  ui.cameraButton.title = camOff ? text.room.cameraTurnOn : text.room.cameraTurnOff;
   ui.micButton.disabled = ui.cameraButton.disabled = !media.stream;
   ui.selfCameraOff.hidden = !camOff;
 }
@@ -492,7 +497,7 @@ function showSelf() {
   if (media.stream) ui.localVideo.play().catch(() => {});
   const facing = media.videoTrack?.getSettings().facingMode;
   ui.self.dataset.facing = facing === "environment" ? "environment" : "user";
-  ui.selfCameraOff.querySelector("p").textContent = media.stream ? "Camera off" : text.notes.cameraReleased;
+  ui.selfCameraOff.querySelector("p").textContent = media.stream ? text.room.cameraOff : text.notes.cameraReleased;
   renderDevices();
 }
 
@@ -539,8 +544,8 @@ ui.flipButton.addEventListener("click", () => useDevice("video", "flip"));
 
 ui.devicesButton.addEventListener("click", async () => {
   const { cameras, mics } = await media.devices();
-  fillSelect(ui.cameraSelect, cameras, media.currentCameraId, "Camera");
-  fillSelect(ui.micSelect, mics, media.currentMicId, "Microphone");
+  fillSelect(ui.cameraSelect, cameras, media.currentCameraId, text.room.camera);
+  fillSelect(ui.micSelect, mics, media.currentMicId, text.room.microphone);
   ui.devicesDialog.returnValue = "";
   ui.devicesDialog.showModal();
 });
@@ -621,13 +626,13 @@ function renderStatus() {
   switch (state.phase) {
     case "matched":
       label = text.status.matched;
-      if (state.sharedInterests.length) extra = ` · you both like ${state.sharedInterests.join(", ")}`;
+      if (state.sharedInterests.length) extra = text.room.bothLike(state.sharedInterests);
       break;
     case "left":
       label = text.partnerLeftText(state.leftReason);
       break;
     case "closed":
-      label = "Disconnected";
+      label = text.room.disconnected;
       dataState = "error";
       break;
     default:
@@ -638,7 +643,7 @@ function renderStatus() {
   ui.statusText.textContent = label;
   ui.statusExtra.textContent = extra;
   document.title =
-    state.phase === "matched" ? "Talking to a stranger · Roulette Relay" : "Roulette Relay · random video chat";
+    state.phase === "matched" ? text.room.titleMatched : text.room.title;
 }
 
 function placeholderFor(phase) {
@@ -649,7 +654,7 @@ function renderButtons() {
   // Idle, the main button starts; active, it skips and Stop ends the chat.
   const idle = !state.wanted;
   ui.stopButton.disabled = idle || state.phase === "closed";
-  if (!state.escArmedUntil) ui.nextLabel.textContent = idle ? "Start" : "Next";
+  if (!state.escArmedUntil) ui.nextLabel.textContent = idle ? text.room.start : text.room.next;
   ui.nextButton.disabled = !(state.phase === "matched" || idle) || state.phase === "closed";
   ui.reportButton.disabled = state.phase !== "matched";
   renderDevices();
@@ -678,7 +683,7 @@ function toast(message) {
 }
 
 remote.onblocked = () => {
-  toast("Click anywhere to hear the stranger.");
+  toast(text.room.clickToHear);
   document.addEventListener("click", () => remote.play(), { once: true });
 };
 

@@ -1,5 +1,7 @@
 // The text chat beside the video: the log, the input, and both typing indicators.
 
+import { chat as words } from "./messages.js";
+
 // Tell the partner we stopped typing after this long without a keystroke.
 const TYPING_IDLE_MS = 3000;
 // If their "stopped typing" never arrives (they left mid-word), hide the indicator anyway.
@@ -86,13 +88,13 @@ export class ChatPanel {
   }
 
   mine(text) {
-    this.append("msg msg-mine", text, "You");
+    this.append("msg msg-mine", text, words.you);
     this.scrollToEnd();
   }
 
   theirs(text) {
     this.setTheirTyping(false);
-    this.append("msg msg-theirs", text, "Stranger");
+    this.append("msg msg-theirs", text, words.stranger);
   }
 
   system(text, { strong = false, tags = [] } = {}) {

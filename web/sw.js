@@ -20,6 +20,8 @@ const SHELL = [
   "/static/signalling.js",
   "/static/touch.js",
   "/static/install.js",
+  "/static/i18n.js",
+  "/static/locales/en.js",
   "/static/favicon.svg",
   "/static/manifest.webmanifest",
   "/static/icons/icon-192.png",
