@@ -81,6 +81,8 @@ class Lobby:
         self._announce_node = announce_node
         self.sessions: dict[str, Session] = {}
         self.matches_made = 0
+        # --show-online: hello and waiting carry a rounded count of this node's sessions.
+        self.show_online = False
         # Called with each session of this node that was just paired (metrics observe here).
         self.pair_listeners: list[Callable[[Session], None]] = []
         # Moderation saves evidence here; without one a report is only logged.
@@ -161,7 +163,7 @@ class Lobby:
         }
         if self._announce_node:
             hello["node"] = self.node
-        session.send(hello)
+        session.send(hello | self._online())
         logger.info("%r joined (%d online)", session, len(self.sessions))
         return session
 
@@ -333,8 +335,12 @@ class Lobby:
         if session.state != State.WAITING:
             session.state = State.WAITING
             session.waiting_since = asyncio.get_running_loop().time()
-        session.send({"type": "waiting"})
+        session.send({"type": "waiting"} | self._online())
         await self._enqueue(session)
+
+    def _online(self) -> dict[str, int]:
+        """`online` for hello and waiting, when the operator shows it (--show-online)."""
+        return {"online": rounded_online(len(self.sessions))} if self.show_online else {}
 
     async def _stop(self, session: Session) -> None:
         await self._go_idle(session, "stop")
@@ -700,3 +706,12 @@ def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def rounded_online(count: int) -> int:
+    """`count` rounded down to two significant digits (7, 15, 120, 1200, 98000): a
+    number that means "how busy", changes rarely, and does not track each arrival."""
+    if count < 100:
+        return max(count, 0)
+    scale: int = 10 ** (len(str(count)) - 2)
+    return count // scale * scale
