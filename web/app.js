@@ -27,6 +27,9 @@ translatePage();
 
 // Esc, then Esc again within this long, means Next.
 const ESC_WINDOW_MS = 2500;
+// After the partner leaves, auto search waits this long: time to read why they left.
+const AUTO_SEARCH_DELAY_MS = 1500;
+const AUTO_SEARCH_KEY = "relay.autoSearch";
 // How long a failed media connection may wait for the server's `media_lost` before
 // the whole visit is restarted.
 const MEDIA_FAILED_GRACE_MS = 10000;
@@ -58,6 +61,7 @@ const ui = {
   devicesButton: $("devices-button"),
   devicesDialog: $("devices-dialog"),
   cameraSelect: $("camera-select"),
+  autoSearch: $("auto-search"),
   micSelect: $("mic-select"),
   interestHint: $("interest-hint"),
   chatInput: $("chat-input"),
@@ -88,6 +92,9 @@ const state = {
   countdownTimer: 0,
   reportTimer: 0,
   phaseBeforeDrop: null,
+  autoSearch: loadAutoSearch(),
+  autoSearchTimer: 0,
+  online: null, // people online, rounded, when the server tells (--show-online)
 };
 
 const media = new LocalMedia();
@@ -197,6 +204,7 @@ function onMessage(msg) {
       });
       return;
     case "waiting":
+      setOnline(msg.online);
       if (state.wanted) setPhase("waiting");
       return;
     case "matched":
@@ -231,6 +239,7 @@ function onHello(msg) {
   const reconnected = state.helloSeen;
   state.helloSeen = true;
   state.iceServers = Array.isArray(msg.iceServers) ? msg.iceServers : [];
+  setOnline(msg.online);
   const limits = msg.limits ?? {};
   chat.setMaxChars(limits.maxChatChars);
   if (Number.isInteger(limits.maxInterests)) state.maxInterests = limits.maxInterests;
@@ -263,12 +272,39 @@ function onMatched(msg) {
 
 function onPartnerLeft(reason) {
   if (state.phase !== "matched") return;
-  state.wanted = false;
   state.leftReason = reason;
   chat.system(text.partnerLeftText(reason), { strong: true });
-  chat.system(text.chat.leftHint);
+  // Like the apps: look for someone new by itself (a setting, on by default). The
+  // person still wants a partner, so Stop stays enabled and cancels the search.
+  state.wanted = state.autoSearch;
+  chat.system(state.autoSearch ? text.chat.autoSearch : text.chat.leftHint);
   setPhase("left");
+  if (state.autoSearch) {
+    remote.clear(text.placeholder.autoSearch);
+    clearTimeout(state.autoSearchTimer);
+    state.autoSearchTimer = setTimeout(() => {
+      if (state.phase === "left" && state.wanted) sendStart();
+    }, AUTO_SEARCH_DELAY_MS);
+  }
 }
+
+function loadAutoSearch() {
+  try {
+    return localStorage.getItem(AUTO_SEARCH_KEY) !== "off";
+  } catch {
+    return true;
+  }
+}
+
+ui.autoSearch.checked = state.autoSearch;
+ui.autoSearch.addEventListener("change", () => {
+  state.autoSearch = ui.autoSearch.checked;
+  try {
+    localStorage.setItem(AUTO_SEARCH_KEY, state.autoSearch ? "on" : "off");
+  } catch {
+    // this visit only
+  }
+});
 
 function onServerError(msg) {
   const code = msg.code;
@@ -397,6 +433,7 @@ function countdown(ms, format) {
 // ---------- Start, Next, Stop ----------
 
 function sendStart() {
+  clearTimeout(state.autoSearchTimer);
   state.wanted = true;
   state.leftReason = null;
   const msg = { type: "start" };
@@ -429,6 +466,7 @@ function next() {
 function stop() {
   if (!state.wanted) return;
   state.wanted = false;
+  clearTimeout(state.autoSearchTimer);
   disarmEsc();
   send({ type: "stop" });
   if (state.phase === "matched") chat.system(text.chat.youStopped, { strong: true });
@@ -610,6 +648,7 @@ function setPhase(phase) {
   }
   renderStatus();
   renderButtons();
+  renderOnline();
   const idle = phase === "left" || phase === "stopped" || phase === "closed";
   ui.room.dataset.phase = idle ? "idle" : "active";
   if (phase === "matched") {
@@ -617,6 +656,19 @@ function setPhase(phase) {
   } else {
     remote.clear(placeholderFor(phase));
   }
+}
+
+function setOnline(n) {
+  state.online = Number.isInteger(n) && n >= 0 ? n : null;
+  renderOnline();
+}
+
+// "120 online" under the search text, while searching.
+function renderOnline() {
+  const el = $("online-count");
+  const show = state.online !== null && (state.phase === "waiting" || state.phase === "connecting");
+  el.hidden = !show;
+  if (show) el.textContent = text.room.online(state.online);
 }
 
 function renderStatus() {
@@ -655,7 +707,8 @@ function renderButtons() {
   const idle = !state.wanted;
   ui.stopButton.disabled = idle || state.phase === "closed";
   if (!state.escArmedUntil) ui.nextLabel.textContent = idle ? text.room.start : text.room.next;
-  ui.nextButton.disabled = !(state.phase === "matched" || idle) || state.phase === "closed";
+  const canSkip = state.phase === "matched" || state.phase === "left";
+  ui.nextButton.disabled = !(canSkip || idle) || state.phase === "closed";
   ui.reportButton.disabled = state.phase !== "matched";
   renderDevices();
 }

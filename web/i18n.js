@@ -86,6 +86,11 @@ export function languageSwitcher(select) {
   });
 }
 
+// A number the way this language writes it (1,200 / 1.200 / ١٬٢٠٠).
+export function formatNumber(n) {
+  return new Intl.NumberFormat(lang).format(n);
+}
+
 // A date and time the way this language writes them.
 export function formatTime(unixSeconds) {
   return new Intl.DateTimeFormat(lang, { dateStyle: "medium", timeStyle: "short" }).format(

@@ -1,7 +1,7 @@
 // Every sentence the page shows a person about state and failures, in one place.
 // The texts themselves are in locales/ (i18n.js picks the language).
 
-import { formatTime, t } from "./i18n.js";
+import { formatNumber, formatTime, t } from "./i18n.js";
 import { touchOnly } from "./touch.js";
 
 export const status = {
@@ -30,12 +30,14 @@ export const placeholder = {
   left: t("placeholder.left"),
   stopped: t("placeholder.stopped"),
   reconnecting: t("placeholder.reconnecting"),
+  autoSearch: t("placeholder.autoSearch"),
 };
 
 export const chat = {
   matched: t("chat.matched"),
   shared: t("chat.shared"),
   leftHint: touchOnly ? t("chat.leftHintTouch") : t("chat.leftHint"),
+  autoSearch: t("chat.autoSearch"),
   youStopped: t("chat.youStopped"),
   youSkipped: t("chat.youSkipped"),
   connectionLost: t("chat.connectionLost"),
@@ -75,6 +77,7 @@ export const room = {
   titleMatched: t("page.titleMatched"),
   addAnother: t("intro.addAnother"),
   removeTag: (tag) => t("intro.removeTag", { tag }),
+  online: (n) => t("room.online", { n: formatNumber(n) }),
 };
 
 // Why getUserMedia failed, for a person who has to fix it.

@@ -34,7 +34,7 @@ export default {
   "room.cameraOff": "الكاميرا مطفأة",
   "room.cameraReleased": "الكاميرا مطفأة حتى تضغط «ابدأ»",
   "room.switchCamera": "تبديل الكاميرا",
-  "room.deviceSettings": "إعدادات الكاميرا والميكروفون",
+  "room.deviceSettings": "الإعدادات",
   "room.controls": "أدوات التحكم في الدردشة",
   "room.stop": "إيقاف",
   "room.next": "التالي",
@@ -50,6 +50,7 @@ export default {
   "room.disconnected": "غير متصل",
   "room.bothLike": " · كلاكما يحب {tags}",
   "room.clickToHear": "انقر في أي مكان لسماع الشخص الغريب.",
+  "room.online": "{n} متصل الآن",
   "room.waitingVideo": "في انتظار فيديو الشخص الغريب…",
 
   "chat.label": "دردشة نصية",
@@ -81,9 +82,12 @@ export default {
   "report.cancel": "إلغاء",
   "report.send": "إرسال البلاغ",
 
-  "devices.title": "الكاميرا والميكروفون",
+  "devices.title": "الإعدادات",
   "devices.camera": "الكاميرا",
   "devices.microphone": "الميكروفون",
+  "settings.autoSearch": "عندما يغادر شخص غريب، ابحث عن شخص جديد فوراً",
+  "placeholder.autoSearch": "نبحث عن شخص جديد…",
+  "chat.autoSearch": "البحث التلقائي مفعّل: سنبحث عن شخص جديد بعد لحظة. اضغط «إيقاف» لأخذ استراحة.",
   "devices.use": "استخدم هذه",
 
   "status.connecting": "جارٍ الاتصال…",

@@ -34,7 +34,7 @@ export default {
   "room.cameraOff": "Kamera aus",
   "room.cameraReleased": "Kamera aus, bis du auf Starten drückst",
   "room.switchCamera": "Kamera wechseln",
-  "room.deviceSettings": "Kamera- und Mikrofoneinstellungen",
+  "room.deviceSettings": "Einstellungen",
   "room.controls": "Chat-Steuerung",
   "room.stop": "Stopp",
   "room.next": "Weiter",
@@ -50,6 +50,7 @@ export default {
   "room.disconnected": "Getrennt",
   "room.bothLike": " · ihr mögt beide {tags}",
   "room.clickToHear": "Klicke irgendwo, um die fremde Person zu hören.",
+  "room.online": "{n} online",
   "room.waitingVideo": "Warte auf das Video der fremden Person…",
 
   "chat.label": "Textchat",
@@ -81,9 +82,12 @@ export default {
   "report.cancel": "Abbrechen",
   "report.send": "Meldung senden",
 
-  "devices.title": "Kamera und Mikrofon",
+  "devices.title": "Einstellungen",
   "devices.camera": "Kamera",
   "devices.microphone": "Mikrofon",
+  "settings.autoSearch": "Wenn eine Person geht, sofort jemand Neues suchen",
+  "placeholder.autoSearch": "Suche jemand Neues…",
+  "chat.autoSearch": "Automatische Suche ist an: gleich wird jemand Neues gesucht. Drücke Stopp für eine Pause.",
   "devices.use": "Diese verwenden",
 
   "status.connecting": "Verbinde…",

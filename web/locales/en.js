@@ -35,7 +35,7 @@ export default {
   "room.cameraOff": "Camera off",
   "room.cameraReleased": "Camera off until you press Start",
   "room.switchCamera": "Switch camera",
-  "room.deviceSettings": "Camera and microphone settings",
+  "room.deviceSettings": "Settings",
   "room.controls": "Chat controls",
   "room.stop": "Stop",
   "room.next": "Next",
@@ -51,6 +51,7 @@ export default {
   "room.disconnected": "Disconnected",
   "room.bothLike": " · you both like {tags}",
   "room.clickToHear": "Click anywhere to hear the stranger.",
+  "room.online": "{n} online",
   "room.waitingVideo": "Waiting for the stranger's video…",
 
   "chat.label": "Text chat",
@@ -82,9 +83,12 @@ export default {
   "report.cancel": "Cancel",
   "report.send": "Send report",
 
-  "devices.title": "Camera and microphone",
+  "devices.title": "Settings",
   "devices.camera": "Camera",
   "devices.microphone": "Microphone",
+  "settings.autoSearch": "When a stranger leaves, look for someone new right away",
+  "placeholder.autoSearch": "Looking for someone new…",
+  "chat.autoSearch": "Auto search is on: looking for someone new in a moment. Press Stop to take a break.",
   "devices.use": "Use these",
 
   "status.connecting": "Connecting…",

@@ -34,7 +34,7 @@ export default {
   "room.cameraOff": "Cámara apagada",
   "room.cameraReleased": "Cámara apagada hasta que pulses Empezar",
   "room.switchCamera": "Cambiar de cámara",
-  "room.deviceSettings": "Ajustes de cámara y micrófono",
+  "room.deviceSettings": "Ajustes",
   "room.controls": "Controles del chat",
   "room.stop": "Parar",
   "room.next": "Siguiente",
@@ -50,6 +50,7 @@ export default {
   "room.disconnected": "Desconectado",
   "room.bothLike": " · os gusta {tags}",
   "room.clickToHear": "Haz clic en cualquier sitio para oír al desconocido.",
+  "room.online": "{n} en línea",
   "room.waitingVideo": "Esperando el vídeo del desconocido…",
 
   "chat.label": "Chat de texto",
@@ -81,9 +82,12 @@ export default {
   "report.cancel": "Cancelar",
   "report.send": "Enviar denuncia",
 
-  "devices.title": "Cámara y micrófono",
+  "devices.title": "Ajustes",
   "devices.camera": "Cámara",
   "devices.microphone": "Micrófono",
+  "settings.autoSearch": "Cuando un desconocido se vaya, buscar a alguien nuevo enseguida",
+  "placeholder.autoSearch": "Buscando a alguien nuevo…",
+  "chat.autoSearch": "La búsqueda automática está activada: en un momento buscamos a alguien nuevo. Pulsa Parar para descansar.",
   "devices.use": "Usar estos",
 
   "status.connecting": "Conectando…",

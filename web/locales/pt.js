@@ -34,7 +34,7 @@ export default {
   "room.cameraOff": "Câmera desligada",
   "room.cameraReleased": "Câmera desligada até você tocar em Começar",
   "room.switchCamera": "Trocar de câmera",
-  "room.deviceSettings": "Configurações de câmera e microfone",
+  "room.deviceSettings": "Configurações",
   "room.controls": "Controles da conversa",
   "room.stop": "Parar",
   "room.next": "Próximo",
@@ -50,6 +50,7 @@ export default {
   "room.disconnected": "Desconectado",
   "room.bothLike": " · vocês gostam de {tags}",
   "room.clickToHear": "Clique em qualquer lugar para ouvir o desconhecido.",
+  "room.online": "{n} online",
   "room.waitingVideo": "Esperando o vídeo do desconhecido…",
 
   "chat.label": "Chat de texto",
@@ -81,9 +82,12 @@ export default {
   "report.cancel": "Cancelar",
   "report.send": "Enviar denúncia",
 
-  "devices.title": "Câmera e microfone",
+  "devices.title": "Configurações",
   "devices.camera": "Câmera",
   "devices.microphone": "Microfone",
+  "settings.autoSearch": "Quando um desconhecido sair, procurar alguém novo na hora",
+  "placeholder.autoSearch": "Procurando alguém novo…",
+  "chat.autoSearch": "A busca automática está ligada: já vamos procurar alguém novo. Toque em Parar para fazer uma pausa.",
   "devices.use": "Usar estes",
 
   "status.connecting": "Conectando…",

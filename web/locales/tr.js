@@ -34,7 +34,7 @@ export default {
   "room.cameraOff": "Kamera kapalı",
   "room.cameraReleased": "Başla'ya basana kadar kamera kapalı",
   "room.switchCamera": "Kamerayı değiştir",
-  "room.deviceSettings": "Kamera ve mikrofon ayarları",
+  "room.deviceSettings": "Ayarlar",
   "room.controls": "Sohbet kontrolleri",
   "room.stop": "Dur",
   "room.next": "Sonraki",
@@ -50,6 +50,7 @@ export default {
   "room.disconnected": "Bağlantı kesildi",
   "room.bothLike": " · ikiniz de seviyorsunuz: {tags}",
   "room.clickToHear": "Yabancıyı duymak için herhangi bir yere tıkla.",
+  "room.online": "{n} çevrimiçi",
   "room.waitingVideo": "Yabancının görüntüsü bekleniyor…",
 
   "chat.label": "Yazılı sohbet",
@@ -81,9 +82,12 @@ export default {
   "report.cancel": "Vazgeç",
   "report.send": "Bildirimi gönder",
 
-  "devices.title": "Kamera ve mikrofon",
+  "devices.title": "Ayarlar",
   "devices.camera": "Kamera",
   "devices.microphone": "Mikrofon",
+  "settings.autoSearch": "Bir yabancı ayrıldığında hemen yeni birini ara",
+  "placeholder.autoSearch": "Yeni biri aranıyor…",
+  "chat.autoSearch": "Otomatik arama açık: birazdan yeni biri aranacak. Ara vermek için Dur'a bas.",
   "devices.use": "Bunları kullan",
 
   "status.connecting": "Bağlanıyor…",
