@@ -223,6 +223,8 @@ class Lobby:
                 await self._candidate(session, message)
             case p.Start():
                 await self._start(session, message)
+            case p.SetInterests():
+                await self._set_interests(session, message.interests)
             case p.Next():
                 await self._next(session)
             case p.Stop():
@@ -320,6 +322,14 @@ class Lobby:
             )
         session.interests = start.interests
         await self._look_for_partner(session)
+
+    async def _set_interests(self, session: Session, interests: tuple[str, ...]) -> None:
+        """Idle or paired: kept for the next search. Waiting: the search goes on with them."""
+        session.interests = interests
+        if session.state == State.WAITING and session.queued:
+            session.queued = False
+            await self.matcher.dequeue(session.id)
+            await self._enqueue(session)
 
     async def _next(self, session: Session) -> None:
         if session.state == State.IDLE:
