@@ -99,6 +99,8 @@ const state = {
 
 const media = new LocalMedia();
 const interests = new InterestInput({ box: $("interests"), input: $("interest-input") });
+// The same interests, changed in the room's settings while waiting or paired.
+const roomInterests = new InterestInput({ box: $("room-interests"), input: $("room-interest-input") });
 const remote = new RemoteView({
   tile: $("partner"),
   video: $("remote-video"),
@@ -584,12 +586,18 @@ ui.devicesButton.addEventListener("click", async () => {
   const { cameras, mics } = await media.devices();
   fillSelect(ui.cameraSelect, cameras, media.currentCameraId, text.room.camera);
   fillSelect(ui.micSelect, mics, media.currentMicId, text.room.microphone);
+  roomInterests.replace(state.interests);
   ui.devicesDialog.returnValue = "";
   ui.devicesDialog.showModal();
 });
 
 ui.devicesDialog.addEventListener("close", async () => {
   if (ui.devicesDialog.returnValue !== "use") return;
+  const chosen = roomInterests.value().slice(0, state.maxInterests);
+  if (chosen.join("\n") !== state.interests.join("\n")) {
+    state.interests = chosen;
+    send({ type: "interests", interests: chosen });
+  }
   if (ui.cameraSelect.value && ui.cameraSelect.value !== media.currentCameraId) {
     await useDevice("video", ui.cameraSelect.value);
   }

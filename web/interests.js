@@ -34,6 +34,12 @@ export class InterestInput {
     for (const tag of load()) this.add(tag);
   }
 
+  // Show `tags` instead of what is there (another editor of the same interests changed them).
+  replace(tags) {
+    for (const tag of [...this.tags]) this.remove(tag);
+    for (const tag of tags) this.add(tag);
+  }
+
   // Everything typed so far, including an entry not yet confirmed with Enter.
   value() {
     this.commit();

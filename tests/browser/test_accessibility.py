@@ -47,7 +47,7 @@ async def check(person: ChatPage, state: str) -> None:
 
 @pytest.mark.parametrize("viewport", [None, PHONE], ids=["desktop", "phone"])
 async def test_no_serious_violations_in_any_state(
-    open_chat: OpenChat, viewport: dict[str, int] | None
+    open_chat: OpenChat, viewport: dict[str, int] | None, artifacts: Path
 ) -> None:
     options = {"viewport": viewport, "has_touch": True, "is_mobile": True} if viewport else {}
     alice = await open_chat("alice", **options)
@@ -74,7 +74,8 @@ async def test_no_serious_violations_in_any_state(
 
     await alice.click("devices-button")
     await expect(alice.page.locator("#devices-dialog")).to_be_visible()
-    await check(alice, "device picker")
+    await check(alice, "settings")
+    await alice.screenshot(str(artifacts / f"settings-{'phone' if viewport else 'desktop'}.png"))
     await alice.page.keyboard.press("Escape")
 
     await bob.click("stop-button")

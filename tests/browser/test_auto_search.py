@@ -65,3 +65,22 @@ async def test_auto_search_finds_the_next_stranger_and_can_be_turned_off(
     await alice.expect_chat_line("Press Start")
     await asyncio.sleep(2.5)
     await alice.expect_status("left")
+
+
+async def test_interests_changed_while_waiting_are_searched_with(open_chat: OpenChat) -> None:
+    alice = await open_chat("alice")
+    bob = await open_chat("bob")
+    await alice.start(("chess",))
+    await alice.expect_status("waiting")
+
+    await alice.click("devices-button")
+    await alice.page.click("#room-interests .tag button")  # remove chess
+    await alice.page.fill("#room-interest-input", "go")
+    await alice.page.press("#room-interest-input", "Enter")
+    await alice.page.click("#devices-dialog button[value=use]")
+
+    await bob.start(("go",))
+    await asyncio.gather(
+        alice.expect_status("matched", "you both like go"),
+        bob.expect_status("matched", "you both like go"),
+    )

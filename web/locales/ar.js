@@ -85,6 +85,7 @@ export default {
   "devices.title": "الإعدادات",
   "devices.camera": "الكاميرا",
   "devices.microphone": "الميكروفون",
+  "settings.interestsHint": "تُستخدم بدءاً من بحثك التالي؛ وفوراً إن كنت تبحث الآن.",
   "settings.autoSearch": "عندما يغادر شخص غريب، ابحث عن شخص جديد فوراً",
   "placeholder.autoSearch": "نبحث عن شخص جديد…",
   "chat.autoSearch": "البحث التلقائي مفعّل: سنبحث عن شخص جديد بعد لحظة. اضغط «إيقاف» لأخذ استراحة.",

@@ -85,6 +85,7 @@ export default {
   "devices.title": "Einstellungen",
   "devices.camera": "Kamera",
   "devices.microphone": "Mikrofon",
+  "settings.interestsHint": "Gilt ab deiner nächsten Suche; während du suchst, sofort.",
   "settings.autoSearch": "Wenn eine Person geht, sofort jemand Neues suchen",
   "placeholder.autoSearch": "Suche jemand Neues…",
   "chat.autoSearch": "Automatische Suche ist an: gleich wird jemand Neues gesucht. Drücke Stopp für eine Pause.",

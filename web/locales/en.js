@@ -86,6 +86,7 @@ export default {
   "devices.title": "Settings",
   "devices.camera": "Camera",
   "devices.microphone": "Microphone",
+  "settings.interestsHint": "Used from your next search on; while searching, at once.",
   "settings.autoSearch": "When a stranger leaves, look for someone new right away",
   "placeholder.autoSearch": "Looking for someone new…",
   "chat.autoSearch": "Auto search is on: looking for someone new in a moment. Press Stop to take a break.",

@@ -85,6 +85,7 @@ export default {
   "devices.title": "Ajustes",
   "devices.camera": "Cámara",
   "devices.microphone": "Micrófono",
+  "settings.interestsHint": "Se usan desde tu próxima búsqueda; si ya estás buscando, al momento.",
   "settings.autoSearch": "Cuando un desconocido se vaya, buscar a alguien nuevo enseguida",
   "placeholder.autoSearch": "Buscando a alguien nuevo…",
   "chat.autoSearch": "La búsqueda automática está activada: en un momento buscamos a alguien nuevo. Pulsa Parar para descansar.",

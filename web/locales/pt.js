@@ -85,6 +85,7 @@ export default {
   "devices.title": "Configurações",
   "devices.camera": "Câmera",
   "devices.microphone": "Microfone",
+  "settings.interestsHint": "Valem a partir da próxima busca; se já estiver procurando, na hora.",
   "settings.autoSearch": "Quando um desconhecido sair, procurar alguém novo na hora",
   "placeholder.autoSearch": "Procurando alguém novo…",
   "chat.autoSearch": "A busca automática está ligada: já vamos procurar alguém novo. Toque em Parar para fazer uma pausa.",

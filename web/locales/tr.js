@@ -85,6 +85,7 @@ export default {
   "devices.title": "Ayarlar",
   "devices.camera": "Kamera",
   "devices.microphone": "Mikrofon",
+  "settings.interestsHint": "Bir sonraki aramadan itibaren kullanılır; arama sürerken hemen.",
   "settings.autoSearch": "Bir yabancı ayrıldığında hemen yeni birini ara",
   "placeholder.autoSearch": "Yeni biri aranıyor…",
   "chat.autoSearch": "Otomatik arama açık: birazdan yeni biri aranacak. Ara vermek için Dur'a bas.",
