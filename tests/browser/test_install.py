@@ -52,6 +52,14 @@ async def test_manifest_icons_and_service_worker(open_chat: OpenChat, relay_serv
     sw = await page.request.get(relay_server.http_url + "/sw.js")
     assert sw.headers["cache-control"] == "no-cache"
 
+    # Chromium's own installability check (what Lighthouse reports): no errors.
+    cdp = await visitor.context.new_cdp_session(page)
+    verdict = await cdp.send("Page.getInstallabilityErrors")
+    # Playwright's contexts are incognito ones, where nothing installs: that one is ours.
+    errors = [e for e in verdict["installabilityErrors"] if e["errorId"] != "in-incognito"]
+    assert errors == [], verdict
+    await cdp.detach()
+
     # The shell is kept; the ban check (/api) is not, though the page fetched it.
     cached = await eventually(
         lambda: page.evaluate(CACHED), lambda c: "/static/app.js" in c, what="the shell cached"
