@@ -11,6 +11,9 @@ NGINX    ?= /usr/sbin/nginx
 NFT      ?= /usr/sbin/nft
 IP       ?= /usr/sbin/ip
 COTURN   ?= /usr/bin/turnserver
+NPM      ?= /usr/bin/npm
+# axe-core, the accessibility checker tests/browser injects into the page (version pinned there).
+AXE      := tests/browser/axe/node_modules/axe-core/axe.min.js
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -64,11 +67,20 @@ $(COTURN):
 	$(APT) update -qq
 	$(APT) install -y -qq coturn
 
+# Debian's npm, only to install the pinned axe-core for the browser tests.
+$(NPM):
+	$(APT) update -qq
+	$(APT) install -y -qq npm
+
+$(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json | $(NPM)
+	cd tests/browser/axe && $(NPM) ci --no-audit --no-fund --silent
+	touch $@
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX) $(NFT) $(IP) $(COTURN)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX) $(NFT) $(IP) $(COTURN) $(AXE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

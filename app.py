@@ -157,6 +157,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         announce_node=settings.clustered,
     )
     lobby.report_moves_on = settings.report_moves_on
+    lobby.show_online = settings.show_online
     await lobby.start()
     app[LOBBY] = lobby
     if settings.clustered:

@@ -95,6 +95,8 @@ class Settings:
     # Seconds between sampled frames per video stream, for thumbnails and analyzers.
     analyzer_interval: float = 5.0
     report_moves_on: bool = True
+    # Tell visitors how many are online (rounded) in `hello` and `waiting`.
+    show_online: bool = False
     # Read the client address from X-Forwarded-For (only behind your own proxy).
     trusted_proxy: bool = False
     # Origins besides the served one whose pages may open /ws (a site embedding the chat).
@@ -410,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="move a user who reports on to a new partner [RELAY_REPORT_MOVES_ON]",
     )
     p.add_argument(
+        "--show-online",
+        action=argparse.BooleanOptionalAction,
+        default=_env("SHOW_ONLINE", "0").lower() in ("1", "true", "yes"),
+        help="tell visitors how many people are online, rounded down to two significant "
+        "digits, in hello and waiting (one node only) [RELAY_SHOW_ONLINE]",
+    )
+    p.add_argument(
         "--trusted-proxy",
         action=argparse.BooleanOptionalAction,
         default=_env("TRUSTED_PROXY", "0").lower() in ("1", "true", "yes"),
@@ -590,6 +599,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
             f"--pipe-host {args.pipe_host} listens on every address: say which one other "
             "nodes reach this node at with --pipe-announce IP"
         )
+    if args.show_online and args.redis:
+        build_parser().error(
+            "--show-online counts the visitors of one node; it does not work with --redis yet"
+        )
     if args.workers > 1 and not args.redis:
         build_parser().error(
             f"--workers {args.workers} needs --redis redis://HOST:PORT/DB (and "
@@ -632,6 +645,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         evidence_seconds=args.evidence_seconds,
         analyzer_interval=args.analyzer_interval,
         report_moves_on=args.report_moves_on,
+        show_online=args.show_online,
         trusted_proxy=args.trusted_proxy,
         allowed_origins=tuple(origins),
         ip_max_sessions=args.ip_max_sessions,

@@ -83,6 +83,8 @@ class Lobby:
         self._announce_node = announce_node
         self.sessions: dict[str, Session] = {}
         self.matches_made = 0
+        # --show-online: hello and waiting carry a rounded count of this node's sessions.
+        self.show_online = False
         # Called with each session of this node that was just paired (metrics observe here).
         self.pair_listeners: list[Callable[[Session], None]] = []
         # Moderation saves evidence here; without one a report is only logged.
@@ -164,7 +166,7 @@ class Lobby:
         }
         if self._announce_node:
             hello["node"] = self.node
-        session.send(hello)
+        session.send(hello | self._online())
         logger.info("%r joined (%d online)", session, len(self.sessions))
         return session
 
@@ -224,6 +226,8 @@ class Lobby:
                 await self._candidate(session, message)
             case p.Start():
                 await self._start(session, message)
+            case p.SetInterests():
+                await self._set_interests(session, message.interests)
             case p.Next():
                 await self._next(session)
             case p.Stop():
@@ -322,6 +326,14 @@ class Lobby:
         session.interests = start.interests
         await self._look_for_partner(session)
 
+    async def _set_interests(self, session: Session, interests: tuple[str, ...]) -> None:
+        """Idle or paired: kept for the next search. Waiting: the search goes on with them."""
+        session.interests = interests
+        if session.state == State.WAITING and session.queued:
+            session.queued = False
+            await self.matcher.dequeue(session.id)
+            await self._enqueue(session)
+
     async def _next(self, session: Session) -> None:
         if session.state == State.IDLE:
             raise p.ProtocolError("bad_state", "not chatting; send start first", in_reply_to="next")
@@ -336,8 +348,12 @@ class Lobby:
         if session.state != State.WAITING:
             session.state = State.WAITING
             session.waiting_since = asyncio.get_running_loop().time()
-        session.send({"type": "waiting"})
+        session.send({"type": "waiting"} | self._online())
         await self._enqueue(session)
+
+    def _online(self) -> dict[str, int]:
+        """`online` for hello and waiting, when the operator shows it (--show-online)."""
+        return {"online": rounded_online(len(self.sessions))} if self.show_online else {}
 
     async def _stop(self, session: Session) -> None:
         await self._go_idle(session, "stop")
@@ -717,3 +733,12 @@ def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+def rounded_online(count: int) -> int:
+    """`count` rounded down to two significant digits (7, 15, 120, 1200, 98000): a
+    number that means "how busy", changes rarely, and does not track each arrival."""
+    if count < 100:
+        return max(count, 0)
+    scale: int = 10 ** (len(str(count)) - 2)
+    return count // scale * scale

@@ -89,6 +89,13 @@ class Start:
 
 
 @dataclass(frozen=True)
+class SetInterests:
+    """New interests while waiting (the search goes on with them) or paired (for the next)."""
+
+    interests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Next:
     pass
 
@@ -123,7 +130,18 @@ class MediaStateMessage:
     mic: bool
 
 
-ClientMessage = Offer | Candidate | Start | Next | Stop | Chat | Typing | Report | MediaStateMessage
+ClientMessage = (
+    Offer
+    | Candidate
+    | Start
+    | Next
+    | Stop
+    | Chat
+    | Typing
+    | Report
+    | MediaStateMessage
+    | SetInterests
+)
 
 
 _TYPE_NAMES: Final[dict[type, str]] = {
@@ -136,6 +154,7 @@ _TYPE_NAMES: Final[dict[type, str]] = {
     Typing: "typing",
     Report: "report",
     MediaStateMessage: "media_state",
+    SetInterests: "interests",
 }
 
 
@@ -168,7 +187,7 @@ def _string(
     return value
 
 
-def _interests(obj: dict[str, Any]) -> tuple[str, ...]:
+def _interests(obj: dict[str, Any], kind: str = "start") -> tuple[str, ...]:
     raw = obj.get("interests", [])
     if raw is None:
         raw = []
@@ -177,14 +196,14 @@ def _interests(obj: dict[str, Any]) -> tuple[str, ...]:
             "bad_field",
             "'interests' must be a list of strings",
             field="interests",
-            in_reply_to="start",
+            in_reply_to=kind,
         )
     if len(raw) > MAX_INTERESTS:
         raise ProtocolError(
             "bad_field",
             f"at most {MAX_INTERESTS} interests",
             field="interests",
-            in_reply_to="start",
+            in_reply_to=kind,
         )
     for item in raw:
         if not 1 <= len(item.strip()) <= MAX_INTEREST_CHARS:
@@ -192,7 +211,7 @@ def _interests(obj: dict[str, Any]) -> tuple[str, ...]:
                 "bad_field",
                 f"each of 'interests' must be 1 to {MAX_INTEREST_CHARS} characters long",
                 field="interests",
-                in_reply_to="start",
+                in_reply_to=kind,
             )
     # The matcher owns what makes two interests the same.
     return tuple(sorted(normalize_interests(raw)))
@@ -261,6 +280,8 @@ def parse_message(data: str | bytes) -> ClientMessage:
             return _candidate(obj)
         case "start":
             return Start(interests=_interests(obj))
+        case "interests":
+            return SetInterests(interests=_interests(obj, kind))
         case "next":
             return Next()
         case "stop":

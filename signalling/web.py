@@ -33,12 +33,23 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/standing", standing)
+    app.router.add_get("/sw.js", service_worker)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     # FileResponse answers 404 itself when the app is not installed.
     path = os.path.join(request.app[SETTINGS].web_dir, "index.html")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def service_worker(request: web.Request) -> web.StreamResponse:
+    # From the root, so its scope is the whole site; never cached, so updates arrive.
+    path = os.path.join(request.app[SETTINGS].web_dir, "sw.js")
+    return web.FileResponse(
+        path,
+        headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"},
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -50,6 +61,32 @@ async def healthz(request: web.Request) -> web.Response:
         # A load balancer stops sending visitors here.
         return web.json_response(body | {"status": "draining"}, status=503)
     return web.json_response(body)
+
+
+def _visitor(request: web.Request) -> tuple[str | None, str | None]:
+    """The persistent client id (`?clientId=`, when well formed) and address of a visitor."""
+    client_id = request.query.get("clientId")
+    identity = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
+    return identity, client_ip(request, trusted_proxy=request.app[SETTINGS].trusted_proxy)
+
+
+async def standing(request: web.Request) -> web.Response:
+    """Whether this visitor is banned, asked by the page before the age check and camera.
+
+    The same check `/ws` makes, without opening a session: a banned person learns it
+    before agreeing to anything or lighting their camera (docs/protocol.md).
+    """
+    identity, ip = _visitor(request)
+    ban = await request.app[MODERATION].ban_for(identity, ip)
+    body: dict[str, Any] = {"banned": False}
+    if ban is not None:
+        body = error_message("banned", ban_message(ban)) | {
+            "banned": True,
+            "reason": ban.reason,
+            "until": ban_until(ban),
+        }
+        del body["type"]
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -68,9 +105,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     lobby = request.app[LOBBY]
     if lobby.draining:
         raise web.HTTPServiceUnavailable(text="this node is restarting; try again\n")
-    client_id = request.query.get("clientId")
-    identity = client_id if client_id and _CLIENT_ID.fullmatch(client_id) else None
-    ip = client_ip(request, trusted_proxy=settings.trusted_proxy)
+    identity, ip = _visitor(request)
     ban = await request.app[MODERATION].ban_for(identity, ip)
     # heartbeat finds sockets whose TCP died without a close frame.
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=HARD_MAX_MESSAGE_BYTES)

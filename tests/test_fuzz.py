@@ -169,6 +169,7 @@ TYPES = [
     "typing",
     "media_state",
     "report",
+    "interests",
 ]
 FIELDS = {
     "offer": {"sdp": st.just(CHROMIUM_OFFER) | TEXT},
@@ -184,6 +185,7 @@ FIELDS = {
     "typing": {"active": st.booleans() | JSON},
     "media_state": {"camera": st.booleans() | JSON, "mic": st.booleans() | JSON},
     "report": {"reason": TEXT | JSON, "moveOn": st.booleans() | JSON},
+    "interests": {"interests": st.lists(TEXT, max_size=12) | JSON},
 }
 
 

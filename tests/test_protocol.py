@@ -25,6 +25,9 @@ def test_well_formed_messages_parse() -> None:
     assert parse({"type": "start", "interests": [" Music ", "music", "Board Games"]}) == p.Start(
         interests=("board games", "music")
     )
+    assert parse({"type": "interests", "interests": ["Chess", " chess"]}) == p.SetInterests(
+        interests=("chess",)
+    )
     assert parse({"type": "next"}) == p.Next()
     assert parse({"type": "stop", "extra": 1}) == p.Stop(), "unknown fields are ignored"
     assert parse({"type": "chat", "text": "  hi  "}) == p.Chat(text="hi")

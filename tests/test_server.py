@@ -358,3 +358,33 @@ async def test_hostile_offers_and_candidates_get_errors_not_tracebacks(relay_ser
         http.get(relay_server.http_url + "/healthz") as response,
     ):
         assert response.status == 200
+
+
+async def test_interests_change_while_waiting_and_while_paired(relay_server, clients) -> None:
+    # Waiting for chess, then go: the search goes on with go, and finds go at once.
+    a = await connected(relay_server, clients, 1)
+    await a.start(["chess"])
+    await a.wait_for("waiting", timeout=TIMEOUT)
+    await a.send({"type": "interests", "interests": ["Go"]})
+    b = await connected(relay_server, clients, 2)
+    await b.start(["go"])
+    matched = await a.wait_for("matched", timeout=TIMEOUT)
+    assert matched["interests"] == ["go"]
+
+    # Paired: kept for the next search, which finds the one who likes tennis.
+    await a.send({"type": "interests", "interests": ["tennis"]})
+    c = await connected(relay_server, clients, 3)
+    await c.start(["tennis"])
+    await c.wait_for("waiting", timeout=TIMEOUT)
+    await a.next()
+    matched = await a.wait_for("matched", timeout=TIMEOUT)
+    assert matched["interests"] == ["tennis"]
+
+    # Bad interests are refused with the field named, as for start.
+    await a.send({"type": "interests", "interests": "tennis"})
+    error = await a.wait_for("error", timeout=TIMEOUT)
+    assert (error["code"], error["field"], error["inReplyTo"]) == (
+        "bad_field",
+        "interests",
+        "interests",
+    )

@@ -10,17 +10,26 @@
 //   closed        the server refused to talk to us any more
 
 import { ChatPanel } from "./chat.js";
+import { languageSwitcher, translatePage } from "./i18n.js";
+import { registerServiceWorker } from "./install.js";
 import { InterestInput } from "./interests.js";
 import { LocalMedia } from "./media.js";
 import * as text from "./messages.js";
 import { Peer } from "./peer.js";
 import { RemoteView } from "./remoteview.js";
-import { Signalling, socketUrl } from "./signalling.js";
+import { Signalling, clientId, socketUrl } from "./signalling.js";
+import { touchOnly, useTouchWording } from "./touch.js";
 
 const $ = (id) => document.getElementById(id);
 
+// Before any component reads a text from the page.
+translatePage();
+
 // Esc, then Esc again within this long, means Next.
 const ESC_WINDOW_MS = 2500;
+// After the partner leaves, auto search waits this long: time to read why they left.
+const AUTO_SEARCH_DELAY_MS = 1500;
+const AUTO_SEARCH_KEY = "relay.autoSearch";
 // How long a failed media connection may wait for the server's `media_lost` before
 // the whole visit is restarted.
 const MEDIA_FAILED_GRACE_MS = 10000;
@@ -46,7 +55,17 @@ const ui = {
   reportDetails: $("report-details"),
   reportSkip: $("report-skip"),
   localVideo: $("local-video"),
+  self: $("self"),
   selfCameraOff: $("self-camera-off"),
+  flipButton: $("flip-button"),
+  devicesButton: $("devices-button"),
+  devicesDialog: $("devices-dialog"),
+  cameraSelect: $("camera-select"),
+  autoSearch: $("auto-search"),
+  micSelect: $("mic-select"),
+  interestHint: $("interest-hint"),
+  chatInput: $("chat-input"),
+  announcer: $("announcer"),
   banner: $("banner"),
   bannerText: $("banner-text"),
   bannerClose: $("banner-close"),
@@ -73,10 +92,15 @@ const state = {
   countdownTimer: 0,
   reportTimer: 0,
   phaseBeforeDrop: null,
+  autoSearch: loadAutoSearch(),
+  autoSearchTimer: 0,
+  online: null, // people online, rounded, when the server tells (--show-online)
 };
 
 const media = new LocalMedia();
 const interests = new InterestInput({ box: $("interests"), input: $("interest-input") });
+// The same interests, changed in the room's settings while waiting or paired.
+const roomInterests = new InterestInput({ box: $("room-interests"), input: $("room-interest-input") });
 const remote = new RemoteView({
   tile: $("partner"),
   video: $("remote-video"),
@@ -100,6 +124,29 @@ const signalling = new Signalling(socketUrl(), {
 
 function send(msg) {
   return signalling.send(msg);
+}
+
+languageSwitcher($("lang-select"));
+if (touchOnly) useTouchWording(ui, text.notes.interestHintTouch);
+registerServiceWorker();
+checkStanding();
+
+// A banned visitor hears it before the age check and the camera prompt (GET /api/standing).
+async function checkStanding() {
+  let standing;
+  try {
+    const response = await fetch(`/api/standing?clientId=${encodeURIComponent(clientId())}`, { cache: "no-store" });
+    if (!response.ok) return; // an older server: /ws says it instead
+    standing = await response.json();
+  } catch {
+    return; // offline: the first screen still works, /ws tells later
+  }
+  if (standing?.banned !== true || !ui.room.hidden) return;
+  state.moderatedText = text.serverErrorText({ ...standing, code: "banned" });
+  showBanner(state.moderatedText, "error", "banned");
+  ui.startButton.disabled = true;
+  ui.ageCheck.disabled = true;
+  ui.startNote.textContent = text.notes.banned;
 }
 
 // ---------- first screen ----------
@@ -138,9 +185,9 @@ ui.ageCheck.addEventListener("change", () => {
 function enterRoom() {
   ui.intro.hidden = true;
   ui.room.hidden = false;
-  ui.localVideo.srcObject = media.stream;
-  ui.localVideo.play().catch(() => {});
+  showSelf();
   media.onended = () => showBanner(text.connection.deviceEnded, "error");
+  listDevices();
   state.wanted = true;
   setPhase("connecting");
   signalling.open();
@@ -159,6 +206,7 @@ function onMessage(msg) {
       });
       return;
     case "waiting":
+      setOnline(msg.online);
       if (state.wanted) setPhase("waiting");
       return;
     case "matched":
@@ -193,6 +241,7 @@ function onHello(msg) {
   const reconnected = state.helloSeen;
   state.helloSeen = true;
   state.iceServers = Array.isArray(msg.iceServers) ? msg.iceServers : [];
+  setOnline(msg.online);
   const limits = msg.limits ?? {};
   chat.setMaxChars(limits.maxChatChars);
   if (Number.isInteger(limits.maxInterests)) state.maxInterests = limits.maxInterests;
@@ -217,25 +266,54 @@ function onMatched(msg) {
   if (state.sharedInterests.length) chat.system(`${text.chat.shared}`, { tags: state.sharedInterests });
   remote.expectPartner(text.placeholder.matched);
   setPhase("matched");
+  // Ready to type; not on phones, where the keyboard would cover the partner.
+  if (!touchOnly && !ui.reportDialog.open && !ui.devicesDialog.open) ui.chatInput.focus({ preventScroll: true });
   // A new partner does not know our camera or microphone is off.
   if (!media.cameraOn || !media.micOn) sendMediaState();
 }
 
 function onPartnerLeft(reason) {
   if (state.phase !== "matched") return;
-  state.wanted = false;
   state.leftReason = reason;
   chat.system(text.partnerLeftText(reason), { strong: true });
-  chat.system(text.chat.leftHint);
+  // Like the apps: look for someone new by itself (a setting, on by default). The
+  // person still wants a partner, so Stop stays enabled and cancels the search.
+  state.wanted = state.autoSearch;
+  chat.system(state.autoSearch ? text.chat.autoSearch : text.chat.leftHint);
   setPhase("left");
+  if (state.autoSearch) {
+    remote.clear(text.placeholder.autoSearch);
+    clearTimeout(state.autoSearchTimer);
+    state.autoSearchTimer = setTimeout(() => {
+      if (state.phase === "left" && state.wanted) sendStart();
+    }, AUTO_SEARCH_DELAY_MS);
+  }
 }
+
+function loadAutoSearch() {
+  try {
+    return localStorage.getItem(AUTO_SEARCH_KEY) !== "off";
+  } catch {
+    return true;
+  }
+}
+
+ui.autoSearch.checked = state.autoSearch;
+ui.autoSearch.addEventListener("change", () => {
+  state.autoSearch = ui.autoSearch.checked;
+  try {
+    localStorage.setItem(AUTO_SEARCH_KEY, state.autoSearch ? "on" : "off");
+  } catch {
+    // this visit only
+  }
+});
 
 function onServerError(msg) {
   const code = msg.code;
   if (code === "media_lost") return onMediaLost();
   if (code === "banned" || code === "kicked") {
     // The close that follows shows this instead of the generic text.
-    state.moderatedText = msg.message;
+    state.moderatedText = text.serverErrorText(msg);
     return;
   }
   // Races that are harmless: "start" while already queued, chat after the partner left.
@@ -326,6 +404,7 @@ function onSignallingDown({ everUp, retryInMs, final }) {
   state.peer = null;
   if (state.phase === "matched") chat.system(text.chat.connectionLost, { strong: true });
   if (final) {
+    releaseCamera();
     setPhase("closed");
     showBanner(state.moderatedText ?? text.connection.kicked, "error", "connection");
     return;
@@ -356,6 +435,7 @@ function countdown(ms, format) {
 // ---------- Start, Next, Stop ----------
 
 function sendStart() {
+  clearTimeout(state.autoSearchTimer);
   state.wanted = true;
   state.leftReason = null;
   const msg = { type: "start" };
@@ -373,7 +453,8 @@ function next() {
       return;
     case "left":
     case "stopped":
-      sendStart();
+      if (media.stream) sendStart();
+      else reopenCamera().then((ok) => ok && sendStart());
       return;
     case "connecting":
     case "reconnecting":
@@ -387,9 +468,11 @@ function next() {
 function stop() {
   if (!state.wanted) return;
   state.wanted = false;
+  clearTimeout(state.autoSearchTimer);
   disarmEsc();
   send({ type: "stop" });
   if (state.phase === "matched") chat.system(text.chat.youStopped, { strong: true });
+  releaseCamera();
   setPhase("stopped");
 }
 
@@ -398,14 +481,16 @@ ui.stopButton.addEventListener("click", stop);
 
 // Omegle's habit: Esc once arms Next, Esc again within a moment skips.
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || ui.room.hidden || ui.reportDialog.open || event.repeat) return;
+  if (event.key !== "Escape" || ui.room.hidden || ui.reportDialog.open || ui.devicesDialog.open || event.repeat) {
+    return;
+  }
   event.preventDefault();
   if (state.phase === "left" || state.phase === "stopped") return next();
   if (state.phase !== "matched") return;
   if (performance.now() < state.escArmedUntil) return next();
   state.escArmedUntil = performance.now() + ESC_WINDOW_MS;
   ui.nextButton.classList.add("armed");
-  ui.nextLabel.textContent = "Really?";
+  ui.nextLabel.textContent = text.room.really;
   ui.nextButton.title = text.notes.escAgain;
   clearTimeout(state.escTimer);
   state.escTimer = setTimeout(disarmEsc, ESC_WINDOW_MS);
@@ -436,11 +521,99 @@ ui.cameraButton.addEventListener("click", () => {
 function renderDevices() {
   const micOff = !media.micOn;
   const camOff = !media.cameraOn;
-  ui.micButton.setAttribute("aria-pressed", String(micOff));
-  ui.micButton.title = micOff ? "Unmute microphone" : "Mute microphone";
-  ui.cameraButton.setAttribute("aria-pressed", String(camOff));
-  ui.cameraButton.title = camOff ? "Turn camera on" : "Turn camera off";
+  // Named "Microphone" and "Camera": pressed means on.
+  ui.micButton.setAttribute("aria-pressed", String(!micOff));
+  ui.micButton.title = micOff ? text.room.unmute : text.room.mute;
+  ui.cameraButton.setAttribute("aria-pressed", String(!camOff));
+  ui.cameraButton.title = camOff ? text.room.cameraTurnOn : text.room.cameraTurnOff;
+  ui.micButton.disabled = ui.cameraButton.disabled = !media.stream;
   ui.selfCameraOff.hidden = !camOff;
+}
+
+// ---------- the camera: released while idle, switched, picked ----------
+
+function showSelf() {
+  ui.localVideo.srcObject = media.stream;
+  if (media.stream) ui.localVideo.play().catch(() => {});
+  const facing = media.videoTrack?.getSettings().facingMode;
+  ui.self.dataset.facing = facing === "environment" ? "environment" : "user";
+  ui.selfCameraOff.querySelector("p").textContent = media.stream ? text.room.cameraOff : text.notes.cameraReleased;
+  renderDevices();
+}
+
+// After Stop, a kick or a ban the camera light goes out; Start opens it again.
+function releaseCamera() {
+  media.close();
+  state.peer?.replaceTrack("audio", null).catch(() => {});
+  state.peer?.replaceTrack("video", null).catch(() => {});
+  showSelf();
+}
+
+async function reopenCamera() {
+  try {
+    await media.open();
+  } catch (err) {
+    showBanner(text.mediaErrorText(err), "error");
+    return false;
+  }
+  showSelf();
+  await Promise.all([
+    state.peer?.replaceTrack("audio", media.audioTrack),
+    state.peer?.replaceTrack("video", media.videoTrack),
+  ]).catch((err) => console.warn("could not send the camera again", err));
+  return true;
+}
+
+async function listDevices() {
+  const { cameras } = await media.devices();
+  ui.flipButton.hidden = cameras.length < 2;
+}
+
+async function useDevice(kind, id) {
+  try {
+    const track = id === "flip" ? await media.flip() : await media.useDevice(kind, id);
+    if (track) await state.peer?.replaceTrack(kind, track);
+  } catch (err) {
+    showBanner(text.mediaErrorText(err), "error");
+  }
+  showSelf();
+  sendMediaState();
+}
+
+ui.flipButton.addEventListener("click", () => useDevice("video", "flip"));
+
+ui.devicesButton.addEventListener("click", async () => {
+  const { cameras, mics } = await media.devices();
+  fillSelect(ui.cameraSelect, cameras, media.currentCameraId, text.room.camera);
+  fillSelect(ui.micSelect, mics, media.currentMicId, text.room.microphone);
+  roomInterests.replace(state.interests);
+  ui.devicesDialog.returnValue = "";
+  ui.devicesDialog.showModal();
+});
+
+ui.devicesDialog.addEventListener("close", async () => {
+  if (ui.devicesDialog.returnValue !== "use") return;
+  const chosen = roomInterests.value().slice(0, state.maxInterests);
+  if (chosen.join("\n") !== state.interests.join("\n")) {
+    state.interests = chosen;
+    send({ type: "interests", interests: chosen });
+  }
+  if (ui.cameraSelect.value && ui.cameraSelect.value !== media.currentCameraId) {
+    await useDevice("video", ui.cameraSelect.value);
+  }
+  if (ui.micSelect.value && ui.micSelect.value !== media.currentMicId) {
+    await useDevice("audio", ui.micSelect.value);
+  }
+});
+
+function fillSelect(select, devices, current, fallback) {
+  select.replaceChildren(
+    ...devices.map((d, i) => {
+      const option = new Option(d.label || `${fallback} ${i + 1}`, d.deviceId);
+      option.selected = d.deviceId === current;
+      return option;
+    }),
+  );
 }
 
 // Proposed protocol message; the black frames of a disabled track say the same without it.
@@ -483,6 +656,7 @@ function setPhase(phase) {
   }
   renderStatus();
   renderButtons();
+  renderOnline();
   const idle = phase === "left" || phase === "stopped" || phase === "closed";
   ui.room.dataset.phase = idle ? "idle" : "active";
   if (phase === "matched") {
@@ -492,6 +666,19 @@ function setPhase(phase) {
   }
 }
 
+function setOnline(n) {
+  state.online = Number.isInteger(n) && n >= 0 ? n : null;
+  renderOnline();
+}
+
+// "120 online" under the search text, while searching.
+function renderOnline() {
+  const el = $("online-count");
+  const show = state.online !== null && (state.phase === "waiting" || state.phase === "connecting");
+  el.hidden = !show;
+  if (show) el.textContent = text.room.online(state.online);
+}
+
 function renderStatus() {
   let label;
   let extra = "";
@@ -499,23 +686,24 @@ function renderStatus() {
   switch (state.phase) {
     case "matched":
       label = text.status.matched;
-      if (state.sharedInterests.length) extra = ` · you both like ${state.sharedInterests.join(", ")}`;
+      if (state.sharedInterests.length) extra = text.room.bothLike(state.sharedInterests);
       break;
     case "left":
       label = text.partnerLeftText(state.leftReason);
       break;
     case "closed":
-      label = "Disconnected";
+      label = text.room.disconnected;
       dataState = "error";
       break;
     default:
       label = text.status[state.phase] ?? state.phase;
   }
   ui.status.dataset.state = dataState;
+  if (ui.statusText.textContent !== label) ui.announcer.textContent = label;
   ui.statusText.textContent = label;
   ui.statusExtra.textContent = extra;
   document.title =
-    state.phase === "matched" ? "Talking to a stranger · Roulette Relay" : "Roulette Relay · random video chat";
+    state.phase === "matched" ? text.room.titleMatched : text.room.title;
 }
 
 function placeholderFor(phase) {
@@ -526,8 +714,9 @@ function renderButtons() {
   // Idle, the main button starts; active, it skips and Stop ends the chat.
   const idle = !state.wanted;
   ui.stopButton.disabled = idle || state.phase === "closed";
-  if (!state.escArmedUntil) ui.nextLabel.textContent = idle ? "Start" : "Next";
-  ui.nextButton.disabled = !(state.phase === "matched" || idle) || state.phase === "closed";
+  if (!state.escArmedUntil) ui.nextLabel.textContent = idle ? text.room.start : text.room.next;
+  const canSkip = state.phase === "matched" || state.phase === "left";
+  ui.nextButton.disabled = !(canSkip || idle) || state.phase === "closed";
   ui.reportButton.disabled = state.phase !== "matched";
   renderDevices();
 }
@@ -555,7 +744,7 @@ function toast(message) {
 }
 
 remote.onblocked = () => {
-  toast("Click anywhere to hear the stranger.");
+  toast(text.room.clickToHear);
   document.addEventListener("click", () => remote.play(), { once: true });
 };
 

@@ -1,5 +1,7 @@
 // The text chat beside the video: the log, the input, and both typing indicators.
 
+import { chat as words } from "./messages.js";
+
 // Tell the partner we stopped typing after this long without a keystroke.
 const TYPING_IDLE_MS = 3000;
 // If their "stopped typing" never arrives (they left mid-word), hide the indicator anyway.
@@ -45,6 +47,23 @@ export class ChatPanel {
       this.typingTimer = setTimeout(() => this.stopTyping(), TYPING_IDLE_MS);
     });
     input.addEventListener("blur", () => this.stopTyping());
+
+    // The newest message stays in view when the log shrinks: the phone keyboard opening
+    // (the page asks for interactive-widget=resizes-content), a banner, a rotation.
+    this.atBottom = true;
+    log.addEventListener("scroll", () => {
+      this.atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+    });
+    new ResizeObserver(() => {
+      if (this.atBottom) this.scrollToEnd();
+    }).observe(log);
+    // Like messaging apps: starting to type shows the newest message.
+    input.addEventListener("focus", () => this.scrollToEnd());
+  }
+
+  scrollToEnd() {
+    this.log.scrollTop = this.log.scrollHeight;
+    this.atBottom = true;
   }
 
   setMaxChars(n) {
@@ -69,13 +88,13 @@ export class ChatPanel {
   }
 
   mine(text) {
-    this.append("msg msg-mine", text, "You");
-    this.log.scrollTop = this.log.scrollHeight;
+    this.append("msg msg-mine", text, words.you);
+    this.scrollToEnd();
   }
 
   theirs(text) {
     this.setTheirTyping(false);
-    this.append("msg msg-theirs", text, "Stranger");
+    this.append("msg msg-theirs", text, words.stranger);
   }
 
   system(text, { strong = false, tags = [] } = {}) {
@@ -121,6 +140,6 @@ export class ChatPanel {
     const log = this.log;
     const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
     log.append(li);
-    if (nearBottom) log.scrollTop = log.scrollHeight;
+    if (nearBottom) this.scrollToEnd();
   }
 }

@@ -1,5 +1,7 @@
 // The optional interests (tags) entered before Start, remembered between visits.
 
+import { room as words } from "./messages.js";
+
 const STORAGE_KEY = "roulette-relay.interests";
 const MAX_CHARS = 32;
 
@@ -32,6 +34,12 @@ export class InterestInput {
     for (const tag of load()) this.add(tag);
   }
 
+  // Show `tags` instead of what is there (another editor of the same interests changed them).
+  replace(tags) {
+    for (const tag of [...this.tags]) this.remove(tag);
+    for (const tag of tags) this.add(tag);
+  }
+
   // Everything typed so far, including an entry not yet confirmed with Enter.
   value() {
     this.commit();
@@ -56,11 +64,11 @@ export class InterestInput {
     const remove = document.createElement("button");
     remove.type = "button";
     remove.textContent = "×";
-    remove.setAttribute("aria-label", `Remove ${tag}`);
+    remove.setAttribute("aria-label", words.removeTag(tag));
     remove.addEventListener("click", () => this.remove(tag));
     chip.append(remove);
     this.box.insertBefore(chip, this.input);
-    this.input.placeholder = this.tags.length >= this.max ? "" : "add another…";
+    this.input.placeholder = this.tags.length >= this.max ? "" : words.addAnother;
     save(this.tags);
   }
 
@@ -69,7 +77,7 @@ export class InterestInput {
     for (const chip of this.box.querySelectorAll(".tag")) {
       if (chip.dataset.tag === tag) chip.remove();
     }
-    this.input.placeholder = this.tags.length ? "add another…" : this.emptyPlaceholder;
+    this.input.placeholder = this.tags.length ? words.addAnother : this.emptyPlaceholder;
     save(this.tags);
   }
 }

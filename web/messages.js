@@ -1,108 +1,146 @@
 // Every sentence the page shows a person about state and failures, in one place.
+// The texts themselves are in locales/ (i18n.js picks the language).
+
+import { formatNumber, formatTime, t } from "./i18n.js";
+import { touchOnly } from "./touch.js";
 
 export const status = {
-  connecting: "Connecting…",
-  waiting: "Looking for someone to talk to…",
-  matched: "You're talking to a stranger",
-  stopped: "You stopped. Press Start to meet someone new.",
-  reconnecting: "Reconnecting…",
+  connecting: t("status.connecting"),
+  waiting: t("status.waiting"),
+  matched: t("status.matched"),
+  stopped: t("status.stopped"),
+  reconnecting: t("status.reconnecting"),
 };
 
 // `partner_left` reasons, as the status line and the chat log say them.
 export const partnerLeft = {
-  next: "Stranger left: they moved on to someone new.",
-  stop: "Stranger left: they stopped chatting.",
-  disconnect: "Stranger left: their connection was lost.",
+  next: t("left.next"),
+  stop: t("left.stop"),
+  disconnect: t("left.disconnect"),
 };
 
 export function partnerLeftText(reason) {
-  return partnerLeft[reason] ?? "Stranger left.";
+  return partnerLeft[reason] ?? t("left.other");
 }
 
 export const placeholder = {
-  connecting: "Connecting to the server…",
-  waiting: "Looking for someone to talk to…",
-  matched: "Connecting video…",
-  left: "Press Start to meet someone new.",
-  stopped: "Press Start when you're ready to meet someone.",
-  reconnecting: "Reconnecting…",
+  connecting: t("placeholder.connecting"),
+  waiting: t("placeholder.waiting"),
+  matched: t("placeholder.matched"),
+  left: t("placeholder.left"),
+  stopped: t("placeholder.stopped"),
+  reconnecting: t("placeholder.reconnecting"),
+  autoSearch: t("placeholder.autoSearch"),
 };
 
 export const chat = {
-  matched: "You're chatting with a stranger. Say hi!",
-  shared: "You both like",
-  leftHint: "Press Start (or Esc) to meet someone new.",
-  youStopped: "You stopped chatting.",
-  youSkipped: "You skipped to someone new.",
-  connectionLost: "Your connection was interrupted.",
+  matched: t("chat.matched"),
+  shared: t("chat.shared"),
+  leftHint: touchOnly ? t("chat.leftHintTouch") : t("chat.leftHint"),
+  autoSearch: t("chat.autoSearch"),
+  youStopped: t("chat.youStopped"),
+  youSkipped: t("chat.youSkipped"),
+  connectionLost: t("chat.connectionLost"),
+  you: t("chat.you"),
+  stranger: t("chat.stranger"),
 };
 
 export const notes = {
-  escAgain: "Press Esc again to skip",
-  reportSent: "Thanks. Your report was sent.",
-  reportRecorded: "Thanks. Your report was recorded and will be reviewed.",
-  reconnected: "Reconnected.",
-  ageRequired: "Please confirm you are 18 or older to continue.",
-  asking: "Waiting for camera permission…",
+  escAgain: t("notes.escAgain"),
+  reportSent: t("notes.reportSent"),
+  reportRecorded: t("notes.reportRecorded"),
+  reconnected: t("notes.reconnected"),
+  ageRequired: t("notes.ageRequired"),
+  asking: t("notes.asking"),
+  interestHintTouch: t("intro.interestHintTouch"),
+  cameraReleased: t("room.cameraReleased"),
+  banned: t("notes.banned"),
+};
+
+// Words of the room that change with its state.
+export const room = {
+  start: t("intro.start"),
+  next: t("room.next"),
+  really: t("room.really"),
+  disconnected: t("room.disconnected"),
+  bothLike: (tags) => t("room.bothLike", { tags: tags.join(", ") }),
+  mute: t("room.mute"),
+  unmute: t("room.unmute"),
+  cameraTurnOff: t("room.cameraTurnOff"),
+  cameraTurnOn: t("room.cameraTurnOn"),
+  cameraOff: t("room.cameraOff"),
+  camera: t("devices.camera"),
+  microphone: t("devices.microphone"),
+  clickToHear: t("room.clickToHear"),
+  waitingVideo: t("room.waitingVideo"),
+  title: t("page.title"),
+  titleMatched: t("page.titleMatched"),
+  addAnother: t("intro.addAnother"),
+  removeTag: (tag) => t("intro.removeTag", { tag }),
+  online: (n) => t("room.online", { n: formatNumber(n) }),
 };
 
 // Why getUserMedia failed, for a person who has to fix it.
 export function mediaErrorText(err) {
   const name = err?.name ?? "";
-  if (name === "InsecureContext") {
-    return "Your browser only allows the camera on a secure (https://) page. Open Roulette Relay over https.";
-  }
+  if (name === "InsecureContext") return t("media.insecure");
   if (name === "NotAllowedError" || name === "PermissionDeniedError" || name === "SecurityError") {
-    return (
-      "Camera and microphone access is blocked. Allow them for this site " +
-      "(the camera icon in the address bar), then press Start again."
-    );
+    return t("media.blocked");
   }
   if (name === "NotFoundError" || name === "DevicesNotFoundError" || name === "OverconstrainedError") {
-    const what = err.missing ?? "camera or microphone";
-    return `No ${what} was found. Plug one in (or enable it in your system settings), then press Start again.`;
+    if (err.missing === "camera") return t("media.missingCamera");
+    if (err.missing === "microphone") return t("media.missingMic");
+    return t("media.missingBoth");
   }
   if (name === "NotReadableError" || name === "TrackStartError" || name === "AbortError") {
-    return "Your camera or microphone is busy. Close other apps or tabs that use it, then press Start again.";
+    return t("media.busy");
   }
-  return `Your camera or microphone could not be started (${name || "unknown error"}). Press Start to try again.`;
+  return t("media.other", { name: name || "unknown error" });
 }
 
 export const connection = {
-  unreachable: (seconds) => `Can't reach the Roulette Relay server. Trying again in ${seconds} s…`,
-  lost: (seconds) => `Lost the connection to the server. Reconnecting in ${seconds} s…`,
-  retryingNow: "Reconnecting to the server…",
-  offline: "You're offline. We'll reconnect as soon as your network is back.",
-  kicked: "The server closed the connection because too many messages were sent. Reload the page to continue.",
-  mediaFailed:
-    "The video connection to the server failed. Reconnecting… If this keeps happening, your network may block video calls (UDP).",
-  mediaGaveUp:
-    "A video connection could not be set up. Your network may block video calls (UDP); try another network.",
-  deviceEnded: "Your camera or microphone stopped working (was it unplugged?). Reload the page to start it again.",
+  unreachable: (s) => t("connection.unreachable", { s }),
+  lost: (s) => t("connection.lost", { s }),
+  retryingNow: t("connection.retryingNow"),
+  offline: t("connection.offline"),
+  kicked: t("connection.kicked"),
+  mediaFailed: t("connection.mediaFailed"),
+  mediaGaveUp: t("connection.mediaGaveUp"),
+  deviceEnded: t("connection.deviceEnded"),
 };
 
-// Human text for an `error` from the server; null means "not worth telling the person".
+// Human text for an `error` from the server, by its `code` (the server's English
+// `message` is for logs and programs); null means "not worth telling the person".
 export function serverErrorText(msg) {
   switch (msg.code) {
     case "not_paired":
       return null; // the partner left while a chat line was on its way
     case "rate_limited":
-      return "You're sending messages too fast. Slow down a little.";
+      return t("error.rate_limited");
     case "bad_field":
-      if (msg.field === "text") return "That message is too long to send.";
-      if (msg.field === "interests") return "One of your interests is too long or there are too many.";
-      return `The server did not accept that (${msg.message ?? msg.code}).`;
+      if (msg.field === "text") return t("error.textTooLong");
+      if (msg.field === "interests") return t("error.interests");
+      return t("error.bad_field", { detail: msg.message ?? msg.code });
     case "internal":
-      return "Something went wrong on the server. Please try again.";
+      return t("error.internal");
     case "too_large":
-      return "That message is too large to send.";
+      return t("error.too_large");
     case "too_many_sessions":
     case "too_many_new_sessions":
       // The close (4029) that follows makes the page retry with back-off.
-      return "Too many chats are open from your network right now. Trying again shortly.";
+      return t("error.too_many_sessions");
     case "too_many_peers":
-      return "Too many video connections are open from your network. Close another chat tab and try again.";
+      return t("error.too_many_peers");
+    case "banned": {
+      // Also the answer of GET /api/standing. The reason is the moderator's own words.
+      const reason = typeof msg.reason === "string" && msg.reason ? msg.reason : "—";
+      if (typeof msg.until === "number") return t("error.banned", { until: formatTime(msg.until), reason });
+      return t("error.bannedForGood", { reason });
+    }
+    case "kicked":
+      return t("error.kicked", { message: msg.message ?? "" });
     default:
-      return msg.message ? `Server: ${msg.message}` : `The server reported an error (${msg.code}).`;
+      // A code this page does not know yet: the server's own words, or the code.
+      return msg.message ? String(msg.message) : t("error.other", { code: msg.code });
   }
 }

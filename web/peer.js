@@ -8,7 +8,7 @@ export class Peer {
   /**
    * @param {object} opts
    * @param {RTCIceServer[]} opts.iceServers  from the server's hello
-   * @param {MediaStream} opts.stream         the person's camera and microphone
+   * @param {MediaStream|null} opts.stream    the person's camera and microphone (null: released)
    * @param {(msg: object) => void} opts.send signalling
    * @param {(track: MediaStreamTrack) => void} opts.ontrack
    * @param {(state: RTCPeerConnectionState) => void} opts.onstate
@@ -19,8 +19,15 @@ export class Peer {
     this.offerSent = false;
     this.pendingCandidates = [];
     this.pc = new RTCPeerConnection({ iceServers: iceServers ?? [], bundlePolicy: "max-bundle" });
-    for (const track of stream.getTracks()) {
-      this.pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
+    // One audio and one video transceiver, camera or not: a released camera (after Stop)
+    // comes back through replaceTrack without renegotiating.
+    this.transceivers = {};
+    for (const kind of ["audio", "video"]) {
+      const track = stream?.getTracks().find((t) => t.kind === kind) ?? null;
+      this.transceivers[kind] = this.pc.addTransceiver(track ?? kind, {
+        direction: "sendrecv",
+        streams: stream ? [stream] : [],
+      });
     }
     this.pc.ontrack = (event) => ontrack(event.track);
     this.pc.onconnectionstatechange = () => {
@@ -53,6 +60,12 @@ export class Peer {
   async accept(sdp) {
     if (this.closed) return;
     await this.pc.setRemoteDescription({ type: "answer", sdp });
+  }
+
+  // Send `track` (or nothing) instead of what this kind sends now; no renegotiation.
+  async replaceTrack(kind, track) {
+    if (this.closed) return;
+    await this.transceivers[kind].sender.replaceTrack(track);
   }
 
   close() {

@@ -1,5 +1,7 @@
 // The partner's tile: their video and sound, and what to show when there is no picture.
 
+import { room as words } from "./messages.js";
+
 const SAMPLE_MS = 500;
 // A frame this dark everywhere is a camera turned off (a disabled track sends black frames).
 const DARK_LEVEL = 18;
@@ -121,7 +123,7 @@ export class RemoteView {
     const stalled = performance.now() - this.lastFrameAt > STALL_MS;
     if (live && stalled) {
       this.framesAtMatch = this.frames;
-      this.setVideo("none", "Waiting for the stranger's video…");
+      this.setVideo("none", words.waitingVideo);
       return;
     }
     if (!live || this.cameraHint !== null || this.video.videoWidth === 0) return;

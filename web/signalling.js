@@ -14,7 +14,7 @@ export function socketUrl(loc = window.location) {
 }
 
 // A random id kept in this browser, so a ban outlives one visit (docs/protocol.md).
-function clientId() {
+export function clientId() {
   const key = "relay.clientId";
   try {
     let id = localStorage.getItem(key);

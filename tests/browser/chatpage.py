@@ -45,6 +45,11 @@ RECORD_PEER_CONNECTIONS = """
 })();
 """
 
+# A visitor who unticked "When a stranger leaves, look for someone new right away".
+AUTO_SEARCH_OFF = """
+try { localStorage.getItem("relay.autoSearch") ?? localStorage.setItem("relay.autoSearch", "off"); } catch {}
+"""
+
 # Every Content-Security-Policy violation becomes a console error that
 # `watch_for_csp_violations` collects (Chromium logs most of them itself; this
 # catches the ones it reports only as events).

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from chatpage import (
+    AUTO_SEARCH_OFF,
     DESKTOP,
     RECORD_PEER_CONNECTIONS,
     REPORT_CSP_VIOLATIONS,
@@ -114,9 +115,20 @@ async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
     opened: list[ChatPage] = []
 
     async def open_(
-        name: str, url: str, *, viewport: dict[str, int] = DESKTOP, on: Browser | None = None
+        name: str,
+        url: str,
+        *,
+        viewport: dict[str, int] = DESKTOP,
+        on: Browser | None = None,
+        auto_search: bool = False,
+        **context_options: Any,
     ) -> ChatPage:
-        context = await (on or browser).new_context(viewport=viewport)
+        # context_options: Playwright's, e.g. has_touch=True, is_mobile=True for a phone.
+        context = await (on or browser).new_context(viewport=viewport, **context_options)
+        if not auto_search:
+            # The page searches again by itself when a partner leaves (its default);
+            # most tests follow one partner leaving, so their visitors turned that off.
+            await context.add_init_script(AUTO_SEARCH_OFF)
         await context.add_init_script(RECORD_PEER_CONNECTIONS)
         await context.add_init_script(REPORT_CSP_VIOLATIONS)
         page = await context.new_page()
