@@ -37,6 +37,7 @@ from signalling import headers
 from signalling.limits import AddressLimits, LimitSettings
 from signalling.lobby import Lobby, MatcherFactory
 from signalling.metrics import METRICS, setup_metrics
+from signalling.resume import ResumeSettings
 from signalling.web import LOBBY, SETTINGS, add_routes
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         bus=bus,
         registry=registry,
         announce_node=settings.clustered,
+        resume=ResumeSettings(grace=settings.resume_grace),
     )
     lobby.report_moves_on = settings.report_moves_on
     await lobby.start()
