@@ -15,6 +15,7 @@ import contextlib
 import fractions
 import json
 import random
+import socket
 import ssl
 import sys
 import time
@@ -245,6 +246,8 @@ class ChatClient:
 
         self.hello: Message = {}
         self.id = ""
+        # The token that resumes this session after its WebSocket drops (rotates on each resume).
+        self.resume_token: str | None = None
         self.messages: list[Message] = []
         self.close_code: int | None = None
         self.frames: deque[ReceivedFrame] = deque(maxlen=MAX_FRAMES_KEPT)
@@ -316,10 +319,64 @@ class ChatClient:
         if self._session is not None:
             raise RuntimeError("already connected")
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.url, ssl=self._ssl)
-        self._spawn(self._read_messages())
-        self.hello = await self.wait_for("hello")
+        self.hello = await self._open_socket()
         self.id = str(self.hello.get("id", ""))
+
+    async def _open_socket(self) -> Message:
+        """A new WebSocket on the session; its `hello`, or SignallingError for a refusal."""
+        assert self._session is not None
+        self._ws = await self._session.ws_connect(self.url, ssl=self._ssl)
+        self._ws_done = False
+        self._spawn(self._read_messages(self._ws))
+        # A refused visitor (banned, over a limit) gets one error instead of hello.
+        first = await self._take(
+            lambda m: (
+                m.get("type") == "hello" or (m.get("type") == "error" and "inReplyTo" not in m)
+            ),
+            what="hello",
+        )
+        if first["type"] == "error":
+            raise SignallingError(first)
+        return first
+
+    async def drop_socket(self) -> None:
+        """Cut the WebSocket with no closing handshake, as a network change or a proxy does.
+
+        The server holds the session for its resume grace; :meth:`resume` takes it back.
+        """
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("not connected")
+        sock = ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        await ws.close()
+        async with self._messages_changed:
+            while not self._ws_done:
+                await self._messages_changed.wait()
+
+    async def resume(self, timeout: float = ANSWER_TIMEOUT) -> Message:  # noqa: ASYNC109
+        """Open a new WebSocket and take the session over: the server's ``resumed``.
+
+        Raises :class:`SignallingError` when the server refuses the token.
+        """
+        if self.resume_token is None:
+            raise RuntimeError("the server gave no resume token (is --resume-grace 0?)")
+        token = self.resume_token
+        async with asyncio.timeout(timeout):
+            await self._open_socket()
+            await self.send({"type": "resume", "token": token})
+            reply = await self._take(
+                lambda m: (
+                    m.get("type") == "resumed"
+                    or (m.get("type") == "error" and m.get("inReplyTo") == "resume")
+                ),
+                what="resumed",
+            )
+        if reply["type"] == "error":
+            raise SignallingError(reply)
+        return reply
 
     async def negotiate(self) -> None:
         """Create the media connection: offer, wait for the answer, apply it.
@@ -495,10 +552,9 @@ class ChatClient:
                 await self._messages_changed.wait()
             return found
 
-    async def _read_messages(self) -> None:
-        assert self._ws is not None
+    async def _read_messages(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
-            async for frame in self._ws:
+            async for frame in ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
@@ -512,12 +568,17 @@ class ChatClient:
                     self.messages.append(message)
                     self._messages_changed.notify_all()
         finally:
-            self.close_code = self._ws.close_code
-            self._ws_done = True
+            if ws is self._ws:
+                self.close_code = ws.close_code
+                self._ws_done = True
             async with self._messages_changed:
                 self._messages_changed.notify_all()
 
     def _on_message(self, message: Message) -> None:
+        if message.get("type") in ("hello", "resumed") and isinstance(
+            message.get("resumeToken"), str
+        ):
+            self.resume_token = message["resumeToken"]
         if message.get("type") == "matched":
             # A `next` counts for this match only if no match came after it.
             previous = self._matches[-1].matched_at if self._matches else 0.0

@@ -215,7 +215,7 @@ class Lobby:
         if self.sessions.pop(session.id, None) is None:
             return
         self.held.discard(session.id)
-        session.held_until = None
+        session.end_hold()
         session.resume_secret = None
         session.session_slot.release()
         if session.state == State.PAIRED:
@@ -471,20 +471,25 @@ class Lobby:
         """Start the grace (once per absence) and tell the partner."""
         if session.held_until is not None:
             return
-        until = session.held_until = asyncio.get_running_loop().time() + self.resume.grace
+        loop = asyncio.get_running_loop()
+        until = session.held_until = loop.time() + self.resume.grace
         if session.partner is not None:
             self.bus.send(
                 session.partner,
                 session.ref,
                 {"t": "client", "m": {"type": "partner_reconnecting"}},
             )
-        self._spawn(self._end_hold_after(session, until), f"hold {session.id}")
+        # A timer, not a sleeping task: cancelled when the session comes back or ends.
+        session.hold_timer = loop.call_later(
+            self.resume.grace,
+            lambda: self._spawn(self._end_hold(session, until), f"end hold {session.id}"),
+        )
 
-    async def _end_hold_after(self, session: Session, until: float) -> None:
-        await asyncio.sleep(max(0.0, until - asyncio.get_running_loop().time()))
+    async def _end_hold(self, session: Session, until: float) -> None:
         if session.held_until != until or self.sessions.get(session.id) is not session:
             return  # back in time, or gone another way
         session.held_until = None
+        session.hold_timer = None
         if not session.attached:
             logger.info("%r: not resumed within %g s; ended", session, self.resume.grace)
             await self.leave(session)
@@ -499,7 +504,7 @@ class Lobby:
             return
         if session.state == State.PAIRED and not session.media_ready:
             return
-        session.held_until = None
+        session.end_hold()
         if session.partner is not None:
             self.bus.send(
                 session.partner, session.ref, {"t": "client", "m": {"type": "partner_back"}}

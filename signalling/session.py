@@ -120,6 +120,7 @@ class Session:
         self.close_code: int | None = None
         # The pair is held for a resume (socket or media away): loop.time() it ends.
         self.held_until: float | None = None
+        self.hold_timer: asyncio.TimerHandle | None = None
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -175,6 +176,12 @@ class Session:
         """Give up the socket without closing it (a resume moves it to another session)."""
         self._closing = True
         await self.detach()
+
+    def end_hold(self) -> None:
+        self.held_until = None
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
 
     @property
     def media_ready(self) -> bool:
