@@ -427,6 +427,8 @@ class Lobby:
             # Likely a network change: the pair is held while the client sends a new offer.
             await self._drop_peer(session)
             self._hold(session)
+            if session.incoming is not None:
+                return  # the client is on it already: the new connection takes over
             session.send(
                 p.error_message(
                     "media_lost",

@@ -35,6 +35,8 @@ export const chat = {
   youStopped: "You stopped chatting.",
   youSkipped: "You skipped to someone new.",
   connectionLost: "Your connection was interrupted.",
+  partnerReconnecting: "The stranger's connection dropped. Waiting for them to come back…",
+  partnerBack: "The stranger is back.",
 };
 
 export const notes = {
