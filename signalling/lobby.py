@@ -82,6 +82,7 @@ class Lobby:
         self.resume = resume or ResumeSettings()
         # Ids of sessions whose socket dropped, held for a resume (at most resume.max_held).
         self.held: set[str] = set()
+        self.resumes = 0
         # Per-address counts: a slot is taken in join/_offer and released in
         # leave/_drop_peer, the only ways a session or a peer ends.
         self.limits = limits or AddressLimits(LimitSettings(0, 0, 0))
@@ -547,6 +548,7 @@ class Lobby:
             "resumeToken": self._new_token(held),
         }
         await held.take_over(ws, resumed)
+        self.resumes += 1
         logger.info("%r resumed", held)
         if held.state == State.WAITING:
             await self._enqueue(held)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import time
 
 import aiohttp
@@ -50,20 +49,16 @@ async def paired(url_a: str, url_b: str, clients: list) -> tuple[ChatClient, Cha
     return a, b
 
 
-def largest_gap(frames: list[ReceivedFrame], tag: int, after: float) -> tuple[int, float]:
-    """(frames missing, ms) of the longest pause in `tag`'s stamped frames since `after`;
-    asserts the counters only went up (nothing repeated, nothing out of order)."""
-    mine = [f for f in frames if f.stamp is not None and f.stamp.tag == tag]
-    start = max(0, next((i for i, f in enumerate(mine) if f.recv_time >= after), len(mine)) - 1)
-    mine = mine[start:]
-    counters = [f.stamp.counter for f in mine if f.stamp is not None]
+def largest_gap(client: ChatClient, tag: int, after: float) -> tuple[int, float]:
+    """`client.largest_gap`, after checking `tag`'s counters only went up since `after`
+    (nothing repeated, nothing out of order)."""
+    counters = [
+        f.stamp.counter
+        for f in client.frames
+        if f.stamp is not None and f.stamp.tag == tag and f.recv_time >= after
+    ]
     assert counters == sorted(set(counters)), "frames repeated or out of order"
-    frames_missing, ms = 0, 0.0
-    for before, now in itertools.pairwise(mine):
-        assert before.stamp is not None and now.stamp is not None
-        frames_missing = max(frames_missing, now.stamp.counter - before.stamp.counter - 1)
-        ms = max(ms, (now.recv_time - before.recv_time) * 1000)
-    return frames_missing, ms
+    return client.largest_gap(tag, after)
 
 
 def media_times_go_on(frames: list[ReceivedFrame], after: float) -> None:
@@ -96,9 +91,9 @@ async def test_a_client_that_cuts_its_websocket_resumes_with_its_partner(
     await b.wait_for("partner_back", timeout=TIMEOUT)
     await chat_both_ways(a, b, "still here")
     await a.wait_frames(tag=2, count=10, after=time.time(), timeout=TIMEOUT)
-    missing, ms = largest_gap(list(b.frames), 1, cut_at)
+    missing, ms = largest_gap(b, 1, cut_at)
     print(f"websocket resume: B's largest gap in A's video {missing} frames, {ms:.0f} ms")
-    missing, ms = largest_gap(list(a.frames), 2, cut_at)
+    missing, ms = largest_gap(a, 2, cut_at)
     print(f"websocket resume: A's largest gap in B's video {missing} frames, {ms:.0f} ms")
 
 
@@ -115,7 +110,7 @@ async def test_a_proxy_that_drops_the_connection_is_survived(relay_server, clien
         await b.wait_for("partner_back", timeout=TIMEOUT)
         await chat_both_ways(a, b, "through the proxy")
         await b.wait_frames(tag=1, count=10, after=time.time(), timeout=TIMEOUT)
-        largest_gap(list(b.frames), 1, cut_at)
+        largest_gap(b, 1, cut_at)
     finally:
         await proxy.close()
 
@@ -210,7 +205,7 @@ async def test_a_new_media_connection_keeps_the_partner_and_the_stream(
     await a.wait_frames(tag=2, count=15, after=time.time(), timeout=TIMEOUT)
     await chat_both_ways(a, b, "new network")
     media_times_go_on(list(b.frames), switch_at - 1)
-    missing, ms = largest_gap(list(b.frames), 1, switch_at)
+    missing, ms = largest_gap(b, 1, switch_at)
     print(f"media replacement: B's largest gap in A's video {missing} frames, {ms:.0f} ms")
     assert not [m for m in b.messages if m["type"] == "partner_left"]
 
@@ -226,7 +221,7 @@ async def test_a_resume_then_a_new_media_connection(relay_server, clients) -> No
     await b.wait_for("partner_back", timeout=TIMEOUT)
     await b.wait_frames(tag=1, count=15, after=time.time(), timeout=TIMEOUT)
     await a.wait_frames(tag=2, count=15, after=time.time(), timeout=TIMEOUT)
-    largest_gap(list(b.frames), 1, cut_at)
+    largest_gap(b, 1, cut_at)
 
 
 async def test_held_sessions_are_freed_after_the_grace(local_server, clients) -> None:
@@ -251,3 +246,17 @@ async def test_held_sessions_are_freed_after_the_grace(local_server, clients) ->
     leaked = [o for o in gc.get_objects() if isinstance(o, Session | Peer)]
     assert not leaked, leaked
     assert lobby.limits.tracked_addresses <= 1  # only the sliding minute of new sessions
+
+
+async def test_a_held_session_counts_against_its_address(local_server, clients) -> None:
+    server = await local_server(Settings(resume_grace=1.0, ip_max_sessions=2))
+    first = await connected(server.ws_url, clients, 1)
+    await first.drop_socket()
+    second = await connected(server.ws_url, clients, 2)
+    # Two sessions (one held) from 127.0.0.1: a third is refused until the grace ends.
+    with pytest.raises(SignallingError) as refused:
+        await connected(server.ws_url, clients, 3)
+    assert refused.value.message["code"] == "too_many_sessions"
+    await asyncio.sleep(1.5)
+    await connected(server.ws_url, clients, 4)
+    assert second.id in server.app[LOBBY].sessions

@@ -382,7 +382,7 @@ function restartVisit() {
 
 // ---------- the WebSocket ----------
 
-function onSignallingDown({ everUp, retryInMs, final, resumable }) {
+function onSignallingDown({ everUp, retryInMs, final, resumable, code }) {
   clearTimeout(state.mediaFailedTimer);
   clearTimeout(state.mediaRetryTimer);
   if (!resumable) {
@@ -395,7 +395,8 @@ function onSignallingDown({ everUp, retryInMs, final, resumable }) {
   if (state.phase === "matched") chat.system(text.chat.connectionLost, { strong: true });
   if (final) {
     setPhase("closed");
-    showBanner(state.moderatedText ?? text.connection.kicked, "error", "connection");
+    const why = code === 4009 ? text.connection.replaced : text.connection.kicked;
+    showBanner(state.moderatedText ?? why, "error", "connection");
     return;
   }
   if (state.phase !== "reconnecting" && state.phase !== "connecting") {

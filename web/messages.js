@@ -76,6 +76,7 @@ export const connection = {
   retryingNow: "Reconnecting to the server…",
   offline: "You're offline. We'll reconnect as soon as your network is back.",
   kicked: "The server closed the connection because too many messages were sent. Reload the page to continue.",
+  replaced: "This chat continued in another window or tab. Reload the page to start a new one here.",
   mediaFailed:
     "The video connection to the server failed. Reconnecting… If this keeps happening, your network may block video calls (UDP).",
   mediaGaveUp:
