@@ -124,8 +124,19 @@ class StampedVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, tag: int, width: int, height: int, fps: int, first_counter: int = 0) -> None:
+    def __init__(
+        self,
+        tag: int,
+        width: int,
+        height: int,
+        fps: int,
+        first_counter: int = 0,
+        start: asyncio.Future[int] | None = None,
+    ) -> None:
         super().__init__()
+        # With `start`, no frame until it resolves, to the counter to go on from (a
+        # connection that takes over from another one, see ChatClient.negotiate).
+        self._start = start
         self._tag = tag
         self._width = width
         self._height = height
@@ -137,6 +148,9 @@ class StampedVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._start is not None:
+            self.counter = await self._start
+            self._start = None
         slot = await self._pacer.next_slot()
         stamp = Stamp(self._tag, self.counter % (1 << 32), int(time.time() * 1000))
         self.counter += 1
@@ -198,6 +212,20 @@ class _FrameWaiter:
         self.frames.append(frame)
         if len(self.frames) >= self.count and not self.done.done():
             self.done.set_result(None)
+
+
+async def _connected(pc: RTCPeerConnection, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until `pc` is connected; TimeoutError after `timeout` seconds."""
+    connected = asyncio.Event()
+
+    def check() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    pc.on("connectionstatechange", check)
+    check()
+    async with asyncio.timeout(timeout):
+        await connected.wait()
 
 
 def _codec_preferences(kind: str, name: str) -> list[Any]:
@@ -336,13 +364,15 @@ class ChatClient:
         assert self._session is not None
         self._ws = await self._session.ws_connect(self.url, ssl=self._ssl)
         self._ws_done = False
+        since = len(self.messages)
         self._spawn(self._read_messages(self._ws))
         # A refused visitor (banned, over a limit) gets one error instead of hello.
         first = await self._take(
             lambda m: (
-                m.get("type") == "hello" or (m.get("type") == "error" and "inReplyTo" not in m)
+                m.get("type") == "hello" or (m.get("type") == "error" and m.get("code") in REFUSALS)
             ),
             what="hello",
+            since=since,
         )
         if first["type"] == "error":
             raise SignallingError(first)
@@ -387,14 +417,23 @@ class ChatClient:
             raise SignallingError(reply)
         return reply
 
-    async def negotiate(self) -> None:
+    async def negotiate(self, *, keep_old: bool = False) -> None:
         """Create the media connection: offer, wait for the answer, apply it.
 
         Calling it again replaces the media connection with a new one, which is
-        how a client recovers after a ``media_lost`` error. Raises
-        :class:`SignallingError` if the server rejects the offer.
+        how a client recovers after a ``media_lost`` error or a network change.
+        With ``keep_old`` the old connection keeps sending until the new one is
+        connected (make before break, as the page does); then the new one's video
+        goes on from the old one's counter. Raises :class:`SignallingError` if the
+        server rejects the offer.
         """
-        await self._close_media()
+        old_pc, old_tracks, old_video = self._pc, self._local_tracks, self._stamped_video
+        handover: asyncio.Future[int] | None = None
+        if keep_old and old_pc is not None:
+            handover = asyncio.get_running_loop().create_future()
+            self._pc, self._local_tracks = None, []
+        else:
+            await self._close_media()
         ice_servers = [
             RTCIceServer(
                 urls=server["urls"],
@@ -405,7 +444,7 @@ class ChatClient:
         ]
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         pc.on("track", self._on_track)
-        audio, video = self._make_tracks()
+        audio, video = self._make_tracks(handover)
         pc.addTrack(audio)
         pc.addTrack(video)
         if self._video_preferences is not None:
@@ -428,8 +467,18 @@ class ChatClient:
         if reply["type"] == "error":
             raise SignallingError(reply)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        if handover is not None and old_pc is not None:
+            try:
+                await _connected(pc, ANSWER_TIMEOUT)
+            finally:
+                for track in old_tracks:
+                    track.stop()
+                handover.set_result(old_video.counter if old_video is not None else 0)
+                await old_pc.close()
 
-    def _make_tracks(self) -> tuple[MediaStreamTrack, MediaStreamTrack]:
+    def _make_tracks(
+        self, handover: asyncio.Future[int] | None = None
+    ) -> tuple[MediaStreamTrack, MediaStreamTrack]:
         audio: MediaStreamTrack | None = None
         video: MediaStreamTrack | None = None
         if self.media_file is not None:
@@ -449,6 +498,7 @@ class ChatClient:
                 self.height,
                 self.fps,
                 first_counter=self._stamped_video.counter if self._stamped_video else 0,
+                start=handover,
             )
         self._local_tracks = [audio, video]
         return audio, video
@@ -542,12 +592,14 @@ class ChatClient:
             seen = [m.get("type") for m in self.messages[-10:]]
             raise TimeoutError(f"no {type!r} within {timeout} s; last messages: {seen}") from None
 
-    async def _take(self, match: Callable[[Message], bool], *, what: str) -> Message:
-        """Consume the oldest unconsumed message that ``match`` accepts."""
+    async def _take(
+        self, match: Callable[[Message], bool], *, what: str, since: int = 0
+    ) -> Message:
+        """Consume the oldest unconsumed message from index ``since`` on that ``match`` accepts."""
 
         def find() -> Message | None:
             for index, message in enumerate(self.messages):
-                if index not in self._consumed and match(message):
+                if index >= since and index not in self._consumed and match(message):
                     self._consumed.add(index)
                     return message
             return None
