@@ -79,9 +79,9 @@ class Session:
         node: str = "local",
     ) -> None:
         self.id = secrets.token_urlsafe(9)
+        # The socket carrying the session; None while held for a resume (set by _attach).
         self.ws: web.WebSocketResponse | None = None
         self.ref = SessionRef(self.id, node)
-        self.ws = ws
         # The browser's persistent random id (`/ws?clientId=`) and address, for bans.
         self.identity = identity
         self.ip = ip
