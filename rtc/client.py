@@ -403,6 +403,9 @@ class ChatClient:
         if self.resume_token is None:
             raise RuntimeError("the server gave no resume token (is --resume-grace 0?)")
         token = self.resume_token
+        if self._session is None:
+            # A client given a token only (another process's session, a test).
+            self._session = aiohttp.ClientSession()
         async with asyncio.timeout(timeout):
             await self._open_socket()
             await self.send({"type": "resume", "token": token})
