@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCIceServer
 from redis.asyncio import Redis
 
 from cluster.bus import LocalBus, RedisBus, SessionBus
@@ -24,11 +23,13 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, WATCH_ICE, setup_routes
+from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
+from rtc import aiortc_seam, host_addresses
+from rtc.ice_servers import IceServers
 from rtc.peer import PeerSettings
 from rtc.pipe import PipeEndpoint
 from rtc.pipe_bridge import PipeBridge
@@ -65,7 +66,6 @@ def create_app(settings: Settings) -> web.Application:
         throttle=LoginThrottle(free_failures=settings.login_throttle_after),
     )
     headers.install(app, trusted_proxy=settings.trusted_proxy)
-    app[WATCH_ICE] = list(_rtc_ice_servers(settings))
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)
     add_routes(app)
@@ -85,8 +85,12 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    ice_servers = _ice_servers(settings)
+    hosts = host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
+    logger.info("media on %s", hosts.describe())
     peer_settings = PeerSettings(
-        ice_servers=_rtc_ice_servers(settings),
+        ice_servers=ice_servers.for_server,
+        host_addresses=hosts,
         keyframe_interval=settings.keyframe_interval,
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
@@ -141,7 +145,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     lobby = Lobby(
         Relay(peer_settings, bridge=bridge),
         matcher_factory,
-        ice_servers=[s.to_json() for s in settings.ice_servers],
+        ice_servers=ice_servers.for_visitor,
         limits=AddressLimits(limits),
         bus=bus,
         registry=registry,
@@ -164,10 +168,14 @@ async def _moderation_metrics(app: web.Application) -> None:
     app[METRICS].registry.register(FlagCollector(app[MODERATION]))
 
 
-def _rtc_ice_servers(settings: Settings) -> tuple[RTCIceServer, ...]:
-    return tuple(
-        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-        for s in settings.ice_servers
+def _ice_servers(settings: Settings) -> IceServers:
+    return IceServers(
+        settings.ice_servers,
+        turn_secret=settings.ice.turn_secret,
+        turn_ttl=settings.ice.turn_ttl,
+        server_uses_turn=settings.ice.server_uses_turn,
+        # An announced address is what STUN would have found, without the round trip.
+        server_uses_stun=not settings.ice.announce_ips,
     )
 
 

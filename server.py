@@ -17,12 +17,18 @@ from aiohttp import web
 
 from app import create_app, drain
 from config import Settings, parse_settings
+from rtc import aiortc_seam, host_addresses
 
 logger = logging.getLogger("server")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(argv)
+    try:
+        # Here rather than at start-up: a wrong address is a usage error, not a traceback.
+        host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
+    except ValueError as exc:
+        sys.exit(f"server.py: error: {exc}")
     _setup_logging(settings)
     if settings.workers > 1:
         sys.exit(_supervise(settings))

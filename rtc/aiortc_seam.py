@@ -32,11 +32,20 @@ import logging
 import queue
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import pylibsrtp
-from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aioice import Candidate
+from aioice.candidate import candidate_foundation
+from aioice.ice import get_host_addresses
+from aiortc import (
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -70,6 +79,7 @@ _CODECS = "_codecs"
 _ICE_CONNECTION = "_connection"  # RTCIceTransport -> aioice.Connection
 _NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
 _PROTOCOLS = "_protocols"  # aioice.Connection: one StunProtocol per local socket
+_GATHERING_STARTED = "_local_candidates_start"  # aioice.Connection
 _DTLS_STATE = "_state"
 _RX_SRTP = "_rx_srtp"
 _TX_SRTP = "_tx_srtp"
@@ -711,3 +721,103 @@ class PacketSender:
             )
         if self._transmit(plain):
             self.retransmitted += 1
+
+
+# -- ICE ---------------------------------------------------------------------
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """The (local, remote) candidates ICE nominated on `pc`'s first transport, or None.
+
+    aiortc reports no candidate-pair statistics; tests use this to show which
+    path media took (host, relay through TURN, an announced address).
+    """
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        _require(dtls.transport, _ICE_CONNECTION)
+        connection = getattr(dtls.transport, _ICE_CONNECTION)
+        _require(connection, _NOMINATED)
+        pair = getattr(connection, _NOMINATED).get(1)
+        if pair is None:
+            return None
+        return pair.local_candidate, pair.remote_candidate
+    return None
+
+
+def interface_addresses() -> list[str]:
+    """Every address aioice would gather on by itself (all interfaces, no loopback)."""
+    return list(get_host_addresses(use_ipv4=True, use_ipv6=True))
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    connections: dict[int, Any] = {}
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is not None:
+            _require(dtls.transport, _ICE_CONNECTION)
+            connection = getattr(dtls.transport, _ICE_CONNECTION)
+            connections[id(connection)] = connection
+    return list(connections.values())
+
+
+def offer_addresses(
+    pc: RTCPeerConnection, local: Sequence[str], advertised: Callable[[str], Sequence[str]]
+) -> None:
+    """Make `pc` gather host candidates on `local` only, each offered as `advertised(address)`.
+
+    Call it after setRemoteDescription (which creates the ICE transports) and
+    before setLocalDescription (which gathers). aioice binds one socket per
+    address it is given; an advertised address other than the socket's own is
+    an extra host candidate on the same socket (an announced public address of
+    a 1:1 NAT), and ICE checks arriving for it reach that socket all the same,
+    since aioice pairs by socket, not by candidate address.
+    """
+    for connection in _ice_connections(pc):
+        _require(connection, _GATHERING_STARTED)
+        _require(connection, "get_component_candidates")
+        if getattr(connection, _GATHERING_STARTED):
+            raise SeamError("offer_addresses() called after gathering started")
+        connection.get_component_candidates = _gather_on(
+            connection.get_component_candidates, local, advertised
+        )
+
+
+def _gather_on(
+    original: Callable[..., Any],
+    local: Sequence[str],
+    advertised: Callable[[str], Sequence[str]],
+) -> Callable[..., Any]:
+    async def get_component_candidates(
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 - aioice's own signature
+    ) -> list[Candidate]:
+        # aioice passes no addresses under the relay-only policy: keep it that way.
+        chosen = list(local) if addresses else []
+        gathered: list[Candidate] = await original(
+            component=component, addresses=chosen, timeout=timeout
+        )
+        candidates = []
+        for candidate in gathered:
+            if candidate.type != "host":
+                candidates.append(candidate)
+                continue
+            for address in advertised(candidate.host):
+                candidates.append(
+                    candidate
+                    if address == candidate.host
+                    else Candidate(
+                        foundation=candidate_foundation("host", candidate.transport, address),
+                        component=candidate.component,
+                        transport=candidate.transport,
+                        priority=candidate.priority,
+                        host=address,
+                        port=candidate.port,
+                        type="host",
+                    )
+                )
+        return candidates
+
+    return get_component_candidates

@@ -418,6 +418,9 @@ class ChatClient:
             )
         if reply["type"] == "error":
             raise SignallingError(reply)
+        if isinstance(reply.get("iceServers"), list):
+            # Fresh (TURN) credentials for the next media connection.
+            self.hello = {**self.hello, "iceServers": reply["iceServers"]}
         return reply
 
     async def negotiate(self, *, keep_old: bool = False) -> None:

@@ -71,7 +71,7 @@ class Lobby:
         relay: Relay,
         matcher_factory: MatcherFactory,
         *,
-        ice_servers: list[dict[str, str]],
+        ice_servers: Callable[[str], list[dict[str, str]]],
         limits: AddressLimits | None = None,
         bus: SessionBus | None = None,
         registry: NodeRegistry | None = None,
@@ -173,7 +173,8 @@ class Lobby:
         hello = {
             "type": "hello",
             "id": session.id,
-            "iceServers": self._ice_servers,
+            # Minted per session: TURN credentials of its own (rtc/ice_servers.py).
+            "iceServers": self._ice_servers(repr(session)),
             "limits": p.LIMITS,
         }
         if self._announce_node:
@@ -545,6 +546,8 @@ class Lobby:
             "media": held.media_ready,
             "interests": list(held.interests),
             "shared": list(held.shared),
+            # Fresh TURN credentials: the next media connection may need them after a long visit.
+            "iceServers": self._ice_servers(repr(held)),
             "resumeToken": self._new_token(held),
         }
         await held.take_over(ws, resumed)

@@ -288,3 +288,42 @@ def test_packet_path_names_are_checked() -> None:
 
     with pytest.raises(aiortc_seam.SeamError, match="_run_rtp"):
         aiortc_seam.PacketSender(NotASender())  # type: ignore[arg-type]
+
+
+# -- ICE: which addresses the server offers, and which pair media took -----------
+
+
+async def test_offer_addresses_gathers_on_the_chosen_address_and_announces_another() -> None:
+    from aiortc import RTCConfiguration
+
+    from rtc.host_addresses import default_route_address
+
+    local = default_route_address(4) or aiortc_seam.interface_addresses()[0]
+    announced = "203.0.113.9"
+    offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        offerer.addTrack(AudioStreamTrack())
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        aiortc_seam.offer_addresses(answerer, [local], lambda address: [announced, address])
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        candidates = [
+            line.split()
+            for line in answerer.localDescription.sdp.splitlines()
+            if line.startswith("a=candidate:")
+        ]
+        # One socket on the chosen address, offered as itself and as the announced one.
+        assert {(c[4], c[7]) for c in candidates} == {(announced, "host"), (local, "host")}
+        assert len({c[5] for c in candidates}) == 1
+        with pytest.raises(aiortc_seam.SeamError):
+            aiortc_seam.offer_addresses(answerer, [local], lambda address: [address])
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await _until(lambda: answerer.connectionState == "connected")
+        # The announced address does not exist here: the local one carried the checks.
+        pair = aiortc_seam.selected_pair(answerer)
+        assert pair is not None
+        assert (pair[0].type, pair[0].host) == ("host", local)
+    finally:
+        await offerer.close()
+        await answerer.close()

@@ -225,6 +225,7 @@ function onHello(msg) {
 
 // The socket came back and took the session over: same partner, same media if it lived.
 function onResumed(msg) {
+  if (Array.isArray(msg.iceServers)) state.iceServers = msg.iceServers;
   clearInterval(state.countdownTimer);
   if (ui.banner.dataset.reason === "connection") hideBanner();
   toast(text.notes.reconnected);
