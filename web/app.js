@@ -80,6 +80,7 @@ const state = {
   countdownTimer: 0,
   reportTimer: 0,
   phaseBeforeDrop: null,
+  networkChanged: false,
 };
 
 const media = new LocalMedia();
@@ -245,8 +246,19 @@ function onResumed(msg) {
   } else {
     setPhase(before === "left" ? "left" : "stopped");
   }
-  if (!msg.media || state.peer?.state !== "connected") connectMedia();
+  // After a network change the old media path is dead even if the browser has not noticed.
+  if (state.networkChanged || !msg.media || state.peer?.state !== "connected") connectMedia();
+  state.networkChanged = false;
 }
+
+// A phone moved to another network (Network Information API, where the browser has it): the
+// socket and the media path are both suspect, so both are renewed, keeping the partner.
+function onNetworkChange() {
+  if (!state.helloSeen || state.phase === "closed") return;
+  state.networkChanged = true;
+  signalling.cycle();
+}
+navigator.connection?.addEventListener?.("change", onNetworkChange);
 
 function onMatched(msg) {
   if (!state.wanted) return;

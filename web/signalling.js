@@ -91,6 +91,13 @@ export class Signalling {
     return true;
   }
 
+  // The network changed (a phone moved to another network): the socket may be dead without
+  // knowing it. Close it (4000 is not a goodbye: the server holds the session) and resume at once.
+  cycle() {
+    if (this.closed || !this.ws) return;
+    this.ws.close(4000, "network changed");
+  }
+
   // Skip the rest of the back-off wait (the network came back, or the person asked).
   retryNow() {
     if (this.closed || this.ws) return;

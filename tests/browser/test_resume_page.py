@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -54,3 +56,45 @@ async def test_the_page_resumes_after_its_websocket_is_cut(
     finally:
         await partner.close()
         await proxy.close()
+
+
+async def test_after_a_network_change_the_page_renews_socket_and_media(
+    relay_server: Any, open_page: OpenPage
+) -> None:
+    partner = ChatClient(relay_server.ws_url, tag=7)
+    try:
+        alice = await open_page("alice", relay_server.http_url)
+        await partner.connect()
+        await partner.start()
+        await alice.start()
+        await alice.expect_status("matched")
+        await partner.wait_for("matched", timeout=TIMEOUT)
+        await alice.expect_video_flowing()
+        await partner.wait_frames(count=10, after=time.time(), timeout=TIMEOUT)
+
+        # What a phone's browser fires when it moves to another network.
+        changed_at = time.time()
+        await alice.page.evaluate("navigator.connection.dispatchEvent(new Event('change'))")
+        await partner.wait_for("partner_reconnecting", timeout=TIMEOUT)
+        await partner.wait_for("partner_back", timeout=TIMEOUT)
+        await alice.expect_status("matched")
+        # A new media connection took the old one's place in the pair, on the server.
+        await eventually_in_log(relay_server, "media connection replaced")
+        await partner.wait_frames(count=30, after=time.time(), timeout=TIMEOUT)
+        await alice.expect_video_flowing()
+        arrivals = [f.recv_time for f in partner.frames if f.recv_time >= changed_at - 1]
+        pause = max(b - a for a, b in itertools.pairwise(arrivals))
+        print(f"Chromium after a network change: the partner's longest pause {pause * 1000:.0f} ms")
+        assert sum(m["type"] == "matched" for m in partner.messages) == 1
+        assert not [m for m in partner.messages if m["type"] == "partner_left"]
+        await alice.send_chat("new network, same stranger")
+        assert (await partner.wait_for("chat", timeout=TIMEOUT))["text"].startswith("new network")
+    finally:
+        await partner.close()
+
+
+async def eventually_in_log(server: Any, text: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while text not in server.log():
+        assert time.monotonic() < deadline, f"{text!r} not in the server log"
+        await asyncio.sleep(0.2)
