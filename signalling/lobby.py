@@ -203,14 +203,15 @@ class Lobby:
         ):
             await self.leave(session)
             return
-        await session.detach()
+        session.detach()
         self.held.add(session.id)
-        if session.queued:
-            # Nobody is matched with a visitor who is not there; back in the queue on resume.
-            session.queued = False
-            await self.matcher.dequeue(session.id)
         logger.info("%r: socket dropped (code %s); held for a resume", session, session.close_code)
         self._hold(session)
+        if session.queued:
+            # Nobody is matched with a visitor who is not there; back in the queue on resume
+            # (a resume during this await finds `queued` False and enqueues after it).
+            session.queued = False
+            await self.matcher.dequeue(session.id)
 
     async def leave(self, session: Session) -> None:
         """The session ends: end everything it held."""
@@ -533,7 +534,7 @@ class Lobby:
         # The new socket's own session never started: it ends without a trace, and its
         # place in its address's count (the new network's) passes to the resumed one.
         self.sessions.pop(fresh.id, None)
-        await fresh.release_socket()
+        fresh.release_socket()
         held.session_slot.release()
         held.session_slot, fresh.session_slot = fresh.session_slot, Slot(None, None)
         held.ip = fresh.ip
@@ -550,7 +551,7 @@ class Lobby:
             "iceServers": self._ice_servers(repr(held)),
             "resumeToken": self._new_token(held),
         }
-        await held.take_over(ws, resumed)
+        held.take_over(ws, resumed)
         self.resumes += 1
         logger.info("%r resumed", held)
         if held.state == State.WAITING:

@@ -143,20 +143,22 @@ class Session:
         if ws is not None:
             self._writer = asyncio.create_task(self._write(ws), name=f"writer {self.id}")
 
-    async def detach(self) -> None:
-        """The socket is gone: stop writing; what is sent from now on waits for a resume."""
+    def detach(self) -> None:
+        """The socket is gone: stop writing; what is sent from now on waits for a resume.
+
+        Synchronous, so that no resume can slip in between a drop and its bookkeeping.
+        """
         self.ws = None
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            writer.cancel()  # it ends at its next step; nothing else waits for it
 
-    async def take_over(self, ws: web.WebSocketResponse, first: dict[str, Any]) -> None:
+    def take_over(self, ws: web.WebSocketResponse, first: dict[str, Any]) -> None:
         """A resumed socket carries this session from now on; `first` goes before the backlog."""
         if self.ws is not None and not self._close_request.done():
             # The old socket (dead but not yet noticed, or a stolen token's victim) closes.
             self._close_request.set_result((CLOSE_REPLACED, "resumed on another connection"))
-        await self.detach()
+        self.detach()
         backlog: list[dict[str, Any] | None] = []
         while not self._outbox.empty():
             backlog.append(self._outbox.get_nowait())
@@ -172,10 +174,10 @@ class Session:
         self._close_request = loop.create_future()
         self._attach(ws)
 
-    async def release_socket(self) -> None:
+    def release_socket(self) -> None:
         """Give up the socket without closing it (a resume moves it to another session)."""
         self._closing = True
-        await self.detach()
+        self.detach()
 
     def end_hold(self) -> None:
         self.held_until = None
