@@ -116,7 +116,11 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
             return MemoryMatcher(on_match, matcher_settings)
 
     else:
-        redis = Redis.from_url(settings.redis, decode_responses=True)
+        # Timeouts: without them a Redis host that vanishes (no RST) stalls every call for
+        # minutes of TCP retries. 5 s is above the matcher feed's 1 s XREAD BLOCK.
+        redis = Redis.from_url(
+            settings.redis, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
         app[REDIS] = redis
         bus = RedisBus(redis, node)
         registry = NodeRegistry(redis, node)

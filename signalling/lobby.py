@@ -53,6 +53,8 @@ PAIR_TIMEOUT = 3.0
 WATCH_INTERVAL = 1.0
 # Seconds a draining node waits for its clients to go before it stops.
 DRAIN_SECONDS = 3.0
+# Seconds before a user the matcher could not take (Redis away) is offered again.
+ENQUEUE_RETRY = 0.5
 
 
 class Lobby:
@@ -625,8 +627,22 @@ class Lobby:
         if self.sessions.get(session.id) is not session:
             return
         session.queued = True
-        with contextlib.suppress(AlreadyWaiting):
+        try:
             await self.matcher.enqueue(session.id, session.interests)
+        except AlreadyWaiting:
+            pass
+        except Exception as exc:
+            # The matcher's store is away (Redis restarting): the user keeps waiting and
+            # is offered again shortly, rather than waiting forever unqueued.
+            session.queued = False
+            logger.warning(
+                "%r: could not queue (%s); retrying in %s s", session, exc, ENQUEUE_RETRY
+            )
+            self._spawn(self._enqueue_later(session), f"requeue {session.id}")
+
+    async def _enqueue_later(self, session: Session) -> None:
+        await asyncio.sleep(ENQUEUE_RETRY)
+        await self._enqueue(session)
 
     def _on_match(self, match: Match) -> None:
         """A match this node's matcher made; one side may be on another node."""

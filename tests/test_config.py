@@ -156,7 +156,6 @@ def test_turn_secret_mints_per_visitor_instead_of_static_credentials(
         (["--turn", "turn:t.example", "--turn-username", "u"], "drop --turn-username"),
         ([], "--turn-secret needs --turn"),
         (["--turn", "turn:t.example", "--turn-ttl", "0"], "above 0"),
-        (["--server-uses-turn"], "--server-uses-turn needs --turn"),
     ):
         with pytest.raises(SystemExit):
             parse_settings(bad)
@@ -183,6 +182,7 @@ def test_announced_and_media_addresses(
         (["--announce-keep-local"], "needs --announce-ip"),
         (["--media-ip", "0.0.0.0"], "an address of this machine"),
         (["--media-ip", "all", "--media-ip", "10.0.0.5"], "give it alone"),
+        (["--server-uses-turn"], "--server-uses-turn needs --turn"),
     ):
         with pytest.raises(SystemExit):
             parse_settings(bad)
