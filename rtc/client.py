@@ -514,11 +514,13 @@ class ChatClient:
         if self._closed:
             return
         self._closed = True
-        await self._close_media()
+        # The WebSocket first: a goodbye (1000) ends the session at once, where media
+        # closing first would look like a network change and hold the pair for a resume.
         if self._ws is not None:
             await self._ws.close()
             if self.close_code is None:
                 self.close_code = self._ws.close_code
+        await self._close_media()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
