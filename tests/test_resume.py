@@ -297,3 +297,20 @@ async def test_in_a_cluster_a_resume_works_on_its_node_and_is_refused_on_another
     assert "another node" in refused.value.message["message"]
     # The held session on the first node ends with its grace.
     assert (await b.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
+
+
+async def test_a_moderator_ends_a_held_session_at_once(local_server, clients) -> None:
+    server = await local_server(Settings(resume_grace=30.0))
+    lobby = server.app[LOBBY]
+    a, b = await paired(server.ws_url, server.ws_url, clients)
+    token = a.resume_token
+    await a.drop_socket()
+    await b.wait_for("partner_reconnecting", timeout=TIMEOUT)
+    assert lobby.kick(a.id, "kicked while away")
+    # Not 30 s later: the partner is told now, and the token is void.
+    assert (await b.wait_for("partner_left", timeout=5))["reason"] == "disconnect"
+    assert a.id not in lobby.sessions and not lobby.held
+    a.resume_token = token
+    with pytest.raises(SignallingError) as refused:
+        await a.resume()
+    assert refused.value.message["code"] == "resume_failed"
