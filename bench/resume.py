@@ -29,24 +29,23 @@ from typing import Any
 from bench.target import RelayServer
 from rtc.client import ChatClient
 
-# Frames to wait for after each event before the gap is read.
+# Frames to wait for after each event before the gap is read (--settle).
 SETTLE_FRAMES = 30
-WINDOW_SECONDS = 3.0
 
 
 async def _gap(
-    a: ChatClient, b: ChatClient, event: Callable[[], Awaitable[None]]
+    a: ChatClient, b: ChatClient, event: Callable[[], Awaitable[None]], settle: int
 ) -> dict[str, float]:
     at = time.time()
     await event()
-    await b.wait_frames(tag=a.tag, count=SETTLE_FRAMES, after=time.time(), timeout=30)
-    await a.wait_frames(tag=b.tag, count=SETTLE_FRAMES, after=time.time(), timeout=30)
+    await b.wait_frames(tag=a.tag, count=settle, after=time.time(), timeout=30)
+    await a.wait_frames(tag=b.tag, count=settle, after=time.time(), timeout=30)
     b_frames, b_ms = b.largest_gap(a.tag, at)
     a_frames, a_ms = a.largest_gap(b.tag, at)
     return {"frames": max(a_frames, b_frames), "ms": max(a_ms, b_ms)}
 
 
-async def measure(rounds: int, fps: int) -> dict[str, Any]:
+async def measure(rounds: int, fps: int, settle: int = SETTLE_FRAMES) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         server = RelayServer("passthrough", Path(tmp) / "server.log", ("--resume-grace", "20"))
         await server.start()
@@ -57,11 +56,11 @@ async def measure(rounds: int, fps: int) -> dict[str, Any]:
             ):
                 await a.start()
                 await b.start()
-                await a.wait_frames(tag=2, count=SETTLE_FRAMES, timeout=30)
-                await b.wait_frames(tag=1, count=SETTLE_FRAMES, timeout=30)
+                await a.wait_frames(tag=2, count=settle, timeout=30)
+                await b.wait_frames(tag=1, count=settle, timeout=30)
 
                 async def quiet() -> None:
-                    await asyncio.sleep(WINDOW_SECONDS)
+                    await asyncio.sleep(settle / fps)
 
                 async def websocket() -> None:
                     await a.drop_socket()
@@ -84,7 +83,7 @@ async def measure(rounds: int, fps: int) -> dict[str, Any]:
                 gaps: dict[str, list[dict[str, float]]] = {name: [] for name in events}
                 for _ in range(rounds):
                     for name, event in events.items():
-                        gaps[name].append(await _gap(a, b, event))
+                        gaps[name].append(await _gap(a, b, event, settle))
                 partner_left = [m for m in a.messages + b.messages if m["type"] == "partner_left"]
         finally:
             await server.stop()
@@ -108,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument(
+        "--settle", type=int, default=SETTLE_FRAMES, help="frames to wait for after each event"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(measure(args.rounds, args.fps)), indent=2))
+    print(json.dumps(asyncio.run(measure(args.rounds, args.fps, args.settle)), indent=2))
     return 0
 
 

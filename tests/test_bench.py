@@ -264,7 +264,7 @@ def test_a_tiny_matcher_run_reports_its_rate(tmp_path, matcher: str) -> None:
 def test_a_tiny_resume_run_reports_each_gap() -> None:
     """`python -m bench.resume`: one round of each event, fields only (no timings asserted)."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.resume", "--rounds", "1", "--fps", "15"],
+        [sys.executable, "-m", "bench.resume", "--rounds", "1", "--fps", "30", "--settle", "5"],
         cwd=ROOT,
         capture_output=True,
         text=True,
