@@ -39,6 +39,7 @@ from signalling import headers
 from signalling.limits import AddressLimits, LimitSettings
 from signalling.lobby import Lobby, MatcherFactory
 from signalling.metrics import METRICS, setup_metrics
+from signalling.resume import ResumeSettings
 from signalling.web import LOBBY, SETTINGS, add_routes
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         bus=bus,
         registry=registry,
         announce_node=settings.clustered,
+        resume=ResumeSettings(grace=settings.resume_grace),
     )
     lobby.report_moves_on = settings.report_moves_on
     lobby.show_online = settings.show_online

@@ -79,6 +79,9 @@ class Settings:
     connect_timeout: float = 20.0
     interest_timeout: float = 5.0
     rematch_after: float = 5.0
+    # Seconds a session whose WebSocket (or, in a pair, media) dropped is held for a
+    # resume before its partner is told it left; 0 = no resuming (signalling/resume.py).
+    resume_grace: float = 20.0
     # Keyframe requests forwarded to one publisher: at most one per this many seconds.
     keyframe_interval: float = 0.5
     # "passthrough" forwards encoded frames; "transcode" decodes and re-encodes
@@ -362,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
             "waiting and both have waited this many seconds",
         ),
         (
+            "resume-grace",
+            d.resume_grace,
+            "seconds a visitor whose WebSocket or media dropped keeps their session and "
+            "partner, waiting for them to resume; 0 = off",
+        ),
+        (
             "keyframe-interval",
             d.keyframe_interval,
             "minimum seconds between keyframe requests forwarded to one sender",
@@ -634,6 +643,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         connect_timeout=args.connect_timeout,
         interest_timeout=args.interest_timeout,
         rematch_after=args.rematch_after,
+        resume_grace=args.resume_grace,
         keyframe_interval=args.keyframe_interval,
         relay=args.relay,
         log_level=args.log_level.upper(),

@@ -23,6 +23,7 @@ MAX_INTERESTS: Final = 10
 MAX_INTEREST_CHARS: Final = 32
 MAX_SDP_CHARS: Final = 60000
 MAX_CANDIDATE_CHARS: Final = 1000
+MAX_RESUME_TOKEN_CHARS: Final = 200
 
 # A lone UTF-16 surrogate ("\\ud800" in JSON) is not a character: SQLite,
 # UTF-8 logs and other clients' JSON parsers refuse it. Decided once, here, for
@@ -130,6 +131,13 @@ class MediaStateMessage:
     mic: bool
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Take over a held session (signalling/resume.py); only as a socket's first message."""
+
+    token: str
+
+
 ClientMessage = (
     Offer
     | Candidate
@@ -141,6 +149,7 @@ ClientMessage = (
     | Report
     | MediaStateMessage
     | SetInterests
+    | Resume
 )
 
 
@@ -155,6 +164,7 @@ _TYPE_NAMES: Final[dict[type, str]] = {
     Report: "report",
     MediaStateMessage: "media_state",
     SetInterests: "interests",
+    Resume: "resume",
 }
 
 
@@ -294,6 +304,8 @@ def parse_message(data: str | bytes) -> ClientMessage:
             return MediaStateMessage(
                 camera=_boolean(obj, "camera", kind), mic=_boolean(obj, "mic", kind)
             )
+        case "resume":
+            return Resume(token=_string(obj, "token", kind, max_chars=MAX_RESUME_TOKEN_CHARS))
         case "report":
             return Report(
                 reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True),

@@ -125,12 +125,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=CLOSE_TOO_MANY, message=exc.code.encode())
         return ws
     try:
-        async for msg in session.messages():
+        while (msg := await session.receive(ws)) is not None:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                await lobby.receive(session, msg.data)
+                # A `resume` moves this socket to the session it names.
+                session = await lobby.receive(session, msg.data)
             elif msg.type == WSMsgType.ERROR:
                 logger.info("%r: WebSocket error %s", session, ws.exception())
                 break
     finally:
-        await lobby.leave(session)
+        # Held for a resume, or ended (signalling/lobby.py decides).
+        await lobby.disconnected(session, ws)
     return ws

@@ -33,6 +33,10 @@ const AUTO_SEARCH_KEY = "relay.autoSearch";
 // How long a failed media connection may wait for the server's `media_lost` before
 // the whole visit is restarted.
 const MEDIA_FAILED_GRACE_MS = 10000;
+// ICE "disconnected" this long (a network change) means: make a new connection now. The
+// server answers its offer with a new connection that keeps the partner (aiortc, on the
+// server, has no ICE restart, so pc.restartIce() is not used).
+const MEDIA_DISCONNECTED_MS = 2000;
 
 const ui = {
   intro: $("intro"),
@@ -79,6 +83,9 @@ const state = {
   helloSeen: false,
   iceServers: [],
   peer: null,
+  // The connection a new one replaces, kept until the new one is up (make before break).
+  oldPeer: null,
+  mediaDisconnectedTimer: 0,
   mediaFailures: 0,
   mediaFailedTimer: 0,
   mediaRetryTimer: 0,
@@ -95,6 +102,7 @@ const state = {
   autoSearch: loadAutoSearch(),
   autoSearchTimer: 0,
   online: null, // people online, rounded, when the server tells (--show-online)
+  networkChanged: false,
 };
 
 const media = new LocalMedia();
@@ -211,6 +219,14 @@ function onMessage(msg) {
       return;
     case "matched":
       return onMatched(msg);
+    case "resumed":
+      return onResumed(msg);
+    case "partner_reconnecting":
+      if (state.phase === "matched") chat.system(text.chat.partnerReconnecting);
+      return;
+    case "partner_back":
+      if (state.phase === "matched") chat.system(text.chat.partnerBack);
+      return;
     case "partner_left":
       return onPartnerLeft(msg.reason);
     case "stopped":
@@ -256,6 +272,42 @@ function onHello(msg) {
     setPhase(state.phaseBeforeDrop === "left" ? "left" : "stopped");
   }
 }
+
+// The socket came back and took the session over: same partner, same media if it lived.
+function onResumed(msg) {
+  if (Array.isArray(msg.iceServers)) state.iceServers = msg.iceServers;
+  clearInterval(state.countdownTimer);
+  if (ui.banner.dataset.reason === "connection") hideBanner();
+  toast(text.notes.reconnected);
+  const before = state.phaseBeforeDrop;
+  if (msg.state === "paired") {
+    // The same partner: their picture shows again from the next frame.
+    remote.expectPartner(text.placeholder.matched);
+    setPhase("matched");
+  } else if (msg.state === "waiting") {
+    setPhase("waiting");
+  } else if (before === "matched") {
+    // The pair ended while we were away.
+    setPhase("matched");
+    onPartnerLeft("disconnect");
+  } else if (state.wanted) {
+    sendStart();
+  } else {
+    setPhase(before === "left" ? "left" : "stopped");
+  }
+  // After a network change the old media path is dead even if the browser has not noticed.
+  if (state.networkChanged || !msg.media || state.peer?.state !== "connected") connectMedia();
+  state.networkChanged = false;
+}
+
+// A phone moved to another network (Network Information API, where the browser has it): the
+// socket and the media path are both suspect, so both are renewed, keeping the partner.
+function onNetworkChange() {
+  if (!state.helloSeen || state.phase === "closed") return;
+  state.networkChanged = true;
+  signalling.cycle();
+}
+navigator.connection?.addEventListener?.("change", onNetworkChange);
 
 function onMatched(msg) {
   if (!state.wanted) return;
@@ -341,7 +393,10 @@ function onServerError(msg) {
 function connectMedia() {
   clearTimeout(state.mediaFailedTimer);
   clearTimeout(state.mediaRetryTimer);
-  state.peer?.close();
+  clearTimeout(state.mediaDisconnectedTimer);
+  // The old connection keeps carrying media until the new one is up (or fails).
+  state.oldPeer?.close();
+  state.oldPeer = state.peer;
   const peer = new Peer({
     iceServers: state.iceServers,
     stream: media.stream,
@@ -358,12 +413,27 @@ function connectMedia() {
 
 function onMediaState(peer, s) {
   if (peer !== state.peer) return;
+  clearTimeout(state.mediaDisconnectedTimer);
+  if (s === "disconnected" && signalling.isOpen) {
+    state.mediaDisconnectedTimer = setTimeout(() => {
+      if (peer === state.peer && peer.state !== "connected") connectMedia();
+    }, MEDIA_DISCONNECTED_MS);
+  }
+  if (s === "connected" || s === "failed") {
+    state.oldPeer?.close();
+    state.oldPeer = null;
+  }
   if (s === "connected") {
     clearTimeout(state.mediaFailedTimer);
     state.mediaFailures = 0;
     if (ui.banner.dataset.reason === "media") hideBanner();
   } else if (s === "failed") {
     showBanner(text.connection.mediaFailed, "error", "media");
+    if (state.phase === "matched" && signalling.isOpen) {
+      // The server holds the pair for its resume grace: a new connection keeps the partner.
+      connectMedia();
+      return;
+    }
     // The server notices too and sends media_lost; if it does not, start the visit over.
     clearTimeout(state.mediaFailedTimer);
     state.mediaFailedTimer = setTimeout(restartVisit, MEDIA_FAILED_GRACE_MS);
@@ -371,6 +441,12 @@ function onMediaState(peer, s) {
 }
 
 function onMediaLost() {
+  if (state.phase === "matched" && signalling.isOpen) {
+    // The server holds the pair for a while: a new connection now keeps the partner.
+    showBanner(text.connection.mediaFailed, "error", "media");
+    if (state.peer?.state !== "connecting" && state.peer?.state !== "new") connectMedia();
+    return;
+  }
   state.mediaFailures += 1;
   const gaveUp = state.mediaFailures >= 3;
   showBanner(gaveUp ? text.connection.mediaGaveUp : text.connection.mediaFailed, "error", "media");
@@ -397,16 +473,22 @@ function restartVisit() {
 
 // ---------- the WebSocket ----------
 
-function onSignallingDown({ everUp, retryInMs, final }) {
+function onSignallingDown({ everUp, retryInMs, final, resumable, code }) {
   clearTimeout(state.mediaFailedTimer);
   clearTimeout(state.mediaRetryTimer);
-  state.peer?.close();
-  state.peer = null;
+  if (!resumable) {
+    // Nothing to resume: the next hello starts a new visit with a new connection.
+    state.oldPeer?.close();
+    state.oldPeer = null;
+    state.peer?.close();
+    state.peer = null;
+  }
   if (state.phase === "matched") chat.system(text.chat.connectionLost, { strong: true });
   if (final) {
     releaseCamera();
     setPhase("closed");
-    showBanner(state.moderatedText ?? text.connection.kicked, "error", "connection");
+    const why = code === 4009 ? text.connection.replaced : text.connection.kicked;
+    showBanner(state.moderatedText ?? why, "error", "connection");
     return;
   }
   if (state.phase !== "reconnecting" && state.phase !== "connecting") {
@@ -750,6 +832,7 @@ remote.onblocked = () => {
 
 window.addEventListener("pagehide", () => {
   signalling.close();
+  state.oldPeer?.close();
   state.peer?.close();
 });
 

@@ -43,6 +43,8 @@ export const chat = {
   connectionLost: t("chat.connectionLost"),
   you: t("chat.you"),
   stranger: t("chat.stranger"),
+  partnerReconnecting: t("chat.partnerReconnecting"),
+  partnerBack: t("chat.partnerBack"),
 };
 
 export const notes = {
@@ -104,6 +106,7 @@ export const connection = {
   retryingNow: t("connection.retryingNow"),
   offline: t("connection.offline"),
   kicked: t("connection.kicked"),
+  replaced: t("connection.replaced"),
   mediaFailed: t("connection.mediaFailed"),
   mediaGaveUp: t("connection.mediaGaveUp"),
   deviceEnded: t("connection.deviceEnded"),

@@ -68,6 +68,8 @@ export default {
   "chat.youStopped": "Du hast den Chat beendet.",
   "chat.youSkipped": "Du bist zur nächsten Person gewechselt.",
   "chat.connectionLost": "Deine Verbindung wurde unterbrochen.",
+  "chat.partnerReconnecting": "Die Verbindung der fremden Person ist abgebrochen. Warte, bis sie zurückkommt…",
+  "chat.partnerBack": "Die fremde Person ist zurück.",
 
   "report.hint": "Meldungen werden von Menschen geprüft. Die Person erfährt nicht, wer sie gemeldet hat.",
   "report.reason": "Grund",
@@ -132,6 +134,7 @@ export default {
   "connection.retryingNow": "Verbinde erneut mit dem Server…",
   "connection.offline": "Du bist offline. Wir verbinden wieder, sobald dein Netz zurück ist.",
   "connection.kicked":
+  "connection.replaced": "Dieser Chat wurde in einem anderen Fenster oder Tab fortgesetzt. Lade die Seite neu, um hier einen neuen zu beginnen.",
     "Der Server hat die Verbindung geschlossen, weil zu viele Nachrichten gesendet wurden. Lade die Seite neu, um weiterzumachen.",
   "connection.mediaFailed":
     "Die Videoverbindung zum Server ist fehlgeschlagen. Verbinde erneut… Wenn das öfter passiert, blockiert dein Netz vielleicht Videoanrufe (UDP).",

@@ -69,6 +69,8 @@ export default {
   "chat.youStopped": "You stopped chatting.",
   "chat.youSkipped": "You skipped to someone new.",
   "chat.connectionLost": "Your connection was interrupted.",
+  "chat.partnerReconnecting": "The stranger's connection dropped. Waiting for them to come back…",
+  "chat.partnerBack": "The stranger is back.",
 
   "report.hint": "Reports are reviewed by people. The stranger is not told who reported them.",
   "report.reason": "Reason",
@@ -133,6 +135,7 @@ export default {
   "connection.retryingNow": "Reconnecting to the server…",
   "connection.offline": "You're offline. We'll reconnect as soon as your network is back.",
   "connection.kicked":
+  "connection.replaced": "This chat continued in another window or tab. Reload the page to start a new one here.",
     "The server closed the connection because too many messages were sent. Reload the page to continue.",
   "connection.mediaFailed":
     "The video connection to the server failed. Reconnecting… If this keeps happening, your network may block video calls (UDP).",

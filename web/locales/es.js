@@ -68,6 +68,8 @@ export default {
   "chat.youStopped": "Has dejado de chatear.",
   "chat.youSkipped": "Has pasado a otra persona.",
   "chat.connectionLost": "Tu conexión se ha interrumpido.",
+  "chat.partnerReconnecting": "La conexión del desconocido se cortó. Esperando a que vuelva…",
+  "chat.partnerBack": "El desconocido ha vuelto.",
 
   "report.hint": "Las denuncias las revisan personas. Al desconocido no se le dice quién le denunció.",
   "report.reason": "Motivo",
@@ -132,6 +134,7 @@ export default {
   "connection.retryingNow": "Reconectando con el servidor…",
   "connection.offline": "Estás sin conexión. Volveremos a conectar en cuanto vuelva tu red.",
   "connection.kicked":
+  "connection.replaced": "Este chat continuó en otra ventana o pestaña. Recarga la página para empezar uno nuevo aquí.",
     "El servidor cerró la conexión porque se enviaron demasiados mensajes. Recarga la página para continuar.",
   "connection.mediaFailed":
     "La conexión de vídeo con el servidor falló. Reconectando… Si sigue pasando, puede que tu red bloquee las videollamadas (UDP).",

@@ -68,6 +68,8 @@ export default {
   "chat.youStopped": "Você parou de conversar.",
   "chat.youSkipped": "Você passou para outra pessoa.",
   "chat.connectionLost": "Sua conexão foi interrompida.",
+  "chat.partnerReconnecting": "A conexão do estranho caiu. Esperando que ele volte…",
+  "chat.partnerBack": "O estranho voltou.",
 
   "report.hint": "As denúncias são analisadas por pessoas. O desconhecido não fica sabendo quem o denunciou.",
   "report.reason": "Motivo",
@@ -132,6 +134,7 @@ export default {
   "connection.retryingNow": "Reconectando ao servidor…",
   "connection.offline": "Você está offline. Vamos reconectar assim que sua rede voltar.",
   "connection.kicked":
+  "connection.replaced": "Este chat continuou em outra janela ou aba. Recarregue a página para começar um novo aqui.",
     "O servidor fechou a conexão porque foram enviadas mensagens demais. Recarregue a página para continuar.",
   "connection.mediaFailed":
     "A conexão de vídeo com o servidor falhou. Reconectando… Se continuar acontecendo, sua rede pode bloquear chamadas de vídeo (UDP).",

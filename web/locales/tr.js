@@ -68,6 +68,8 @@ export default {
   "chat.youStopped": "Sohbeti bitirdin.",
   "chat.youSkipped": "Yeni birine geçtin.",
   "chat.connectionLost": "Bağlantın kesildi.",
+  "chat.partnerReconnecting": "Yabancının bağlantısı koptu. Geri dönmesi bekleniyor…",
+  "chat.partnerBack": "Yabancı geri döndü.",
 
   "report.hint": "Bildirimleri insanlar inceler. Yabancıya kimin bildirdiği söylenmez.",
   "report.reason": "Neden",
@@ -132,6 +134,7 @@ export default {
   "connection.retryingNow": "Sunucuya yeniden bağlanıyor…",
   "connection.offline": "Çevrimdışısın. Ağın geri gelir gelmez yeniden bağlanacağız.",
   "connection.kicked":
+  "connection.replaced": "Bu sohbet başka bir pencerede veya sekmede devam etti. Burada yenisini başlatmak için sayfayı yenile.",
     "Çok fazla mesaj gönderildiği için sunucu bağlantıyı kapattı. Devam etmek için sayfayı yenile.",
   "connection.mediaFailed":
     "Sunucuyla görüntü bağlantısı başarısız oldu. Yeniden bağlanıyor… Bu sürerse ağın görüntülü aramaları (UDP) engelliyor olabilir.",
