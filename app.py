@@ -182,6 +182,9 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             recording_retention=settings.recording_retention,
             evidence_seconds=settings.evidence_seconds,
             analyzer_interval=settings.analyzer_interval,
+            report_window=settings.report_window,
+            block_days=settings.block_days,
+            appeal=settings.appeal,
         ),
     )
     await moderation.start()

@@ -17,6 +17,7 @@ from aiohttp import WSMessage, WSMsgType, web
 from cluster.node import SessionRef
 from rtc.peer import MediaState, Peer
 from signalling.limits import Slot
+from signalling.recent import RecentPartner, RecentPartners, tags_of
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,15 @@ class Session:
         # The browser's persistent random id (`/ws?clientId=`) and address, for bans.
         self.identity = identity
         self.ip = ip
+        # Keyed hashes of identity and address (moderation/pseudonyms.py): what blocks and
+        # bans made after this visitor left are keyed on.
+        self.person: str | None = None
+        self.address: str | None = None
+        # Matcher tags this visitor never meets (their blocks), bounded by the Lobby.
+        self.avoid: set[str] = set()
+        # The current pair and the recent ones, for reports and blocks by pairId.
+        self.pair: RecentPartner | None = None
+        self.recent = RecentPartners()
         # The current pair's chat, (time.time(), sender session id, text), for reports.
         self.transcript: list[tuple[float, str, str]] = []
         self.state = State.IDLE
@@ -111,6 +121,11 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.state.value}>"
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """What others' blocks against this visitor match (signalling/recent.py)."""
+        return tags_of(self.id, self.person)
 
     @property
     def media_ready(self) -> bool:
