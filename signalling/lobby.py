@@ -183,6 +183,8 @@ class Lobby:
             "id": session.id,
             "iceServers": self._ice_servers,
             "limits": p.LIMITS,
+            # How long after a pair ends `report`/`block` still take its pairId.
+            "reportWindow": self.report_window,
         }
         if self._announce_node:
             hello["node"] = self.node
