@@ -17,6 +17,7 @@ from aiortc import RTCIceServer
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
+from moderation.recorder import PARTS, extract_part
 from moderation.service import Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
 from rtc.peer import Peer, PeerError
@@ -108,7 +109,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in ("dashboard.js", "dashboard.css"):
+    if name not in ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js"):
         raise web.HTTPNotFound()
     path = os.path.join(request.app[DASHBOARD_DIR], name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
@@ -358,8 +359,17 @@ async def recording_file(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound()
     download = request.query.get("download") == "1"
-    await _audit(request, "download" if download else "play", f"recording:{name}")
+    part = request.query.get("part")
+    await _audit(request, "download" if download else "play", f"recording:{name}", part or "")
     headers = {"Cache-Control": "no-store", "Content-Type": "video/webm"}
+    if part is not None:
+        # One person of an evidence file, so the dashboard can show both side by side.
+        if part not in PARTS:
+            raise web.HTTPBadRequest(text=f"part: one of {', '.join(PARTS)}")
+        body = await asyncio.to_thread(extract_part, path, part)
+        if body is None:
+            raise web.HTTPNotFound(text=f"this recording has no {part} tracks")
+        return web.Response(body=body, headers=headers)
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return web.FileResponse(path, headers=headers)

@@ -1,25 +1,18 @@
-// The moderation dashboard: polls /api/moderate, shows thumbnails, watches pairs live.
+// The moderation dashboard: the report queue (queue.js), everyone online with
+// thumbnails, watching pairs live, recordings, bans and the audit log.
 // Served only behind moderator authentication (moderation/routes.py).
 
-const API = "/api/moderate";
+import { API, api, esc, when } from "./api.js";
+import { askBan } from "./bandialog.js";
+import { Queue } from "./queue.js";
+
 const POLL_MS = 1000;
+const QUEUE_MS = 3000;
 const THUMB_MS = 2000;
 
 const $ = (sel) => document.querySelector(sel);
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
 const duration = (s) => (s < 60 ? `${Math.round(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
-
-async function api(path, { method = "GET", body } = {}) {
-  const response = await fetch(API + path, {
-    method,
-    headers: body ? { "Content-Type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
-    credentials: "same-origin",
-  });
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-  return response.json();
-}
+let sessionsNow = [];
 
 let watching = null; // {id, pc, sessionIds}
 let thumbTick = 0;
@@ -51,6 +44,7 @@ function sessionCard(s) {
 
 async function refreshSessions() {
   const { sessions } = await api("/sessions");
+  sessionsNow = sessions;
   const paired = sessions.filter((s) => s.state === "paired").length;
   const flagged = sessions.filter((s) => s.flags.length).length;
   const pairs = paired / 2;
@@ -59,19 +53,14 @@ async function refreshSessions() {
 }
 
 async function refreshTables() {
-  const [{ reports }, { recordings }, { bans }, { audit }] = await Promise.all([
-    api("/reports?status=open"), api("/recordings"), api("/bans"), api("/audit"),
+  const [{ recordings }, { bans }, { audit }] = await Promise.all([
+    api("/recordings"), api("/bans"), api("/audit"),
   ]);
-  $("#reports tbody").innerHTML = reports.map((r) => `<tr>
-    <td>${r.id}</td><td>${when(r.createdAt)}</td><td><code>${esc(r.reportedId)}</code></td><td><code>${esc(r.reporterId)}</code></td>
-    <td>${esc(r.reason)}</td><td>${r.transcript.map((l) => `<div><code>${esc(l.sender)}</code>: ${esc(l.text)}</div>`).join("")}</td>
-    <td>${r.evidence ? `<button data-act="play" data-name="${esc(r.evidence)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.evidence)}?download=1">download</a>` : "none"}</td>
-    <td><button data-act="review" data-id="${r.id}">mark reviewed</button></td></tr>`).join("");
   $("#recordings tbody").innerHTML = recordings.map((r) => `<tr>
     <td><code>${esc(r.name)}</code>${r.live ? ' <span class="rec">● recording</span>' : ""}</td><td>${Math.round(r.bytes / 1024)} KiB</td><td>${when(r.modified)}</td>
     <td>${r.live ? "" : `<button data-act="play" data-name="${esc(r.name)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.name)}?download=1">download</a>`}</td></tr>`).join("");
   $("#bans tbody").innerHTML = bans.map((b) => `<tr>
-    <td>${b.id}</td><td><code>${esc(b.identity ?? "")}</code></td><td>${esc(b.ip ?? "")}</td><td>${esc(b.reason)}</td>
+    <td>${b.id}</td><td><code>${esc(b.identity ?? (b.person ? "browser of a report" : ""))}</code></td><td>${esc(b.ip ?? (b.address ? "address of a report" : ""))}</td><td>${esc(b.reason)}</td>
     <td>${b.expiresAt ? when(b.expiresAt) : "for good"}</td><td>${esc(b.createdBy)}</td>
     <td>${!b.expiresAt || b.expiresAt > Date.now() / 1000 ? `<button data-act="lift" data-id="${b.id}">lift</button>` : ""}</td></tr>`).join("");
   $("#audit tbody").innerHTML = audit.slice(0, 50).map((e) => `<tr>
@@ -147,19 +136,19 @@ document.addEventListener("click", async (event) => {
         break;
       }
       case "ban": {
-        const reason = prompt("Reason for the ban");
-        if (!reason) return;
-        const hours = prompt("Hours (empty: for good)", "24");
-        if (hours === null) return;
-        const seconds = hours.trim() ? Number(hours) * 3600 : "permanent";
-        await api("/bans", { method: "POST", body: { sessionId: ids[0], reason, seconds } });
+        const session = sessionsNow.find((s) => s.id === ids[0]);
+        const sharing = sessionsNow.filter((s) => session && s.ip === session.ip).length;
+        const made = await askBan(
+          { title: ids[0], hasIdentity: Boolean(session?.identity), hasAddress: Boolean(session?.ip), sharing },
+          (terms) => api("/bans", { method: "POST", body: { sessionId: ids[0], ...terms } }),
+        );
+        if (!made) return;
         break;
       }
       case "lift": await api(`/bans/${button.dataset.id}/lift`, { method: "POST", body: {} }); break;
-      case "review": await api(`/reports/${button.dataset.id}/review`, { method: "POST", body: {} }); break;
       case "play": return play(button.dataset.name);
     }
-    await Promise.all([refreshSessions(), refreshTables()]);
+    await Promise.all([refreshSessions(), refreshTables(), queue.refresh()]);
   } catch (error) {
     alert(error.message);
   }
@@ -182,6 +171,9 @@ async function loop(fn, ms) {
   }
 }
 
+const queue = new Queue({ onchange: () => refreshTables().catch(() => {}) });
+
 setInterval(() => { thumbTick += 1; }, THUMB_MS);
+loop(() => queue.refresh(), QUEUE_MS);
 loop(refreshSessions, POLL_MS);
 loop(refreshTables, 5000);
