@@ -7,7 +7,7 @@ in-memory one and pass the same contract tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -81,18 +81,10 @@ class Matcher(Protocol):
         """Stop background work; no task is left behind."""
         ...
 
-    async def enqueue(
-        self,
-        user_id: str,
-        interests: Sequence[str] = (),
-        *,
-        tags: Collection[str] = (),
-        avoid: Collection[str] = (),
-    ) -> None:
+    async def enqueue(self, user_id: str, interests: Sequence[str] = ()) -> None:
         """Start waiting and try to pair at once.
 
-        Two users x and y are never paired while x's `avoid` holds one of y's `tags`
-        or y's `avoid` one of x's (a block). Raises AlreadyWaiting if already waiting.
+        Raises AlreadyWaiting if the user is already waiting.
         """
         ...
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .base import AlreadyWaiting, Match, MatcherSettings, MatchHandler, normalize_interests
@@ -19,8 +19,6 @@ class _Waiter:
     user_id: str
     interests: frozenset[str]
     since: float
-    tags: frozenset[str] = frozenset()
-    avoid: frozenset[str] = frozenset()
     # Times this user was an eligible candidate for someone else and not chosen.
     skips: int = 0
 
@@ -63,20 +61,11 @@ class MemoryMatcher:
             # wait() rather than awaiting the task: a cancel of close() itself still propagates.
             await asyncio.wait({sweeper})
 
-    async def enqueue(
-        self,
-        user_id: str,
-        interests: Sequence[str] = (),
-        *,
-        tags: Collection[str] = (),
-        avoid: Collection[str] = (),
-    ) -> None:
+    async def enqueue(self, user_id: str, interests: Sequence[str] = ()) -> None:
         if user_id in self._waiting:
             raise AlreadyWaiting(user_id)
         now = self._clock()
-        self._waiting[user_id] = _Waiter(
-            user_id, normalize_interests(interests), now, frozenset(tags), frozenset(avoid)
-        )
+        self._waiting[user_id] = _Waiter(user_id, normalize_interests(interests), now)
         self._try_match(user_id, now)
 
     async def dequeue(self, user_id: str) -> bool:
@@ -162,8 +151,6 @@ class MemoryMatcher:
         return fresh or [w for w in eligible if self._rematch_allowed(seeker, w, now)]
 
     def _compatible(self, x: _Waiter, y: _Waiter, now: float) -> bool:
-        if x.avoid & y.tags or y.avoid & x.tags:
-            return False  # a block, whatever else the queue holds
         if x.interests & y.interests:
             return True
         # Without a shared interest, everyone who named interests must be past their window.

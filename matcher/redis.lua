@@ -53,20 +53,16 @@ local function load_waiting()
   local list = {}
   local ids = redis.call('ZRANGE', WAITING, 0, -1)
   for _, u in ipairs(ids) do
-    local f = redis.call('HMGET', user_key(u), 'interests', 'since', 'skips', 'node', 'ticket',
-      'tags', 'avoid')
+    local f = redis.call('HMGET', user_key(u), 'interests', 'since', 'skips', 'node', 'ticket')
     if f[1] then
       local interests, n = {}, 0
       for _, i in ipairs(cjson.decode(f[1])) do
         interests[i] = true
         n = n + 1
       end
-      local tags, avoid = {}, {}
-      for _, t in ipairs(cjson.decode(f[6] or '[]')) do tags[t] = true end
-      for _, t in ipairs(cjson.decode(f[7] or '[]')) do avoid[t] = true end
       list[#list + 1] = {
         id = u, interests = interests, n_interests = n, since = tonumber(f[2]),
-        skips = tonumber(f[3]), node = f[4], ticket = f[5], tags = tags, avoid = avoid,
+        skips = tonumber(f[3]), node = f[4], ticket = f[5],
         last = redis.call('GET', last_key(u)), gone = false,
       }
     else
@@ -84,18 +80,7 @@ local function shares(x, y)
   return false
 end
 
-local function blocked(x, y)
-  for t in pairs(x.avoid) do
-    if y.tags[t] then return true end
-  end
-  for t in pairs(y.avoid) do
-    if x.tags[t] then return true end
-  end
-  return false
-end
-
 local function compatible(x, y)
-  if blocked(x, y) then return false end  -- a block, whatever else the queue holds
   if shares(x, y) then return true end
   -- Without a shared interest, everyone who named interests must be past their window.
   for _, w in ipairs({x, y}) do
@@ -219,7 +204,7 @@ if op == 'enqueue' then
   if redis.call('EXISTS', user_key(u)) == 1 then return {'already_waiting'} end
   local ticket = redis.call('INCR', SEQ)
   redis.call('HSET', user_key(u), 'interests', interests, 'since', ARGV[3], 'skips', 0,
-    'node', NODE, 'ticket', ticket, 'tags', ARGV[7] or '[]', 'avoid', ARGV[8] or '[]')
+    'node', NODE, 'ticket', ticket)
   redis.call('PEXPIRE', user_key(u), cfg.waiting_ttl_ms)
   redis.call('ZADD', WAITING, ticket, u)
   audit('op', 'enqueue', 'user', u, 'ticket', ticket)

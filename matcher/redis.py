@@ -10,7 +10,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -141,22 +141,9 @@ class RedisMatcher:
         if self._own_client:
             await self._redis.aclose()
 
-    async def enqueue(
-        self,
-        user_id: str,
-        interests: Sequence[str] = (),
-        *,
-        tags: Collection[str] = (),
-        avoid: Collection[str] = (),
-    ) -> None:
+    async def enqueue(self, user_id: str, interests: Sequence[str] = ()) -> None:
         normalized = sorted(normalize_interests(interests))
-        reply = await self._decide(
-            "enqueue",
-            user_id,
-            json.dumps(normalized),
-            json.dumps(sorted(tags)),
-            json.dumps(sorted(avoid)),
-        )
+        reply = await self._decide("enqueue", user_id, json.dumps(normalized))
         if reply[0] == "already_waiting":
             raise AlreadyWaiting(user_id)
 

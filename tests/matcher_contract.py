@@ -122,30 +122,6 @@ class MatcherContract:
         await m.enqueue("alice")
         assert await m.waiting() == 1
 
-    async def test_a_block_holds_both_ways_even_when_they_are_the_only_two(
-        self, make_matcher: MakeMatcher
-    ) -> None:
-        # Minimal tags/avoid filter (safety-core); the matcher-fast branch owns the full one.
-        rec = Recorder()
-        s = await make_matcher(rec, SETTINGS)
-        await s.matcher.enqueue("alice", tags={"s:alice", "i:A"}, avoid={"i:B"})
-        await s.matcher.enqueue("bob", tags={"s:bob", "i:B"})
-        s.advance(1000)
-        await s.sweep()
-        assert rec.matches == []
-        # The other direction: the blocked one's avoid is empty, the blocker's holds them.
-        await s.matcher.enqueue("carol", tags={"s:carol"}, avoid={"s:bob"})
-        s.advance(1000)
-        await s.sweep()
-        assert rec.pairs() == [pair("alice", "carol")] or rec.matches == []
-        assert pair("bob", "carol") not in rec.pairs()
-        await s.matcher.enqueue("dave", tags={"s:dave"})
-        await s.sweep()
-        assert pair("bob", "alice") not in rec.pairs()
-        assert pair("bob", "carol") not in rec.pairs()
-        for user in ("alice", "bob", "carol", "dave"):
-            await s.matcher.forget(user)
-
     async def test_dequeued_user_is_not_matched(self, make_matcher: MakeMatcher) -> None:
         rec = Recorder()
         s = await make_matcher(rec, SETTINGS)
