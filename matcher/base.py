@@ -186,7 +186,7 @@ def check_enqueue(
     if len(normalized) > MAX_INTERESTS:
         raise ValueError(f"at most {MAX_INTERESTS} interests per user, got {len(normalized)}")
     if any(len(i) > MAX_INTEREST_CHARS for i in normalized):
-        raise ValueError(f"each interest must be at most {MAX_INTEREST_CHARS} characters long")
+        raise ValueError(f"each of interests must be at most {MAX_INTEREST_CHARS} characters long")
     if not isinstance(pool, str):
         raise TypeError("pool must be a string")
     if len(pool) > MAX_POOL_CHARS:
@@ -202,11 +202,12 @@ def check_enqueue(
 def _opaque_strings(name: str, values: Collection[str], most: int) -> frozenset[str]:
     if isinstance(values, str):
         raise TypeError(f"{name} must be a collection of strings, not a string")
-    if len(values) > most:
-        raise ValueError(f"at most {most} {name} per user, got {len(values)}")
     for v in values:
         if not isinstance(v, str):
             raise TypeError(f"each of {name} must be a string, got {type(v).__name__}")
         if not 1 <= len(v) <= MAX_TAG_CHARS:
             raise ValueError(f"each of {name} must be 1 to {MAX_TAG_CHARS} characters long")
-    return frozenset(values)
+    distinct = frozenset(values)
+    if len(distinct) > most:
+        raise ValueError(f"at most {most} distinct {name} per user, got {len(distinct)}")
+    return distinct
