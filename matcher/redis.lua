@@ -97,10 +97,12 @@ local function record(u)
     return false
   end
   local interests, n = as_set(f[1])
+  -- "or": a record an older build wrote lacks the newer fields.
   rec = {
     id = u, interests = interests, n_interests = n, since = tonumber(f[2]),
-    skips = tonumber(f[3]), node = f[4], ticket = tonumber(f[5]), pool = f[6],
-    tags = as_set(f[7]), avoid = as_set(f[8]), rematch_at = tonumber(f[9]), gone = false,
+    skips = tonumber(f[3]), node = f[4], ticket = tonumber(f[5]), pool = f[6] or '',
+    tags = as_set(f[7] or '[]'), avoid = as_set(f[8] or '[]'),
+    rematch_at = tonumber(f[9]) or 0, gone = false,
   }
   records[u] = rec
   return rec

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pytest
+from matcher_reference import ReferenceMatcher
 
 from matcher import (
     AlreadyWaiting,
@@ -545,6 +546,17 @@ class MatcherContract:
             outcomes.add(outcome)
         assert len(outcomes) == 2  # both ways were exercised
 
+    # --- the indexes decide what a scan of everyone would -------------------------------
+
+    @pytest.mark.parametrize(("seed", "rematch_after"), [(0, 0.0), (1, 3.0), (2, 0.0), (3, 3.0)])
+    async def test_enqueue_decides_as_a_scan_of_everyone_would(
+        self, make_matcher: MakeMatcher, seed: int, rematch_after: float
+    ) -> None:
+        # max_skips=0 makes every choice "the longest-waiting candidate", so any correct
+        # implementation must make exactly the reference's matches, whatever its rng.
+        settings = MatcherSettings(interest_timeout=2.0, rematch_after=rematch_after, max_skips=0)
+        await compare_with_reference(make_matcher, settings, seed)
+
     # --- concurrency ----------------------------------------------------------------
 
     @pytest.mark.parametrize(
@@ -616,6 +628,51 @@ class MatcherContract:
         before = asyncio.all_tasks()
         await s.matcher.close()
         assert asyncio.all_tasks() == before
+
+
+async def compare_with_reference(
+    make_matcher: MakeMatcher, settings: MatcherSettings, seed: int, steps: int = 600
+) -> None:
+    """Drive an implementation and ReferenceMatcher with the same enqueues, dequeues,
+    forgets and clock (no sweeps: those re-try in an order of their own); same matches."""
+    got, expected = Recorder(), Recorder()
+    s = await make_matcher(got, settings, seed=seed)
+    now = [0.0]
+    reference = ReferenceMatcher(expected, settings, clock=lambda: now[0], rng=random.Random(seed))
+    rng = random.Random(seed)
+    waiting: set[str] = set()
+
+    def was_matched(rec: Recorder, before: int) -> None:
+        for m in rec.matches[before:]:
+            waiting.difference_update((m.a, m.b))
+
+    for _ in range(steps):
+        user = f"u{rng.randrange(14)}"
+        roll = rng.random()
+        if roll < 0.15:
+            seconds = rng.choice((0.5, 1.0, 2.5))
+            now[0] += seconds
+            s.advance(seconds)
+        elif user in waiting:
+            if roll < 0.8:
+                assert await s.matcher.dequeue(user) is await reference.dequeue(user) is True
+            else:
+                await s.matcher.forget(user)
+                await reference.forget(user)
+            waiting.discard(user)
+        else:
+            interests = rng.sample(["a", "b", "c", "d"], rng.randint(0, 2))
+            tags = [user, f"g{int(user[1:]) % 4}"]
+            avoid = [f"g{rng.randrange(4)}"] if rng.random() < 0.2 else []
+            pool = "text" if rng.random() < 0.15 else ""
+            before = len(expected.matches)
+            waiting.add(user)
+            await s.matcher.enqueue(user, interests, tags=tags, avoid=avoid, pool=pool)
+            await reference.enqueue(user, interests, tags=tags, avoid=avoid, pool=pool)
+            was_matched(expected, before)
+        assert got.matches == expected.matches
+    assert len(expected.matches) > 100
+    assert await s.matcher.waiting() == len(waiting)
 
 
 class _Model:
