@@ -411,7 +411,8 @@ class Moderation:
         if person is None:
             return []
         blocked = await asyncio.to_thread(self.store.blocked_by, person)
-        return [PERSON_TAG + key for key in blocked]
+        # Oldest first: when a visit adds more, the oldest kept blocks give way.
+        return [PERSON_TAG + key for key in reversed(blocked)]
 
     def _write_evidence(self, snapshots: dict[str, list[BufferedFrame]]) -> Path | None:
         tracks = [

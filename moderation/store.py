@@ -530,7 +530,7 @@ class ModerationStore:
                 (blocker, blocked, at, at + seconds),
             )
 
-    def blocked_by(self, blocker: str, *, limit: int = 200, now: float | None = None) -> list[str]:
+    def blocked_by(self, blocker: str, *, limit: int = 100, now: float | None = None) -> list[str]:
         """The person keys `blocker` blocked that are still in force, newest first."""
         at = time.time() if now is None else now
         rows = self._read(

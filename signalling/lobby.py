@@ -14,7 +14,7 @@ from aiohttp import web
 from cluster.bus import LocalBus, SessionBus
 from cluster.node import SessionRef
 from cluster.registry import NodeRegistry
-from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
+from matcher.base import MAX_AVOID, AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
 from rtc.peer import MediaState, Peer, PeerError
 from rtc.relay import Relay
 from signalling import protocol as p
@@ -36,8 +36,7 @@ MatcherFactory = Callable[[MatchHandler], Matcher]
 ReportHandler = Callable[["Session", RecentPartner, str, "str | None"], Awaitable[int | None]]
 # Called with (blocker, the pair blocked) to keep the block beyond this visit.
 BlockHandler = Callable[["Session", RecentPartner], Awaitable[None]]
-# Most matcher tags one visitor avoids (blocks this visit plus those kept by identity).
-MAX_AVOID = 500
+
 # Close code for a session a moderator ended (kick or ban).
 CLOSE_KICKED = 4003
 # A client that ignores this many `rate_limited` errors in a row is closed.
@@ -165,7 +164,7 @@ class Lobby:
         """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit.
 
         `person` and `address` are keyed hashes of identity and ip; `avoid` the matcher
-        tags this browser blocked on earlier visits.
+        tags this browser blocked on earlier visits, oldest first.
         """
         slot = self.limits.open_session(ip)
         try:
@@ -175,7 +174,7 @@ class Lobby:
             raise
         session.session_slot = slot
         session.person, session.address = person, address
-        session.avoid.update(avoid[:MAX_AVOID])
+        _avoid(session, avoid)
         session.recent.window = self.report_window
         self.sessions[session.id] = session
         hello = {
@@ -390,7 +389,7 @@ class Lobby:
         session.queued = True
         with contextlib.suppress(AlreadyWaiting):
             await self.matcher.enqueue(
-                session.id, session.interests, tags=session.tags, avoid=frozenset(session.avoid)
+                session.id, session.interests, tags=session.tags, avoid=tuple(session.avoid)
             )
 
     def _on_match(self, match: Match) -> None:
@@ -769,8 +768,7 @@ class Lobby:
 
     async def _keep_apart(self, session: Session, pair: RecentPartner) -> None:
         """Add the partner's tags to what `session` avoids, here and in the matcher."""
-        if len(session.avoid) < MAX_AVOID:
-            session.avoid.update(pair.tags)
+        _avoid(session, sorted(pair.tags))
         if self.block_handler is not None:
             await self.block_handler(session, pair)
         if session.queued and await self.matcher.dequeue(session.id):
@@ -798,6 +796,15 @@ def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
         and session.partner is None
         and session.pending in (None, expecting)
     )
+
+
+def _avoid(session: Session, tags: Sequence[str]) -> None:
+    """Add `tags` to what `session` avoids; past the matcher's bound the oldest go."""
+    for tag in tags:
+        session.avoid.pop(tag, None)
+        session.avoid[tag] = None
+    while len(session.avoid) > MAX_AVOID:
+        del session.avoid[next(iter(session.avoid))]
 
 
 def _remote_pair(sender: SessionRef, message: dict[str, Any]) -> RecentPartner:

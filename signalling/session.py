@@ -85,8 +85,9 @@ class Session:
         # bans made after this visitor left are keyed on.
         self.person: str | None = None
         self.address: str | None = None
-        # Matcher tags this visitor never meets (their blocks), bounded by the Lobby.
-        self.avoid: set[str] = set()
+        # Matcher tags this visitor never meets (their blocks), oldest first, bounded
+        # by the Lobby to the matcher's MAX_AVOID.
+        self.avoid: dict[str, None] = {}
         # The current pair and the recent ones, for reports and blocks by pairId.
         self.pair: RecentPartner | None = None
         self.recent = RecentPartners()
