@@ -27,6 +27,7 @@ from moderation import auth
 from moderation.routes import MODERATION, WATCH_ICE, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
+from moderation.store_protocol import ModerationStoreProtocol
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc.peer import PeerSettings
@@ -196,7 +197,7 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.close()
 
 
-def _audit_logins(store: ModerationStore) -> LoginThrottleAudit:
+def _audit_logins(store: ModerationStoreProtocol) -> LoginThrottleAudit:
     """Failed logins and lock-outs into the audit log, written off the event loop."""
     loop = asyncio.get_running_loop()
 

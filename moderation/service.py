@@ -42,12 +42,12 @@ from moderation.recorder import (
 from moderation.ringbuffer import BufferedFrame, RingBuffer
 from moderation.store import (
     Ban,
-    ModerationStore,
     Report,
     ReportStatus,
     TranscriptLine,
     normalize_ip,
 )
+from moderation.store_protocol import ModerationStoreProtocol
 from rtc.media import EncodedFrame
 from rtc.peer import KINDS, Peer
 from rtc.publisher import Publisher
@@ -139,7 +139,7 @@ class Moderation:
     def __init__(
         self,
         lobby: Lobby,
-        store: ModerationStore,
+        store: ModerationStoreProtocol,
         moderators: Moderators,
         settings: ModerationSettings,
     ) -> None:
@@ -223,6 +223,7 @@ class Moderation:
                 if report.evidence_path in gone:
                     await asyncio.to_thread(self.store.set_evidence, report.id, None)
             logger.info("retention deleted %d recordings", len(deleted))
+        await asyncio.to_thread(self.store.delete_expired_blocks)
         return deleted
 
     # -- following sessions ----------------------------------------------

@@ -194,6 +194,14 @@ async def test_a_partner_who_left_is_reported_by_pair_id_with_their_media_from_b
     assert min(counters) < left_at - 30, (min(counters), left_at)
     assert counters == sorted(counters)
     assert {s.tag for s in stamps_of(path, "reporter_video") if s is not None} == {1}
+    # Each person on their own, as the dashboard plays them side by side.
+    for part, tag in (("reported", 2), ("reporter", 1)):
+        alone = tmp_path / f"{part}.webm"
+        alone.write_bytes(
+            await api(relay_server, "GET", f"/recordings/{report['evidence']}?part={part}")
+        )
+        assert {s.tag for s in stamps_of(alone, "video") if s is not None} == {tag}
+    await api(relay_server, "GET", f"/recordings/{report['evidence']}?part=x", status=400)
     # The reported person never hears of it, nor who it was.
     assert not any(m.get("type") in ("reported", "blocked") for m in b.messages)
     assert not any(a.id in str(m) or "reportId" in str(m) for m in b.messages)
