@@ -17,6 +17,7 @@ from aiortc import RTCIceServer
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
+from moderation.events import CLOSED
 from moderation.recorder import PARTS, extract_part
 from moderation.service import Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
@@ -31,6 +32,8 @@ WATCH_ICE = web.AppKey("watch_ice", list[RTCIceServer])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
+# Seconds between keep-alive comments on the dashboard's event stream.
+HEARTBEAT = 15.0
 # Report decisions a moderator can resolve with (a ban resolves as "banned" itself).
 DECISIONS = ("no_violation", "warned", "kicked", "banned", "reviewed")
 
@@ -39,6 +42,7 @@ def setup_routes(app: web.Application, dashboard_dir: str) -> None:
     app[DASHBOARD_DIR] = dashboard_dir
     app[WATCHERS] = {}
     app.on_shutdown.append(_close_watchers)
+    app.on_shutdown.append(_close_events)
     r = app.router
     r.add_get("/moderate", dashboard)
     r.add_get("/moderate/", dashboard)
@@ -55,6 +59,7 @@ def setup_routes(app: web.Application, dashboard_dir: str) -> None:
     r.add_post("/api/moderate/reports/{id}/claim", claim)
     r.add_post("/api/moderate/reports/{id}/ban", ban_from_report)
     r.add_get("/api/moderate/history/{subject}", history)
+    r.add_get("/api/moderate/events", events)
     r.add_get("/api/moderate/recordings", recordings)
     r.add_post("/api/moderate/recordings", start_recording)
     r.add_post("/api/moderate/recordings/stop", stop_recording)
@@ -265,6 +270,7 @@ async def review(request: web.Request) -> web.Response:
         )
     except KeyError:
         raise web.HTTPNotFound(text="no such report") from None
+    request.app[MODERATION].events.publish("queue")
     return web.json_response(report_json(done))
 
 
@@ -286,6 +292,7 @@ async def claim(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such report") from None
     except ClaimConflict as exc:
         raise web.HTTPConflict(text=str(exc)) from None
+    request.app[MODERATION].events.publish("queue")
     return web.json_response(report_json(taken))
 
 
@@ -307,6 +314,44 @@ async def ban_from_report(request: web.Request) -> web.Response:
     except BanTermError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
     return web.json_response(ban_json(made))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events naming what changed (`queue`, `sessions`), for the dashboard.
+
+    A comment line every HEARTBEAT seconds keeps proxies from closing an idle stream
+    and finds a dashboard that went away; the stream ends when the server stops.
+    """
+    hub = request.app[MODERATION].events
+    try:
+        listener = hub.listen()
+    except OverflowError:
+        raise web.HTTPServiceUnavailable(text="too many dashboards listening") from None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n\n")
+        while True:
+            try:
+                names = await asyncio.wait_for(listener.next(), HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": still here\n\n")
+                continue
+            if CLOSED in names:
+                break  # the server is stopping: the page's EventSource reconnects later
+            for name in names:
+                await response.write(f"event: {name}\ndata: {{}}\n\n".encode())
+    except ConnectionError:
+        pass  # the dashboard went away
+    finally:
+        hub.forget(listener)
+    return response
 
 
 async def history(request: web.Request) -> web.Response:
@@ -415,6 +460,11 @@ async def stop_watching(request: web.Request) -> web.Response:
     await watcher.close()
     await _audit(request, "stop_watching", ",".join(watcher.watched), watcher.id)
     return web.json_response({"stopped": watcher.id})
+
+
+async def _close_events(app: web.Application) -> None:
+    if MODERATION in app:
+        app[MODERATION].events.close()
 
 
 async def _close_watchers(app: web.Application) -> None:

@@ -31,6 +31,7 @@ from moderation import queue
 from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
 from moderation.auth import Moderators
 from moderation.ban_terms import BanScope, BanTermError
+from moderation.events import EventHub
 from moderation.pseudonyms import Pseudonyms
 from moderation.recorder import (
     RECORDING_NAME,
@@ -153,6 +154,9 @@ class Moderation:
         # (pair id, session id) -> that person's media of a pair that ended, oldest first.
         self.retained: dict[tuple[str, str], Retained] = {}
         self.retained_total = 0
+        # What changed, for dashboards listening over SSE (routes.py `events`).
+        self.events = EventHub()
+        self._sessions_seen = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -197,6 +201,7 @@ class Moderation:
         while True:
             try:
                 self._reconcile()
+                self._publish_session_changes()
                 self._expire_retained()
                 self._sample()
             except Exception:
@@ -258,6 +263,27 @@ class Moderation:
             elif followed.buffers:
                 # Not paired: nobody to report, nothing to keep.
                 followed.buffers.clear()
+
+    def _publish_session_changes(self) -> None:
+        """Tell listening dashboards when anyone arrived, left, or changed pair."""
+        if not len(self.events):
+            return
+        seen = hash(
+            frozenset(
+                (
+                    s.id,
+                    s.state.value,
+                    s.partner.id if s.partner else "",
+                    s.media_ready,
+                    f.thumbnail is not None if (f := self.followed.get(s.id)) else False,
+                    len(f.analysis.active) if f else 0,
+                )
+                for s in self.lobby.sessions.values()
+            )
+        )
+        if seen != self._sessions_seen:
+            self._sessions_seen = seen
+            self.events.publish("sessions")
 
     def _on_pair_end(self, session: Session, pair: RecentPartner) -> None:
         """Keep this person's last seconds of the pair for the report window."""
@@ -381,6 +407,7 @@ class Moderation:
             )
         )
         logger.info("report %d saved (evidence: %s)", report.id, evidence is not None)
+        self.events.publish("queue")
         return report.id
 
     def _media_of(self, session_id: str, pair_id: str) -> dict[str, list[BufferedFrame]]:
@@ -547,6 +574,7 @@ class Moderation:
                 report_id=report_id,
             )
         )
+        self.events.publish("queue")
         refusal = self.refusal(ban)
         for session in list(self.lobby.sessions.values()):
             if _reaches(ban, session):

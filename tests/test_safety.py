@@ -210,12 +210,31 @@ async def test_a_partner_who_left_is_reported_by_pair_id_with_their_media_from_b
 # -- bans from reports -------------------------------------------------------------
 
 
+async def next_events(stream: aiohttp.ClientResponse, wanted: set[str]) -> set[str]:
+    """Read the dashboard's event stream until every name in `wanted` has come."""
+    seen: set[str] = set()
+    async with asyncio.timeout(TIMEOUT):
+        while not wanted <= seen:
+            line = (await stream.content.readline()).decode().strip()
+            if line.startswith("event: "):
+                seen.add(line.removeprefix("event: "))
+    return seen
+
+
 async def test_a_ban_made_from_a_report_refuses_the_reported_who_already_left(
     relay_server, clients
 ) -> None:
-    a, b, _ = await paired(relay_server, clients)
-    await a.send({"type": "report", "reason": "looks under 18"})
-    report_id = (await a.wait_for("reported", timeout=TIMEOUT))["reportId"]
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.get(relay_server.http_url + "/api/moderate/events") as stream,
+    ):
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        a, b, _ = await paired(relay_server, clients)
+        # The dashboard is told when people arrive and pair, and when a report comes.
+        await next_events(stream, {"sessions"})
+        await a.send({"type": "report", "reason": "looks under 18"})
+        report_id = (await a.wait_for("reported", timeout=TIMEOUT))["reportId"]
+        await next_events(stream, {"queue"})
     await b.close()
 
     queue = (await api(relay_server, "GET", "/queue"))["queue"]
@@ -263,3 +282,16 @@ async def test_a_ban_made_from_a_report_refuses_the_reported_who_already_left(
     assert [r["id"] for r in history["reports"]] == [report_id]
     assert [ban["id"] for ban in history["bans"]] == [made["id"]]
     assert report_id not in [r["id"] for r in (await api(relay_server, "GET", "/queue"))["queue"]]
+
+
+async def test_the_dashboards_event_stream_ends_when_the_server_stops(relay_server) -> None:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.get(relay_server.http_url + "/api/moderate/events") as stream,
+    ):
+        assert (await stream.content.readline()).startswith(b"retry:")
+        stopping = asyncio.get_running_loop().run_in_executor(None, relay_server.stop)
+        async with asyncio.timeout(TIMEOUT):
+            while await stream.content.readline():
+                pass
+        assert await stopping == 0

@@ -6,8 +6,10 @@ import { API, api, esc, when } from "./api.js";
 import { askBan } from "./bandialog.js";
 import { Queue } from "./queue.js";
 
-const POLL_MS = 1000;
-const QUEUE_MS = 3000;
+// Server-sent events say when something changed (moderation/events.py); these slow
+// polls only cover a dropped event stream and the "online for" counters.
+const POLL_MS = 10000;
+const QUEUE_MS = 30000;
 const THUMB_MS = 2000;
 
 const $ = (sel) => document.querySelector(sel);
@@ -173,7 +175,16 @@ async function loop(fn, ms) {
 
 const queue = new Queue({ onchange: () => refreshTables().catch(() => {}) });
 
-setInterval(() => { thumbTick += 1; }, THUMB_MS);
+// Thumbnails reload in place; the cards are redrawn only when the sessions change.
+setInterval(() => {
+  thumbTick += 1;
+  for (const img of document.querySelectorAll("img[data-thumb]")) {
+    img.src = `${API}/sessions/${encodeURIComponent(img.dataset.thumb)}/thumbnail?t=${thumbTick}`;
+  }
+}, THUMB_MS);
+const events = new EventSource(`${API}/events`);
+events.addEventListener("queue", () => queue.refresh().catch((e) => console.warn(e)));
+events.addEventListener("sessions", () => refreshSessions().catch((e) => console.warn(e)));
 loop(() => queue.refresh(), QUEUE_MS);
 loop(refreshSessions, POLL_MS);
 loop(refreshTables, 5000);
