@@ -21,6 +21,8 @@ from cluster.node import SessionRef
 # Partners kept per visitor whatever the window: someone pressing Next every second
 # for five minutes keeps the last few, not three hundred.
 MAX_RECENT: Final = 20
+# Chat lines kept per pair for a report: the last ones (a pair may talk for hours).
+MAX_TRANSCRIPT: Final = 500
 DEFAULT_WINDOW: Final = 300.0
 # Matcher tags: a visit ("s:") and a browser identity's keyed hash ("p:").
 SESSION_TAG: Final = "s:"
@@ -51,8 +53,10 @@ class RecentPartner:
     address: str | None
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
-    # The pair's chat: (time.time(), sender session id, text).
-    transcript: list[tuple[float, str, str]] = field(default_factory=list)
+    # The pair's chat, the last MAX_TRANSCRIPT lines: (time.time(), sender session id, text).
+    transcript: deque[tuple[float, str, str]] = field(
+        default_factory=lambda: deque(maxlen=MAX_TRANSCRIPT)
+    )
 
     @property
     def tags(self) -> frozenset[str]:

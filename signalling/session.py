@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 from asyncio import FIRST_COMPLETED
+from collections import deque
 from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Any, Final
@@ -91,8 +92,9 @@ class Session:
         # The current pair and the recent ones, for reports and blocks by pairId.
         self.pair: RecentPartner | None = None
         self.recent = RecentPartners()
-        # The current pair's chat, (time.time(), sender session id, text), for reports.
-        self.transcript: list[tuple[float, str, str]] = []
+        # The current pair's chat, (time.time(), sender session id, text), for reports
+        # (the pair's own, bounded: signalling/recent.py).
+        self.transcript: deque[tuple[float, str, str]] = deque()
         self.state = State.IDLE
         # The partner, on this node or another; messages to it go through the SessionBus.
         self.partner: SessionRef | None = None

@@ -170,3 +170,6 @@ def test_recent_partners_are_kept_for_the_window_and_bounded() -> None:
         recent.add(RecentPartner(new_pair_id(), SessionRef(f"s{i}", "n"), None, None))
     assert len(recent) == 20
     assert first.tags == {"s:s1", "p:p1"}
+    for i in range(600):  # a long chat keeps its last lines
+        first.transcript.append((NOW + i, "s1", f"line {i}"))
+    assert len(first.transcript) == 500 and first.transcript[-1][2] == "line 599"
