@@ -8,6 +8,9 @@ CHROMIUM ?= /usr/bin/chromium
 JANUS    ?= /usr/bin/janus
 REDIS    ?= /usr/bin/redis-server
 NGINX    ?= /usr/sbin/nginx
+NFT      ?= /usr/sbin/nft
+IP       ?= /usr/sbin/ip
+COTURN   ?= /usr/bin/turnserver
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
@@ -46,11 +49,26 @@ $(NGINX):
 	$(APT) update -qq
 	$(APT) install -y -qq nginx
 
+# tests/netns.py builds networks with ip netns, veth pairs and nftables (needs root).
+$(NFT):
+	$(APT) update -qq
+	$(APT) install -y -qq nftables
+
+$(IP):
+	$(APT) update -qq
+	$(APT) install -y -qq iproute2
+
+# Debian's coturn, started by tests/test_networks.py with its own config on its own
+# ports inside a test network (never the system service).
+$(COTURN):
+	$(APT) update -qq
+	$(APT) install -y -qq coturn
+
 run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX) $(NFT) $(IP) $(COTURN)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

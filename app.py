@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCIceServer
 from redis.asyncio import Redis
 
 from cluster.bus import LocalBus, RedisBus, SessionBus
@@ -24,12 +23,15 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, WATCH_ICE, setup_routes
+from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
 from moderation.store_protocol import ModerationStoreProtocol
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
+from rtc import aiortc_seam, host_addresses
+from rtc.ice_servers import IceServers
+from rtc.mux import MediaMux
 from rtc.peer import PeerSettings
 from rtc.pipe import PipeEndpoint
 from rtc.pipe_bridge import PipeBridge
@@ -65,7 +67,6 @@ def create_app(settings: Settings) -> web.Application:
         throttle=LoginThrottle(free_failures=settings.login_throttle_after),
     )
     headers.install(app, trusted_proxy=settings.trusted_proxy)
-    app[WATCH_ICE] = list(_rtc_ice_servers(settings))
     setup_routes(app, os.path.join(settings.web_dir, "moderate"))
     app.on_shutdown.append(_close_sessions)
     add_routes(app)
@@ -85,12 +86,17 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    ice_servers = _ice_servers(settings)
+    hosts = host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
+    logger.info("media on %s", hosts.describe())
     peer_settings = PeerSettings(
-        ice_servers=_rtc_ice_servers(settings),
+        ice_servers=ice_servers.for_server,
+        host_addresses=hosts,
         keyframe_interval=settings.keyframe_interval,
         media_timeout=settings.media_timeout,
         connect_timeout=settings.connect_timeout,
         transcode=settings.relay == "transcode",
+        media=await _open_media(settings, hosts),
     )
     matcher_settings = MatcherSettings(
         interest_timeout=settings.interest_timeout, rematch_after=settings.rematch_after
@@ -112,7 +118,11 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
             return MemoryMatcher(on_match, matcher_settings)
 
     else:
-        redis = Redis.from_url(settings.redis, decode_responses=True)
+        # Timeouts: without them a Redis host that vanishes (no RST) stalls every call for
+        # minutes of TCP retries. 5 s is above the matcher feed's 1 s XREAD BLOCK.
+        redis = Redis.from_url(
+            settings.redis, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+        )
         app[REDIS] = redis
         bus = RedisBus(redis, node)
         registry = NodeRegistry(redis, node)
@@ -141,7 +151,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     lobby = Lobby(
         Relay(peer_settings, bridge=bridge),
         matcher_factory,
-        ice_servers=[s.to_json() for s in settings.ice_servers],
+        ice_servers=ice_servers.for_visitor,
         limits=AddressLimits(limits),
         bus=bus,
         registry=registry,
@@ -154,8 +164,30 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         logger.info("node %s joined the lobby at %s", node, _redacted(settings.redis))
     yield
     await lobby.close()
+    if peer_settings.media is not None:
+        peer_settings.media.close()
     if redis is not None:
         await redis.aclose()
+
+
+async def _open_media(settings: Settings, hosts: host_addresses.HostAddresses) -> MediaMux | None:
+    """The shared media port(s), when configured; every peer connection gathers on them.
+
+    They are bound on the addresses `--media-ip` chose and offered as `--announce-ip` says.
+    """
+    if not settings.media_port:
+        return None
+    media = await MediaMux.open(
+        settings.media_port,
+        hosts.local,
+        {local: hosts.advertised(local) for local in hosts.local},
+        tcp_port=settings.media_tcp_port,
+    )
+    for udp in media.udp:
+        logger.info("media port udp %s:%d", udp.host, udp.port)
+    for tcp in media.tcp:
+        logger.info("media port tcp %s:%d (ICE-TCP, passive)", tcp.host, tcp.port)
+    return media
 
 
 async def _moderation_metrics(app: web.Application) -> None:
@@ -163,10 +195,14 @@ async def _moderation_metrics(app: web.Application) -> None:
     app[METRICS].registry.register(FlagCollector(app[MODERATION]))
 
 
-def _rtc_ice_servers(settings: Settings) -> tuple[RTCIceServer, ...]:
-    return tuple(
-        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-        for s in settings.ice_servers
+def _ice_servers(settings: Settings) -> IceServers:
+    return IceServers(
+        settings.ice_servers,
+        turn_secret=settings.ice.turn_secret,
+        turn_ttl=settings.ice.turn_ttl,
+        server_uses_turn=settings.ice.server_uses_turn,
+        # An announced address is what STUN would have found, without the round trip.
+        server_uses_stun=not settings.ice.announce_ips,
     )
 
 

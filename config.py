@@ -29,6 +29,36 @@ class IceServer:
         return out
 
 
+# Seconds a per-visitor TURN credential stays valid (draft-uberti-behave-turn-rest
+# recommends a day). It must outlast a visit: coturn checks the expiry again on
+# every allocation refresh, so an expired credential ends the relayed media.
+TURN_TTL: Final = 86400.0
+# `--media-ip all`: every interface address (aioice's own choice), bridges included.
+ALL_ADDRESSES: Final = "all"
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """How the server's media is reached: TURN credentials and the addresses it offers.
+
+    Read by everything that gathers the server's own ICE candidates
+    (rtc/host_addresses.py for peer connections; a shared media socket too).
+    """
+
+    # TURN REST credentials (coturn use-auth-secret) minted per visitor; None: static ones.
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl: float = TURN_TTL
+    # The server's own connections allocate on TURN too (normally they need not).
+    server_uses_turn: bool = False
+    # Public addresses put into the server's host candidates, at most one per family
+    # (a server behind a 1:1 NAT), instead of the interface address ...
+    announce_ips: tuple[str, ...] = ()
+    # ... or besides it.
+    announce_keep_local: bool = False
+    # Local addresses to offer; empty: the one with the default route, per family.
+    media_ips: tuple[str, ...] = ()
+
+
 # The command line's default port for the separate /metrics listener.
 METRICS_PORT: Final = 9464
 
@@ -41,6 +71,7 @@ class Settings:
     port: int = 8080
     # Given to clients in `hello` and used by the server's own peer connections.
     ice_servers: tuple[IceServer, ...] = ()
+    ice: IceSettings = field(default_factory=IceSettings)
     # Seconds without any media from a peer (after it connected) before the
     # server declares the connection dead and tells the partner.
     media_timeout: float = 5.0
@@ -105,6 +136,11 @@ class Settings:
     pipe_port: int = 0
     pipe_announce: str | None = None
     pipe_encrypt: bool = False
+    # The media port (rtc/mux.py): one UDP port that every peer connection of
+    # the process shares; 0 = a port of its own per connection (aioice's way).
+    # Worker i takes media_port + i. The passive ICE-TCP port likewise; 0 = none.
+    media_port: int = 0
+    media_tcp_port: int = 0
 
     @property
     def clustered(self) -> bool:
@@ -135,6 +171,38 @@ def _parse_ice(
     return tuple(servers)
 
 
+def _parse_ice_settings(args: argparse.Namespace) -> IceSettings:
+    announce = args.announce_ip if args.announce_ip is not None else _split(_env("ANNOUNCE_IP", ""))
+    media = args.media_ip if args.media_ip is not None else _split(_env("MEDIA_IP", ""))
+    families: set[int] = set()
+    for value in announce:
+        if not _is_ip(value) or ipaddress.ip_address(value).is_unspecified:
+            build_parser().error(f"--announce-ip {value!r}: a unicast IP address (v4 or v6)")
+        family = ipaddress.ip_address(value).version
+        if family in families:
+            build_parser().error(f"--announce-ip: one IPv{family} address at most")
+        families.add(family)
+    if args.announce_keep_local and not announce:
+        build_parser().error("--announce-keep-local needs --announce-ip")
+    for value in media:
+        if value != ALL_ADDRESSES and not (_is_ip(value) and not _is_wildcard(value)):
+            build_parser().error(
+                f"--media-ip {value!r}: an address of this machine (v4 or v6), or 'all'"
+            )
+    if ALL_ADDRESSES in media and len(media) > 1:
+        build_parser().error("--media-ip all already offers every address: give it alone")
+    return IceSettings(
+        turn_secret=args.turn_secret,
+        turn_ttl=args.turn_ttl,
+        server_uses_turn=args.server_uses_turn,
+        announce_ips=tuple(str(ipaddress.ip_address(a)) for a in announce),
+        announce_keep_local=args.announce_keep_local,
+        media_ips=tuple(
+            media if media == [ALL_ADDRESSES] else (str(ipaddress.ip_address(m)) for m in media)
+        ),
+    )
+
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -156,6 +224,20 @@ def _add_seconds(p: argparse.ArgumentParser, options: list[tuple[str, float, str
             default=float(_env(env, str(default))),
             help=f"{text} [RELAY_{env}]",
         )
+
+
+def _port_range(value: str) -> tuple[int, int]:
+    """'P' or 'P-Q' as (first, last); '0' is (0, 0): none."""
+    first, dash, last = value.strip().partition("-")
+    try:
+        low, high = int(first), int(last) if dash else int(first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a port (50000) or a range (50000-50015)"
+        ) from None
+    if not (0 <= low <= 65535 and 0 <= high <= 65535) or high < low or (low == 0 and high):
+        raise argparse.ArgumentTypeError(f"{value!r}: ports are 1-65535, the range low-high")
+    return low, high
 
 
 def _workers(value: str) -> int:
@@ -210,7 +292,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--turn-password",
         default=os.environ.get("RELAY_TURN_PASSWORD"),
-        help="TURN password; prefer the environment variable so it stays out of `ps` [RELAY_TURN_PASSWORD]",
+        help="TURN password given to every visitor alike, so anyone can copy it and relay "
+        "through your TURN server: prefer --turn-secret; prefer the environment variable so it "
+        "stays out of `ps` [RELAY_TURN_PASSWORD]",
+    )
+    ice = p.add_argument_group("reaching every network (docs/operations.md)")
+    ice.add_argument(
+        "--turn-secret",
+        default=os.environ.get("RELAY_TURN_SECRET") or None,
+        help="coturn's static-auth-secret (use-auth-secret): each visitor gets TURN credentials "
+        "of its own, valid for --turn-ttl; prefer the environment variable [RELAY_TURN_SECRET]",
+    )
+    ice.add_argument(
+        "--turn-ttl",
+        type=float,
+        default=float(_env("TURN_TTL", str(TURN_TTL))),
+        metavar="SECONDS",
+        help="how long a visitor's TURN credentials stay valid; longer than a visit, since "
+        "coturn refuses to refresh an allocation past it [RELAY_TURN_TTL]",
+    )
+    ice.add_argument(
+        "--server-uses-turn",
+        action=argparse.BooleanOptionalAction,
+        default=_env("SERVER_USES_TURN", "0").lower() in ("1", "true", "yes"),
+        help="the server's own connections allocate on TURN too; only for a server that "
+        "cannot be reached directly [RELAY_SERVER_USES_TURN]",
+    )
+    ice.add_argument(
+        "--announce-ip",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="public address put into the server's ICE candidates instead of the interface "
+        "address (a server behind a 1:1 NAT); one IPv4 and one IPv6 at most; no STUN needed "
+        "[RELAY_ANNOUNCE_IP, comma-separated]",
+    )
+    ice.add_argument(
+        "--announce-keep-local",
+        action=argparse.BooleanOptionalAction,
+        default=_env("ANNOUNCE_KEEP_LOCAL", "0").lower() in ("1", "true", "yes"),
+        help="offer the interface address as well as the announced one (clients on the "
+        "server's own private network) [RELAY_ANNOUNCE_KEEP_LOCAL]",
+    )
+    ice.add_argument(
+        "--media-ip",
+        action="append",
+        default=None,
+        metavar="IP|all",
+        help="local address to offer media on; repeatable; default: the address of the "
+        "default route, per family; 'all': every interface address, bridges included "
+        "[RELAY_MEDIA_IP, comma-separated]",
     )
     seconds = [
         (
@@ -354,6 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
         "WebSocket, besides the one the server is served at; repeatable "
         "[RELAY_ALLOWED_ORIGIN, comma-separated]",
     )
+    media = p.add_argument_group("media ports (docs/operations.md, 'Ports and firewall')")
+    media.add_argument(
+        "--media-port",
+        type=_port_range,
+        default=_port_range(_env("MEDIA_PORT", "0")),
+        metavar="P|P-Q",
+        help="one UDP port shared by every media connection (0 = a port per connection); "
+        "worker i takes P + i, and a range P-Q must hold a port per worker [RELAY_MEDIA_PORT]",
+    )
+    media.add_argument(
+        "--media-tcp-port",
+        type=_port_range,
+        default=_port_range(_env("MEDIA_TCP_PORT", "0")),
+        metavar="T|T-U",
+        help="TCP port for ICE over TCP (RFC 6544, passive), for users whose UDP is blocked; "
+        "needs --media-port; worker i takes T + i (0 = none) [RELAY_MEDIA_TCP_PORT]",
+    )
     cluster = p.add_argument_group("cluster (docs/operations.md)")
     cluster.add_argument(
         "--redis",
@@ -419,8 +567,22 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
     stun = args.stun if args.stun is not None else _split(_env("STUN", ""))
     turn = args.turn if args.turn is not None else _split(_env("TURN", ""))
-    if turn and not (args.turn_username and args.turn_password):
-        build_parser().error("--turn needs --turn-username and --turn-password")
+    if args.turn_secret is not None and (args.turn_username or args.turn_password):
+        build_parser().error(
+            "--turn-secret mints credentials per visitor: drop --turn-username/--turn-password"
+        )
+    if turn and args.turn_secret is None and not (args.turn_username and args.turn_password):
+        build_parser().error(
+            "--turn needs --turn-secret (per-visitor credentials, coturn use-auth-secret) or "
+            "--turn-username and --turn-password"
+        )
+    if args.turn_secret is not None and not turn:
+        build_parser().error("--turn-secret needs --turn URL (the TURN server it is shared with)")
+    if args.turn_ttl <= 0:
+        build_parser().error("--turn-ttl: a number of seconds above 0")
+    if args.server_uses_turn and not turn:
+        build_parser().error("--server-uses-turn needs --turn URL")
+    ice = _parse_ice_settings(args)
     origins = (
         args.allowed_origin
         if args.allowed_origin is not None
@@ -452,10 +614,28 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
             f"--workers {args.workers} needs --redis redis://HOST:PORT/DB (and "
             "--cluster-secret): each worker is a node, and nodes share their lobby in Redis"
         )
+    for name, (first, last) in (
+        ("--media-port", args.media_port),
+        ("--media-tcp-port", args.media_tcp_port),
+    ):
+        if first and last - first + 1 < args.workers and last != first:
+            build_parser().error(
+                f"{name} {first}-{last} has {last - first + 1} ports for {args.workers} workers: "
+                "each worker needs its own"
+            )
+        if first and first + args.workers - 1 > 65535:
+            build_parser().error(
+                f"{name} {first}: worker {args.workers - 1} would need a port over 65535"
+            )
+    if args.media_tcp_port[0] and not args.media_port[0]:
+        build_parser().error(
+            "--media-tcp-port needs --media-port: ICE over TCP is served beside the shared UDP port"
+        )
     return Settings(
         host=args.host,
         port=args.port,
         ice_servers=_parse_ice(stun, turn, args.turn_username, args.turn_password),
+        ice=ice,
         media_timeout=args.media_timeout,
         connect_timeout=args.connect_timeout,
         interest_timeout=args.interest_timeout,
@@ -491,4 +671,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         pipe_port=args.pipe_port,
         pipe_announce=args.pipe_announce,
         pipe_encrypt=args.pipe_encrypt,
+        media_port=args.media_port[0],
+        media_tcp_port=args.media_tcp_port[0],
     )

@@ -7,9 +7,12 @@ import dataclasses
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +20,18 @@ from aiohttp import web
 
 from app import create_app, drain
 from config import Settings, parse_settings
+from rtc import aiortc_seam, host_addresses
 
 logger = logging.getLogger("server")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(argv)
+    try:
+        # Here rather than at start-up: a wrong address is a usage error, not a traceback.
+        host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
+    except ValueError as exc:
+        sys.exit(f"server.py: error: {exc}")
     _setup_logging(settings)
     if settings.workers > 1:
         sys.exit(_supervise(settings))
@@ -64,27 +73,98 @@ def run_node(settings: Settings, *, worker: int | None = None) -> None:
 
 
 def _supervise(settings: Settings) -> int:
-    """Start `settings.workers` nodes on one port; pass signals on; wait for them all."""
+    """Start `settings.workers` nodes on one port, keep them running, pass signals on.
+
+    A worker that dies while nobody asked it to stop (a crash, the OOM killer, kill -9)
+    is started again in the same slot (same metrics and pipe port), so the machine keeps
+    its capacity; its own users lost their connection, as on any dead node. A worker
+    that keeps dying right after start is restarted with a growing pause, so a broken
+    configuration does not spin a core.
+    """
     context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_worker, args=(settings, i), name=f"worker {i}")
-        for i in range(settings.workers)
-    ]
-    for process in workers:
-        process.start()
-    logger.info("started %d workers sharing port %d", len(workers), settings.port)
+    slots: list[_Slot] = [_Slot(context, settings, i) for i in range(settings.workers)]
+    for slot in slots:
+        slot.start()
+    logger.info("started %d workers sharing port %d", len(slots), settings.port)
+    stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
-        for process in workers:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signum)
+        nonlocal stopping
+        stopping = True
+        for slot in slots:
+            slot.signal(signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    for process in workers:
-        process.join()
-    codes = [process.exitcode for process in workers]
+    while not stopping:
+        # Wakes when a worker exits, or at a due restart; a signal handler runs in between.
+        timeout = min((s.restart_at - time.monotonic() for s in slots if s.dead), default=None)
+        multiprocessing.connection.wait(
+            [s.process.sentinel for s in slots if not s.dead],
+            timeout=None if timeout is None else max(0.0, timeout),
+        )
+        if stopping:
+            break
+        for slot in slots:
+            slot.reap_or_restart()
+    for slot in slots:
+        slot.process.join()
+    codes = [slot.process.exitcode for slot in slots]
     return 0 if all(code == 0 for code in codes) else 1
+
+
+# A worker that lived this long before dying is restarted at once; one that died sooner
+# waits 1, 2, 4 ... up to _MAX_PAUSE seconds.
+_STABLE_AFTER = 30.0
+_MAX_PAUSE = 30.0
+
+
+class _Slot:
+    """One worker index: the process running it now, and when to restart it if it died."""
+
+    def __init__(self, context: Any, settings: Settings, index: int) -> None:
+        self._context = context
+        self._settings = settings
+        self.index = index
+        self.process: multiprocessing.process.BaseProcess
+        self.dead = False
+        self.restart_at = 0.0
+        self._started_at = 0.0
+        self._pause = 0.0
+
+    def start(self) -> None:
+        self.process = self._context.Process(
+            target=_worker, args=(self._settings, self.index), name=f"worker {self.index}"
+        )
+        self.process.start()
+        self.dead = False
+        self._started_at = time.monotonic()
+
+    def signal(self, signum: int) -> None:
+        if not self.dead and self.process.pid is not None and self.process.is_alive():
+            os.kill(self.process.pid, signum)
+
+    def reap_or_restart(self) -> None:
+        now = time.monotonic()
+        if not self.dead and not self.process.is_alive():
+            self.process.join()
+            lived = now - self._started_at
+            self._pause = (
+                0.0 if lived >= _STABLE_AFTER else min(max(1.0, 2 * self._pause), _MAX_PAUSE)
+            )
+            logger.error(
+                "worker %d (pid %s) exited with code %s after %.1f s; restarting in %.0f s",
+                self.index,
+                self.process.pid,
+                self.process.exitcode,
+                lived,
+                self._pause,
+            )
+            self.dead = True
+            self.restart_at = now + self._pause
+        if self.dead and now >= self.restart_at:
+            self.start()
+            logger.info("worker %d restarted (pid %s)", self.index, self.process.pid)
 
 
 def _worker(settings: Settings, index: int) -> None:
@@ -98,6 +178,9 @@ def _worker(settings: Settings, index: int) -> None:
         metrics_port=settings.metrics_port + index if settings.metrics_port else 0,
         # And its own pipe port, when one is fixed.
         pipe_port=settings.pipe_port + index if settings.pipe_port else 0,
+        # And its own media ports: one UDP (and TCP) port per worker to open in a firewall.
+        media_port=settings.media_port + index if settings.media_port else 0,
+        media_tcp_port=settings.media_tcp_port + index if settings.media_tcp_port else 0,
     )
     _setup_logging(settings)
     run_node(settings, worker=index)

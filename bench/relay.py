@@ -35,7 +35,7 @@ from bench.meter import machine
 from bench.phases import Load, print_progress
 from bench.pool import WorkerPool
 from bench.redis_server import RedisServer
-from bench.target import RelayServer
+from bench.target import RelayServer, free_udp_port
 
 # Targets of issue 4, checked on the passthrough result (never asserted in tests).
 TARGET_CPU_PER_PAIR = 2.0
@@ -74,6 +74,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--compare", action="store_true", help="run passthrough and transcode at the same load"
     )
     p.add_argument("--janus", action="store_true", help="also relay the same load through Janus")
+    p.add_argument(
+        "--media-port",
+        action="store_true",
+        help="also relay the same load with the server on one shared UDP media port "
+        "(--media-port), after the run with a socket per connection",
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the result here")
     p.add_argument(
         "--sweep",
@@ -183,6 +189,23 @@ async def measure(
                 _ours(pool, mode, load, log_dir, profile, _dump(args, f"{mode}-{pairs}")),
             )
             profile = None
+        if args.media_port:
+            port = str(free_udp_port())
+            runs["media-port"] = await _attempt(
+                "media-port",
+                pairs,
+                pool,
+                _ours(
+                    pool,
+                    "passthrough",
+                    load,
+                    log_dir,
+                    None,
+                    _dump(args, f"media-port-{pairs}"),
+                    extra_args=("--media-port", port),
+                    name="media-port",
+                ),
+            )
         if args.janus or args.relay == "janus":
             runs["janus"] = await _attempt(
                 "janus", pairs, pool, _janus(pool, load, log_dir, _dump(args, f"janus-{pairs}"))
@@ -211,6 +234,10 @@ async def measure(
         pf = runs["passthrough"].get("server_cpu_ms_per_delivered_frame")
         tf = runs["transcode"].get("server_cpu_ms_per_delivered_frame")
         result["cpu_ratio_per_delivered_frame"] = round(tf / pf, 1) if pf and tf else None
+    if "media-port" in runs and primary_name == "passthrough":
+        # The shared socket against a socket per connection, same load, same run.
+        for key in ("server_cpu_per_pair_pct", "server_cpu_ms_per_delivered_frame"):
+            result[f"media_port_{key}"] = runs["media-port"].get(key)
     if "janus" in runs and primary_name != "janus":
         result["janus_cpu_per_pair_pct"] = runs["janus"].get("server_cpu_per_pair_pct")
     if primary_name == "passthrough" and "error" not in result:
@@ -349,13 +376,18 @@ async def _ours(
     log_dir: Path,
     profile: Path | None,
     dump: Path | None,
+    *,
+    extra_args: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> dict[str, Any]:
-    server = RelayServer(mode, log_dir / f"server-{mode}-{load.pairs}.log")
+    name = name or mode
+    server = RelayServer(mode, log_dir / f"server-{name}-{load.pairs}.log", extra_args)
     await server.start()
     try:
         result = await phases.relay_phase(pool, server, load, profile=profile, dump=dump)
     finally:
         code = await server.stop()
+    result["relay"] = name
     result["server_exit_code"] = code
     return result
 
@@ -414,7 +446,9 @@ def describe(result: dict[str, Any]) -> str:
     """A few lines a person reads; the JSON has everything."""
     if result.get("cluster_nodes"):
         return _describe_cluster(result)
-    runs = [result] + [result[n] for n in ("transcode", "janus") if isinstance(result.get(n), dict)]
+    runs = [result] + [
+        result[n] for n in ("transcode", "media-port", "janus") if isinstance(result.get(n), dict)
+    ]
     direct = result.get("direct", {})
     head = (
         f"{result['pairs']} pairs, {direct.get('seconds', '-')} s direct and "
@@ -441,6 +475,12 @@ def describe(result: dict[str, Any]) -> str:
         rows.append(
             f"cpu ratio transcode/passthrough: {result['cpu_ratio']} "
             f"(per delivered frame: {result.get('cpu_ratio_per_delivered_frame')})"
+        )
+    if result.get("media_port_server_cpu_per_pair_pct") is not None:
+        rows.append(
+            "server CPU per delivered frame, a socket per connection vs the media port: "
+            f"{result.get('server_cpu_ms_per_delivered_frame')} ms vs "
+            f"{result.get('media_port_server_cpu_ms_per_delivered_frame')} ms"
         )
     for name, target in result.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
@@ -471,6 +511,12 @@ def _describe_cluster(result: dict[str, Any]) -> str:
             f"{_fmt(run.get('next_first_frame_ms_p95')):>9}{_fmt(run['time_to_match_ms_p50']):>10}"
         )
     rows.append(f"cross / local server CPU: {result.get('cross_over_local_cpu')}")
+    if result.get("media_port_server_cpu_per_pair_pct") is not None:
+        rows.append(
+            "server CPU per delivered frame, a socket per connection vs the media port: "
+            f"{result.get('server_cpu_ms_per_delivered_frame')} ms vs "
+            f"{result.get('media_port_server_cpu_ms_per_delivered_frame')} ms"
+        )
     for name, target in result.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
         rows.append(f"target {name}: {target['value']} ({mark})")

@@ -23,6 +23,14 @@ def free_port() -> int:
         return port
 
 
+def free_udp_port() -> int:
+    """A UDP port free on every address (for --media-port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 class ServiceProcess:
     """A relay (ours or Janus) in its own process, logging to a file, stopped with SIGINT."""
 

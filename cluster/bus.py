@@ -10,6 +10,13 @@ Pub/sub costs one PUBLISH per message with nothing stored, trimmed or acknowledg
 a stream per node would need trimming and cleanup of dead nodes' streams to buy
 delivery that nobody could use. Matches, which must not be lost, already travel in
 the matcher's per-node stream (matcher/redis.py).
+
+What pub/sub does not give, the sender adds: a message that could not be published
+(Redis away) or that nobody received (PUBLISH answered 0: the other node is
+resubscribing after a Redis restart) is held and tried again, in order per node,
+for up to HOLD_SECONDS. So chat typed during a short Redis outage arrives late
+rather than never; a node that is really gone is declared dead by the registry
+within that time, and what was held for it is dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,6 +41,9 @@ BusHandler = Callable[[str, SessionRef, dict[str, Any]], None]
 # Messages waiting to be published; past this they are dropped (and logged), never
 # letting a stalled Redis grow this node's memory.
 OUTBOX_SIZE = 10_000
+# How long an undelivered message is tried again, and how often.
+HOLD_SECONDS = 10.0
+RETRY_INTERVAL = 0.25
 
 
 class SessionBus(Protocol):
@@ -83,6 +95,10 @@ class RedisBus:
         self._prefix = "{" + key_prefix + "}:bus:"
         self._handler: BusHandler = _drop
         self._outbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(OUTBOX_SIZE)
+        # Per node, messages not yet delivered, oldest first: (first try, payload).
+        # Counted against OUTBOX_SIZE with the outbox, so the two stay bounded together.
+        self._held: dict[str, deque[tuple[float, str]]] = {}
+        self._held_count = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
         self.dropped = 0
@@ -105,6 +121,8 @@ class RedisBus:
         """Publish what is queued (a drain's partner_left notices), then stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._outbox.join(), timeout=2)
+        if self._held_count:
+            logger.warning("bus closing with %d undelivered messages", self._held_count)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -120,6 +138,8 @@ class RedisBus:
             return
         payload = json.dumps({"to": to.id, "from": sender.id, "node": sender.node, "m": message})
         try:
+            if self._held_count + self._outbox.qsize() >= OUTBOX_SIZE:
+                raise asyncio.QueueFull
             self._outbox.put_nowait((to.node, payload))
         except asyncio.QueueFull:
             self.dropped += 1
@@ -156,12 +176,55 @@ class RedisBus:
 
     async def _write(self) -> None:
         while True:
-            node, payload = await self._outbox.get()
             try:
-                await self._redis.publish(self.channel(node), payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("bus publish to %s failed (%s); message dropped", node, exc)
+                # While something is held, wake up to retry it even if nothing new comes.
+                timeout = RETRY_INTERVAL if self._held else None
+                node, payload = await asyncio.wait_for(self._outbox.get(), timeout)
+            except TimeoutError:
+                await self._retry_held()
+                continue
+            try:
+                if node in self._held:
+                    # Behind what is already held for that node: order per node is kept.
+                    self._hold(node, time.monotonic(), payload)
+                elif not await self._publish(node, payload):
+                    self._hold(node, time.monotonic(), payload)
             finally:
                 self._outbox.task_done()
+            if self._held and self._outbox.empty():
+                await self._retry_held()
+
+    async def _publish(self, node: str, payload: str) -> bool:
+        """True once some subscriber received the message."""
+        try:
+            return bool(await self._redis.publish(self.channel(node), payload))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("bus publish to %s failed (%s); holding it", node, exc)
+            return False
+
+    def _hold(self, node: str, since: float, payload: str) -> None:
+        self._held.setdefault(node, deque()).append((since, payload))
+        self._held_count += 1
+
+    async def _retry_held(self) -> None:
+        now = time.monotonic()
+        for node in list(self._held):
+            queue = self._held[node]
+            while queue:
+                since, payload = queue[0]
+                if now - since > HOLD_SECONDS:
+                    queue.popleft()
+                    self._held_count -= 1
+                    self.dropped += 1
+                    logger.warning(
+                        "bus message to %s undelivered for %.0f s; dropped", node, now - since
+                    )
+                    continue
+                if not await self._publish(node, payload):
+                    break
+                queue.popleft()
+                self._held_count -= 1
+            if not queue:
+                del self._held[node]

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from aiohttp import web
-from aiortc import RTCIceServer
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
@@ -28,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 MODERATION = web.AppKey("moderation", Moderation)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
-WATCH_ICE = web.AppKey("watch_ice", list[RTCIceServer])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
@@ -437,8 +435,8 @@ async def watch(request: web.Request) -> web.Response:
         if session is None or session.peer is None:
             raise web.HTTPNotFound(text=f"no media from session {session_id}")
         peers.append(session.peer)
-    ice_servers: list[RTCIceServer] = request.app[WATCH_ICE]
-    watcher = Watcher(_who(request), ice_servers)
+    # Gathered like the users' own connections: same ICE servers, same addresses.
+    watcher = Watcher(_who(request), moderation.lobby.relay.settings)
     try:
         answer = await watcher.answer(sdp, peers)
     except PeerError as exc:

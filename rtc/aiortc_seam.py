@@ -32,11 +32,20 @@ import logging
 import queue
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import pylibsrtp
-from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aioice import Candidate, Connection, stun
+from aioice.candidate import candidate_foundation, candidate_priority
+from aioice.ice import StunProtocol, get_host_addresses
+from aiortc import (
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -53,7 +62,7 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 
-from rtc import rtp
+from rtc import mux, rtp
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,7 @@ _CODECS = "_codecs"
 _ICE_CONNECTION = "_connection"  # RTCIceTransport -> aioice.Connection
 _NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
 _PROTOCOLS = "_protocols"  # aioice.Connection: one StunProtocol per local socket
+_GATHERING_STARTED = "_local_candidates_start"  # aioice.Connection
 _DTLS_STATE = "_state"
 _RX_SRTP = "_rx_srtp"
 _TX_SRTP = "_tx_srtp"
@@ -711,3 +721,391 @@ class PacketSender:
             )
         if self._transmit(plain):
             self.retransmitted += 1
+
+
+# -- the media port (rtc/mux.py) ---------------------------------------------
+
+_GET_COMPONENT_CANDIDATES = "get_component_candidates"  # aioice.Connection: binds sockets
+
+
+# ICE-TCP host candidates rank under UDP's host (126), peer-reflexive (110) and
+# server-reflexive (100) ones, and over relayed (0), as Chromium ranks its own:
+# TCP is the way in only when UDP does not get through (RFC 6544 section 4.2).
+TCP_TYPE_PREFERENCE = 90
+
+
+def _tcp_priority(component: int) -> int:
+    return (TCP_TYPE_PREFERENCE << 24) + (65535 << 8) + (256 - component)
+
+
+class _PassiveTcpCandidate(Candidate):
+    """The server's ICE-TCP candidate (tcptype passive).
+
+    It pairs with a client's active TCP candidates (RFC 6544 section 6.2), but
+    the server's own checks on such a pair go nowhere (the mux has no stream
+    to port 9): the client connects and sends its check, and aioice learns the
+    working pair from that check (peer-reflexive). The pair keeps aioice from
+    failing at once when TCP is all a client offers.
+    """
+
+    def can_pair_with(self, other: Candidate) -> bool:
+        return (
+            other.transport.lower() == "tcp"
+            and other.tcptype == "active"
+            and super().can_pair_with(other)
+        )
+
+
+def _mux_candidate(socket: mux.UdpMux | mux.TcpMux, host: str, component: int) -> Candidate:
+    if isinstance(socket, mux.TcpMux):
+        return _PassiveTcpCandidate(
+            foundation=candidate_foundation("host", "tcp", host),
+            component=component,
+            transport="tcp",
+            priority=_tcp_priority(component),
+            host=host,
+            port=socket.port,
+            type="host",
+            tcptype="passive",
+        )
+    return Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=component,
+        transport="udp",
+        priority=candidate_priority(component, "host"),
+        host=host,
+        port=socket.port,
+        type="host",
+    )
+
+
+class _MuxProtocol(StunProtocol):
+    """One aioice connection's share of a shared media socket (UDP) or listener (TCP).
+
+    aioice sees a protocol with a host candidate like any other; its transport
+    is the shared `UdpMux`/`TcpMux`, which hands it the datagrams of its own
+    addresses and sends its own to them.
+    """
+
+    def __init__(
+        self, connection: Connection, socket: mux.UdpMux | mux.TcpMux, component: int
+    ) -> None:
+        super().__init__(connection)
+        self._socket = socket
+        # One candidate per address the socket is announced at; aioice pairs with the first.
+        self.candidates = [
+            _mux_candidate(socket, host, component) for host in socket.candidate_hosts
+        ]
+        self.local_candidate = self.candidates[0]
+        self.transport = socket
+        socket.register(self)
+
+    @property
+    def ufrag(self) -> str:
+        username: str = self.receiver.local_username
+        return username
+
+    @property
+    def password(self) -> bytes:
+        password: str = self.receiver.local_password
+        return password.encode("utf8")
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            self._socket.sending_check(self, addr)
+        self._socket.sendto(bytes(message), addr)
+
+    async def close(self) -> None:
+        # The socket is shared: leave it, and tell aioice this share is gone.
+        self._socket.unregister(self)
+        self.connection_lost(None)
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Connection]:
+    connections: list[Connection] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        _require(dtls.transport, _ICE_CONNECTION)
+        connection = getattr(dtls.transport, _ICE_CONNECTION)
+        if connection not in connections:
+            connections.append(connection)
+    return connections
+
+
+def use_media_mux(pc: RTCPeerConnection, media: mux.MediaMux) -> None:
+    """Make `pc` gather its candidates on the shared media sockets instead of binding its own.
+
+    Call after the remote description is set (the ICE transports exist) and
+    before the local one (which gathers). No STUN or TURN gathering happens:
+    the server is reached at its own (or announced) address.
+    """
+    for connection in _ice_connections(pc):
+        _require(connection, _GET_COMPONENT_CANDIDATES)
+        _require(connection, _PROTOCOLS)
+        _require(StunProtocol, "connection_lost")
+        protocols: list[StunProtocol] = getattr(connection, _PROTOCOLS)
+
+        async def gather(
+            component: int,
+            addresses: list[str],
+            timeout: int = 5,  # noqa: ASYNC109 - aioice's signature; nothing here waits
+            connection: Connection = connection,
+            protocols: list[StunProtocol] = protocols,
+        ) -> list[Candidate]:
+            candidates = []
+            sockets: list[mux.UdpMux | mux.TcpMux] = [*media.udp, *media.tcp]
+            for socket in sockets:
+                if socket.is_closing():
+                    continue
+                protocol = _MuxProtocol(connection, socket, component)
+                protocols.append(protocol)
+                candidates += protocol.candidates
+            return candidates
+
+        setattr(connection, _GET_COMPONENT_CANDIDATES, gather)
+
+
+# -- ICE-TCP from the client's side (tests and the load client) ----------------
+
+# Servers a client opens ICE-TCP streams to at once, and datagrams held per
+# stream while it connects.
+MAX_ACTIVE_STREAMS = 8
+MAX_HELD_WHILE_CONNECTING = 16
+
+
+class _ActiveTcpCandidate(Candidate):
+    """A client's ICE-TCP candidate (tcptype active, port 9): it pairs only with passive ones."""
+
+    def can_pair_with(self, other: Candidate) -> bool:
+        return (
+            other.transport.lower() == "tcp"
+            and other.tcptype == "passive"
+            and super().can_pair_with(other)
+        )
+
+
+class _ClientStream(asyncio.Protocol):
+    def __init__(self, owner: _ActiveTcp, addr: tuple[str, int]) -> None:
+        self._owner = owner
+        self._addr = addr
+        self._reader = mux.FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        for datagram in self._reader.feed(data):
+            self._owner.protocol.datagram_received(datagram, self._addr)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.lost(self._addr)
+
+
+class _ActiveTcp(asyncio.DatagramTransport):
+    """Sends a connection's datagrams over TCP streams it opens on first use (RFC 6544 active)."""
+
+    def __init__(self, protocol: StunProtocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self._streams: dict[tuple[str, int], asyncio.Transport] = {}
+        self._held: dict[tuple[str, int], list[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        stream = self._streams.get(addr)
+        if stream is not None:
+            if not stream.is_closing():
+                stream.write(mux.frame(data))
+            return
+        held = self._held.get(addr)
+        if held is None:
+            if self._closed or len(self._held) + len(self._streams) >= MAX_ACTIVE_STREAMS:
+                return
+            held = self._held[addr] = []
+            task = asyncio.get_running_loop().create_task(self._connect(addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if len(held) < MAX_HELD_WHILE_CONNECTING:
+            held.append(data)
+
+    async def _connect(self, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            stream, _ = await loop.create_connection(
+                lambda: _ClientStream(self, addr), addr[0], addr[1]
+            )
+        except OSError:
+            self._held.pop(addr, None)
+            return
+        if self._closed:
+            stream.abort()
+            return
+        self._streams[addr] = stream
+        for data in self._held.pop(addr, []):
+            stream.write(mux.frame(data))
+
+    def lost(self, addr: tuple[str, int]) -> None:
+        self._streams.pop(addr, None)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for stream in list(self._streams.values()):
+            stream.abort()
+        self._streams.clear()
+        self._held.clear()
+
+    def abort(self) -> None:
+        self.close()
+
+
+class _ActiveTcpProtocol(StunProtocol):
+    def __init__(self, connection: Connection, host: str, component: int) -> None:
+        super().__init__(connection)
+        self.local_candidate = _ActiveTcpCandidate(
+            foundation=candidate_foundation("host", "tcp", host),
+            component=component,
+            transport="tcp",
+            priority=_tcp_priority(component),
+            host=host,
+            port=9,  # RFC 6544: an active candidate has no port of its own to give
+            type="host",
+            tcptype="active",
+        )
+        self.transport = _ActiveTcp(self)
+
+    async def close(self) -> None:
+        self.transport.close()
+        self.connection_lost(None)
+
+
+def use_active_tcp(pc: RTCPeerConnection, *, only: bool = False) -> None:
+    """Give `pc` an active ICE-TCP candidate, as browsers have (with `only`, nothing else).
+
+    `only` is how a test plays a client whose UDP is blocked. Call after the
+    tracks are added and before the local description is set.
+    """
+    for connection in _ice_connections(pc):
+        _require(connection, _GET_COMPONENT_CANDIDATES)
+        _require(connection, _PROTOCOLS)
+        protocols: list[StunProtocol] = getattr(connection, _PROTOCOLS)
+        original = getattr(connection, _GET_COMPONENT_CANDIDATES)
+
+        async def gather(
+            component: int,
+            addresses: list[str],
+            timeout: int = 5,  # noqa: ASYNC109 - aioice's signature
+            connection: Connection = connection,
+            protocols: list[StunProtocol] = protocols,
+            original: Any = original,
+        ) -> list[Candidate]:
+            candidates: list[Candidate] = []
+            if not only:
+                candidates += await original(component, addresses, timeout)
+            # One active candidate per address family: it pairs with the server's of that family.
+            firsts = {":" in host: host for host in reversed(addresses or interface_addresses())}
+            for host in firsts.values():
+                protocol = _ActiveTcpProtocol(connection, host, component)
+                protocols.append(protocol)
+                candidates.append(protocol.local_candidate)
+            return candidates
+
+        setattr(connection, _GET_COMPONENT_CANDIDATES, gather)
+
+
+# -- ICE ---------------------------------------------------------------------
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[Candidate, Candidate] | None:
+    """The (local, remote) candidates ICE nominated on `pc`'s first transport, or None.
+
+    aiortc reports no candidate-pair statistics; tests use this to show which
+    path media took (host, relay through TURN, an announced address).
+    """
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            continue
+        _require(dtls.transport, _ICE_CONNECTION)
+        connection = getattr(dtls.transport, _ICE_CONNECTION)
+        _require(connection, _NOMINATED)
+        pair = getattr(connection, _NOMINATED).get(1)
+        if pair is None:
+            return None
+        return pair.local_candidate, pair.remote_candidate
+    return None
+
+
+def interface_addresses() -> list[str]:
+    """Every address aioice would gather on by itself (all interfaces, no loopback)."""
+    return list(get_host_addresses(use_ipv4=True, use_ipv6=True))
+
+
+def offer_addresses(
+    pc: RTCPeerConnection, local: Sequence[str], advertised: Callable[[str], Sequence[str]]
+) -> None:
+    """Make `pc` gather host candidates on `local` only, each offered as `advertised(address)`.
+
+    Call it after setRemoteDescription (which creates the ICE transports) and
+    before setLocalDescription (which gathers). aioice binds one socket per
+    address it is given; an advertised address other than the socket's own is
+    an extra host candidate on the same socket (an announced public address of
+    a 1:1 NAT), and ICE checks arriving for it reach that socket all the same,
+    since aioice pairs by socket, not by candidate address.
+    """
+    for connection in _ice_connections(pc):
+        _require(connection, _GATHERING_STARTED)
+        _require(connection, _GET_COMPONENT_CANDIDATES)
+        if getattr(connection, _GATHERING_STARTED):
+            raise SeamError("offer_addresses() called after gathering started")
+        setattr(
+            connection,
+            _GET_COMPONENT_CANDIDATES,
+            _gather_on(getattr(connection, _GET_COMPONENT_CANDIDATES), local, advertised),
+        )
+
+
+def _gather_on(
+    original: Callable[..., Any],
+    local: Sequence[str],
+    advertised: Callable[[str], Sequence[str]],
+) -> Callable[..., Any]:
+    async def get_component_candidates(
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 - aioice's own signature
+    ) -> list[Candidate]:
+        # aioice passes no addresses under the relay-only policy: keep it that way.
+        chosen = list(local) if addresses else []
+        gathered: list[Candidate] = await original(
+            component=component, addresses=chosen, timeout=timeout
+        )
+        candidates = []
+        for candidate in gathered:
+            if candidate.type != "host":
+                candidates.append(candidate)
+                continue
+            for address in advertised(candidate.host):
+                candidates.append(
+                    candidate
+                    if address == candidate.host
+                    else Candidate(
+                        foundation=candidate_foundation("host", candidate.transport, address),
+                        component=candidate.component,
+                        transport=candidate.transport,
+                        priority=candidate.priority,
+                        host=address,
+                        port=candidate.port,
+                        type="host",
+                    )
+                )
+        return candidates
+
+    return get_component_candidates

@@ -39,6 +39,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
+from rtc import aiortc_seam
 from rtc.stamp import Stamp, draw_video_frame, luma, read_stamp
 
 __all__ = ["ChatClient", "ReceivedFrame", "SignallingError", "main"]
@@ -49,6 +50,7 @@ VIDEO_CLOCK_RATE = 90_000
 AUDIO_RATE = 48_000
 AUDIO_SAMPLES = 960  # 20 ms, what Opus packs into one packet
 # Bounds on what a long benchmark run keeps in memory.
+ICE_TCP_CHOICES = ("no", "also", "only")
 MAX_FRAMES_KEPT = 10_000
 MAX_LATENCIES_KEPT = 10_000
 # 160 ms of audio: enough for a 6 Hz FFT resolution, short enough that the
@@ -227,6 +229,7 @@ class ChatClient:
         media_file: str | None = None,
         video_codec: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        ice_tcp: str = "no",
     ) -> None:
         if not 0 <= tag < 1 << 16:
             raise ValueError(f"tag {tag} is not a 16-bit number")
@@ -237,6 +240,11 @@ class ChatClient:
         self.fps = fps
         self.tone_hz = tone_hz
         self.media_file = media_file
+        # ICE over TCP (RFC 6544 active): "also" offers it besides UDP, as browsers
+        # do; "only" offers nothing else (a client that cannot send UDP at all).
+        if ice_tcp not in ICE_TCP_CHOICES:
+            raise ValueError(f"ice_tcp must be one of {', '.join(ICE_TCP_CHOICES)}")
+        self.ice_tcp = ice_tcp
         # For wss:// with a certificate of your own CA (a staging proxy, tests/test_nginx.py).
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._video_preferences = (
@@ -347,6 +355,8 @@ class ChatClient:
                 if transceiver.kind == "video":
                     transceiver.setCodecPreferences(self._video_preferences)
 
+        if self.ice_tcp != "no":
+            aiortc_seam.use_active_tcp(pc, only=self.ice_tcp == "only")
         # aiortc gathers every ICE candidate inside setLocalDescription, so the
         # offer is complete and nothing needs trickling.
         await pc.setLocalDescription(await pc.createOffer())

@@ -20,6 +20,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from rtc import aiortc_seam
 from rtc.candidate import MAX_REMOTE_CANDIDATES, CandidateError, check_candidate
+from rtc.host_addresses import HostAddresses
+from rtc.mux import MediaMux
 from rtc.offer import KINDS as KINDS
 from rtc.offer import OfferError, check_offer
 from rtc.publisher import Publisher
@@ -58,15 +60,24 @@ class MediaState(Enum):
     LOST = "lost"
 
 
+def _no_ice_servers() -> list[RTCIceServer]:
+    return []
+
+
 @dataclass(frozen=True)
 class PeerSettings:
-    ice_servers: tuple[RTCIceServer, ...] = ()
+    # Called per connection: TURN credentials, when the server uses TURN, are minted per use.
+    ice_servers: Callable[[], list[RTCIceServer]] = _no_ice_servers
+    # Which local addresses to gather on and announce (rtc/host_addresses.py); None: aioice's own.
+    host_addresses: HostAddresses | None = None
     keyframe_interval: float = 0.5
     media_timeout: float = 5.0
     connect_timeout: float = 20.0
     watchdog_interval: float = 0.5
     # Decode and re-encode every frame instead of forwarding it (a baseline to measure against).
     transcode: bool = False
+    # The shared media port(s) every connection gathers on; None: a socket per connection.
+    media: MediaMux | None = None
 
 
 StateHandler = Callable[["Peer", MediaState, str], None]
@@ -115,7 +126,7 @@ class Peer:
             checked = check_offer(offer_sdp)
         except OfferError as exc:
             raise PeerError("bad_sdp", str(exc)) from None
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._settings.ice_servers)))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._settings.ice_servers()))
         self._pc = pc
         self._remote_candidates = checked.candidates
         pc.on("connectionstatechange", self._on_connection_state)
@@ -150,6 +161,12 @@ class Peer:
             encoder_keyframe[kind] = aiortc_seam.on_keyframe_request(
                 sender, subscriber.on_keyframe_request
             )
+        hosts = self._settings.host_addresses
+        if self._settings.media is not None:
+            # The shared sockets were bound on the chosen addresses, announced as configured.
+            aiortc_seam.use_media_mux(pc, self._settings.media)
+        elif hosts is not None:
+            aiortc_seam.offer_addresses(pc, hosts.local, hosts.advertised)
         try:
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:

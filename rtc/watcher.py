@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
-    RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.sdp import SessionDescription
 
 from rtc import aiortc_seam
-from rtc.peer import KINDS, Peer, PeerError
+from rtc.peer import KINDS, Peer, PeerError, PeerSettings
 from rtc.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -35,12 +34,12 @@ class Watcher:
     (receive-only), in the order of `peers`.
     """
 
-    def __init__(self, moderator: str, ice_servers: Sequence[RTCIceServer] = ()) -> None:
+    def __init__(self, moderator: str, settings: PeerSettings | None = None) -> None:
         self.id = secrets.token_urlsafe(9)
         self.moderator = moderator
         self.watched: list[str] = []
         self.subscribers: list[Subscriber] = []
-        self._ice_servers = list(ice_servers)
+        self._settings = settings if settings is not None else PeerSettings()
         self._pc: RTCPeerConnection | None = None
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
@@ -61,7 +60,9 @@ class Watcher:
         # the first one's transport before BUNDLE replaces it, leaving that
         # m-line on a dead transport; max-bundle puts every m-line on one.
         pc = self._pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=self._ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+            RTCConfiguration(
+                iceServers=self._settings.ice_servers(), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+            )
         )
         pc.on("connectionstatechange", self._on_connection_state)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -77,6 +78,9 @@ class Watcher:
                 hook = aiortc_seam.on_keyframe_request(sender, subscriber.on_keyframe_request)
                 self.subscribers.append(subscriber)
                 keyframe_hooks.append((subscriber, sender, hook))
+        hosts = self._settings.host_addresses
+        if hosts is not None:
+            aiortc_seam.offer_addresses(pc, hosts.local, hosts.advertised)
         await pc.setLocalDescription(await pc.createAnswer())
         by_sender = {id(t.sender): t for t in pc.getTransceivers()}
         for (subscriber, sender, hook), peer in zip(

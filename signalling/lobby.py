@@ -49,6 +49,8 @@ PAIR_TIMEOUT = 3.0
 WATCH_INTERVAL = 1.0
 # Seconds a draining node waits for its clients to go before it stops.
 DRAIN_SECONDS = 3.0
+# Seconds before a user the matcher could not take (Redis away) is offered again.
+ENQUEUE_RETRY = 0.5
 
 
 class Lobby:
@@ -67,7 +69,7 @@ class Lobby:
         relay: Relay,
         matcher_factory: MatcherFactory,
         *,
-        ice_servers: list[dict[str, str]],
+        ice_servers: Callable[[str], list[dict[str, str]]],
         limits: AddressLimits | None = None,
         bus: SessionBus | None = None,
         registry: NodeRegistry | None = None,
@@ -180,7 +182,8 @@ class Lobby:
         hello = {
             "type": "hello",
             "id": session.id,
-            "iceServers": self._ice_servers,
+            # Minted per session: TURN credentials of its own (rtc/ice_servers.py).
+            "iceServers": self._ice_servers(repr(session)),
             "limits": p.LIMITS,
             # How long after a pair ends `report`/`block` still take its pairId.
             "reportWindow": self.report_window,
@@ -387,10 +390,24 @@ class Lobby:
         if self.sessions.get(session.id) is not session:
             return
         session.queued = True
-        with contextlib.suppress(AlreadyWaiting):
+        try:
             await self.matcher.enqueue(
                 session.id, session.interests, tags=session.tags, avoid=tuple(session.avoid)
             )
+        except AlreadyWaiting:
+            pass
+        except Exception as exc:
+            # The matcher's store is away (Redis restarting): the user keeps waiting and
+            # is offered again shortly, rather than waiting forever unqueued.
+            session.queued = False
+            logger.warning(
+                "%r: could not queue (%s); retrying in %s s", session, exc, ENQUEUE_RETRY
+            )
+            self._spawn(self._enqueue_later(session), f"requeue {session.id}")
+
+    async def _enqueue_later(self, session: Session) -> None:
+        await asyncio.sleep(ENQUEUE_RETRY)
+        await self._enqueue(session)
 
     def _on_match(self, match: Match) -> None:
         """A match this node's matcher made; one side may be on another node."""

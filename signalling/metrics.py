@@ -102,6 +102,9 @@ class _LobbyCollector(Collector):
             for kind in KINDS:
                 family.add_metric([kind], media[name, kind])
             yield family
+        media_port = self._lobby.relay.settings.media
+        if media_port is not None:
+            yield from _media_port_metrics(media_port.stats())
         # The scrape runs on the event loop's thread: its CPU time is the
         # forwarding path's, while process_cpu_seconds_total adds codec threads.
         yield CounterMetricFamily(
@@ -109,6 +112,35 @@ class _LobbyCollector(Collector):
             "CPU time of the thread running the event loop (signalling and forwarding)",
             time.thread_time(),
         )
+
+
+def _media_port_metrics(stats: dict[str, int]) -> Iterator[Any]:
+    """The shared media port (--media-port, rtc/mux.py)."""
+    yield GaugeMetricFamily(
+        "relay_media_port_connections", "ICE connections on the media port", stats["connections"]
+    )
+    yield GaugeMetricFamily(
+        "relay_media_port_addresses",
+        "Remote addresses the media port remembers (authenticated or checked)",
+        stats["remembered"],
+    )
+    yield CounterMetricFamily(
+        "relay_media_port_datagrams_received", "Datagrams read on the media port", stats["received"]
+    )
+    yield GaugeMetricFamily(
+        "relay_media_port_tcp_streams",
+        "ICE-TCP streams (--media-tcp-port) that authenticated to a connection",
+        stats["tcp_streams"],
+    )
+    dropped = CounterMetricFamily(
+        "relay_media_port_dropped",
+        "Datagrams dropped on the media port: from an address no connection knows "
+        "(unknown), or STUN naming a connection without its password (unauthenticated)",
+        labels=["reason"],
+    )
+    dropped.add_metric(["unknown"], stats["dropped_unknown"])
+    dropped.add_metric(["unauthenticated"], stats["dropped_unauthenticated"])
+    yield dropped
 
 
 class RelayMetrics:

@@ -17,6 +17,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from rtc import aiortc_seam, rtp
 from rtc.media import is_keyframe
+from rtc.mux import MediaMux, UdpMux
 
 
 async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
@@ -288,3 +289,126 @@ def test_packet_path_names_are_checked() -> None:
 
     with pytest.raises(aiortc_seam.SeamError, match="_run_rtp"):
         aiortc_seam.PacketSender(NotASender())  # type: ignore[arg-type]
+
+
+async def test_a_connection_on_the_media_mux_gathers_receives_and_lets_go() -> None:
+    """use_media_mux: the ICE connection's only candidate is the shared socket's, packets
+    reach receive_packets through it, and closing leaves the socket as it was."""
+    host = aiortc_seam.interface_addresses()[0]
+    media = MediaMux([UdpMux.open(host, 0)])
+    socket_port = media.udp[0].port
+    a, server = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        a.addTrack(VideoStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await server.setRemoteDescription(a.localDescription)
+        aiortc_seam.use_media_mux(server, media)
+        await server.setLocalDescription(await server.createAnswer())
+        views: list[rtp.RtpView] = []
+        receiver = server.getTransceivers()[0].receiver
+        aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+        candidates = [
+            line for line in server.localDescription.sdp.splitlines() if "a=candidate" in line
+        ]
+        assert len(candidates) == 1 and f" {host} {socket_port} typ host" in candidates[0]
+        await a.setRemoteDescription(server.localDescription)
+        await _until(lambda: len(views) >= 30)
+        assert media.stats()["connections"] == 1
+        assert 1 <= media.stats()["remembered"] <= 4
+        pair = receiver.transport.transport._connection._nominated[1]  # type: ignore[attr-defined]
+        assert pair.protocol.transport is media.udp[0]
+    finally:
+        await server.close()
+        await a.close()
+    assert media.stats()["connections"] == 0 and media.stats()["remembered"] == 0
+    assert not media.udp[0].is_closing()
+    media.close()
+
+
+def test_media_mux_names_are_checked() -> None:
+    class NotAConnection:
+        pass
+
+    class Transport:
+        _connection = NotAConnection()
+
+    class Dtls:
+        transport = Transport()
+
+    class Receiver:
+        transport = Dtls()
+
+    class Transceiver:
+        receiver = Receiver()
+
+    class Pc:
+        def getTransceivers(self) -> list[Transceiver]:
+            return [Transceiver()]
+
+    media = MediaMux([])
+    with pytest.raises(aiortc_seam.SeamError, match="get_component_candidates"):
+        aiortc_seam.use_media_mux(Pc(), media)  # type: ignore[arg-type]
+
+
+async def test_a_mux_socket_announced_at_other_addresses_offers_each() -> None:
+    """Behind a 1:1 NAT the socket is offered at the public address (and the local one)."""
+    host = aiortc_seam.interface_addresses()[0]
+    announced = "203.0.113.7" if ":" not in host else "2001:db8::7"
+    media = MediaMux([UdpMux.open(host, 0, (announced, host))])
+    a, server = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        a.addTrack(VideoStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await server.setRemoteDescription(a.localDescription)
+        aiortc_seam.use_media_mux(server, media)
+        await server.setLocalDescription(await server.createAnswer())
+        candidates = [
+            line.split()[4:6]
+            for line in server.localDescription.sdp.splitlines()
+            if line.startswith("a=candidate")
+        ]
+        port = str(media.udp[0].port)
+        assert candidates == [[announced, port], [host, port]]
+    finally:
+        await server.close()
+        await a.close()
+        media.close()
+
+
+# -- ICE: which addresses the server offers, and which pair media took -----------
+
+
+async def test_offer_addresses_gathers_on_the_chosen_address_and_announces_another() -> None:
+    from aiortc import RTCConfiguration
+
+    from rtc.host_addresses import default_route_address
+
+    local = default_route_address(4) or aiortc_seam.interface_addresses()[0]
+    announced = "203.0.113.9"
+    offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        offerer.addTrack(AudioStreamTrack())
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        aiortc_seam.offer_addresses(answerer, [local], lambda address: [announced, address])
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        candidates = [
+            line.split()
+            for line in answerer.localDescription.sdp.splitlines()
+            if line.startswith("a=candidate:")
+        ]
+        # One socket on the chosen address, offered as itself and as the announced one.
+        assert {(c[4], c[7]) for c in candidates} == {(announced, "host"), (local, "host")}
+        assert len({c[5] for c in candidates}) == 1
+        with pytest.raises(aiortc_seam.SeamError):
+            aiortc_seam.offer_addresses(answerer, [local], lambda address: [address])
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await _until(lambda: answerer.connectionState == "connected")
+        # The announced address does not exist here: the local one carried the checks.
+        pair = aiortc_seam.selected_pair(answerer)
+        assert pair is not None
+        assert (pair[0].type, pair[0].host) == ("host", local)
+    finally:
+        await offerer.close()
+        await answerer.close()

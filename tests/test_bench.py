@@ -185,6 +185,7 @@ def test_help_describes_every_option() -> None:
         "--max-other-cpu",
         "--cluster",
         "--placement",
+        "--media-port",
     ):
         assert option in done.stdout
 

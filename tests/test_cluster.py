@@ -8,8 +8,10 @@ pipe between the two nodes (rtc/pipe.py, rtc/pipe_bridge.py).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -167,10 +169,16 @@ async def test_a_redis_restart_keeps_pairs_and_matching_resumes(nodes, clients) 
         await waiter.wait_for("waiting", timeout=TIMEOUT)
 
         redis.stop()
+        # Typed while Redis is away: held by a's node and delivered, in order, once it is back.
+        await a.chat("during the outage")
+        await a.chat("in order")
+        await asyncio.sleep(1)
         redis = RedisServer(redis.port)  # empty: no persistence
         # Past the heartbeat TTL: each node has rejoined and put its waiters back.
         await asyncio.sleep(6)
         assert not any(m["type"] == "partner_left" for m in a.messages + b.messages)
+        assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "during the outage"
+        assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "in order"
         await a.chat("still here")
         assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "still here"
         newcomer = await connected(two, clients, 4)
@@ -235,8 +243,8 @@ async def test_next_between_a_remote_and_a_local_partner_keeps_one_stream(nodes,
                 assert 0 <= stats.packetsLost < 50, (receiver.track.kind, stats)
 
 
-async def test_two_workers_share_a_port_and_pair_across(nodes, clients) -> None:
-    server = nodes("--workers", "2")
+async def one_client_per_worker(server: RelayServer, clients: list) -> dict[str, ChatClient]:
+    """Connect until two clients sit on two different workers; the others are closed."""
     by_node: dict[str, ChatClient] = {}
     for tag in range(1, 40):
         client = await connected(server, clients, tag)
@@ -245,15 +253,83 @@ async def test_two_workers_share_a_port_and_pair_across(nodes, clients) -> None:
         else:
             by_node[client.hello["node"]] = client
         if len(by_node) == 2:
-            break
-    assert len(by_node) == 2, "the kernel gave every connection to one worker"
-    a, b = by_node.values()
+            return by_node
+    raise AssertionError(f"the kernel gave every connection to one worker: {list(by_node)}")
+
+
+async def pair_and_chat(a: ChatClient, b: ChatClient, text: str) -> None:
     await a.start()
     await b.start()
     await a.wait_for("matched", timeout=TIMEOUT)
     await b.wait_for("matched", timeout=TIMEOUT)
-    await a.chat("across workers")
-    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "across workers"
+    await a.chat(text)
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == text
+
+
+async def test_two_workers_share_a_port_and_pair_across(nodes, clients) -> None:
+    server = nodes("--workers", "2")
+    a, b = (await one_client_per_worker(server, clients)).values()
+    await pair_and_chat(a, b, "across workers")
+
+
+def worker_pids(server: RelayServer) -> set[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    pid = server.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {
+        int(child)
+        for child in children
+        if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+
+
+async def test_a_worker_killed_is_restarted_and_its_partner_told(nodes, clients) -> None:
+    server = nodes("--workers", "2")
+    before = worker_pids(server)
+    assert len(before) == 2, before
+    first = await one_client_per_worker(server, clients)
+    a, b = first.values()
+    await pair_and_chat(a, b, "before the crash")
+
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    # Whichever client sat on the killed worker lost its socket; the other is told.
+    told = await asyncio.wait_for(
+        _first_ok(
+            a.wait_for("partner_left", timeout=None),
+            b.wait_for("partner_left", timeout=None),
+        ),
+        NODE_DEATH_TIMEOUT,
+    )
+    assert told["reason"] == "disconnect", told
+
+    async with asyncio.timeout(TIMEOUT):
+        while len(after := worker_pids(server)) < 2:
+            await asyncio.sleep(0.1)
+    assert victim not in after and len(after - before) == 1, (before, after)
+    # The restarted worker takes visitors again: two new clients meet across the workers,
+    # one of them on a node that did not exist before the crash.
+    second = await one_client_per_worker(server, clients)
+    assert set(second) - set(first), (list(first), list(second))
+    c, d = second.values()
+    await pair_and_chat(c, d, "after the restart")
+    assert "exited with code -9" in server.log()
+
+
+async def _first_ok(*waits: Any) -> Any:
+    """The result of the first awaitable that succeeds (a closed socket's ConnectionError is not)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                return await next_done
+            except ConnectionError:
+                continue
+        raise AssertionError("no awaitable succeeded")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _until(predicate) -> None:

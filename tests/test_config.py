@@ -85,6 +85,8 @@ def test_help_documents_every_option() -> None:
         "--relay",
         "--log-level",
         "--web-dir",
+        "--media-port",
+        "--media-tcp-port",
     ):
         assert flag in out
     assert "RELAY_PORT" in out
@@ -138,3 +140,99 @@ def test_login_throttle_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RELAY_LOGIN_THROTTLE_AFTER", raising=False)
     assert parse_settings([]).login_throttle_after == 5
     assert parse_settings(["--login-throttle-after", "0"]).login_throttle_after == 0
+
+
+def test_media_ports_a_port_or_a_range_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (parse_settings([]).media_port, parse_settings([]).media_tcp_port) == (0, 0)
+    settings = parse_settings(["--media-port", "50000", "--media-tcp-port", "443"])
+    assert (settings.media_port, settings.media_tcp_port) == (50000, 443)
+    monkeypatch.setenv("RELAY_MEDIA_PORT", "40000-40003")
+    assert parse_settings([]).media_port == 40000
+    cluster = ["--redis", "redis://r/0", "--cluster-secret", "s" * 16]
+    assert parse_settings([*cluster, "--workers", "4"]).media_port == 40000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--media-port", "70000"],
+        ["--media-port", "5-4"],
+        ["--media-port", "port"],
+        ["--media-tcp-port", "443"],  # without --media-port
+        [
+            "--redis",
+            "redis://r/0",
+            "--cluster-secret",
+            "s" * 16,
+            "--workers",
+            "3",
+            "--media-port",
+            "50000-50001",
+        ],
+    ],
+)
+def test_bad_media_ports_are_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings(args)
+    assert "media" in capsys.readouterr().err
+
+
+def test_turn_secret_mints_per_visitor_instead_of_static_credentials(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("RELAY_TURN_USERNAME", "RELAY_TURN_PASSWORD", "RELAY_TURN_TTL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RELAY_TURN_SECRET", "shared-with-coturn")
+    settings = parse_settings(["--turn", "turns:t.example:443?transport=tcp"])
+    assert settings.ice.turn_secret == "shared-with-coturn"
+    assert settings.ice.turn_ttl == 86400.0 and not settings.ice.server_uses_turn
+    # The secret never shows in a printed Settings.
+    assert "shared-with-coturn" not in repr(settings)
+    assert parse_settings(["--turn", "turn:t.example", "--turn-ttl", "600"]).ice.turn_ttl == 600
+    for bad, reason in (
+        (["--turn", "turn:t.example", "--turn-username", "u"], "drop --turn-username"),
+        ([], "--turn-secret needs --turn"),
+        (["--turn", "turn:t.example", "--turn-ttl", "0"], "above 0"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_settings(bad)
+        assert reason in capsys.readouterr().err
+
+
+def test_announced_and_media_addresses(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("ANNOUNCE_IP", "MEDIA_IP", "ANNOUNCE_KEEP_LOCAL"):
+        monkeypatch.delenv(f"RELAY_{name}", raising=False)
+    ice = parse_settings([]).ice
+    assert (ice.announce_ips, ice.media_ips, ice.announce_keep_local) == ((), (), False)
+    ice = parse_settings(
+        ["--announce-ip", "203.0.113.7", "--announce-ip", "2001:DB8::7", "--announce-keep-local"]
+    ).ice
+    assert ice.announce_ips == ("203.0.113.7", "2001:db8::7") and ice.announce_keep_local
+    monkeypatch.setenv("RELAY_MEDIA_IP", "10.0.0.5, 10.0.1.5")
+    assert parse_settings([]).ice.media_ips == ("10.0.0.5", "10.0.1.5")
+    assert parse_settings(["--media-ip", "all"]).ice.media_ips == ("all",)
+    for bad, reason in (
+        (["--announce-ip", "example.org"], "a unicast IP address"),
+        (["--announce-ip", "203.0.113.7", "--announce-ip", "203.0.113.8"], "one IPv4"),
+        (["--announce-keep-local"], "needs --announce-ip"),
+        (["--media-ip", "0.0.0.0"], "an address of this machine"),
+        (["--media-ip", "all", "--media-ip", "10.0.0.5"], "give it alone"),
+        (["--server-uses-turn"], "--server-uses-turn needs --turn"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_settings(bad)
+        assert reason in capsys.readouterr().err
+
+
+def test_a_media_ip_this_machine_lacks_stops_the_server_with_a_reason() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--media-ip", "198.51.100.77"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "--media-ip 198.51.100.77 is not an address of this machine" in run.stderr
+    assert "Traceback" not in run.stderr
