@@ -295,3 +295,32 @@ async def test_the_dashboards_event_stream_ends_when_the_server_stops(relay_serv
             while await stream.content.readline():
                 pass
         assert await stopping == 0
+
+
+# -- across nodes ------------------------------------------------------------------
+
+
+async def test_a_block_across_two_nodes_holds_and_both_sides_share_the_pair_id(
+    nodes, clients, tmp_path: Path
+) -> None:
+    # Each node its own store here (the shared store is the cluster work): the block
+    # holds through the matcher, by the visit's tag, which is the same everywhere.
+    one = nodes("--db", str(tmp_path / "one.sqlite3"), "--recordings-dir", str(tmp_path / "r1"))
+    two = nodes("--db", str(tmp_path / "two.sqlite3"), "--recordings-dir", str(tmp_path / "r2"))
+    a = await visitor(one, clients, 1, "browser-A-0123")
+    b = await visitor(two, clients, 2, "browser-B-0123")
+    assert a.hello["node"] != b.hello["node"]
+    await a.start()
+    await b.start()
+    matched_a = await a.wait_for("matched", timeout=TIMEOUT)
+    matched_b = await b.wait_for("matched", timeout=TIMEOUT)
+    assert matched_a["pairId"] == matched_b["pairId"]
+    await b.send({"type": "block"})
+    assert (await b.wait_for("blocked", timeout=TIMEOUT))["pairId"] == matched_b["pairId"]
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "next"
+    await a.start()
+    await asyncio.sleep(APART)
+    assert (matches(a), matches(b)) == (1, 1), "the blocked pair met again across nodes"
+    c = await visitor(one, clients, 3, "browser-C-0123")
+    await c.start()
+    await c.wait_for("matched", timeout=TIMEOUT)
