@@ -154,6 +154,13 @@ async def test_a_stranger_who_left_is_reported_from_the_recent_list_and_banned_f
         await bob.expect_banner("banned")
         await bob.expect_banner("example.org/appeal")
         await mod.screenshot(path=str(artifacts / "queue.png"))
+
+        # Kick from the live view: a dialog with the message, no prompt.
+        await mod.click(f"[data-session='{y.id}'] button[data-act=kick]")
+        await mod.fill("#kick-message", "please be kind")
+        await mod.click("#kick-submit")
+        kicked = await y.wait_for("error", timeout=30, predicate=lambda m: m["code"] == "kicked")
+        assert kicked["message"] == "please be kind"
         assert not errors, errors
     finally:
         await context.close()

@@ -132,7 +132,7 @@ document.addEventListener("click", async (event) => {
       case "record": await api("/recordings", { method: "POST", body: { sessionIds: ids } }); break;
       case "stoprec": await api("/recordings/stop", { method: "POST", body: { sessionIds: ids } }); break;
       case "kick": {
-        const message = prompt("Message to the user", "A moderator ended your session.");
+        const message = await askKick(ids[0]);
         if (message === null) return;
         await api(`/sessions/${encodeURIComponent(ids[0])}/kick`, { method: "POST", body: { message } });
         break;
@@ -160,6 +160,22 @@ $("#watch-stop").addEventListener("click", () => stopWatching());
 $("#watch-audio").addEventListener("change", (e) => {
   for (const i of [0, 1]) $(`#watch-video-${i}`).muted = !e.target.checked;
 });
+
+// The kick dialog: the message the person is shown; null when cancelled.
+function askKick(sessionId) {
+  const dialog = $("#kick-dialog");
+  $("#kick-who").textContent = sessionId;
+  $("#kick-form").reset();
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => resolve(dialog.returnValue === "kick" ? $("#kick-message").value.trim() : null),
+      { once: true },
+    );
+    dialog.showModal();
+  });
+}
 
 async function loop(fn, ms) {
   for (;;) {
