@@ -30,6 +30,8 @@ WATCHERS = web.AppKey("watchers", dict[str, Watcher])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
+# Chat lines the watch view shows.
+LIVE_CHAT_LINES = 100
 # Seconds between keep-alive comments on the dashboard's event stream.
 HEARTBEAT = 15.0
 # Report decisions a moderator can resolve with (a ban resolves as "banned" itself).
@@ -47,6 +49,7 @@ def setup_routes(app: web.Application, dashboard_dir: str) -> None:
     r.add_get("/moderate/static/{name}", dashboard_file)
     r.add_get("/api/moderate/sessions", sessions)
     r.add_get("/api/moderate/sessions/{id}/thumbnail", thumbnail)
+    r.add_get("/api/moderate/sessions/{id}/chat", live_chat)
     r.add_post("/api/moderate/sessions/{id}/kick", kick)
     r.add_get("/api/moderate/bans", bans)
     r.add_post("/api/moderate/bans", ban)
@@ -144,6 +147,20 @@ async def thumbnail(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     return web.Response(
         body=followed.thumbnail, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def live_chat(request: web.Request) -> web.Response:
+    """The current pair's chat of a session on this node (the watch view shows it live)."""
+    session = request.app[MODERATION].lobby.sessions.get(request.match_info["id"])
+    if session is None:
+        raise web.HTTPNotFound(text="no such session")
+    lines = list(session.transcript)[-LIVE_CHAT_LINES:]
+    return web.json_response(
+        {
+            "partner": session.partner.id if session.partner else None,
+            "chat": [{"at": at, "sender": sender, "text": text} for at, sender, text in lines],
+        }
     )
 
 

@@ -155,6 +155,13 @@ async def test_a_partner_who_left_is_reported_by_pair_id_with_their_media_from_b
     await b.wait_for("chat", timeout=TIMEOUT)
     await b.chat("look at this")
     await a.wait_for("chat", timeout=TIMEOUT)
+    # A moderator watching the pair reads their chat live.
+    live = await api(relay_server, "GET", f"/sessions/{a.id}/chat")
+    assert live["partner"] == b.id
+    assert [(line["sender"], line["text"]) for line in live["chat"]] == [
+        (a.id, "hi"),
+        (b.id, "look at this"),
+    ]
     await a.wait_frames(tag=2, count=60, timeout=TIMEOUT)
     assert b._stamped_video is not None
     left_at = b._stamped_video.counter

@@ -99,18 +99,28 @@ async function watch(ids) {
   });
   const answer = await api("/watch", { method: "POST", body: { sessionIds: ids, sdp: pc.localDescription.sdp } });
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-  watching = { id: answer.watchId, pc, ids };
+  watching = { id: answer.watchId, pc, ids, chat: setInterval(() => showChat(ids).catch(() => {}), 1000) };
+  await showChat(ids);
   $("#watch-who").textContent = ids.join(" & ");
   $("#watch").hidden = false;
 }
 
 async function stopWatching() {
   if (!watching) return;
-  const { id, pc } = watching;
+  const { id, pc, chat } = watching;
+  clearInterval(chat);
+  $("#watch-chat").replaceChildren();
   watching = null;
   pc.close();
   $("#watch").hidden = true;
   await api(`/watch/${encodeURIComponent(id)}`, { method: "DELETE" }).catch(() => {});
+}
+
+// The watched pair's chat, live (the first watched person's pair: both directions).
+async function showChat(ids) {
+  const { chat } = await api(`/sessions/${encodeURIComponent(ids[0])}/chat`);
+  $("#watch-chat").innerHTML = chat.map((l) => `<li><time>${new Date(l.at * 1000).toLocaleTimeString()}</time>
+    <b>${esc(l.sender)}</b> ${esc(l.text)}</li>`).join("") || '<li class="meta">no chat yet</li>';
 }
 
 function play(name) {
