@@ -51,6 +51,7 @@ export const notes = {
   escAgain: t("notes.escAgain"),
   reportSent: t("notes.reportSent"),
   reportRecorded: t("notes.reportRecorded"),
+  blocked: t("notes.blocked"),
   reconnected: t("notes.reconnected"),
   ageRequired: t("notes.ageRequired"),
   asking: t("notes.asking"),
