@@ -276,14 +276,23 @@ async def relay_phase(
     await asyncio.sleep(WARMUP)
 
     before = await _scrape(nodes)
-    profiling = (
-        asyncio.create_task(record(nodes[0].pid, load.seconds, profile)) if profile else None
+    # One profile per node: in a cluster, node i's beside `profile` with "-node{i}" added.
+    profiles = (
+        [profile]
+        if profile is None or len(nodes) == 1
+        else [profile.with_name(f"{profile.name}-node{i}") for i in range(len(nodes))]
     )
+    profiling = [
+        asyncio.create_task(record(node.pid, load.seconds, path))
+        for node, path in zip(nodes, profiles, strict=True)
+        if path is not None
+    ]
     start, end = await _measure(load.seconds, meter, progress, label)
     after = await _scrape(nodes)
-    if profiling is not None and profile is not None:
-        await profiling
-        progress(f"{label}: profile summary in {write_summary(profile)}")
+    for task, path in zip(profiling, profiles, strict=False):
+        await task
+        if path is not None:
+            progress(f"{label}: profile summary in {write_summary(path)}")
     rss = meter.rss_mb("server")
     await asyncio.sleep(GRACE)
 

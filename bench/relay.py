@@ -99,7 +99,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="PATH",
-        help="py-spy the server during the first relay window; collapsed stacks here, summary in PATH.txt",
+        help="py-spy the server during the first relay window; collapsed stacks here, summary "
+        "in PATH.txt (with --cluster: one per placement and node, PATH-local-node0 ...)",
     )
     p.add_argument(
         "--log-dir", type=Path, help="keep server and worker logs here (default: a temp dir)"
@@ -247,7 +248,9 @@ async def _measure_cluster(
                 placement,
                 pairs,
                 pool,
-                _cluster(args, pool, placement, url, redis.pid, load, log_dir),
+                _cluster(
+                    args, pool, placement, url, redis.pid, load, log_dir, _profile(args, placement)
+                ),
             )
     finally:
         await pool.close()
@@ -280,6 +283,7 @@ async def _cluster(
     redis_pid: int,
     load: Load,
     log_dir: Path,
+    profile: Path | None,
 ) -> dict[str, Any]:
     nodes = tuple(
         RelayServer(
@@ -304,7 +308,12 @@ async def _cluster(
         await asyncio.gather(*(node.start() for node in nodes))
         cluster = phases.Cluster(nodes, placement, extra_pids=(redis_pid,))
         result = await phases.relay_phase(
-            pool, nodes[0], load, cluster=cluster, dump=_dump(args, f"{placement}-{load.pairs}")
+            pool,
+            nodes[0],
+            load,
+            cluster=cluster,
+            dump=_dump(args, f"{placement}-{load.pairs}"),
+            profile=profile,
         )
     finally:
         codes = await asyncio.gather(*(node.stop() for node in nodes))
@@ -358,6 +367,12 @@ async def _ours(
         code = await server.stop()
     result["server_exit_code"] = code
     return result
+
+
+def _profile(args: argparse.Namespace, placement: str) -> Path | None:
+    """With --cluster: where each placement's profiles go (one per node, see relay_phase)."""
+    profile: Path | None = args.profile
+    return None if profile is None else profile.with_name(f"{profile.name}-{placement}")
 
 
 def _dump(args: argparse.Namespace, name: str) -> Path | None:
