@@ -485,6 +485,12 @@ def _describe_cluster(result: dict[str, Any]) -> str:
             f"{_fmt(run['latency_ms_p95']):>8}{_fmt(run.get('next_first_frame_ms_p50')):>9}"
             f"{_fmt(run.get('next_first_frame_ms_p95')):>9}{_fmt(run['time_to_match_ms_p50']):>10}"
         )
+    cross = result.get("cross")
+    if isinstance(cross, dict) and cross.get("pipe_messages_per_datagram"):
+        rows.append(
+            f"pipe (cross): {cross['pipe_datagrams_per_s']} datagrams/s sent, "
+            f"{cross['pipe_messages_per_datagram']} messages per datagram"
+        )
     rows.append(f"cross / local server CPU: {result.get('cross_over_local_cpu')}")
     for name, target in result.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]

@@ -9,11 +9,13 @@ remote-publisher habit of sending keyframe requests back on the same path.
 
 One UDP socket per node (`PipeEndpoint`) carries every stream both ways.
 Messages for one destination node are packed into as few datagrams as fit:
-each is queued and the datagram leaves at the end of the event loop's turn
-(before the next packet from the network is read, so no timer delays it), or
-earlier when the next message would make it larger than the destination's
-datagram limit (`max_datagram`: 1,400 bytes, safe on any network, or 32 KiB
-to a loopback address, which has no fragmentation). A datagram is
+each is queued, and the datagram leaves once the event loop has run the
+callbacks of the turn after the one that queued the first message (so the
+packets read while this node was busy join it, and no timer delays it: an idle
+loop runs that turn at once), or earlier when the next message would make it
+larger than the destination's datagram limit (`max_datagram`: 1,400 bytes,
+safe on any network, or 32 KiB to a loopback address, which has no
+fragmentation). A datagram is
 
     | version 1 | sender epoch 8 | counter 8 | message... | tag 16 |
 
@@ -409,6 +411,7 @@ class PipeEndpoint:
         # Messages waiting for the end of this turn of the event loop, by destination.
         self._batches: dict[Address, _Batch] = {}
         self._flush_handle: asyncio.Handle | None = None
+        self._rooms: dict[Address, int] = {}
         # Datagrams and messages, both ways.
         self.sent = 0
         self.received = 0
@@ -515,9 +518,7 @@ class PipeEndpoint:
             batch = self._batches[to] = _Batch(self._room(to))
             if self._flush_handle is None:
                 assert self._loop is not None
-                # Runs first in the loop's next turn: after every packet read in this
-                # one, before any read in the next, so nothing waits for a timer.
-                self._flush_handle = self._loop.call_soon(self._flush)
+                self._flush_handle = self._loop.call_soon(self._flush_next_turn)
         elif batch.size + size > batch.room and batch.parts:
             self._send_datagram(to, batch.parts)
             batch.parts = []
@@ -529,11 +530,25 @@ class PipeEndpoint:
 
     def _room(self, to: Address) -> int:
         """How many bytes of messages one datagram to `to` carries."""
-        limit = self.max_datagram
-        if limit is None:
-            loopback = ipaddress.ip_address(to[0]).is_loopback
-            limit = LOOPBACK_DATAGRAM if loopback else NETWORK_DATAGRAM
-        return limit - HEADER_SIZE - TAG_SIZE
+        room = self._rooms.get(to)
+        if room is None:
+            limit = self.max_datagram
+            if limit is None:
+                loopback = ipaddress.ip_address(to[0]).is_loopback
+                limit = LOOPBACK_DATAGRAM if loopback else NETWORK_DATAGRAM
+            room = limit - HEADER_SIZE - TAG_SIZE
+            if len(self._rooms) >= MAX_EPOCHS:
+                self._rooms.clear()
+            self._rooms[to] = room
+        return room
+
+    def _flush_next_turn(self) -> None:
+        # A browser's packets come in bursts (a video frame is several), but the
+        # loop reads one per socket per turn: waiting one more turn lets the
+        # packets that arrived meanwhile share the datagram (3 a datagram
+        # instead of 1.3 in the cluster benchmark), for the time one turn takes.
+        assert self._loop is not None
+        self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Send every queued message: one datagram per destination, or a few if they are many."""
