@@ -97,6 +97,10 @@ NETWORK_DATAGRAM = 1_400
 LOOPBACK_DATAGRAM = 32_768
 # Datagrams read per wake-up of the socket at most, so other work gets its turn.
 DRAIN = 64
+# Socket buffers asked for (the kernel caps them at net.core.rmem_max/wmem_max):
+# a node the scheduler leaves out for 100 ms must still find what arrived meanwhile
+# (the default, about 200 KB, holds roughly that much of a few pairs' media).
+SOCKET_BUFFER = 2 * 1024 * 1024
 _RECEIVE_SIZE = 65_535
 _NONCE_PAD = bytes(4)
 # How far back (in datagrams from one sender) a late datagram is still accepted once.
@@ -439,6 +443,8 @@ class PipeEndpoint:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             sock.bind(address)
         except OSError:
             sock.close()
