@@ -117,8 +117,9 @@ async def measure(encrypt: bool, count: int, per_turn: int) -> dict[str, Any]:
     cpu = time.process_time()
     wall = time.perf_counter()
     for first in range(0, count, BURST):
-        for turn in range(first, min(first + BURST, count), per_turn):
-            for view in views[turn : turn + per_turn]:
+        last = min(first + BURST, count)
+        for turn in range(first, last, per_turn):
+            for view in views[turn : min(turn + per_turn, last)]:
                 source._on_packet(VP8, view)
             await asyncio.sleep(0)  # the turn ends: the datagram leaves
         arrivals.goal = start + min(first + BURST, count)
@@ -129,13 +130,14 @@ async def measure(encrypt: bool, count: int, per_turn: int) -> dict[str, Any]:
     cpu = time.process_time() - cpu
     wall = time.perf_counter() - wall
     delivered = arrivals.count - start
+    datagrams = node_x.sent
     await node_x.close()
     await node_y.close()
     return {
         "auth": "aes-128-gcm" if encrypt else "hmac-sha256-128",
         "packets": count,
         "per_turn": per_turn,
-        "datagrams": node_x.sent,
+        "datagrams": datagrams,
         "payload_bytes": PAYLOAD_SIZE,
         "send_us": round((sent - started) / count * 1e6, 2),
         "receive_us": round((received - sent) / count * 1e6, 2),
@@ -144,7 +146,7 @@ async def measure(encrypt: bool, count: int, per_turn: int) -> dict[str, Any]:
         # Per packet: message header and RTP fields (the RTP header they replace is 12
         # bytes), plus the datagram's header and tag shared by the packets of a turn.
         "overhead_bytes": round(
-            MESSAGE_HEADER_SIZE + 7 - 12 + (HEADER_SIZE + TAG_SIZE) / min(per_turn, count), 1
+            MESSAGE_HEADER_SIZE + 7 - 12 + (HEADER_SIZE + TAG_SIZE) * datagrams / count, 1
         ),
         "wall_s": round(wall, 3),
     }
