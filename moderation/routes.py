@@ -217,9 +217,15 @@ async def ban(request: web.Request) -> web.Response:
         identity = session.identity if scope.by_identity else None
         ip = session.ip if scope.by_address else None
         person = session.person if scope.by_identity else None
+        # A scope names what the ban must hold; a ban that quietly covers less than asked
+        # (say "identity+address" stored without the address) would let them back in.
         if scope.by_identity and identity is None:
             raise web.HTTPBadRequest(
                 text='this visitor sent no clientId: use scope "address" or "identity+address"'
+            )
+        if scope.by_address and ip is None:
+            raise web.HTTPBadRequest(
+                text='this visitor\'s address is not known: use scope "identity"'
             )
     if not (isinstance(identity, str) or isinstance(ip, str)):
         raise web.HTTPBadRequest(text="a ban needs a sessionId, an identity or an ip")
