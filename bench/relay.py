@@ -327,6 +327,9 @@ async def _cluster(
                 # moment can fail with "database is locked" (see docs/performance.md).
                 "--db",
                 str(log_dir / f"moderation-{placement}-{load.pairs}-node{i}.sqlite3"),
+                # --media-port with --cluster: every node reads its users on one port,
+                # drained per wake-up, so a pipe datagram gathers more packets.
+                *(("--media-port", str(free_udp_port())) if args.media_port else ()),
             ),
         )
         for i in range(args.cluster)
