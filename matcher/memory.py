@@ -119,8 +119,8 @@ class MemoryMatcher:
             end = _at_least(now, self._settings.interest_timeout)
             heapq.heappush(self._windows, (end, w.seq, user_id))
             heapq.heappush(self._due, (end, w.seq, user_id))
-        partner = self._waiting.get(self._last_partner.get(user_id, ""))
-        if partner is not None and self._recently_paired(user_id, partner.user_id):
+        last = self._last_partner.get(user_id)
+        if last is not None and last in self._waiting and self._recently_paired(user_id, last):
             # The newer of the two waits longest before a rematch is allowed.
             heapq.heappush(
                 self._due, (_at_least(now, self._settings.rematch_after), w.seq, user_id)

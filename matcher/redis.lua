@@ -121,8 +121,9 @@ local function unindex(rec)
   redis.call('ZREM', WAITING, u)
   for i in pairs(rec.interests) do redis.call('ZREM', int_key(rec.pool, i), u) end
   redis.call('ZREM', open_key(rec.pool), u)
-  redis.call('ZREM', WINDOWS, u)
-  redis.call('ZREM', due_key(rec.node), u)
+  -- Only a user with interests or a rematch wait ever has a timer.
+  if rec.n_interests > 0 then redis.call('ZREM', WINDOWS, u) end
+  if rec.n_interests > 0 or rec.rematch_at > 0 then redis.call('ZREM', due_key(rec.node), u) end
   redis.call('SREM', node_waiters_key(rec.node), u)
   if redis.call('EXISTS', node_waiters_key(rec.node)) == 0 then
     -- A node without waiters needs no liveness: nobody can be a ghost of it.
