@@ -89,7 +89,13 @@ async def test_a_banned_client_is_told_why(relay_server, tmp_path) -> None:
             relay_server,
             "POST",
             "/bans",
-            json={"sessionId": victim.id, "reason": "spamming links", "seconds": 600},
+            # The headless client sends no clientId: only its address can be banned.
+            json={
+                "sessionId": victim.id,
+                "reason": "spamming links",
+                "seconds": 600,
+                "scope": "address",
+            },
         )
     code, out = await run_client(relay_server.ws_url, 1, tmp_path / "x.json")
     assert code == 3, out

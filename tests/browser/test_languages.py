@@ -112,6 +112,8 @@ async def test_a_server_error_code_is_told_in_the_page_language(
     open_chat: OpenChat, relay_server: Any
 ) -> None:
     visitor = await open_chat("visitor", locale="tr-TR")
+    # The page makes its client id when it first needs it: wait for it on a slow machine.
+    await visitor.page.wait_for_function("localStorage.getItem('relay.clientId') !== null")
     identity = await visitor.page.evaluate("localStorage.getItem('relay.clientId')")
     token = base64.b64encode(f"mia:{SECRET}".encode()).decode()
     async with (
