@@ -219,6 +219,10 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             recording_retention=settings.recording_retention,
             evidence_seconds=settings.evidence_seconds,
             analyzer_interval=settings.analyzer_interval,
+            nudity=settings.nudity,
+            nudity_threshold=settings.nudity_threshold,
+            nudity_rate=settings.nudity_rate,
+            nudity_blur=settings.nudity_blur,
         ),
     )
     await moderation.start()

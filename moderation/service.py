@@ -28,7 +28,13 @@ import numpy.typing as npt
 from prometheus_client.core import GaugeMetricFamily
 
 from cluster.node import SessionRef
-from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
+from moderation.analyzers import (
+    Analyzer,
+    Flag,
+    FlagChanges,
+    StreamAnalysis,
+    default_analyzers,
+)
 from moderation.auth import Moderators
 from moderation.recorder import (
     RECORDING_NAME,
@@ -60,6 +66,11 @@ class ModerationSettings:
     recording_retention: float = 30 * 86400.0
     evidence_seconds: float = 30.0
     analyzer_interval: float = 5.0
+    # The nudity analyzer (moderation/nudity.py, an optional extra) and its blur.
+    nudity: bool = False
+    nudity_threshold: float = 0.5
+    nudity_rate: float = 4.0
+    nudity_blur: bool = False
 
 
 @dataclass
@@ -86,6 +97,9 @@ class Followed:
         self.sample_wanted_at: float | None = None
         self.last_sample_at = -1e9
         self.decoding = False
+        # The nudity flag that holds this stream's video back from partners, until
+        # a moderator releases it (--nudity-blur); it outlives the flag itself.
+        self.held: Flag | None = None
         self._listeners: dict[str, Any] = {}
 
     def listen(self, on_frame: Any) -> None:
@@ -124,11 +138,19 @@ class Moderation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        # Loaded in start(): one model and one rate limit shared by every stream.
+        self._nudity: tuple[Any, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
         self.recordings_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.settings.nudity:
+            # Imported only when asked for: the extra may not be installed.
+            from moderation.nudity import NudityModel, RateLimit
+
+            model = await asyncio.to_thread(NudityModel)
+            self._nudity = (model, RateLimit(self.settings.nudity_rate))
         self.lobby.report_handler = self.on_report
         self.lobby.pair_listeners.append(self._on_pair)
         self._loop_task = asyncio.create_task(self._run(), name="moderation")
@@ -189,6 +211,11 @@ class Moderation:
 
     def _on_pair(self, session: Session) -> None:
         self._reconcile()
+        followed = self.followed.get(session.id)
+        if followed is not None and followed.held is not None:
+            # A new partner of a held stream: its page covers the picture from the
+            # start. Soon, not now: listeners run before `matched` is sent.
+            asyncio.get_running_loop().call_soon(self._tell_partner, session, True)
 
     def _reconcile(self) -> None:
         """Follow every session whose media is up; buffer only paired ones."""
@@ -204,7 +231,7 @@ class Moderation:
             followed = self.followed.get(session.id)
             if followed is None:
                 followed = self.followed[session.id] = Followed(
-                    session, peer, StreamAnalysis(default_analyzers())
+                    session, peer, StreamAnalysis(self._analyzers())
                 )
             followed.listen(self._frame_listener)
             if session.state == State.PAIRED:
@@ -217,6 +244,17 @@ class Moderation:
             elif followed.buffers:
                 # Not paired: nobody to report, nothing to keep.
                 followed.buffers.clear()
+
+    def _analyzers(self) -> list[Analyzer]:
+        analyzers = default_analyzers()
+        if self._nudity is not None:
+            from moderation.nudity import NudityAnalyzer
+
+            model, rate = self._nudity
+            analyzers.append(
+                NudityAnalyzer(model, threshold=self.settings.nudity_threshold, rate=rate)
+            )
+        return analyzers
 
     def _forget(self, followed: Followed) -> None:
         followed.unlisten()
@@ -277,10 +315,54 @@ class Moderation:
             followed.thumbnail_at = time.time()
             for flag in changes.raised:
                 logger.info("%s flagged %s: %s", followed.session.id, flag.name, flag.detail)
+                if flag.name == "nudity" and self.settings.nudity_blur:
+                    self._hold(followed, flag)
         except Exception:
             logger.exception("sampling %s failed", followed.session.id)
         finally:
             followed.decoding = False
+
+    # -- holding a flagged stream back (--nudity-blur) -----------------------
+    #
+    # The relay forwards encoded packets and never decodes them for a partner,
+    # so it cannot blur a picture. It stops forwarding the video instead (the
+    # partner still hears them) and tells the partner's page, which covers the
+    # picture with a placeholder; moderators' watchers still see it. The hold
+    # stays on the person, across new partners, until a moderator releases it
+    # (or kicks or bans them).
+
+    def _hold(self, followed: Followed, flag: Flag) -> None:
+        if followed.held is not None:
+            return
+        publisher = followed.peer.publishers.get("video")
+        if publisher is None:
+            return
+        followed.held = flag
+        publisher.hold(True)
+        logger.warning("%s's video held back from partners: %s", followed.session.id, flag.detail)
+        self._tell_partner(followed.session, True)
+
+    def release(self, session_id: str) -> bool:
+        """A moderator looked: forward the held video to partners again."""
+        followed = self.followed.get(session_id)
+        if followed is None or followed.held is None:
+            return False
+        followed.held = None
+        publisher = followed.peer.publishers.get("video")
+        if publisher is not None:
+            publisher.hold(False)
+        self._tell_partner(followed.session, False)
+        return True
+
+    def _tell_partner(self, session: Session, held: bool) -> None:
+        partner = session.partner
+        if partner is None:
+            return
+        message: dict[str, Any] = (
+            {"type": "partner_hidden", "reason": "nudity"} if held else {"type": "partner_shown"}
+        )
+        # Through the bus, so a partner on another node is told the same way.
+        self.lobby.bus.send(partner, session.ref, {"t": "client", "m": message})
 
     # -- reports -----------------------------------------------------------
 
@@ -457,9 +539,13 @@ class Moderation:
                     "media": session.media_ready,
                     "openReports": open_reports.get(session.id, 0),
                     "flags": [
-                        {"name": f.name, "detail": f.detail}
+                        {"name": f.name, "detail": f.detail, "score": f.score}
                         for f in (followed.flags if followed else [])
                     ],
+                    # The flag that holds their video back from partners (--nudity-blur).
+                    "held": None
+                    if followed is None or followed.held is None
+                    else {"name": followed.held.name, "detail": followed.held.detail},
                     "thumbnailAt": followed.thumbnail_at if followed else None,
                     "recording": bool(followed and followed.recording),
                 }
@@ -478,7 +564,7 @@ class FlagCollector:
         gauge = GaugeMetricFamily(
             "relay_moderation_flags", "Streams with this analyzer flag raised now", labels=["flag"]
         )
-        counts: dict[str, int] = dict.fromkeys(("black", "frozen", "no_face"), 0)
+        counts: dict[str, int] = dict.fromkeys(("black", "frozen", "no_face", "nudity"), 0)
         for followed in self._moderation.followed.values():
             for flag in followed.flags:
                 counts[flag.name] = counts.get(flag.name, 0) + 1
