@@ -54,6 +54,8 @@ from signalling.session import Session, State
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_WIDTH = 192
+# The reporter of reports the nudity analyzer files (never a session id).
+AUTOMATIC_REPORTER = "analyzer:nudity"
 # How often the sampler and the bookkeeping run, and how often retention runs.
 TICK = 0.25
 RETENTION_EVERY = 60.0
@@ -315,8 +317,12 @@ class Moderation:
             followed.thumbnail_at = time.time()
             for flag in changes.raised:
                 logger.info("%s flagged %s: %s", followed.session.id, flag.name, flag.detail)
-                if flag.name == "nudity" and self.settings.nudity_blur:
-                    self._hold(followed, flag)
+                if flag.name == "nudity":
+                    if self.settings.nudity_blur:
+                        self._hold(followed, flag)
+                    self._spawn(
+                        self._report_flag(followed.session, flag), f"flag {followed.session.id}"
+                    )
         except Exception:
             logger.exception("sampling %s failed", followed.session.id)
         finally:
@@ -370,15 +376,7 @@ class Moderation:
         self, reporter: Session, reported: Session | SessionRef, reason: str
     ) -> int:
         """Save the pair's last seconds and chat with a new report; answer its id."""
-        snapshots: dict[str, list[BufferedFrame]] = {}
-        for prefix, session in (("", reported), ("reporter_", reporter)):
-            followed = self.followed.get(session.id)
-            if followed is None:
-                continue
-            for kind in KINDS:
-                buffer = followed.buffers.get(kind)
-                if buffer is not None and len(buffer):
-                    snapshots[f"{prefix}{kind}"] = buffer.snapshot()
+        snapshots = self._snapshots((("", reported), ("reporter_", reporter)))
         transcript = [TranscriptLine(at, sender, text) for at, sender, text in reporter.transcript]
         evidence = await asyncio.to_thread(self._write_evidence, snapshots)
         report = await asyncio.to_thread(
@@ -391,6 +389,43 @@ class Moderation:
         )
         logger.info("report %d saved (evidence: %s)", report.id, evidence is not None)
         return report.id
+
+    def _snapshots(
+        self, whose: tuple[tuple[str, Session | SessionRef], ...]
+    ) -> dict[str, list[BufferedFrame]]:
+        """The ring buffers of these sessions now, by track name (`prefix` + kind)."""
+        snapshots: dict[str, list[BufferedFrame]] = {}
+        for prefix, session in whose:
+            followed = self.followed.get(session.id)
+            if followed is None:
+                continue
+            for kind in KINDS:
+                buffer = followed.buffers.get(kind)
+                if buffer is not None and len(buffer):
+                    snapshots[f"{prefix}{kind}"] = buffer.snapshot()
+        return snapshots
+
+    async def _report_flag(self, session: Session, flag: Flag) -> None:
+        """A nudity flag files a report, so it reaches the moderators' queue.
+
+        Its reason starts with "nudity", which is what a queue ordered by
+        severity reads as sexual content (the most urgent, with minors), and it
+        keeps the same evidence a person's report would: their last seconds.
+        """
+        try:
+            evidence = await asyncio.to_thread(
+                self._write_evidence, self._snapshots((("", session),))
+            )
+            report = await asyncio.to_thread(
+                self.store.add_report,
+                AUTOMATIC_REPORTER,
+                session.id,
+                f"nudity (automatic: {flag.detail})",
+                evidence_path=None if evidence is None else str(evidence),
+            )
+            logger.info("report %d filed by the nudity analyzer about %s", report.id, session.id)
+        except Exception:
+            logger.exception("filing the nudity report about %s failed", session.id)
 
     def _write_evidence(self, snapshots: dict[str, list[BufferedFrame]]) -> Path | None:
         tracks = [
