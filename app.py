@@ -26,6 +26,7 @@ from moderation import auth
 from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
+from moderation.store_protocol import ModerationStoreProtocol
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc import aiortc_seam, host_addresses
@@ -39,6 +40,7 @@ from signalling import headers
 from signalling.limits import AddressLimits, LimitSettings
 from signalling.lobby import Lobby, MatcherFactory
 from signalling.metrics import METRICS, setup_metrics
+from signalling.resume import ResumeSettings
 from signalling.web import LOBBY, SETTINGS, add_routes
 
 logger = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
         bus=bus,
         registry=registry,
         announce_node=settings.clustered,
+        resume=ResumeSettings(grace=settings.resume_grace),
     )
     lobby.report_moves_on = settings.report_moves_on
     lobby.show_online = settings.show_online
@@ -219,6 +222,9 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             recording_retention=settings.recording_retention,
             evidence_seconds=settings.evidence_seconds,
             analyzer_interval=settings.analyzer_interval,
+            report_window=settings.report_window,
+            block_days=settings.block_days,
+            appeal=settings.appeal,
             nudity=settings.nudity,
             nudity_threshold=settings.nudity_threshold,
             nudity_rate=settings.nudity_rate,
@@ -234,7 +240,7 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.close()
 
 
-def _audit_logins(store: ModerationStore) -> LoginThrottleAudit:
+def _audit_logins(store: ModerationStoreProtocol) -> LoginThrottleAudit:
     """Failed logins and lock-outs into the audit log, written off the event loop."""
     loop = asyncio.get_running_loop()
 

@@ -79,6 +79,9 @@ class Settings:
     connect_timeout: float = 20.0
     interest_timeout: float = 5.0
     rematch_after: float = 5.0
+    # Seconds a session whose WebSocket (or, in a pair, media) dropped is held for a
+    # resume before its partner is told it left; 0 = no resuming (signalling/resume.py).
+    resume_grace: float = 20.0
     # Keyframe requests forwarded to one publisher: at most one per this many seconds.
     keyframe_interval: float = 0.5
     # "passthrough" forwards encoded frames; "transcode" decodes and re-encodes
@@ -104,6 +107,12 @@ class Settings:
     report_moves_on: bool = True
     # Tell visitors how many are online (rounded) in `hello` and `waiting`.
     show_online: bool = False
+    # Seconds after a pair ends that either side may still report or block the other.
+    report_window: float = 300.0
+    # Days a block (or a report) keeps two browsers apart beyond the visit.
+    block_days: float = 7.0
+    # Shown to a banned person: a URL or a sentence saying how to appeal.
+    appeal: str | None = None
     # Read the client address from X-Forwarded-For (only behind your own proxy).
     trusted_proxy: bool = False
     # Origins besides the served one whose pages may open /ws (a site embedding the chat).
@@ -383,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
             "waiting and both have waited this many seconds",
         ),
         (
+            "resume-grace",
+            d.resume_grace,
+            "seconds a visitor whose WebSocket or media dropped keeps their session and "
+            "partner, waiting for them to resume; 0 = off",
+        ),
+        (
             "keyframe-interval",
             d.keyframe_interval,
             "minimum seconds between keyframe requests forwarded to one sender",
@@ -424,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
             d.analyzer_interval,
             "seconds between sampled frames per stream, for thumbnails and analyzers",
         ),
+        (
+            "report-window",
+            d.report_window,
+            "seconds after a pair ends that either side may still report or block the other",
+        ),
+        ("block-days", d.block_days, "days a block keeps two browsers apart (by client id)"),
     ]
     _add_seconds(p, moderation_seconds)
     nudity = p.add_argument_group(
@@ -454,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_positive(_env("NUDITY_RATE", str(d.nudity_rate))),
         help="most inferences per second on this node (each takes one core for about "
         "30 ms, docs/performance.md); samples over it are skipped [RELAY_NUDITY_RATE]",
+    )
+    p.add_argument(
+        "--appeal-url",
+        default=os.environ.get("RELAY_APPEAL_URL") or None,
+        metavar="URL_OR_TEXT",
+        help="how a banned person can appeal, shown with the ban: a URL or a sentence "
+        "[RELAY_APPEAL_URL]",
     )
     p.add_argument(
         "--report-moves-on",
@@ -684,6 +712,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         connect_timeout=args.connect_timeout,
         interest_timeout=args.interest_timeout,
         rematch_after=args.rematch_after,
+        resume_grace=args.resume_grace,
         keyframe_interval=args.keyframe_interval,
         relay=args.relay,
         log_level=args.log_level.upper(),
@@ -700,6 +729,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         nudity_blur=args.nudity_blur,
         report_moves_on=args.report_moves_on,
         show_online=args.show_online,
+        report_window=args.report_window,
+        block_days=args.block_days,
+        appeal=args.appeal_url,
         trusted_proxy=args.trusted_proxy,
         allowed_origins=tuple(origins),
         ip_max_sessions=args.ip_max_sessions,

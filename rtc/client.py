@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import contextlib
 import fractions
+import itertools
 import json
 import random
+import socket
 import ssl
 import sys
 import time
@@ -62,6 +64,14 @@ AUDIO_STALE_SECONDS = 1.0
 AUDIO_SILENCE = 100
 # The server answers within milliseconds; this only bounds a broken server.
 ANSWER_TIMEOUT = 10.0
+# Error codes by which the server refuses or ends a visit (docs/protocol.md).
+REFUSALS = frozenset(
+    {"banned", "kicked", "too_many_sessions", "too_many_new_sessions", "too_many_peers"}
+)
+# Exit codes of the command line (also in its --help).
+EXIT_OK, EXIT_NO_VIDEO, EXIT_FAILED, EXIT_REFUSED, EXIT_RESUME_FAILED = 0, 1, 2, 3, 4
+# Seconds between progress lines when stderr is not a terminal (on one it is redrawn each second).
+PROGRESS_EVERY = 5.0
 
 
 @dataclass
@@ -116,8 +126,19 @@ class StampedVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, tag: int, width: int, height: int, fps: int, first_counter: int = 0) -> None:
+    def __init__(
+        self,
+        tag: int,
+        width: int,
+        height: int,
+        fps: int,
+        first_counter: int = 0,
+        start: asyncio.Future[int] | None = None,
+    ) -> None:
         super().__init__()
+        # With `start`, no frame until it resolves, to the counter to go on from (a
+        # connection that takes over from another one, see ChatClient.negotiate).
+        self._start = start
         self._tag = tag
         self._width = width
         self._height = height
@@ -129,6 +150,9 @@ class StampedVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self._start is not None:
+            self.counter = await self._start
+            self._start = None
         slot = await self._pacer.next_slot()
         stamp = Stamp(self._tag, self.counter % (1 << 32), int(time.time() * 1000))
         self.counter += 1
@@ -192,6 +216,20 @@ class _FrameWaiter:
             self.done.set_result(None)
 
 
+async def _connected(pc: RTCPeerConnection, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until `pc` is connected; TimeoutError after `timeout` seconds."""
+    connected = asyncio.Event()
+
+    def check() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    pc.on("connectionstatechange", check)
+    check()
+    async with asyncio.timeout(timeout):
+        await connected.wait()
+
+
 def _codec_preferences(kind: str, name: str) -> list[Any]:
     capabilities = RTCRtpSender.getCapabilities(kind).codecs
     wanted = f"{kind}/{name}".lower()
@@ -253,6 +291,8 @@ class ChatClient:
 
         self.hello: Message = {}
         self.id = ""
+        # The token that resumes this session after its WebSocket drops (rotates on each resume).
+        self.resume_token: str | None = None
         self.messages: list[Message] = []
         self.close_code: int | None = None
         self.frames: deque[ReceivedFrame] = deque(maxlen=MAX_FRAMES_KEPT)
@@ -324,19 +364,90 @@ class ChatClient:
         if self._session is not None:
             raise RuntimeError("already connected")
         self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(self.url, ssl=self._ssl)
-        self._spawn(self._read_messages())
-        self.hello = await self.wait_for("hello")
+        self.hello = await self._open_socket()
         self.id = str(self.hello.get("id", ""))
 
-    async def negotiate(self) -> None:
+    async def _open_socket(self) -> Message:
+        """A new WebSocket on the session; its `hello`, or SignallingError for a refusal."""
+        assert self._session is not None
+        self._ws = await self._session.ws_connect(self.url, ssl=self._ssl)
+        self._ws_done = False
+        since = len(self.messages)
+        self._spawn(self._read_messages(self._ws))
+        # A refused visitor (banned, over a limit) gets one error instead of hello.
+        first = await self._take(
+            lambda m: (
+                m.get("type") == "hello" or (m.get("type") == "error" and m.get("code") in REFUSALS)
+            ),
+            what="hello",
+            since=since,
+        )
+        if first["type"] == "error":
+            raise SignallingError(first)
+        return first
+
+    async def drop_socket(self) -> None:
+        """Cut the WebSocket with no closing handshake, as a network change or a proxy does.
+
+        The server holds the session for its resume grace; :meth:`resume` takes it back.
+        """
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("not connected")
+        sock = ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        await ws.close()
+        async with self._messages_changed:
+            while not self._ws_done:
+                await self._messages_changed.wait()
+
+    async def resume(self, timeout: float = ANSWER_TIMEOUT) -> Message:  # noqa: ASYNC109
+        """Open a new WebSocket and take the session over: the server's ``resumed``.
+
+        Raises :class:`SignallingError` when the server refuses the token.
+        """
+        if self.resume_token is None:
+            raise RuntimeError("the server gave no resume token (is --resume-grace 0?)")
+        token = self.resume_token
+        if self._session is None:
+            # A client given a token only (another process's session, a test).
+            self._session = aiohttp.ClientSession()
+        async with asyncio.timeout(timeout):
+            await self._open_socket()
+            await self.send({"type": "resume", "token": token})
+            reply = await self._take(
+                lambda m: (
+                    m.get("type") == "resumed"
+                    or (m.get("type") == "error" and m.get("inReplyTo") == "resume")
+                ),
+                what="resumed",
+            )
+        if reply["type"] == "error":
+            raise SignallingError(reply)
+        if isinstance(reply.get("iceServers"), list):
+            # Fresh (TURN) credentials for the next media connection.
+            self.hello = {**self.hello, "iceServers": reply["iceServers"]}
+        return reply
+
+    async def negotiate(self, *, keep_old: bool = False) -> None:
         """Create the media connection: offer, wait for the answer, apply it.
 
         Calling it again replaces the media connection with a new one, which is
-        how a client recovers after a ``media_lost`` error. Raises
-        :class:`SignallingError` if the server rejects the offer.
+        how a client recovers after a ``media_lost`` error or a network change.
+        With ``keep_old`` the old connection keeps sending until the new one is
+        connected (make before break, as the page does); then the new one's video
+        goes on from the old one's counter. Raises :class:`SignallingError` if the
+        server rejects the offer.
         """
-        await self._close_media()
+        old_pc, old_tracks, old_video = self._pc, self._local_tracks, self._stamped_video
+        handover: asyncio.Future[int] | None = None
+        if keep_old and old_pc is not None:
+            handover = asyncio.get_running_loop().create_future()
+            self._pc, self._local_tracks = None, []
+        else:
+            await self._close_media()
         ice_servers = [
             RTCIceServer(
                 urls=server["urls"],
@@ -347,7 +458,7 @@ class ChatClient:
         ]
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         pc.on("track", self._on_track)
-        audio, video = self._make_tracks()
+        audio, video = self._make_tracks(handover)
         pc.addTrack(audio)
         pc.addTrack(video)
         if self._video_preferences is not None:
@@ -372,8 +483,18 @@ class ChatClient:
         if reply["type"] == "error":
             raise SignallingError(reply)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        if handover is not None and old_pc is not None:
+            try:
+                await _connected(pc, ANSWER_TIMEOUT)
+            finally:
+                for track in old_tracks:
+                    track.stop()
+                handover.set_result(old_video.counter if old_video is not None else 0)
+                await old_pc.close()
 
-    def _make_tracks(self) -> tuple[MediaStreamTrack, MediaStreamTrack]:
+    def _make_tracks(
+        self, handover: asyncio.Future[int] | None = None
+    ) -> tuple[MediaStreamTrack, MediaStreamTrack]:
         audio: MediaStreamTrack | None = None
         video: MediaStreamTrack | None = None
         if self.media_file is not None:
@@ -393,6 +514,7 @@ class ChatClient:
                 self.height,
                 self.fps,
                 first_counter=self._stamped_video.counter if self._stamped_video else 0,
+                start=handover,
             )
         self._local_tracks = [audio, video]
         return audio, video
@@ -402,11 +524,13 @@ class ChatClient:
         if self._closed:
             return
         self._closed = True
-        await self._close_media()
+        # The WebSocket first: a goodbye (1000) ends the session at once, where media
+        # closing first would look like a network change and hold the pair for a resume.
         if self._ws is not None:
             await self._ws.close()
             if self.close_code is None:
                 self.close_code = self._ws.close_code
+        await self._close_media()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -486,12 +610,14 @@ class ChatClient:
             seen = [m.get("type") for m in self.messages[-10:]]
             raise TimeoutError(f"no {type!r} within {timeout} s; last messages: {seen}") from None
 
-    async def _take(self, match: Callable[[Message], bool], *, what: str) -> Message:
-        """Consume the oldest unconsumed message that ``match`` accepts."""
+    async def _take(
+        self, match: Callable[[Message], bool], *, what: str, since: int = 0
+    ) -> Message:
+        """Consume the oldest unconsumed message from index ``since`` on that ``match`` accepts."""
 
         def find() -> Message | None:
             for index, message in enumerate(self.messages):
-                if index not in self._consumed and match(message):
+                if index >= since and index not in self._consumed and match(message):
                     self._consumed.add(index)
                     return message
             return None
@@ -505,10 +631,9 @@ class ChatClient:
                 await self._messages_changed.wait()
             return found
 
-    async def _read_messages(self) -> None:
-        assert self._ws is not None
+    async def _read_messages(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
-            async for frame in self._ws:
+            async for frame in ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
@@ -522,12 +647,17 @@ class ChatClient:
                     self.messages.append(message)
                     self._messages_changed.notify_all()
         finally:
-            self.close_code = self._ws.close_code
-            self._ws_done = True
+            if ws is self._ws:
+                self.close_code = ws.close_code
+                self._ws_done = True
             async with self._messages_changed:
                 self._messages_changed.notify_all()
 
     def _on_message(self, message: Message) -> None:
+        if message.get("type") in ("hello", "resumed") and isinstance(
+            message.get("resumeToken"), str
+        ):
+            self.resume_token = message["resumeToken"]
         if message.get("type") == "matched":
             # A `next` counts for this match only if no match came after it.
             previous = self._matches[-1].matched_at if self._matches else 0.0
@@ -669,6 +799,35 @@ class ChatClient:
             self._frame_waiters.remove(waiter)
         return waiter.frames[:count]
 
+    def largest_gap(self, tag: int, after: float) -> tuple[int, float]:
+        """The longest pause in ``tag``'s stamped video since ``after`` (the frame
+        just before counts): (frames that never arrived, milliseconds)."""
+        mine = [f for f in self.frames if f.stamp is not None and f.stamp.tag == tag]
+        start = next((i for i, f in enumerate(mine) if f.recv_time >= after), len(mine))
+        frames_missing, ms = 0, 0.0
+        for before, now in itertools.pairwise(mine[max(0, start - 1) :]):
+            assert before.stamp is not None and now.stamp is not None
+            frames_missing = max(frames_missing, now.stamp.counter - before.stamp.counter - 1)
+            ms = max(ms, (now.recv_time - before.recv_time) * 1000)
+        return frames_missing, ms
+
+    def progress(self) -> str:
+        """One line on how the visit goes so far (the command line prints it while it runs)."""
+        latencies = np.array(self._latencies_ms)
+        latency = f"p50 {np.percentile(latencies, 50):.0f} ms" if len(latencies) else "-"
+        matched = f"yes ({len(self._matches)}x)" if self._matches else "no"
+        return (
+            f"matched {matched} | frames {self._frames_received} "
+            f"({self._frames_stamped} stamped) | latency {latency}"
+        )
+
+    def refusal(self) -> Message | None:
+        """The server's error when it banned, kicked or refused this client, if it did."""
+        for message in reversed(self.messages):
+            if message.get("type") == "error" and message.get("code") in REFUSALS:
+                return message
+        return None
+
     # -- results -------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
@@ -732,17 +891,34 @@ def _rounded(value: float | None) -> float | None:
 # -- command line ------------------------------------------------------------
 
 
+EPILOG = f"""exit codes:
+  {EXIT_OK}  video frames arrived (and, with --resume-test, the session was resumed)
+  {EXIT_NO_VIDEO}  connected, but no video frame arrived (nobody to pair with, or media blocked)
+  {EXIT_FAILED}  could not connect, or the server failed a request (the error is printed)
+  {EXIT_REFUSED}  the server refused this client: banned, kicked or over a per-address
+     limit (its reason is printed)
+  {EXIT_RESUME_FAILED}  --resume-test: the session could not be resumed, or the partner was lost
+
+A progress line goes to stderr while it runs; the summary to stdout at the end."""
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m rtc.client",
         description="Join a Roulette Relay server as a headless visitor and report what arrives.",
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="signalling WebSocket")
+    parser.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8080/ws",
+        help="the signalling WebSocket: ws://HOST:PORT/ws, or wss://HOST/ws behind TLS",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to stay")
     parser.add_argument("--interests", default="", help="comma-separated, e.g. music,chess")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--fps", type=int, default=15)
+    parser.add_argument("--width", type=int, default=320, help="video width")
+    parser.add_argument("--height", type=int, default=240, help="video height")
+    parser.add_argument("--fps", type=int, default=15, help="video frames per second")
     parser.add_argument("--tone", type=float, default=440.0, help="sine tone to send, Hz")
     parser.add_argument("--media", metavar="FILE", help="send this file instead (looped)")
     parser.add_argument("--codec", help="offer only this video codec, e.g. VP8 or H264")
@@ -750,8 +926,77 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--next-every", type=float, metavar="S", help="press next every S seconds once matched"
     )
+    parser.add_argument(
+        "--resume-test",
+        action="store_true",
+        help="halfway through a call, cut the WebSocket (no closing handshake) and resume "
+        "the session on a new one: checks that a proxy or load balancer in front lets a "
+        "visitor keep their partner",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON here")
     return parser.parse_args(argv)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; the exit codes laid out as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, ""):
+            return action.help  # nothing worth showing
+        return super()._get_help_string(action)
+
+
+def url_problem(url: str) -> str | None:
+    """A hint when `url` cannot be the signalling WebSocket, or None."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("http", "https"):
+        ws = "wss" if scheme == "https" else "ws"
+        host = rest.split("/", 1)[0]
+        return f"{url} is a web page address; the chat's WebSocket is {ws}://{host}/ws"
+    if scheme not in ("ws", "wss") or not rest:
+        return f"{url} is not a WebSocket URL; expected ws://HOST:PORT/ws or wss://HOST/ws"
+    return None
+
+
+async def _print_progress(client: ChatClient, stream: Any) -> None:
+    tty = stream.isatty()
+    while True:
+        await asyncio.sleep(1.0 if tty else PROGRESS_EVERY)
+        if tty:
+            stream.write("\r\033[K" + client.progress())
+        else:
+            stream.write(client.progress() + "\n")
+        stream.flush()
+
+
+async def _resume_test(client: ChatClient, seconds: float) -> dict[str, Any]:
+    """Cut the WebSocket mid-call, resume, and say whether the partner and the video stayed."""
+    try:
+        await client.wait_for("matched", timeout=seconds)
+        await client.wait_frames(count=5, after=time.time(), timeout=seconds)
+    except TimeoutError:
+        return {"ok": False, "error": "no partner's video to test a resume with"}
+    tag = next((f.stamp.tag for f in reversed(client.frames) if f.stamp is not None), None)
+    cut_at = time.time()
+    await client.drop_socket()
+    try:
+        resumed = await client.resume()
+    except (SignallingError, OSError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        return {"ok": False, "error": f"resume refused or failed: {exc}"}
+    resume_ms = (time.time() - cut_at) * 1000
+    result: dict[str, Any] = {"ok": resumed.get("state") == "paired", "ms": round(resume_ms)}
+    if not result["ok"]:
+        result["error"] = f"resumed, but the partner was lost (state {resumed.get('state')})"
+        return result
+    try:
+        await client.wait_frames(tag=tag, count=10, after=time.time(), timeout=10)
+    except TimeoutError:
+        return result | {"ok": False, "error": "resumed, but the partner's video stopped"}
+    if tag is not None:
+        frames, ms = client.largest_gap(tag, cut_at)
+        result |= {"gap_frames": frames, "gap_ms": round(ms)}
+    return result
 
 
 async def _visit(args: argparse.Namespace) -> dict[str, Any]:
@@ -776,8 +1021,12 @@ async def _visit(args: argparse.Namespace) -> dict[str, Any]:
     async with client:
         await client.start(interests)
         rejoin = asyncio.create_task(stay_in_pool())
+        progress = None if args.quiet else asyncio.create_task(_print_progress(client, sys.stderr))
+        resume: dict[str, Any] | None = None
         try:
             deadline = time.monotonic() + args.seconds
+            if args.resume_test:
+                resume = await _resume_test(client, args.seconds / 2)
             if args.next_every:
                 with contextlib.suppress(TimeoutError):
                     await client.wait_for("matched", timeout=args.seconds)
@@ -786,10 +1035,20 @@ async def _visit(args: argparse.Namespace) -> dict[str, Any]:
                     await client.next()
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         finally:
-            rejoin.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await rejoin
-        return client.summary()
+            for task in (rejoin, progress):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                        await task
+            if progress is not None and sys.stderr.isatty():
+                sys.stderr.write("\n")
+        summary = client.summary()
+        refusal = client.refusal()
+        if refusal is not None:
+            summary["refused"] = refusal
+        if resume is not None:
+            summary["resume"] = resume
+        return summary
 
 
 def _describe(summary: dict[str, Any]) -> str:
@@ -816,6 +1075,17 @@ def _describe(summary: dict[str, Any]) -> str:
         f"audio:              {summary['audio_frames']} frames, peak "
         + ("-" if summary["audio_peak_hz"] is None else f"{summary['audio_peak_hz']:.0f} Hz"),
     ]
+    resume = summary.get("resume")
+    if resume is not None:
+        if resume["ok"]:
+            gap = (
+                f", largest gap {resume['gap_frames']} frames ({resume['gap_ms']} ms)"
+                if "gap_frames" in resume
+                else ""
+            )
+            lines.append(f"resume test:        ok, resumed in {resume['ms']} ms{gap}")
+        else:
+            lines.append(f"resume test:        FAILED: {resume['error']}")
     if summary["next_presses"]:
         lines.append(
             f"next pressed:       {summary['next_presses']}x, "
@@ -830,19 +1100,48 @@ def _describe(summary: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one visit from the command line; 1 if no video frame ever arrived."""
+    """Run one visit from the command line; the exit codes are in EPILOG."""
     args = _parse_args(argv)
+    problem = url_problem(args.url)
+    if problem is not None:
+        print(f"failed: {problem}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         summary = asyncio.run(_visit(args))
-    except (OSError, aiohttp.ClientError, SignallingError, TimeoutError, ConnectionError) as e:
+    except SignallingError as e:
+        if e.message.get("code") in REFUSALS:
+            print(f"refused: {_refusal_text(e.message)}", file=sys.stderr)
+            return EXIT_REFUSED
         print(f"failed: {e}", file=sys.stderr)
-        return 2
+        return EXIT_FAILED
+    except aiohttp.WSServerHandshakeError as e:
+        hint = " (is the path /ws?)" if e.status == 404 else ""
+        print(
+            f"failed: the server did not open a WebSocket: HTTP {e.status}{hint}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    except (OSError, aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+        print(f"failed: {e or type(e).__name__}", file=sys.stderr)
+        return EXIT_FAILED
     print(_describe(summary))
     if args.json:
         with open(args.json, "w") as file:
             json.dump(summary, file, indent=2)
             file.write("\n")
-    return 0 if summary["frames_received"] else 1
+    if "refused" in summary:
+        print(f"refused: {_refusal_text(summary['refused'])}", file=sys.stderr)
+        return EXIT_REFUSED
+    if "resume" in summary and not summary["resume"]["ok"]:
+        return EXIT_RESUME_FAILED
+    return EXIT_OK if summary["frames_received"] else EXIT_NO_VIDEO
+
+
+def _refusal_text(error: Message) -> str:
+    """The server's words for a refusal, with a ban's reason and end when it gave them."""
+    text = f"{error.get('code')}: {error.get('message')}"
+    if error.get("reason") and str(error["reason"]) not in text:
+        text += f" (reason: {error['reason']})"
+    return text
 
 
 if __name__ == "__main__":

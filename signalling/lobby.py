@@ -14,15 +14,24 @@ from aiohttp import web
 from cluster.bus import LocalBus, SessionBus
 from cluster.node import SessionRef
 from cluster.registry import NodeRegistry
-from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
+from matcher.base import MAX_AVOID, AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
 from rtc.peer import MediaState, Peer, PeerError
 from rtc.relay import Relay
 from signalling import protocol as p
-from signalling.limits import AddressLimits, LimitExceeded, LimitSettings
+from signalling.limits import AddressLimits, LimitExceeded, LimitSettings, Slot
+from signalling.resume import (
+    ResumeSettings,
+    make_token,
+    new_secret,
+    secret_matches,
+    split_token,
+)
+from signalling.recent import DEFAULT_WINDOW, RecentPartner, new_pair_id
 from signalling.session import (
     CLOSE_FLOOD,
     CLOSE_GOING_AWAY,
     CLOSE_SERVICE_RESTART,
+    DELIBERATE_CLOSES,
     Session,
     State,
 )
@@ -30,9 +39,12 @@ from signalling.session import (
 logger = logging.getLogger(__name__)
 
 MatcherFactory = Callable[[MatchHandler], Matcher]
-# Called with (reporter, reported, reason) before anything changes; answers the report id.
-# The reported is a Session when on this node, a SessionRef when on another.
-ReportHandler = Callable[["Session", "Session | SessionRef", str], Awaitable[int | None]]
+# Called with (reporter, the pair reported, reason, category or None) before anything
+# changes; answers the report id. The partner may be gone, or on another node.
+ReportHandler = Callable[["Session", RecentPartner, str, "str | None"], Awaitable[int | None]]
+# Called with (blocker, the pair blocked) to keep the block beyond this visit.
+BlockHandler = Callable[["Session", RecentPartner], Awaitable[None]]
+
 # Close code for a session a moderator ended (kick or ban).
 CLOSE_KICKED = 4003
 # A client that ignores this many `rate_limited` errors in a row is closed.
@@ -70,8 +82,13 @@ class Lobby:
         bus: SessionBus | None = None,
         registry: NodeRegistry | None = None,
         announce_node: bool = False,
+        resume: ResumeSettings | None = None,
     ) -> None:
         self.relay = relay
+        self.resume = resume or ResumeSettings()
+        # Ids of sessions whose socket dropped, held for a resume (at most resume.max_held).
+        self.held: set[str] = set()
+        self.resumes = 0
         # Per-address counts: a slot is taken in join/_offer and released in
         # leave/_drop_peer, the only ways a session or a peer ends.
         self.limits = limits or AddressLimits(LimitSettings(0, 0, 0))
@@ -89,7 +106,13 @@ class Lobby:
         self.pair_listeners: list[Callable[[Session], None]] = []
         # Moderation saves evidence here; without one a report is only logged.
         self.report_handler: ReportHandler | None = None
+        self.block_handler: BlockHandler | None = None
+        # Called with each session of this node whose pair just ended (moderation keeps
+        # that pair's last seconds for reports made after the partner left).
+        self.pair_end_listeners: list[Callable[[Session, RecentPartner], None]] = []
         self.report_moves_on = True
+        # Seconds after a pair ends during which either side may still report or block.
+        self.report_window = DEFAULT_WINDOW
         # Set by drain(): no new sessions.
         self.draining = False
         self._emptied = asyncio.Event()
@@ -110,6 +133,8 @@ class Lobby:
         """Tell every client the server is going away (their handlers then clean up)."""
         for session in list(self.sessions.values()):
             session.close(CLOSE_GOING_AWAY, "server shutting down")
+            if not session.attached:
+                self._spawn(self.leave(session), f"end held {session.id}")
 
     async def drain(self) -> None:
         """Stop taking visitors; partners elsewhere are told and clients asked to reconnect."""
@@ -119,6 +144,8 @@ class Lobby:
             with contextlib.suppress(Exception):
                 await self._go_idle(session, "disconnect")
             session.close(CLOSE_SERVICE_RESTART, "node restarting; reconnect")
+            if not session.attached:
+                await self.leave(session)
         if self.registry is not None:
             # Gone from the registry now, so no one proposes a pair to this node.
             await self.registry.close()
@@ -146,9 +173,20 @@ class Lobby:
     # -- connection lifecycle ---------------------------------------------
 
     def join(
-        self, ws: web.WebSocketResponse, *, identity: str | None = None, ip: str | None = None
+        self,
+        ws: web.WebSocketResponse,
+        *,
+        identity: str | None = None,
+        ip: str | None = None,
+        person: str | None = None,
+        address: str | None = None,
+        avoid: Sequence[str] = (),
     ) -> Session:
-        """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit."""
+        """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit.
+
+        `person` and `address` are keyed hashes of identity and ip; `avoid` the matcher
+        tags this browser blocked on earlier visits, oldest first.
+        """
         slot = self.limits.open_session(ip)
         try:
             session = Session(ws, identity=identity, ip=ip, node=self.node)
@@ -156,6 +194,9 @@ class Lobby:
             slot.release()
             raise
         session.session_slot = slot
+        session.person, session.address = person, address
+        _avoid(session, avoid)
+        session.recent.window = self.report_window
         self.sessions[session.id] = session
         hello = {
             "type": "hello",
@@ -163,17 +204,52 @@ class Lobby:
             # Minted per session: TURN credentials of its own (rtc/ice_servers.py).
             "iceServers": self._ice_servers(repr(session)),
             "limits": p.LIMITS,
+            # How long after a pair ends `report`/`block` still take its pairId.
+            "reportWindow": self.report_window,
         }
         if self._announce_node:
             hello["node"] = self.node
+        if self.resume.grace > 0:
+            hello["resumeToken"] = self._new_token(session)
         session.send(hello | self._online())
         logger.info("%r joined (%d online)", session, len(self.sessions))
         return session
 
+    async def disconnected(self, session: Session, ws: web.WebSocketResponse) -> None:
+        """`ws`, which carried `session`, has closed: hold the session for a resume, or end it.
+
+        A client that closed with 1000/1001 (it left), a socket the server closed
+        (kick, ban, flood, drain) and a node over `max_held` end at once.
+        """
+        if session.ws is not ws:
+            return  # a resumed socket carries the session now
+        if (
+            self.resume.grace <= 0
+            or session.ended_by_server
+            or session.close_code in DELIBERATE_CLOSES
+            or self.draining
+            or len(self.held) >= self.resume.max_held
+            or self.sessions.get(session.id) is not session
+        ):
+            await self.leave(session)
+            return
+        session.detach()
+        self.held.add(session.id)
+        logger.info("%r: socket dropped (code %s); held for a resume", session, session.close_code)
+        self._hold(session)
+        if session.queued:
+            # Nobody is matched with a visitor who is not there; back in the queue on resume
+            # (a resume during this await finds `queued` False and enqueues after it).
+            session.queued = False
+            await self.matcher.dequeue(session.id)
+
     async def leave(self, session: Session) -> None:
-        """The WebSocket closed: end everything this session held."""
+        """The session ends: end everything it held."""
         if self.sessions.pop(session.id, None) is None:
             return
+        self.held.discard(session.id)
+        session.end_hold()
+        session.resume_secret = None
         session.session_slot.release()
         if session.state == State.PAIRED:
             self._unpair(session, "disconnect")
@@ -185,14 +261,17 @@ class Lobby:
         except Exception as exc:
             # Redis away: the record expires on its own; the peer must still be closed.
             logger.warning("%r: the matcher could not forget it (%s)", session, exc)
+        await self._drop_incoming(session)
         await self._drop_peer(session)
         await session.finish()
         logger.info("%r left (%d online)", session, len(self.sessions))
         if not self.sessions:
             self._emptied.set()
 
-    async def receive(self, session: Session, data: str | bytes) -> None:
-        """One WebSocket frame from the client."""
+    async def receive(self, session: Session, data: str | bytes) -> Session:
+        """One WebSocket frame from the client; answers the session the socket carries
+        from now on (another one after a `resume`)."""
+        first, session.fresh = session.fresh, False
         if not session.limiter.allow():
             if session.limiter.refused_in_a_row > MAX_REFUSED_IN_A_ROW:
                 session.close(CLOSE_FLOOD, "flooding")
@@ -200,11 +279,13 @@ class Lobby:
                 session.limiter.refused_in_a_row == 1 or session.limiter.refused_in_a_row % 20 == 0
             ):
                 session.send(p.error_message("rate_limited", "too many messages; slow down"))
-            return
+            return session
         kind = "?"
         try:
             message = p.parse_message(data)
             kind = p.message_type(message)
+            if isinstance(message, p.Resume):
+                return await self._resume(session, message, first=first)
             await self._dispatch(session, message)
         except p.ProtocolError as exc:
             session.send(exc.to_json())
@@ -217,6 +298,7 @@ class Lobby:
                     "internal", "the server failed to handle this message", in_reply_to=kind
                 )
             )
+        return session
 
     async def _dispatch(self, session: Session, message: p.ClientMessage) -> None:
         match message:
@@ -254,25 +336,40 @@ class Lobby:
                 )
             case p.Report():
                 await self._report(session, message)
+            case p.Block():
+                await self._block(session, message)
 
     # -- media -----------------------------------------------------------
 
     async def _offer(self, session: Session, offer: p.Offer) -> None:
-        if session.peer is not None:
+        """Answer an offer: the visit's media connection, or one that replaces it.
+
+        A new offer while a connection exists (a changed network, or a page recovering
+        from a failed ICE state) is answered with a new connection on the server; the
+        old one keeps forwarding until the new one is up, then the new one takes its
+        place in the pair (aiortc has no ICE restart on an existing connection).
+        """
+        if session.incoming is not None:
             raise p.ProtocolError(
-                "bad_state", "this connection already has a media session", in_reply_to="offer"
+                "bad_state", "a new media connection is being set up already", in_reply_to="offer"
             )
         try:
             slot = self.limits.open_peer(session.ip)
         except LimitExceeded as exc:
             raise p.ProtocolError(exc.code, exc.message, in_reply_to="offer") from None
         peer = self.relay.create_peer(session.id, self._on_media_state)
-        session.peer, session.peer_slot = peer, slot
+        replacing = session.peer is not None
+        if replacing:
+            session.incoming, session.incoming_slot = peer, slot
+        else:
+            session.peer, session.peer_slot = peer, slot
         try:
             answer = await peer.answer(offer.sdp)
         except BaseException:
             if session.peer is peer:
                 await self._drop_peer(session)
+            elif session.incoming is peer:
+                await self._drop_incoming(session)
             raise
         session.send({"type": "answer", "sdp": answer})
 
@@ -289,15 +386,93 @@ class Lobby:
 
     def _on_media_state(self, peer: Peer, state: MediaState, why: str) -> None:
         session = self.sessions.get(peer.name)
-        if session is None or session.peer is not peer:
+        if session is None:
+            return
+        if session.incoming is peer:
+            if state == MediaState.CONNECTED:
+                self._spawn(self._replace_media(session), f"replace media {session.id}")
+            elif state == MediaState.LOST:
+                self._spawn(self._drop_incoming(session), f"drop media {session.id}")
+            return
+        if session.peer is not peer:
             return
         if state == MediaState.CONNECTED:
-            self._spawn(self._enqueue(session), f"enqueue {session.id}")
+            self._spawn(self._media_back(session), f"media up {session.id}")
         elif state == MediaState.LOST:
             self._spawn(self._media_lost(session, peer, why), f"media lost {session.id}")
 
+    async def _replace_media(self, session: Session) -> None:
+        """The new media connection is up: it takes the old one's place, in the pair too."""
+        new = session.incoming
+        if new is None:
+            return
+        old = session.peer
+        if (
+            old is not None
+            and session.state == State.PAIRED
+            and self._local_partner(session) is None
+        ):
+            # The bridge to a partner on another node is built on the old connection
+            # and is not moved: that pair ends (docs/protocol.md, "Resume").
+            await self._go_idle(session, "disconnect")
+            session.send({"type": "partner_left", "reason": "disconnect"})
+        if session.incoming is not new:
+            return
+        session.incoming = None
+        old_slot = session.peer_slot
+        session.peer, session.peer_slot = new, session.incoming_slot
+        session.incoming_slot = Slot(None, None)
+        partner = self._local_partner(session)
+        if old is not None and partner is not None and partner.peer is not None:
+            self.relay.unpair(old, partner.peer)
+        logger.info("%r: media connection replaced", session)
+        await self._media_back(session)
+        old_slot.release()
+        if old is not None:
+            await self.relay.close_peer(old)
+
+    async def _media_back(self, session: Session) -> None:
+        """`session.peer` is (again) connected: forward to and from its partner, or queue it."""
+        if session.state != State.PAIRED:
+            await self._enqueue(session)
+            return
+        partner = self._local_partner(session)
+        if partner is None:
+            # A partner on another node: the bridge was built on the old connection
+            # and is not moved; the pair ends (docs/protocol.md, "Resume").
+            await self._go_idle(session, "disconnect")
+            session.send({"type": "partner_left", "reason": "disconnect"})
+            return
+        if session.peer is not None and partner.peer is not None:
+            self.relay.pair(session.peer, partner.peer)
+        self._maybe_back(session)
+
+    def _local_partner(self, session: Session) -> Session | None:
+        partner = session.partner
+        if partner is None or partner.node != self.node:
+            return None
+        return self.sessions.get(partner.id)
+
     async def _media_lost(self, session: Session, peer: Peer, why: str) -> None:
         if session.peer is not peer:
+            return
+        if (
+            session.state == State.PAIRED
+            and self.resume.grace > 0
+            and self._local_partner(session) is not None
+        ):
+            # Likely a network change: the pair is held while the client sends a new offer.
+            await self._drop_peer(session)
+            self._hold(session)
+            if session.incoming is not None:
+                return  # the client is on it already: the new connection takes over
+            session.send(
+                p.error_message(
+                    "media_lost",
+                    f"the media connection was lost ({why}); send a new offer within "
+                    f"{self.resume.grace:g} s to keep your partner",
+                )
+            )
             return
         await self._go_idle(session, "disconnect")
         session.send(
@@ -313,6 +488,124 @@ class Lobby:
         session.peer_slot.release()
         if peer is not None:
             await self.relay.close_peer(peer)
+
+    async def _drop_incoming(self, session: Session) -> None:
+        peer, session.incoming = session.incoming, None
+        session.incoming_slot.release()
+        if peer is not None:
+            await self.relay.close_peer(peer)
+
+    # -- resume ----------------------------------------------------------
+    #
+    # A session is "away" while its socket is gone (held, see `disconnected`) or, in a
+    # pair, while its media connection is gone. Its partner hears `partner_reconnecting`
+    # once; `partner_back` when the session has its socket and its media again; or, when
+    # the grace ends first, `partner_left` with reason `disconnect`.
+
+    def _new_token(self, session: Session) -> str:
+        session.resume_secret = new_secret()
+        return make_token(session.id, session.resume_secret)
+
+    def _hold(self, session: Session) -> None:
+        """Start the grace (once per absence) and tell the partner."""
+        if session.held_until is not None:
+            return
+        loop = asyncio.get_running_loop()
+        until = session.held_until = loop.time() + self.resume.grace
+        if session.partner is not None:
+            self.bus.send(
+                session.partner,
+                session.ref,
+                {"t": "client", "m": {"type": "partner_reconnecting"}},
+            )
+        # A timer, not a sleeping task: cancelled when the session comes back or ends.
+        session.hold_timer = loop.call_later(
+            self.resume.grace,
+            lambda: self._spawn(self._end_hold(session, until), f"end hold {session.id}"),
+        )
+
+    async def _end_hold(self, session: Session, until: float) -> None:
+        if session.held_until != until or self.sessions.get(session.id) is not session:
+            return  # back in time, or gone another way
+        session.held_until = None
+        session.hold_timer = None
+        if not session.attached:
+            logger.info("%r: not resumed within %g s; ended", session, self.resume.grace)
+            await self.leave(session)
+        elif session.state == State.PAIRED and not session.media_ready:
+            logger.info("%r: no new media within %g s; pair ended", session, self.resume.grace)
+            await self._go_idle(session, "disconnect")
+            session.send({"type": "partner_left", "reason": "disconnect"})
+
+    def _maybe_back(self, session: Session) -> None:
+        """End the absence once the session has its socket, and its media when paired."""
+        if session.held_until is None or not session.attached:
+            return
+        if session.state == State.PAIRED and not session.media_ready:
+            return
+        session.end_hold()
+        if session.partner is not None:
+            self.bus.send(
+                session.partner, session.ref, {"t": "client", "m": {"type": "partner_back"}}
+            )
+            logger.info("%r is back with %s", session, session.partner.id)
+
+    async def _resume(self, fresh: Session, resume: p.Resume, *, first: bool) -> Session:
+        """A new socket takes over a session by its token; answers the session it carries."""
+        if not first:
+            raise p.ProtocolError(
+                "bad_state",
+                "resume must be the first message on a new connection",
+                in_reply_to="resume",
+            )
+        held = self._resumable(resume.token)
+        if held is fresh:
+            raise p.ProtocolError(
+                "bad_state", "this connection already carries that session", in_reply_to="resume"
+            )
+        ws = fresh.ws
+        assert ws is not None
+        # The new socket's own session never started: it ends without a trace, and its
+        # place in its address's count (the new network's) passes to the resumed one.
+        self.sessions.pop(fresh.id, None)
+        fresh.release_socket()
+        held.session_slot.release()
+        held.session_slot, fresh.session_slot = fresh.session_slot, Slot(None, None)
+        held.ip = fresh.ip
+        held.identity = fresh.identity or held.identity
+        self.held.discard(held.id)
+        resumed = {
+            "type": "resumed",
+            "id": held.id,
+            "state": held.state.value,
+            "media": held.media_ready,
+            "interests": list(held.interests),
+            "shared": list(held.shared),
+            # Fresh TURN credentials: the next media connection may need them after a long visit.
+            "iceServers": self._ice_servers(repr(held)),
+            "resumeToken": self._new_token(held),
+        }
+        held.take_over(ws, resumed)
+        self.resumes += 1
+        logger.info("%r resumed", held)
+        if held.state == State.WAITING:
+            await self._enqueue(held)
+        self._maybe_back(held)
+        return held
+
+    def _resumable(self, token: str) -> Session:
+        parts = split_token(token)
+        session = self.sessions.get(parts[0]) if parts is not None else None
+        if session is None or parts is None or not secret_matches(session.resume_secret, parts[1]):
+            elsewhere = " or is held by another node of this cluster" if self.registry else ""
+            raise p.ProtocolError(
+                "resume_failed",
+                "this session cannot be resumed: the token was used already or is not "
+                f"valid, or the session ended (its grace passed){elsewhere}; "
+                "start a new visit on this connection",
+                in_reply_to="resume",
+            )
+        return session
 
     # -- matching --------------------------------------------------------
 
@@ -373,13 +666,15 @@ class Lobby:
         """Offer a waiting session to the matcher once its media can flow."""
         if session.state != State.WAITING or session.queued or not session.media_ready:
             return
-        if session.pending is not None or self.draining:
+        if session.pending is not None or self.draining or not session.attached:
             return
         if self.sessions.get(session.id) is not session:
             return
         session.queued = True
         try:
-            await self.matcher.enqueue(session.id, session.interests)
+            await self.matcher.enqueue(
+                session.id, session.interests, tags=session.tags, avoid=tuple(session.avoid)
+            )
         except AlreadyWaiting:
             pass
         except Exception as exc:
@@ -418,20 +713,36 @@ class Lobby:
             return
         assert a.peer is not None and b.peer is not None
         self.relay.pair(a.peer, b.peer)
-        self._paired(a, b.ref, match.shared_interests)
-        self._paired(b, a.ref, match.shared_interests)
+        pair_id = new_pair_id()
+        self._paired(a, RecentPartner(pair_id, b.ref, b.person, b.address), match.shared_interests)
+        self._paired(b, RecentPartner(pair_id, a.ref, a.person, a.address), match.shared_interests)
         self.matches_made += 1
         logger.info("paired %s with %s (shared: %s)", a.id, b.id, list(match.shared_interests))
 
-    def _paired(self, session: Session, partner: SessionRef, shared: Sequence[str]) -> None:
+    def _paired(self, session: Session, pair: RecentPartner, shared: Sequence[str]) -> None:
         """Record a pair on `session`'s side and tell its client."""
         session.state = State.PAIRED
-        session.partner = partner
+        session.partner = pair.partner
         session.pending = None
-        session.transcript = []
+        session.transcript = pair.transcript
+        session.shared = tuple(shared)
+        session.pair = pair
+        session.recent.add(pair)
         for listener in self.pair_listeners:
             listener(session)
-        session.send({"type": "matched", "interests": list(shared)})
+        session.send({"type": "matched", "interests": list(shared), "pairId": pair.pair_id})
+
+    def _pair_ended(self, session: Session) -> None:
+        """`session`'s side of its pair is over: keep it among the recent ones."""
+        pair, session.pair = session.pair, None
+        if pair is None:
+            return
+        pair.ended_at = time.time()
+        for listener in self.pair_end_listeners:
+            try:
+                listener(session, pair)
+            except Exception:
+                logger.exception("a pair-end listener failed for %r", session)
 
     def _requeue(self, session: Session) -> None:
         if session.state == State.WAITING:
@@ -443,6 +754,7 @@ class Lobby:
         session.partner = None
         if partner is None:
             return
+        self._pair_ended(session)
         if partner.node == self.node:
             other = self.sessions.get(partner.id)
             if session.peer is not None and other is not None and other.peer is not None:
@@ -456,6 +768,7 @@ class Lobby:
         """`session`'s partner ended the pair (or its node died): idle, and told why."""
         partner, session.partner = session.partner, None
         session.state = State.IDLE
+        self._pair_ended(session)
         if partner is not None and partner.node != self.node:
             self._disconnect_bridge(session)
         session.send({"type": "partner_left", "reason": reason})
@@ -520,7 +833,11 @@ class Lobby:
             self._disconnect_bridge(session)
             self.bus.send(remote, session.ref, {"t": "refuse"})
             return
-        self.bus.send(remote, session.ref, {"t": "propose", "shared": list(shared), "media": media})
+        # The pair id and each side's person key travel with the handshake (blocks, reports).
+        message = {"t": "propose", "shared": list(shared), "media": media}
+        self.bus.send(
+            remote, session.ref, message | {"pair": new_pair_id(), "person": session.person}
+        )
 
     async def _alive(self, node: str) -> bool:
         assert self.registry is not None
@@ -530,8 +847,9 @@ class Lobby:
             return True  # Redis cannot say: the timeout decides
 
     async def _accept(
-        self, session: Session, sender: SessionRef, shared: Sequence[str], media: dict[str, Any]
+        self, session: Session, pair: RecentPartner, shared: Sequence[str], media: dict[str, Any]
     ) -> None:
+        sender = pair.partner
         if session.queued:
             # The flag may be stale (this very match took b out of the queue) or b may
             # be queued again; either way b leaves the queue before joining a pair.
@@ -553,9 +871,19 @@ class Lobby:
             await self.relay.bridge.disconnect(peer)
             return
         # The proposer's user is told the shared interests too: they come back with the accept.
-        self.bus.send(sender, session.ref, {"t": "accept", "media": mine, "shared": list(shared)})
+        self.bus.send(
+            sender,
+            session.ref,
+            {
+                "t": "accept",
+                "media": mine,
+                "shared": list(shared),
+                "pair": pair.pair_id,
+                "person": session.person,
+            },
+        )
         self.matches_made += 1
-        self._paired(session, sender, shared)
+        self._paired(session, pair, shared)
         logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
         await self.relay.bridge.connect(peer, media)
 
@@ -563,15 +891,16 @@ class Lobby:
         self,
         session: Session | None,
         to: str,
-        sender: SessionRef,
+        pair: RecentPartner,
         media: Any,
         shared: Sequence[str],
     ) -> None:
+        sender = pair.partner
         if session is None or session.pending != sender:
             reason = "disconnect" if session is None else "next"
             self.bus.send(sender, SessionRef(to, self.node), {"t": "left", "reason": reason})
             return
-        self._paired(session, sender, shared)
+        self._paired(session, pair, shared)
         assert session.peer is not None
         self._spawn(
             self.relay.bridge.connect(session.peer, media if isinstance(media, dict) else {}),
@@ -590,12 +919,17 @@ class Lobby:
             shared = [str(i) for i in message.get("shared", ())]
             media = message.get("media")
             self._spawn(
-                self._accept(session, sender, shared, media if isinstance(media, dict) else {}),
+                self._accept(
+                    session,
+                    _remote_pair(sender, message),
+                    shared,
+                    media if isinstance(media, dict) else {},
+                ),
                 f"accept {to}",
             )
         elif kind == "accept":
             shared = [str(i) for i in message.get("shared", ())]
-            self._accepted(session, to, sender, message.get("media"), shared)
+            self._accepted(session, to, _remote_pair(sender, message), message.get("media"), shared)
         elif session is None:
             return
         elif kind == "refuse" or (kind == "left" and session.pending == sender):
@@ -690,23 +1024,56 @@ class Lobby:
             )
         return session.partner
 
+    def _pair_for(self, session: Session, pair_id: str | None, kind: str) -> RecentPartner:
+        """The current pair (no `pair_id`), or a recent one still within the report window."""
+        if pair_id is None:
+            self._partner_of(session, kind)
+            assert session.pair is not None
+            return session.pair
+        pair = session.recent.find(pair_id)
+        if pair is None:
+            minutes = self.report_window / 60
+            raise p.ProtocolError(
+                "unknown_pair",
+                f"no partner of this visit with that pairId in the last {minutes:g} minutes",
+                field="pairId",
+                in_reply_to=kind,
+            )
+        return pair
+
     async def _report(self, session: Session, report: p.Report) -> None:
-        partner = self._partner_of(session, "report")
-        logger.warning("report by %s about %s: %r", session.id, partner.id, report.reason)
+        """Report implies block; the reported person is never told who reported them."""
+        pair = self._pair_for(session, report.pair_id, "report")
+        logger.warning("report by %s about %s: %r", session.id, pair.partner.id, report.reason)
         report_id = None
         if self.report_handler is not None:
-            # A partner on another node is reported by reference: its evidence stays there.
-            reported: Session | SessionRef = partner
-            if partner.node == self.node:
-                reported = self.sessions.get(partner.id) or partner
-            report_id = await self.report_handler(session, reported, report.reason)
-        reply: dict[str, Any] = {"type": "reported"}
+            report_id = await self.report_handler(session, pair, report.reason, report.category)
+        await self._keep_apart(session, pair)
+        reply: dict[str, Any] = {"type": "reported", "pairId": pair.pair_id}
         if report_id is not None:
             reply["reportId"] = report_id
         session.send(reply)
         move_on = self.report_moves_on if report.move_on is None else report.move_on
-        if move_on and session.partner == partner:
+        if move_on and session.pair is pair:
             await self._next(session)
+
+    async def _block(self, session: Session, block: p.Block) -> None:
+        """Never paired again; blocking the current partner also moves on."""
+        pair = self._pair_for(session, block.pair_id, "block")
+        await self._keep_apart(session, pair)
+        session.send({"type": "blocked", "pairId": pair.pair_id})
+        if session.pair is pair:
+            await self._next(session)
+
+    async def _keep_apart(self, session: Session, pair: RecentPartner) -> None:
+        """Add the partner's tags to what `session` avoids, here and in the matcher."""
+        _avoid(session, sorted(pair.tags))
+        if self.block_handler is not None:
+            await self.block_handler(session, pair)
+        if session.queued and await self.matcher.dequeue(session.id):
+            # Waiting already: the matcher must hold the new avoid list.
+            session.queued = False
+            await self._enqueue(session)
 
     # -- moderation ------------------------------------------------------
 
@@ -717,6 +1084,8 @@ class Lobby:
             return False
         session.send(p.error_message(code, message) | fields)
         session.close(CLOSE_KICKED, code)
+        if not session.attached:
+            self._spawn(self.leave(session), f"end held {session.id}")
         return True
 
 
@@ -724,9 +1093,30 @@ def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
     """Waiting with media up, and in no pair nor handshake (but the one `expecting`)."""
     return (
         session.state == State.WAITING
+        and session.attached
         and session.media_ready
         and session.partner is None
         and session.pending in (None, expecting)
+    )
+
+
+def _avoid(session: Session, tags: Sequence[str]) -> None:
+    """Add `tags` to what `session` avoids; past the matcher's bound the oldest go."""
+    for tag in tags:
+        session.avoid.pop(tag, None)
+        session.avoid[tag] = None
+    while len(session.avoid) > MAX_AVOID:
+        del session.avoid[next(iter(session.avoid))]
+
+
+def _remote_pair(sender: SessionRef, message: dict[str, Any]) -> RecentPartner:
+    """The pair a cross-node handshake message describes (its address key stays there)."""
+    pair_id, person = message.get("pair"), message.get("person")
+    return RecentPartner(
+        pair_id if isinstance(pair_id, str) and pair_id else new_pair_id(),
+        sender,
+        person if isinstance(person, str) else None,
+        None,
     )
 
 

@@ -75,6 +75,14 @@ class _LobbyCollector(Collector):
         )
         yield GaugeMetricFamily("relay_users_paired", "Users with a partner", states[State.PAIRED])
         yield GaugeMetricFamily(
+            "relay_users_held",
+            "Users whose WebSocket dropped, held for a resume (counted as connected too)",
+            len(self._lobby.held),
+        )
+        yield CounterMetricFamily(
+            "relay_resumes", "Sessions taken over by a new WebSocket", self._lobby.resumes
+        )
+        yield GaugeMetricFamily(
             "relay_media_connections",
             "Users with a media connection (connecting or up)",
             sum(1 for s in sessions if s.peer is not None),

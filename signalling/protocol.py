@@ -22,7 +22,12 @@ MAX_REPORT_CHARS: Final = 500
 MAX_INTERESTS: Final = 10
 MAX_INTEREST_CHARS: Final = 32
 MAX_SDP_CHARS: Final = 60000
+# What a report is about, most severe first (moderation/queue.py orders its queue so).
+REPORT_CATEGORIES: Final = ("minor", "sexual", "violence", "harassment", "other", "spam")
+# A pair id is 16 URL-safe characters (signalling/recent.py); a little slack for others.
+MAX_PAIR_ID_CHARS: Final = 64
 MAX_CANDIDATE_CHARS: Final = 1000
+MAX_RESUME_TOKEN_CHARS: Final = 200
 
 # A lone UTF-16 surrogate ("\\ud800" in JSON) is not a character: SQLite,
 # UTF-8 logs and other clients' JSON parsers refuse it. Decided once, here, for
@@ -120,6 +125,17 @@ class Report:
     reason: str
     # Whether the reporter moves on to a new partner; None: the server's default.
     move_on: bool | None = None
+    # A recent partner's pair (from `matched`); None: the current partner.
+    pair_id: str | None = None
+    # One of REPORT_CATEGORIES; None: read from the reason's words (moderation/queue.py).
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """Never meet this partner (current, or recent by `pair_id`) again."""
+
+    pair_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,13 @@ class MediaStateMessage:
 
     camera: bool
     mic: bool
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Take over a held session (signalling/resume.py); only as a socket's first message."""
+
+    token: str
 
 
 ClientMessage = (
@@ -139,8 +162,10 @@ ClientMessage = (
     | Chat
     | Typing
     | Report
+    | Block
     | MediaStateMessage
     | SetInterests
+    | Resume
 )
 
 
@@ -153,8 +178,10 @@ _TYPE_NAMES: Final[dict[type, str]] = {
     Chat: "chat",
     Typing: "typing",
     Report: "report",
+    Block: "block",
     MediaStateMessage: "media_state",
     SetInterests: "interests",
+    Resume: "resume",
 }
 
 
@@ -251,6 +278,26 @@ def _boolean(obj: dict[str, Any], name: str, kind: str) -> bool:
     return value
 
 
+def _pair_id(obj: dict[str, Any], kind: str) -> str | None:
+    if obj.get("pairId") is None:
+        return None
+    return _string(obj, "pairId", kind, max_chars=MAX_PAIR_ID_CHARS)
+
+
+def _category(obj: dict[str, Any]) -> str | None:
+    value = obj.get("category")
+    if value is None:
+        return None
+    if value not in REPORT_CATEGORIES:
+        raise ProtocolError(
+            "bad_field",
+            f"'category' must be one of {', '.join(REPORT_CATEGORIES)}",
+            field="category",
+            in_reply_to="report",
+        )
+    return str(value)
+
+
 def parse_message(data: str | bytes) -> ClientMessage:
     """Validate one WebSocket frame; raise `ProtocolError` for anything malformed."""
     if isinstance(data, bytes):
@@ -294,11 +341,17 @@ def parse_message(data: str | bytes) -> ClientMessage:
             return MediaStateMessage(
                 camera=_boolean(obj, "camera", kind), mic=_boolean(obj, "mic", kind)
             )
+        case "resume":
+            return Resume(token=_string(obj, "token", kind, max_chars=MAX_RESUME_TOKEN_CHARS))
         case "report":
             return Report(
                 reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True),
                 move_on=_boolean(obj, "moveOn", kind) if "moveOn" in obj else None,
+                pair_id=_pair_id(obj, kind),
+                category=_category(obj),
             )
+        case "block":
+            return Block(pair_id=_pair_id(obj, kind))
     shown = kind if len(kind) <= 40 else kind[:40] + "…"
     raise ProtocolError(
         "unknown_type", f"unknown message type '{shown}'", field="type", in_reply_to=shown

@@ -260,3 +260,19 @@ def test_a_tiny_matcher_run_reports_its_rate(tmp_path, matcher: str) -> None:
     # The backlog stays waiting: nobody in it may be matched.
     assert result["waiting_at_end"] >= 20
     assert all("met" in t for t in result["target"].values())
+
+
+def test_a_tiny_resume_run_reports_each_gap() -> None:
+    """`python -m bench.resume`: one round of each event, fields only (no timings asserted)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.resume", "--rounds", "1", "--fps", "30", "--settle", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rounds"] == 1 and report["partner_left"] == 0
+    for event in ("baseline", "websocket", "media", "network_change"):
+        assert set(report[event]) == {"frames_p50", "frames_max", "ms_p50", "ms_max"}

@@ -5,11 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 
+import pytest
+
+from rtc.client import ChatClient
 from tests.conftest import ROOT
+from tests.test_moderation_server import api
+from tests.test_moderation_server import relay_server_args as moderation_server_args
 
 
-async def run_client(ws_url: str, tag: int, json_path) -> tuple[int, str]:
+@pytest.fixture
+def relay_server_args(tmp_path: Path) -> list[str]:
+    # Moderators, so a test can ban; a short grace, for the resume test.
+    return [*moderation_server_args.__wrapped__(tmp_path), "--resume-grace", "10"]
+
+
+async def run_client(
+    ws_url: str, tag: int, json_path, *extra: str, seconds: float = 6
+) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -17,11 +31,12 @@ async def run_client(ws_url: str, tag: int, json_path) -> tuple[int, str]:
         "--url",
         ws_url,
         "--seconds",
-        "6",
+        str(seconds),
         "--tag",
         str(tag),
         "--json",
         str(json_path),
+        *extra,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -54,5 +69,44 @@ async def test_help_explains_the_options() -> None:
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
+    text = out.decode()
     for flag in ("--url", "--seconds", "--media", "--codec", "--next-every", "--json"):
-        assert flag in out.decode()
+        assert flag in text
+    assert "--resume-test" in text and "(default: 10.0)" in text
+    for code in range(5):
+        assert f"\n  {code}  " in text, f"exit code {code} is not explained"
+
+
+async def test_a_web_page_address_gets_a_hint(tmp_path) -> None:
+    code, out = await run_client("http://127.0.0.1:9/", 1, tmp_path / "x.json")
+    assert code == 2
+    assert "ws://127.0.0.1:9/ws" in out
+
+
+async def test_a_banned_client_is_told_why(relay_server, tmp_path) -> None:
+    async with ChatClient(relay_server.ws_url, tag=5) as victim:
+        await api(
+            relay_server,
+            "POST",
+            "/bans",
+            json={"sessionId": victim.id, "reason": "spamming links", "seconds": 600},
+        )
+    code, out = await run_client(relay_server.ws_url, 1, tmp_path / "x.json")
+    assert code == 3, out
+    assert "refused: banned" in out and "spamming links" in out
+
+
+async def test_resume_test_drops_the_socket_and_keeps_the_partner(relay_server, tmp_path) -> None:
+    async with ChatClient(relay_server.ws_url, tag=7) as partner:
+        await partner.start()
+        code, out = await run_client(
+            relay_server.ws_url, 8, tmp_path / "r.json", "--resume-test", seconds=8
+        )
+        assert code == 0, out
+        summary = json.loads((tmp_path / "r.json").read_text())
+        assert summary["resume"]["ok"] and summary["matches"] == 1, summary
+        assert "resume test:        ok" in out
+        # Progress lines went to stderr while it ran (not a terminal: every few seconds).
+        assert "matched yes (1x) | frames" in out
+        await partner.wait_for("partner_reconnecting", timeout=10)
+        await partner.wait_for("partner_back", timeout=10)

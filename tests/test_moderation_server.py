@@ -171,7 +171,8 @@ async def test_a_ban_is_enforced_at_connect_and_survives_a_restart(relay_server,
         relay_server,
         "POST",
         "/bans",
-        json={"sessionId": user.id, "reason": "spam", "seconds": 3600},
+        # The default scope is the browser only; this ban asks for the address too.
+        json={"sessionId": user.id, "reason": "spam", "seconds": 3600, "scope": "identity+address"},
     )
     assert ban["identity"] == "client-one-abcdef"
     assert ban["ip"] == "127.0.0.1"

@@ -144,17 +144,21 @@ async def test_closing_the_websocket_tells_the_partner(relay_server, clients) ->
     assert left["reason"] == "disconnect"
 
 
+@pytest.mark.parametrize("relay_server_args", [["--media-timeout", "3", "--resume-grace", "2"]])
 async def test_silent_media_counts_as_a_disconnect(relay_server, clients) -> None:
     a, b = await paired(relay_server, clients)
     await b.wait_frames(tag=1, count=5, timeout=TIMEOUT)
     # A's WebSocket stays open but its media stops, as when a network drops UDP.
     for sender in a.pc.getSenders():
         sender.replaceTrack(None)
-    left = await b.wait_for("partner_left", timeout=TIMEOUT)
-    assert left["reason"] == "disconnect"
+    # The pair is held for the resume grace: A may bring new media back in time.
+    await b.wait_for("partner_reconnecting", timeout=TIMEOUT)
     err = await a.wait_for("error", timeout=TIMEOUT)
     assert err["code"] == "media_lost"
-    assert "offer" in err["message"]
+    assert "new offer within 2 s" in err["message"]
+    left = await b.wait_for("partner_left", timeout=TIMEOUT)
+    assert left["reason"] == "disconnect"
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
 
 
 async def test_interests_prefer_a_shared_one(relay_server, clients) -> None:
@@ -259,8 +263,13 @@ async def test_bad_input_gets_an_error_and_the_other_pair_keeps_flowing(
 
 async def test_messages_out_of_order_get_bad_state(relay_server, clients) -> None:
     a = await connected(relay_server, clients, 1)
+    # A second offer replaces the media connection (a network change); a third while
+    # that one is still being set up makes no sense.
     await a.send({"type": "offer", "sdp": a.pc.localDescription.sdp})
-    assert (await a.wait_for("error", timeout=TIMEOUT))["code"] == "bad_state"
+    await a.wait_for("answer", timeout=TIMEOUT)
+    await a.send({"type": "offer", "sdp": a.pc.localDescription.sdp})
+    err = await a.wait_for("error", timeout=TIMEOUT)
+    assert err["code"] == "bad_state" and "being set up" in err["message"]
     await a.start()
     await a.wait_for("waiting", timeout=TIMEOUT)
     await a.start()

@@ -16,6 +16,7 @@ import { InterestInput } from "./interests.js";
 import { LocalMedia } from "./media.js";
 import * as text from "./messages.js";
 import { Peer } from "./peer.js";
+import { RecentList, categoryOf } from "./recent.js";
 import { RemoteView } from "./remoteview.js";
 import { Signalling, clientId, socketUrl } from "./signalling.js";
 import { touchOnly, useTouchWording } from "./touch.js";
@@ -33,6 +34,10 @@ const AUTO_SEARCH_KEY = "relay.autoSearch";
 // How long a failed media connection may wait for the server's `media_lost` before
 // the whole visit is restarted.
 const MEDIA_FAILED_GRACE_MS = 10000;
+// ICE "disconnected" this long (a network change) means: make a new connection now. The
+// server answers its offer with a new connection that keeps the partner (aiortc, on the
+// server, has no ICE restart, so pc.restartIce() is not used).
+const MEDIA_DISCONNECTED_MS = 2000;
 
 const ui = {
   intro: $("intro"),
@@ -79,6 +84,9 @@ const state = {
   helloSeen: false,
   iceServers: [],
   peer: null,
+  // The connection a new one replaces, kept until the new one is up (make before break).
+  oldPeer: null,
+  mediaDisconnectedTimer: 0,
   mediaFailures: 0,
   mediaFailedTimer: 0,
   mediaRetryTimer: 0,
@@ -91,10 +99,13 @@ const state = {
   escTimer: 0,
   countdownTimer: 0,
   reportTimer: 0,
+  pairId: null, // the current pair's opaque id (from `matched`)
+  reportTarget: null, // the pair the open report dialog is about
   phaseBeforeDrop: null,
   autoSearch: loadAutoSearch(),
   autoSearchTimer: 0,
   online: null, // people online, rounded, when the server tells (--show-online)
+  networkChanged: false,
 };
 
 const media = new LocalMedia();
@@ -116,6 +127,19 @@ const chat = new ChatPanel({
   button: $("chat-send"),
   onsend: (t) => send({ type: "chat", text: t }),
   ontyping: (active) => state.phase === "matched" && send({ type: "typing", active }),
+});
+const recent = new RecentList({
+  box: $("recent"),
+  list: $("recent-list"),
+  count: $("recent-count"),
+  onreport: (pairId) => openReport(pairId),
+  onblock: (pairId) => {
+    if (send({ type: "block", pairId }) && pairId === state.pairId && state.phase === "matched") {
+      // The server moves us on; say so as Next would.
+      chat.system(text.chat.youSkipped, { strong: true });
+      setPhase("waiting");
+    }
+  },
 });
 const signalling = new Signalling(socketUrl(), {
   message: onMessage,
@@ -211,6 +235,14 @@ function onMessage(msg) {
       return;
     case "matched":
       return onMatched(msg);
+    case "resumed":
+      return onResumed(msg);
+    case "partner_reconnecting":
+      if (state.phase === "matched") chat.system(text.chat.partnerReconnecting);
+      return;
+    case "partner_back":
+      if (state.phase === "matched") chat.system(text.chat.partnerBack);
+      return;
     case "partner_left":
       return onPartnerLeft(msg.reason);
     case "stopped":
@@ -234,7 +266,12 @@ function onMessage(msg) {
       return;
     case "reported":
       clearTimeout(state.reportTimer);
+      recent.mark(msg.pairId, "reported");
       toast(text.notes.reportRecorded);
+      return;
+    case "blocked":
+      recent.mark(msg.pairId, "blocked");
+      toast(text.notes.blocked);
       return;
     case "error":
       return onServerError(msg);
@@ -252,6 +289,7 @@ function onHello(msg) {
   const limits = msg.limits ?? {};
   chat.setMaxChars(limits.maxChatChars);
   if (Number.isInteger(limits.maxInterests)) state.maxInterests = limits.maxInterests;
+  recent.setWindow(msg.reportWindow);
   clearInterval(state.countdownTimer);
   if (ui.banner.dataset.reason === "connection") hideBanner();
   if (reconnected) toast(text.notes.reconnected);
@@ -264,10 +302,48 @@ function onHello(msg) {
   }
 }
 
+// The socket came back and took the session over: same partner, same media if it lived.
+function onResumed(msg) {
+  if (Array.isArray(msg.iceServers)) state.iceServers = msg.iceServers;
+  clearInterval(state.countdownTimer);
+  if (ui.banner.dataset.reason === "connection") hideBanner();
+  toast(text.notes.reconnected);
+  const before = state.phaseBeforeDrop;
+  if (msg.state === "paired") {
+    // The same partner: their picture shows again from the next frame.
+    remote.expectPartner(text.placeholder.matched);
+    setPhase("matched");
+  } else if (msg.state === "waiting") {
+    setPhase("waiting");
+  } else if (before === "matched") {
+    // The pair ended while we were away.
+    setPhase("matched");
+    onPartnerLeft("disconnect");
+  } else if (state.wanted) {
+    sendStart();
+  } else {
+    setPhase(before === "left" ? "left" : "stopped");
+  }
+  // After a network change the old media path is dead even if the browser has not noticed.
+  if (state.networkChanged || !msg.media || state.peer?.state !== "connected") connectMedia();
+  state.networkChanged = false;
+}
+
+// A phone moved to another network (Network Information API, where the browser has it): the
+// socket and the media path are both suspect, so both are renewed, keeping the partner.
+function onNetworkChange() {
+  if (!state.helloSeen || state.phase === "closed") return;
+  state.networkChanged = true;
+  signalling.cycle();
+}
+navigator.connection?.addEventListener?.("change", onNetworkChange);
+
 function onMatched(msg) {
   if (!state.wanted) return;
   const shared = Array.isArray(msg.interests) ? msg.interests : [];
   state.sharedInterests = shared.filter((t) => typeof t === "string");
+  state.pairId = typeof msg.pairId === "string" ? msg.pairId : null;
+  recent.started(state.pairId, state.sharedInterests);
   chat.clear();
   chat.system(text.chat.matched, { strong: true });
   if (state.sharedInterests.length) chat.system(`${text.chat.shared}`, { tags: state.sharedInterests });
@@ -348,7 +424,10 @@ function onServerError(msg) {
 function connectMedia() {
   clearTimeout(state.mediaFailedTimer);
   clearTimeout(state.mediaRetryTimer);
-  state.peer?.close();
+  clearTimeout(state.mediaDisconnectedTimer);
+  // The old connection keeps carrying media until the new one is up (or fails).
+  state.oldPeer?.close();
+  state.oldPeer = state.peer;
   const peer = new Peer({
     iceServers: state.iceServers,
     stream: media.stream,
@@ -365,12 +444,27 @@ function connectMedia() {
 
 function onMediaState(peer, s) {
   if (peer !== state.peer) return;
+  clearTimeout(state.mediaDisconnectedTimer);
+  if (s === "disconnected" && signalling.isOpen) {
+    state.mediaDisconnectedTimer = setTimeout(() => {
+      if (peer === state.peer && peer.state !== "connected") connectMedia();
+    }, MEDIA_DISCONNECTED_MS);
+  }
+  if (s === "connected" || s === "failed") {
+    state.oldPeer?.close();
+    state.oldPeer = null;
+  }
   if (s === "connected") {
     clearTimeout(state.mediaFailedTimer);
     state.mediaFailures = 0;
     if (ui.banner.dataset.reason === "media") hideBanner();
   } else if (s === "failed") {
     showBanner(text.connection.mediaFailed, "error", "media");
+    if (state.phase === "matched" && signalling.isOpen) {
+      // The server holds the pair for its resume grace: a new connection keeps the partner.
+      connectMedia();
+      return;
+    }
     // The server notices too and sends media_lost; if it does not, start the visit over.
     clearTimeout(state.mediaFailedTimer);
     state.mediaFailedTimer = setTimeout(restartVisit, MEDIA_FAILED_GRACE_MS);
@@ -378,6 +472,12 @@ function onMediaState(peer, s) {
 }
 
 function onMediaLost() {
+  if (state.phase === "matched" && signalling.isOpen) {
+    // The server holds the pair for a while: a new connection now keeps the partner.
+    showBanner(text.connection.mediaFailed, "error", "media");
+    if (state.peer?.state !== "connecting" && state.peer?.state !== "new") connectMedia();
+    return;
+  }
   state.mediaFailures += 1;
   const gaveUp = state.mediaFailures >= 3;
   showBanner(gaveUp ? text.connection.mediaGaveUp : text.connection.mediaFailed, "error", "media");
@@ -404,16 +504,22 @@ function restartVisit() {
 
 // ---------- the WebSocket ----------
 
-function onSignallingDown({ everUp, retryInMs, final }) {
+function onSignallingDown({ everUp, retryInMs, final, resumable, code }) {
   clearTimeout(state.mediaFailedTimer);
   clearTimeout(state.mediaRetryTimer);
-  state.peer?.close();
-  state.peer = null;
+  if (!resumable) {
+    // Nothing to resume: the next hello starts a new visit with a new connection.
+    state.oldPeer?.close();
+    state.oldPeer = null;
+    state.peer?.close();
+    state.peer = null;
+  }
   if (state.phase === "matched") chat.system(text.chat.connectionLost, { strong: true });
   if (final) {
     releaseCamera();
     setPhase("closed");
-    showBanner(state.moderatedText ?? text.connection.kicked, "error", "connection");
+    const why = code === 4009 ? text.connection.replaced : text.connection.kicked;
+    showBanner(state.moderatedText ?? why, "error", "connection");
     return;
   }
   if (state.phase !== "reconnecting" && state.phase !== "connecting") {
@@ -633,23 +739,36 @@ function sendMediaState() {
 
 ui.reportButton.addEventListener("click", () => {
   if (state.phase !== "matched") return;
+  openReport(state.pairId);
+});
+
+// `pairId` is the current partner's or a recent one's (web/recent.js).
+function openReport(pairId) {
+  state.reportTarget = pairId;
   ui.reportForm.reset();
   ui.reportSkip.checked = true;
+  // Skipping only makes sense for the partner on screen.
+  ui.reportSkip.closest(".check").hidden = !(pairId === state.pairId && state.phase === "matched");
   ui.reportDialog.returnValue = "";
   ui.reportDialog.showModal();
-});
+}
 
 ui.reportDialog.addEventListener("close", () => {
   if (ui.reportDialog.returnValue !== "send") return;
   const data = new FormData(ui.reportForm);
   const details = ui.reportDetails.value.trim();
-  const reason = [data.get("reason") ?? "unspecified", details].filter(Boolean).join(": ").slice(0, 500);
+  const choice = data.get("reason") ?? "unspecified";
+  const reason = [choice, details].filter(Boolean).join(": ").slice(0, 500);
+  const pairId = state.reportTarget;
+  const current = pairId === state.pairId && state.phase === "matched";
+  const report = { type: "report", reason, category: categoryOf(choice), moveOn: false };
+  if (pairId) report.pairId = pairId;
   // The page moves on itself (Next), so the server is told not to.
-  if (state.phase === "matched" && send({ type: "report", reason, moveOn: false })) {
+  if ((current || (pairId && recent.find(pairId))) && send(report)) {
     // The server confirms with `reported`; a server without moderation does not.
     clearTimeout(state.reportTimer);
     state.reportTimer = setTimeout(() => toast(text.notes.reportSent), 3000);
-    if (ui.reportSkip.checked) next();
+    if (current && ui.reportSkip.checked) next();
   }
 });
 
@@ -660,6 +779,7 @@ function setPhase(phase) {
   state.phase = phase;
   if (phase !== "matched" && before === "matched") {
     chat.enable(false);
+    recent.ended(state.pairId);
   }
   renderStatus();
   renderButtons();
@@ -757,6 +877,7 @@ remote.onblocked = () => {
 
 window.addEventListener("pagehide", () => {
   signalling.close();
+  state.oldPeer?.close();
   state.peer?.close();
 });
 

@@ -43,12 +43,15 @@ export const chat = {
   connectionLost: t("chat.connectionLost"),
   you: t("chat.you"),
   stranger: t("chat.stranger"),
+  partnerReconnecting: t("chat.partnerReconnecting"),
+  partnerBack: t("chat.partnerBack"),
 };
 
 export const notes = {
   escAgain: t("notes.escAgain"),
   reportSent: t("notes.reportSent"),
   reportRecorded: t("notes.reportRecorded"),
+  blocked: t("notes.blocked"),
   reconnected: t("notes.reconnected"),
   ageRequired: t("notes.ageRequired"),
   asking: t("notes.asking"),
@@ -105,6 +108,7 @@ export const connection = {
   retryingNow: t("connection.retryingNow"),
   offline: t("connection.offline"),
   kicked: t("connection.kicked"),
+  replaced: t("connection.replaced"),
   mediaFailed: t("connection.mediaFailed"),
   mediaGaveUp: t("connection.mediaGaveUp"),
   deviceEnded: t("connection.deviceEnded"),

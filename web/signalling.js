@@ -7,6 +7,8 @@ const CLOSE_FLOODING = 4008;
 const CLOSE_MODERATED = 4003;
 // One node of a cluster is restarting (draining): another node answers at once.
 const CLOSE_SERVICE_RESTART = 1012;
+// Another connection resumed this session (this page's token was used elsewhere).
+const CLOSE_REPLACED = 4009;
 
 export function socketUrl(loc = window.location) {
   const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
@@ -34,7 +36,13 @@ export function clientId() {
  *
  * handlers.message(msg)  every JSON object received
  * handlers.up()          the socket opened
- * handlers.down(info)    the socket closed or never opened; info = {everUp, retryInMs, final}
+ * handlers.down(info)    the socket closed or never opened; info = {everUp, retryInMs, final,
+ *                        resumable}: resumable when the next socket will try to take the
+ *                        session over (docs/protocol.md, "Resume"), so media and pair may live on
+ *
+ * Resume is done here: the token from `hello`/`resumed` is sent as the first message of the
+ * next socket. That socket's own `hello` is held back: the page sees `resumed` (the session
+ * goes on), or, when the server refuses the token, that `hello` (a new visit starts).
  */
 export class Signalling {
   constructor(url, handlers) {
@@ -46,6 +54,9 @@ export class Signalling {
     this.closed = true;
     this.retryTimer = 0;
     this.onOnline = () => this.retryNow();
+    this.resumeToken = null;
+    this.resuming = false;
+    this.heldHello = null;
   }
 
   get isOpen() {
@@ -59,8 +70,11 @@ export class Signalling {
     this.connect();
   }
 
+  // Leaving on purpose: the server ends the session at once (close 1000), nothing to resume.
   close() {
     this.closed = true;
+    this.resumeToken = null;
+    this.resuming = false;
     clearTimeout(this.retryTimer);
     window.removeEventListener("online", this.onOnline);
     const ws = this.ws;
@@ -75,6 +89,13 @@ export class Signalling {
     if (!this.isOpen) return false;
     this.ws.send(JSON.stringify(msg));
     return true;
+  }
+
+  // The network changed (a phone moved to another network): the socket may be dead without
+  // knowing it. Close it (4000 is not a goodbye: the server holds the session) and resume at once.
+  cycle() {
+    if (this.closed || !this.ws) return;
+    this.ws.close(4000, "network changed");
   }
 
   // Skip the rest of the back-off wait (the network came back, or the person asked).
@@ -96,6 +117,9 @@ export class Signalling {
     this.ws = ws;
     ws.onopen = () => {
       this.everUp = true;
+      this.resuming = this.resumeToken !== null;
+      this.heldHello = null;
+      if (this.resuming) ws.send(JSON.stringify({ type: "resume", token: this.resumeToken }));
       this.handlers.up?.();
     };
     ws.onmessage = (event) => {
@@ -110,6 +134,24 @@ export class Signalling {
       if (msg === null || typeof msg !== "object" || typeof msg.type !== "string") return;
       // A working exchange, not just an open socket, resets the back-off.
       this.attempt = 0;
+      if (this.resuming) {
+        if (msg.type === "hello") {
+          this.heldHello = msg;
+          return;
+        }
+        if (msg.type === "error" && msg.inReplyTo === "resume") {
+          // Ended, expired or on another server: this socket's own visit starts.
+          this.resuming = false;
+          msg = this.heldHello;
+          this.heldHello = null;
+          if (!msg) return;
+        } else if (msg.type === "resumed") {
+          this.resuming = false;
+        }
+      }
+      if ((msg.type === "hello" || msg.type === "resumed") && typeof msg.resumeToken === "string") {
+        this.resumeToken = msg.resumeToken;
+      }
       this.handlers.message(msg);
     };
     ws.onclose = (event) => {
@@ -123,23 +165,26 @@ export class Signalling {
 
   scheduleRetry(code) {
     if (this.closed) return;
-    if (code === CLOSE_FLOODING || code === CLOSE_MODERATED) {
+    if (code === CLOSE_FLOODING || code === CLOSE_MODERATED || code === CLOSE_REPLACED) {
       this.closed = true;
+      this.resumeToken = null;
       this.handlers.down({ everUp: this.everUp, retryInMs: null, final: true, code });
       return;
     }
+    const resumable = this.resumeToken !== null;
     if (code === CLOSE_SERVICE_RESTART) {
       // Soon, but spread over a second so a drained node's visitors do not arrive at once.
       const retryInMs = Math.round(200 + Math.random() * 800);
       this.retryTimer = setTimeout(() => this.connect(), retryInMs);
-      this.handlers.down({ everUp: this.everUp, retryInMs, final: false, code });
+      this.handlers.down({ everUp: this.everUp, retryInMs, final: false, code, resumable });
       return;
     }
-    const base = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    // A session held for a resume waits only seconds: the first retry goes at once.
+    const base = resumable && this.attempt === 0 ? 0 : BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
     // Jitter, so that a restarted server is not hit by every browser in the same second.
     const retryInMs = Math.round(base * (0.8 + Math.random() * 0.4));
     this.attempt += 1;
     this.retryTimer = setTimeout(() => this.connect(), retryInMs);
-    this.handlers.down({ everUp: this.everUp, retryInMs, final: false, code });
+    this.handlers.down({ everUp: this.everUp, retryInMs, final: false, code, resumable });
   }
 }

@@ -69,6 +69,8 @@ export default {
   "chat.youStopped": "أوقفت الدردشة.",
   "chat.youSkipped": "انتقلت إلى شخص جديد.",
   "chat.connectionLost": "انقطع اتصالك.",
+  "chat.partnerReconnecting": "انقطع اتصال الغريب. بانتظار عودته…",
+  "chat.partnerBack": "عاد الغريب.",
 
   "report.hint": "يراجع أشخاص حقيقيون البلاغات. لا يُخبَر الشخص بمن أبلغ عنه.",
   "report.reason": "السبب",
@@ -134,6 +136,7 @@ export default {
   "connection.offline": "أنت غير متصل بالإنترنت. سنعيد الاتصال فور عودة شبكتك.",
   "connection.kicked":
     "أغلق الخادم الاتصال لأن رسائل كثيرة جداً أُرسلت. أعد تحميل الصفحة للمتابعة.",
+  "connection.replaced": "استمرت هذه المحادثة في نافذة أو علامة تبويب أخرى. أعد تحميل الصفحة لبدء محادثة جديدة هنا.",
   "connection.mediaFailed":
     "فشل اتصال الفيديو بالخادم. جارٍ إعادة الاتصال… إن تكرر ذلك، فقد تحظر شبكتك مكالمات الفيديو (UDP).",
   "connection.mediaGaveUp":
@@ -153,4 +156,18 @@ export default {
   "error.bannedForGood": "أنت محظور من Roulette Relay. السبب: {reason}",
   "error.kicked": "أنهى أحد المشرفين دردشتك: {message}",
   "error.other": "أبلغ الخادم عن خطأ ({code}).",
+  "recent.title": "الغرباء مؤخراً",
+  "recent.hint": "أبلغ عن شخص قابلته في الدقائق الأخيرة أو احظره، حتى بعد مغادرته.",
+  "recent.justNow": "الآن",
+  "recent.oneMinAgo": "قبل دقيقة",
+  "recent.minAgo": "قبل {m} دقيقة",
+  "recent.talkingNow": "تتحدثان الآن",
+  "recent.stranger": "غريب {n}",
+  "recent.reported": "تم الإبلاغ",
+  "recent.blocked": "محظور",
+  "recent.report": "إبلاغ",
+  "recent.block": "حظر",
+  "recent.reportAria": "الإبلاغ عن الغريب {n}",
+  "recent.blockAria": "حظر الغريب {n}",
+  "notes.blocked": "تم الحظر. لن تتم مطابقتك معه مرة أخرى.",
 };

@@ -69,6 +69,8 @@ export default {
   "chat.youStopped": "Du hast den Chat beendet.",
   "chat.youSkipped": "Du bist zur nächsten Person gewechselt.",
   "chat.connectionLost": "Deine Verbindung wurde unterbrochen.",
+  "chat.partnerReconnecting": "Die Verbindung der fremden Person ist abgebrochen. Warte, bis sie zurückkommt…",
+  "chat.partnerBack": "Die fremde Person ist zurück.",
 
   "report.hint": "Meldungen werden von Menschen geprüft. Die Person erfährt nicht, wer sie gemeldet hat.",
   "report.reason": "Grund",
@@ -134,6 +136,7 @@ export default {
   "connection.offline": "Du bist offline. Wir verbinden wieder, sobald dein Netz zurück ist.",
   "connection.kicked":
     "Der Server hat die Verbindung geschlossen, weil zu viele Nachrichten gesendet wurden. Lade die Seite neu, um weiterzumachen.",
+  "connection.replaced": "Dieser Chat wurde in einem anderen Fenster oder Tab fortgesetzt. Lade die Seite neu, um hier einen neuen zu beginnen.",
   "connection.mediaFailed":
     "Die Videoverbindung zum Server ist fehlgeschlagen. Verbinde erneut… Wenn das öfter passiert, blockiert dein Netz vielleicht Videoanrufe (UDP).",
   "connection.mediaGaveUp":
@@ -153,4 +156,18 @@ export default {
   "error.bannedForGood": "Du bist von Roulette Relay gesperrt. Grund: {reason}",
   "error.kicked": "Ein Moderator hat deinen Chat beendet: {message}",
   "error.other": "Der Server hat einen Fehler gemeldet ({code}).",
+  "recent.title": "Letzte Fremde",
+  "recent.hint": "Melde oder blockiere jemanden, den du in den letzten Minuten getroffen hast, auch wenn die Person schon weg ist.",
+  "recent.justNow": "gerade eben",
+  "recent.oneMinAgo": "vor 1 Min.",
+  "recent.minAgo": "vor {m} Min.",
+  "recent.talkingNow": "sprecht gerade",
+  "recent.stranger": "Fremde Person {n}",
+  "recent.reported": "Gemeldet",
+  "recent.blocked": "Blockiert",
+  "recent.report": "Melden",
+  "recent.block": "Blockieren",
+  "recent.reportAria": "Fremde Person {n} melden",
+  "recent.blockAria": "Fremde Person {n} blockieren",
+  "notes.blocked": "Blockiert. Ihr werdet nicht wieder verbunden.",
 };

@@ -70,6 +70,8 @@ export default {
   "chat.youStopped": "You stopped chatting.",
   "chat.youSkipped": "You skipped to someone new.",
   "chat.connectionLost": "Your connection was interrupted.",
+  "chat.partnerReconnecting": "The stranger's connection dropped. Waiting for them to come back…",
+  "chat.partnerBack": "The stranger is back.",
 
   "report.hint": "Reports are reviewed by people. The stranger is not told who reported them.",
   "report.reason": "Reason",
@@ -135,6 +137,7 @@ export default {
   "connection.offline": "You're offline. We'll reconnect as soon as your network is back.",
   "connection.kicked":
     "The server closed the connection because too many messages were sent. Reload the page to continue.",
+  "connection.replaced": "This chat continued in another window or tab. Reload the page to start a new one here.",
   "connection.mediaFailed":
     "The video connection to the server failed. Reconnecting… If this keeps happening, your network may block video calls (UDP).",
   "connection.mediaGaveUp":
@@ -154,4 +157,18 @@ export default {
   "error.bannedForGood": "You are banned from Roulette Relay. Reason: {reason}",
   "error.kicked": "A moderator ended your chat: {message}",
   "error.other": "The server reported an error ({code}).",
+  "recent.title": "Recent strangers",
+  "recent.hint": "Report or block someone you met in the last few minutes, even after they left.",
+  "recent.justNow": "just now",
+  "recent.oneMinAgo": "1 min ago",
+  "recent.minAgo": "{m} min ago",
+  "recent.talkingNow": "talking now",
+  "recent.stranger": "Stranger {n}",
+  "recent.reported": "Reported",
+  "recent.blocked": "Blocked",
+  "recent.report": "Report",
+  "recent.block": "Block",
+  "recent.reportAria": "Report stranger {n}",
+  "recent.blockAria": "Block stranger {n}",
+  "notes.blocked": "Blocked. You will not be matched with them again.",
 };

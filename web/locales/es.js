@@ -69,6 +69,8 @@ export default {
   "chat.youStopped": "Has dejado de chatear.",
   "chat.youSkipped": "Has pasado a otra persona.",
   "chat.connectionLost": "Tu conexión se ha interrumpido.",
+  "chat.partnerReconnecting": "La conexión del desconocido se cortó. Esperando a que vuelva…",
+  "chat.partnerBack": "El desconocido ha vuelto.",
 
   "report.hint": "Las denuncias las revisan personas. Al desconocido no se le dice quién le denunció.",
   "report.reason": "Motivo",
@@ -134,6 +136,7 @@ export default {
   "connection.offline": "Estás sin conexión. Volveremos a conectar en cuanto vuelva tu red.",
   "connection.kicked":
     "El servidor cerró la conexión porque se enviaron demasiados mensajes. Recarga la página para continuar.",
+  "connection.replaced": "Este chat continuó en otra ventana o pestaña. Recarga la página para empezar uno nuevo aquí.",
   "connection.mediaFailed":
     "La conexión de vídeo con el servidor falló. Reconectando… Si sigue pasando, puede que tu red bloquee las videollamadas (UDP).",
   "connection.mediaGaveUp":
@@ -153,4 +156,18 @@ export default {
   "error.bannedForGood": "Tienes prohibido el acceso a Roulette Relay. Motivo: {reason}",
   "error.kicked": "Un moderador terminó tu chat: {message}",
   "error.other": "El servidor informó de un error ({code}).",
+  "recent.title": "Desconocidos recientes",
+  "recent.hint": "Denuncia o bloquea a alguien que conociste en los últimos minutos, aunque ya se haya ido.",
+  "recent.justNow": "ahora mismo",
+  "recent.oneMinAgo": "hace 1 min",
+  "recent.minAgo": "hace {m} min",
+  "recent.talkingNow": "hablando ahora",
+  "recent.stranger": "Desconocido {n}",
+  "recent.reported": "Denunciado",
+  "recent.blocked": "Bloqueado",
+  "recent.report": "Denunciar",
+  "recent.block": "Bloquear",
+  "recent.reportAria": "Denunciar al desconocido {n}",
+  "recent.blockAria": "Bloquear al desconocido {n}",
+  "notes.blocked": "Bloqueado. No volverás a coincidir con esa persona.",
 };

@@ -69,6 +69,8 @@ export default {
   "chat.youStopped": "Você parou de conversar.",
   "chat.youSkipped": "Você passou para outra pessoa.",
   "chat.connectionLost": "Sua conexão foi interrompida.",
+  "chat.partnerReconnecting": "A conexão do estranho caiu. Esperando que ele volte…",
+  "chat.partnerBack": "O estranho voltou.",
 
   "report.hint": "As denúncias são analisadas por pessoas. O desconhecido não fica sabendo quem o denunciou.",
   "report.reason": "Motivo",
@@ -134,6 +136,7 @@ export default {
   "connection.offline": "Você está offline. Vamos reconectar assim que sua rede voltar.",
   "connection.kicked":
     "O servidor fechou a conexão porque foram enviadas mensagens demais. Recarregue a página para continuar.",
+  "connection.replaced": "Este chat continuou em outra janela ou aba. Recarregue a página para começar um novo aqui.",
   "connection.mediaFailed":
     "A conexão de vídeo com o servidor falhou. Reconectando… Se continuar acontecendo, sua rede pode bloquear chamadas de vídeo (UDP).",
   "connection.mediaGaveUp":
@@ -153,4 +156,18 @@ export default {
   "error.bannedForGood": "Você está banido do Roulette Relay. Motivo: {reason}",
   "error.kicked": "Um moderador encerrou sua conversa: {message}",
   "error.other": "O servidor informou um erro ({code}).",
+  "recent.title": "Estranhos recentes",
+  "recent.hint": "Denuncie ou bloqueie alguém que você conheceu nos últimos minutos, mesmo que já tenha saído.",
+  "recent.justNow": "agora mesmo",
+  "recent.oneMinAgo": "há 1 min",
+  "recent.minAgo": "há {m} min",
+  "recent.talkingNow": "conversando agora",
+  "recent.stranger": "Estranho {n}",
+  "recent.reported": "Denunciado",
+  "recent.blocked": "Bloqueado",
+  "recent.report": "Denunciar",
+  "recent.block": "Bloquear",
+  "recent.reportAria": "Denunciar o estranho {n}",
+  "recent.blockAria": "Bloquear o estranho {n}",
+  "notes.blocked": "Bloqueado. Você não será pareado com essa pessoa novamente.",
 };

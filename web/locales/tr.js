@@ -69,6 +69,8 @@ export default {
   "chat.youStopped": "Sohbeti bitirdin.",
   "chat.youSkipped": "Yeni birine geçtin.",
   "chat.connectionLost": "Bağlantın kesildi.",
+  "chat.partnerReconnecting": "Yabancının bağlantısı koptu. Geri dönmesi bekleniyor…",
+  "chat.partnerBack": "Yabancı geri döndü.",
 
   "report.hint": "Bildirimleri insanlar inceler. Yabancıya kimin bildirdiği söylenmez.",
   "report.reason": "Neden",
@@ -134,6 +136,7 @@ export default {
   "connection.offline": "Çevrimdışısın. Ağın geri gelir gelmez yeniden bağlanacağız.",
   "connection.kicked":
     "Çok fazla mesaj gönderildiği için sunucu bağlantıyı kapattı. Devam etmek için sayfayı yenile.",
+  "connection.replaced": "Bu sohbet başka bir pencerede veya sekmede devam etti. Burada yenisini başlatmak için sayfayı yenile.",
   "connection.mediaFailed":
     "Sunucuyla görüntü bağlantısı başarısız oldu. Yeniden bağlanıyor… Bu sürerse ağın görüntülü aramaları (UDP) engelliyor olabilir.",
   "connection.mediaGaveUp":
@@ -153,4 +156,18 @@ export default {
   "error.bannedForGood": "Roulette Relay'den yasaklandın. Neden: {reason}",
   "error.kicked": "Bir moderatör sohbetini sonlandırdı: {message}",
   "error.other": "Sunucu bir hata bildirdi ({code}).",
+  "recent.title": "Son yabancılar",
+  "recent.hint": "Son birkaç dakikada tanıştığın birini, ayrılmış olsa bile şikâyet et veya engelle.",
+  "recent.justNow": "az önce",
+  "recent.oneMinAgo": "1 dk önce",
+  "recent.minAgo": "{m} dk önce",
+  "recent.talkingNow": "şu an konuşuyorsunuz",
+  "recent.stranger": "Yabancı {n}",
+  "recent.reported": "Şikâyet edildi",
+  "recent.blocked": "Engellendi",
+  "recent.report": "Şikâyet et",
+  "recent.block": "Engelle",
+  "recent.reportAria": "Yabancı {n} kişisini şikâyet et",
+  "recent.blockAria": "Yabancı {n} kişisini engelle",
+  "notes.blocked": "Engellendi. Bu kişiyle bir daha eşleşmeyeceksin.",
 };

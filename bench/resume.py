@@ -1,0 +1,119 @@
+"""How long the partner's video pauses when a visitor's connection is cut and comes back:
+`python -m bench.resume [--rounds N] [--fps F]`.
+
+A real server and two headless clients (stamped video at F fps) on loopback. Each round
+measures, in the stream each side receives, the largest gap (stamped frames that never
+arrived, and milliseconds between two arrivals) around three events:
+
+- `websocket`: A's WebSocket is cut (no closing handshake) and resumed; media is untouched.
+- `media`: A replaces its media connection (a new offer, as the page does after an ICE
+  failure): make-before-break, the old connection carries media until the new one is up.
+- `network_change`: both at once: A's WebSocket and its media connection die (the old
+  connection is closed first), then A resumes and offers a new connection.
+
+`baseline` is the largest gap in a quiet window of the same length, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.target import RelayServer
+from rtc.client import ChatClient
+
+# Frames to wait for after each event before the gap is read (--settle).
+SETTLE_FRAMES = 30
+
+
+async def _gap(
+    a: ChatClient, b: ChatClient, event: Callable[[], Awaitable[None]], settle: int
+) -> dict[str, float]:
+    at = time.time()
+    await event()
+    await b.wait_frames(tag=a.tag, count=settle, after=time.time(), timeout=30)
+    await a.wait_frames(tag=b.tag, count=settle, after=time.time(), timeout=30)
+    b_frames, b_ms = b.largest_gap(a.tag, at)
+    a_frames, a_ms = a.largest_gap(b.tag, at)
+    return {"frames": max(a_frames, b_frames), "ms": max(a_ms, b_ms)}
+
+
+async def measure(rounds: int, fps: int, settle: int = SETTLE_FRAMES) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RelayServer("passthrough", Path(tmp) / "server.log", ("--resume-grace", "20"))
+        await server.start()
+        try:
+            async with (
+                ChatClient(server.ws_url, tag=1, fps=fps) as a,
+                ChatClient(server.ws_url, tag=2, fps=fps) as b,
+            ):
+                await a.start()
+                await b.start()
+                await a.wait_frames(tag=2, count=settle, timeout=30)
+                await b.wait_frames(tag=1, count=settle, timeout=30)
+
+                async def quiet() -> None:
+                    await asyncio.sleep(settle / fps)
+
+                async def websocket() -> None:
+                    await a.drop_socket()
+                    await a.resume()
+
+                async def media() -> None:
+                    await a.negotiate(keep_old=True)
+
+                async def network_change() -> None:
+                    await a.drop_socket()
+                    await a.resume()
+                    await a.negotiate()
+
+                events = {
+                    "baseline": quiet,
+                    "websocket": websocket,
+                    "media": media,
+                    "network_change": network_change,
+                }
+                gaps: dict[str, list[dict[str, float]]] = {name: [] for name in events}
+                for _ in range(rounds):
+                    for name, event in events.items():
+                        gaps[name].append(await _gap(a, b, event, settle))
+                partner_left = [m for m in a.messages + b.messages if m["type"] == "partner_left"]
+        finally:
+            await server.stop()
+    return {
+        "rounds": rounds,
+        "fps": fps,
+        "partner_left": len(partner_left),
+        **{
+            name: {
+                "frames_p50": statistics.median(g["frames"] for g in values),
+                "frames_max": max(g["frames"] for g in values),
+                "ms_p50": round(statistics.median(g["ms"] for g in values)),
+                "ms_max": round(max(g["ms"] for g in values)),
+            }
+            for name, values in gaps.items()
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument(
+        "--settle", type=int, default=SETTLE_FRAMES, help="frames to wait for after each event"
+    )
+    args = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(measure(args.rounds, args.fps, args.settle)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
