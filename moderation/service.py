@@ -749,16 +749,26 @@ class Moderation:
         online = {s.person for s in self.lobby.sessions.values() if s.person is not None}
         online |= {f"s:{session_id}" for session_id in self.lobby.sessions}
         out = []
-        for report in queue.order(open_reports, reporters)[:limit]:
+        flagged = self.flagged_subjects()
+        for report in queue.order(open_reports, reporters, flagged)[:limit]:
             out.append(
                 report_json(report)
                 | {
                     "reporters24h": reporters.get(report.subject, 1),
+                    "flaggedNow": report.subject in flagged,
                     "online": report.subject in online,
                     "sharingAddress": self.online_at_address(report.reported_address),
                 }
             )
         return out
+
+    def flagged_subjects(self) -> set[str]:
+        """Report subjects of the people the nudity analyzer flags now (or holds)."""
+        return {
+            _subject(followed.session)
+            for followed in self.followed.values()
+            if followed.held is not None or "nudity" in followed.analysis.active
+        }
 
     async def history(self, subject: str) -> dict[str, Any]:
         """One person's reports (with decisions) and bans."""
@@ -830,6 +840,11 @@ class FlagCollector:
 
 # 9999-12-31 23:59:59 UTC: the last second gmtime and every JSON reader can show.
 _FAR_FUTURE = 253402300799.0
+
+
+def _subject(session: Session) -> str:
+    """Who a report about `session` is filed under (as ModerationStore.add_report keys it)."""
+    return session.person or f"s:{session.id}"
 
 
 def ban_until(ban: Ban) -> float | None:

@@ -358,20 +358,19 @@ async def test_a_flagged_stream_is_held_back_from_its_partner_until_a_moderator_
     await asyncio.sleep(1.5)
     assert _frames_after(partner, quiet_since) == 0
 
-    # The flag files a report for the moderators' queue, with the flagged user's last seconds.
+    # The flag files a report for the moderators' queue (sexual content, with the
+    # flagged user's last seconds), marked as flagged now, so it is taken first.
     async def filed():
-        reports = (await api(relay_server, "GET", "/reports?status=open"))["reports"]
-        return [r for r in reports if r["reportedId"] == flagged.id]
+        found = (await api(relay_server, "GET", "/queue"))["queue"]
+        return [r for r in found if r["reportedId"] == flagged.id]
 
     (report,) = await until(filed, what="the automatic report")
     assert report["reporterId"] == "analyzer:nudity"
     assert report["reason"].startswith("nudity (automatic: ")
+    assert report["category"] == "sexual" and report["flaggedNow"] is True
     assert report["evidence"] is not None
-    assert not [
-        r
-        for r in (await api(relay_server, "GET", "/reports"))["reports"]
-        if r["reportedId"] == partner.id
-    ]
+    queue = (await api(relay_server, "GET", "/queue"))["queue"]
+    assert [r["reportedId"] for r in queue] == [flagged.id]
 
     # A moderator watching the flagged user still sees the held video.
     assert await _watched_frames(relay_server, flagged.id, 5) >= 5

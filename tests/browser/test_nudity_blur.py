@@ -81,7 +81,9 @@ async def test_the_page_covers_a_held_partner_until_the_dashboard_shows_them_aga
         await expect(card.locator(".flag", has_text="nudity")).to_have_text(
             re.compile(r"^nudity (0\.\d\d|1\.00)$")
         )
-        await page.screenshot(path=str(artifacts / "nudity-held-dashboard.png"))
+        # Its automatic report is in the queue, marked as flagged now.
+        await expect(page.locator(".flagged-now")).to_have_text("flagged now")
+        await page.screenshot(path=str(artifacts / "nudity-held-dashboard.png"), full_page=True)
         await card.locator("button[data-act=release]").click()
         await expect(card.locator(".flag.held")).to_have_count(0)
     finally:
