@@ -19,6 +19,7 @@ from rtc.peer import MediaState, Peer, PeerError
 from rtc.relay import Relay
 from signalling import protocol as p
 from signalling.limits import AddressLimits, LimitExceeded, LimitSettings, Slot
+from signalling.recent import DEFAULT_WINDOW, RecentPartner, new_pair_id
 from signalling.resume import (
     ResumeSettings,
     make_token,
@@ -26,7 +27,6 @@ from signalling.resume import (
     secret_matches,
     split_token,
 )
-from signalling.recent import DEFAULT_WINDOW, RecentPartner, new_pair_id
 from signalling.session import (
     CLOSE_FLOOD,
     CLOSE_GOING_AWAY,

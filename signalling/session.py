@@ -9,7 +9,6 @@ import logging
 import secrets
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Any, Final
 

@@ -73,14 +73,12 @@ async def standing(request: web.Request) -> web.Response:
     before agreeing to anything or lighting their camera (docs/protocol.md).
     """
     identity, ip = _visitor(request)
-    ban = await request.app[MODERATION].ban_for(identity, ip)
+    moderation = request.app[MODERATION]
+    ban = await moderation.ban_for(identity, ip)
     body: dict[str, Any] = {"banned": False}
     if ban is not None:
-        body = error_message("banned", ban_message(ban)) | {
-            "banned": True,
-            "reason": ban.reason,
-            "until": ban_until(ban),
-        }
+        # The very `banned` error /ws would send (reason, until, appeal), as a plain answer.
+        body = moderation.refusal(ban) | {"banned": True}
         del body["type"]
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 

@@ -154,6 +154,7 @@ export default {
   "error.too_many_peers": "هناك اتصالات فيديو كثيرة جداً مفتوحة من شبكتك. أغلق علامة تبويب دردشة أخرى وحاول مجدداً.",
   "error.banned": "أنت محظور من Roulette Relay حتى {until}. السبب: {reason}",
   "error.bannedForGood": "أنت محظور من Roulette Relay. السبب: {reason}",
+  "error.bannedAppeal": "للطعن: {appeal}",
   "error.kicked": "أنهى أحد المشرفين دردشتك: {message}",
   "error.other": "أبلغ الخادم عن خطأ ({code}).",
   "recent.title": "الغرباء مؤخراً",

@@ -154,6 +154,7 @@ export default {
   "error.too_many_peers": "Aus deinem Netz sind zu viele Videoverbindungen offen. Schließe einen anderen Chat-Tab und versuche es erneut.",
   "error.banned": "Du bist bis {until} von Roulette Relay gesperrt. Grund: {reason}",
   "error.bannedForGood": "Du bist von Roulette Relay gesperrt. Grund: {reason}",
+  "error.bannedAppeal": "Einspruch: {appeal}",
   "error.kicked": "Ein Moderator hat deinen Chat beendet: {message}",
   "error.other": "Der Server hat einen Fehler gemeldet ({code}).",
   "recent.title": "Letzte Fremde",

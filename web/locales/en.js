@@ -155,6 +155,7 @@ export default {
   "error.too_many_peers": "Too many video connections are open from your network. Close another chat tab and try again.",
   "error.banned": "You are banned from Roulette Relay until {until}. Reason: {reason}",
   "error.bannedForGood": "You are banned from Roulette Relay. Reason: {reason}",
+  "error.bannedAppeal": "To appeal: {appeal}",
   "error.kicked": "A moderator ended your chat: {message}",
   "error.other": "The server reported an error ({code}).",
   "recent.title": "Recent strangers",

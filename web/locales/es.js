@@ -154,6 +154,7 @@ export default {
   "error.too_many_peers": "Hay demasiadas conexiones de vídeo abiertas desde tu red. Cierra otra pestaña de chat e inténtalo de nuevo.",
   "error.banned": "Tienes prohibido el acceso a Roulette Relay hasta el {until}. Motivo: {reason}",
   "error.bannedForGood": "Tienes prohibido el acceso a Roulette Relay. Motivo: {reason}",
+  "error.bannedAppeal": "Para apelar: {appeal}",
   "error.kicked": "Un moderador terminó tu chat: {message}",
   "error.other": "El servidor informó de un error ({code}).",
   "recent.title": "Desconocidos recientes",

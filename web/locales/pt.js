@@ -154,6 +154,7 @@ export default {
   "error.too_many_peers": "Há conexões de vídeo demais abertas a partir da sua rede. Feche outra aba de conversa e tente de novo.",
   "error.banned": "Você está banido do Roulette Relay até {until}. Motivo: {reason}",
   "error.bannedForGood": "Você está banido do Roulette Relay. Motivo: {reason}",
+  "error.bannedAppeal": "Para recorrer: {appeal}",
   "error.kicked": "Um moderador encerrou sua conversa: {message}",
   "error.other": "O servidor informou um erro ({code}).",
   "recent.title": "Estranhos recentes",

@@ -154,6 +154,7 @@ export default {
   "error.too_many_peers": "Ağından çok fazla görüntü bağlantısı açık. Başka bir sohbet sekmesini kapatıp yeniden dene.",
   "error.banned": "{until} tarihine kadar Roulette Relay'den yasaklandın. Neden: {reason}",
   "error.bannedForGood": "Roulette Relay'den yasaklandın. Neden: {reason}",
+  "error.bannedAppeal": "İtiraz için: {appeal}",
   "error.kicked": "Bir moderatör sohbetini sonlandırdı: {message}",
   "error.other": "Sunucu bir hata bildirdi ({code}).",
   "recent.title": "Son yabancılar",
