@@ -397,3 +397,45 @@ async def test_a_flagged_stream_is_held_back_from_its_partner_until_a_moderator_
     assert (await session_view(relay_server, flagged.id))["held"] is None
     actions = [e["action"] for e in (await api(relay_server, "GET", "/audit"))["audit"]]
     assert "release" in actions
+
+
+async def test_a_held_stream_is_held_from_a_partner_on_another_node_too(
+    nodes, clients, tmp_path
+) -> None:
+    # The held publisher's fan-out skips the pipe's outgoing stream like any partner;
+    # the partner's node tells its page through the cluster bus.
+    moderators = tmp_path / "moderators"
+    moderators.write_text(f"alice:{SECRET}\n")
+    moderators.chmod(0o600)
+    one = nodes(
+        "--db",
+        str(tmp_path / "one.sqlite3"),
+        "--recordings-dir",
+        str(tmp_path / "r1"),
+        "--moderators-file",
+        str(moderators),
+        "--analyzer-interval",
+        "0.5",
+        "--nudity-blur",
+    )
+    two = nodes("--db", str(tmp_path / "two.sqlite3"), "--recordings-dir", str(tmp_path / "r2"))
+    flagged = await connected(one, clients, 1, media_file=positive_clip(tmp_path / "p.webm"))
+    partner = await connected(two, clients, 2)
+    assert flagged.hello["node"] != partner.hello["node"]
+    await flagged.start()
+    await partner.start()
+    await flagged.wait_for("matched", timeout=TIMEOUT)
+    await partner.wait_for("matched", timeout=TIMEOUT)
+
+    assert (await partner.wait_for("partner_hidden", timeout=TIMEOUT))["reason"] == "nudity"
+    await asyncio.sleep(0.5)
+    quiet_since = time.time()
+    await asyncio.sleep(1.5)
+    assert _frames_after(partner, quiet_since) == 0
+    # The other way round nothing is held.
+    await flagged.wait_frames(count=3, after=time.time(), tag=2, timeout=TIMEOUT)
+
+    status, body = await _post(one, f"/sessions/{flagged.id}/release")
+    assert status == 200, body
+    await partner.wait_for("partner_shown", timeout=TIMEOUT)
+    await partner.wait_frames(count=3, after=time.time(), timeout=TIMEOUT)
