@@ -466,13 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     nudity.add_argument(
         "--nudity-threshold",
         type=_fraction,
-        default=_fraction(_env("NUDITY_THRESHOLD", str(d.nudity_threshold))),
+        default=_env("NUDITY_THRESHOLD", str(d.nudity_threshold)),  # argparse applies type
         help="model score (0-1] that raises the flag [RELAY_NUDITY_THRESHOLD]",
     )
     nudity.add_argument(
         "--nudity-rate",
         type=_positive,
-        default=_positive(_env("NUDITY_RATE", str(d.nudity_rate))),
+        default=_env("NUDITY_RATE", str(d.nudity_rate)),
         help="most inferences per second on this node (each takes one core for about "
         "30 ms, docs/performance.md); samples over it are skipped [RELAY_NUDITY_RATE]",
     )
