@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=_env("NUDITY_RATE", str(d.nudity_rate)),
         help="most inferences per second on this node (each takes one core for about "
-        "30 ms, docs/performance.md); samples over it are skipped [RELAY_NUDITY_RATE]",
+        "22 ms, docs/performance.md); samples over it are skipped [RELAY_NUDITY_RATE]",
     )
     p.add_argument(
         "--appeal-url",
