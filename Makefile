@@ -26,8 +26,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# The nudity extra too: its tests must run (and fail if it is missing), never skip.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,nudity]'
 	touch $@
 
 # Debian's Chromium for tests/browser. Never `playwright install`: browsers

@@ -225,6 +225,10 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             report_window=settings.report_window,
             block_days=settings.block_days,
             appeal=settings.appeal,
+            nudity=settings.nudity,
+            nudity_threshold=settings.nudity_threshold,
+            nudity_rate=settings.nudity_rate,
+            nudity_blur=settings.nudity_blur,
         ),
     )
     await moderation.start()

@@ -97,6 +97,13 @@ class Settings:
     evidence_seconds: float = 30.0
     # Seconds between sampled frames per video stream, for thumbnails and analyzers.
     analyzer_interval: float = 5.0
+    # The nudity analyzer (optional extra, moderation/nudity.py): on, the model score
+    # that flags, the most inferences per second across the node, and whether a
+    # flagged stream's video is held back from the partner until a moderator looks.
+    nudity: bool = False
+    nudity_threshold: float = 0.5
+    nudity_rate: float = 4.0
+    nudity_blur: bool = False
     report_moves_on: bool = True
     # Tell visitors how many are online (rounded) in `hello` and `waiting`.
     show_online: bool = False
@@ -216,6 +223,20 @@ def _count(value: str) -> int:
     number = int(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"{value}: must be 0 (no limit) or more")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be more than 0 and at most 1")
+    return number
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value}: must be a positive number")
     return number
 
 
@@ -426,6 +447,35 @@ def build_parser() -> argparse.ArgumentParser:
         ("block-days", d.block_days, "days a block keeps two browsers apart (by client id)"),
     ]
     _add_seconds(p, moderation_seconds)
+    nudity = p.add_argument_group(
+        "nudity analyzer (docs/moderation.md; needs pip install '.[nudity]', AGPL-3.0 model)"
+    )
+    nudity.add_argument(
+        "--nudity",
+        action=argparse.BooleanOptionalAction,
+        default=_env("NUDITY", "0").lower() in ("1", "true", "yes"),
+        help="run NudeNet's detector on sampled frames and flag nudity [RELAY_NUDITY]",
+    )
+    nudity.add_argument(
+        "--nudity-blur",
+        action=argparse.BooleanOptionalAction,
+        default=_env("NUDITY_BLUR", "0").lower() in ("1", "true", "yes"),
+        help="hide a flagged stream's video from the partner until a moderator releases it "
+        "(implies --nudity) [RELAY_NUDITY_BLUR]",
+    )
+    nudity.add_argument(
+        "--nudity-threshold",
+        type=_fraction,
+        default=_env("NUDITY_THRESHOLD", str(d.nudity_threshold)),  # argparse applies type
+        help="model score (0-1] that raises the flag [RELAY_NUDITY_THRESHOLD]",
+    )
+    nudity.add_argument(
+        "--nudity-rate",
+        type=_positive,
+        default=_env("NUDITY_RATE", str(d.nudity_rate)),
+        help="most inferences per second on this node (each takes one core for about "
+        "22 ms, docs/performance.md); samples over it are skipped [RELAY_NUDITY_RATE]",
+    )
     p.add_argument(
         "--appeal-url",
         default=os.environ.get("RELAY_APPEAL_URL") or None,
@@ -673,6 +723,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         recording_retention=args.recording_retention,
         evidence_seconds=args.evidence_seconds,
         analyzer_interval=args.analyzer_interval,
+        nudity=args.nudity or args.nudity_blur,
+        nudity_threshold=args.nudity_threshold,
+        nudity_rate=args.nudity_rate,
+        nudity_blur=args.nudity_blur,
         report_moves_on=args.report_moves_on,
         show_online=args.show_online,
         report_window=args.report_window,

@@ -32,6 +32,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
     except ValueError as exc:
         sys.exit(f"server.py: error: {exc}")
+    if settings.nudity:
+        # The optional extra: missing, the operator hears it now, not at the first sample.
+        from moderation.nudity import NudityUnavailable, model_path
+
+        try:
+            model_path()
+        except NudityUnavailable as exc:
+            sys.exit(f"server.py: error: --nudity: {exc}")
     _setup_logging(settings)
     if settings.workers > 1:
         sys.exit(_supervise(settings))

@@ -63,6 +63,8 @@ class Flag:
 
     name: str
     detail: str
+    # How sure the analyzer is, 0..1, where it has a measure (the nudity model's score).
+    score: float | None = None
 
 
 class Analyzer(Protocol):

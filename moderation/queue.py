@@ -3,12 +3,14 @@
 Open reports are ordered by the severity of what they are about (a minor and
 sexual content first, then violence, harassment, other, spam), then by how
 many distinct people reported that person in the last day (a person several
-strangers reported comes before a one-off), then oldest first.
+strangers reported comes before a one-off), then oldest first. A person the
+nudity analyzer flags right now comes first within their severity (and the
+flag itself files a "sexual" report, so they are in the queue at all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 from moderation.store import Report
@@ -39,16 +41,23 @@ def category_of(reason: str, given: str | None = None) -> str:
     return "other"
 
 
-def order(reports: Iterable[Report], reporters: Mapping[str, int]) -> list[Report]:
+def order(
+    reports: Iterable[Report],
+    reporters: Mapping[str, int],
+    flagged: Collection[str] = (),
+) -> list[Report]:
     """Open reports in the order a moderator should take them.
 
     `reporters` maps a reported subject to the distinct people who reported them
-    in the last day (ModerationStore.reporters_since).
+    in the last day (ModerationStore.reporters_since). `flagged` are subjects an
+    analyzer flags for nudity right now: within a severity they come first, as
+    someone exposing themselves to strangers at this moment is the most urgent.
     """
     return sorted(
         reports,
         key=lambda r: (
             SEVERITY.get(r.category, SEVERITY["other"]),
+            r.subject not in flagged,
             -reporters.get(r.subject, 1),
             r.created_at,
             r.id,

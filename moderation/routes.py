@@ -51,6 +51,7 @@ def setup_routes(app: web.Application, dashboard_dir: str) -> None:
     r.add_get("/api/moderate/sessions/{id}/thumbnail", thumbnail)
     r.add_get("/api/moderate/sessions/{id}/chat", live_chat)
     r.add_post("/api/moderate/sessions/{id}/kick", kick)
+    r.add_post("/api/moderate/sessions/{id}/release", release)
     r.add_get("/api/moderate/bans", bans)
     r.add_post("/api/moderate/bans", ban)
     r.add_post("/api/moderate/bans/{id}/lift", lift_ban)
@@ -175,6 +176,15 @@ async def kick(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such session")
     await _audit(request, "kick", f"session:{session_id}", message)
     return web.json_response({"kicked": session_id})
+
+
+async def release(request: web.Request) -> web.Response:
+    """A moderator looked at a stream held back by --nudity-blur: partners see it again."""
+    session_id = request.match_info["id"]
+    if not request.app[MODERATION].release(session_id):
+        raise web.HTTPNotFound(text="no such session with held video")
+    await _audit(request, "release", f"session:{session_id}")
+    return web.json_response({"released": session_id})
 
 
 async def bans(request: web.Request) -> web.Response:

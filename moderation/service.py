@@ -28,7 +28,13 @@ import numpy.typing as npt
 from prometheus_client.core import GaugeMetricFamily
 
 from moderation import queue
-from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
+from moderation.analyzers import (
+    Analyzer,
+    Flag,
+    FlagChanges,
+    StreamAnalysis,
+    default_analyzers,
+)
 from moderation.auth import Moderators
 from moderation.ban_terms import BanScope, BanTermError
 from moderation.events import EventHub
@@ -60,6 +66,8 @@ from signalling.session import Session, State
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_WIDTH = 192
+# The reporter of reports the nudity analyzer files (never a session id).
+AUTOMATIC_REPORTER = "analyzer:nudity"
 # How often the sampler and the bookkeeping run, and how often retention runs.
 TICK = 0.25
 RETENTION_EVERY = 60.0
@@ -80,6 +88,12 @@ class ModerationSettings:
     retained_bytes: int = 256_000_000
     # Shown to a banned person: where or how to appeal (a URL or a sentence).
     appeal: str | None = None
+
+    # The nudity analyzer (moderation/nudity.py, an optional extra) and its blur.
+    nudity: bool = False
+    nudity_threshold: float = 0.5
+    nudity_rate: float = 4.0
+    nudity_blur: bool = False
 
 
 @dataclass
@@ -115,6 +129,9 @@ class Followed:
         self.sample_wanted_at: float | None = None
         self.last_sample_at = -1e9
         self.decoding = False
+        # The nudity flag that holds this stream's video back from partners, until
+        # a moderator releases it (--nudity-blur); it outlives the flag itself.
+        self.held: Flag | None = None
         self._listeners: dict[str, Any] = {}
 
     def listen(self, on_frame: Any) -> None:
@@ -160,11 +177,19 @@ class Moderation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        # Loaded in start(): one model and one rate limit shared by every stream.
+        self._nudity: tuple[Any, Any] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
         self.recordings_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.settings.nudity:
+            # Imported only when asked for: the extra may not be installed.
+            from moderation.nudity import NudityModel, RateLimit
+
+            model = await asyncio.to_thread(NudityModel)
+            self._nudity = (model, RateLimit(self.settings.nudity_rate))
         self.lobby.report_handler = self.on_report
         self.lobby.block_handler = self.on_block
         self.lobby.report_window = self.settings.report_window
@@ -235,6 +260,11 @@ class Moderation:
 
     def _on_pair(self, session: Session) -> None:
         self._reconcile()
+        followed = self.followed.get(session.id)
+        if followed is not None and followed.held is not None:
+            # A new partner of a held stream: its page covers the picture from the
+            # start. Soon, not now: listeners run before `matched` is sent.
+            asyncio.get_running_loop().call_soon(self._tell_partner, session, True)
 
     def _reconcile(self) -> None:
         """Follow every session whose media is up; buffer only paired ones."""
@@ -250,7 +280,7 @@ class Moderation:
             followed = self.followed.get(session.id)
             if followed is None:
                 followed = self.followed[session.id] = Followed(
-                    session, peer, StreamAnalysis(default_analyzers())
+                    session, peer, StreamAnalysis(self._analyzers())
                 )
             followed.listen(self._frame_listener)
             if session.state == State.PAIRED:
@@ -263,6 +293,17 @@ class Moderation:
             elif followed.buffers:
                 # Not paired: nobody to report, nothing to keep.
                 followed.buffers.clear()
+
+    def _analyzers(self) -> list[Analyzer]:
+        analyzers = default_analyzers()
+        if self._nudity is not None:
+            from moderation.nudity import NudityAnalyzer
+
+            model, rate = self._nudity
+            analyzers.append(
+                NudityAnalyzer(model, threshold=self.settings.nudity_threshold, rate=rate)
+            )
+        return analyzers
 
     def _publish_session_changes(self) -> None:
         """Tell listening dashboards when anyone arrived, left, or changed pair."""
@@ -277,6 +318,7 @@ class Moderation:
                     s.media_ready,
                     f.thumbnail is not None if (f := self.followed.get(s.id)) else False,
                     len(f.analysis.active) if f else 0,
+                    f.held is not None if f else False,
                 )
                 for s in self.lobby.sessions.values()
             )
@@ -371,10 +413,58 @@ class Moderation:
             followed.thumbnail_at = time.time()
             for flag in changes.raised:
                 logger.info("%s flagged %s: %s", followed.session.id, flag.name, flag.detail)
+                if flag.name == "nudity":
+                    if self.settings.nudity_blur:
+                        self._hold(followed, flag)
+                    self._spawn(
+                        self._report_flag(followed.session, flag), f"flag {followed.session.id}"
+                    )
         except Exception:
             logger.exception("sampling %s failed", followed.session.id)
         finally:
             followed.decoding = False
+
+    # -- holding a flagged stream back (--nudity-blur) -----------------------
+    #
+    # The relay forwards encoded packets and never decodes them for a partner,
+    # so it cannot blur a picture. It stops forwarding the video instead (the
+    # partner still hears them) and tells the partner's page, which covers the
+    # picture with a placeholder; moderators' watchers still see it. The hold
+    # stays on the person, across new partners, until a moderator releases it
+    # (or kicks or bans them).
+
+    def _hold(self, followed: Followed, flag: Flag) -> None:
+        if followed.held is not None:
+            return
+        publisher = followed.peer.publishers.get("video")
+        if publisher is None:
+            return
+        followed.held = flag
+        publisher.hold(True)
+        logger.warning("%s's video held back from partners: %s", followed.session.id, flag.detail)
+        self._tell_partner(followed.session, True)
+
+    def release(self, session_id: str) -> bool:
+        """A moderator looked: forward the held video to partners again."""
+        followed = self.followed.get(session_id)
+        if followed is None or followed.held is None:
+            return False
+        followed.held = None
+        publisher = followed.peer.publishers.get("video")
+        if publisher is not None:
+            publisher.hold(False)
+        self._tell_partner(followed.session, False)
+        return True
+
+    def _tell_partner(self, session: Session, held: bool) -> None:
+        partner = session.partner
+        if partner is None:
+            return
+        message: dict[str, Any] = (
+            {"type": "partner_hidden", "reason": "nudity"} if held else {"type": "partner_shown"}
+        )
+        # Through the bus, so a partner on another node is told the same way.
+        self.lobby.bus.send(partner, session.ref, {"t": "client", "m": message})
 
     # -- reports -----------------------------------------------------------
 
@@ -441,6 +531,36 @@ class Moderation:
         blocked = await asyncio.to_thread(self.store.blocked_by, person)
         # Oldest first: when a visit adds more, the oldest kept blocks give way.
         return [PERSON_TAG + key for key in reversed(blocked)]
+
+    async def _report_flag(self, session: Session, flag: Flag) -> None:
+        """A nudity flag files a report, so it reaches the moderators' queue.
+
+        Filed as sexual content (the queue's most urgent kind after minors), about
+        the person (their identity, so a ban from the report reaches them after
+        they left), with the same evidence a person's report would keep: their
+        last seconds of the current pair, when they are paired.
+        """
+        try:
+            pair = session.pair
+            media = self._media_of(session.id, pair.pair_id) if pair is not None else {}
+            evidence = await asyncio.to_thread(self._write_evidence, media)
+            report = await asyncio.to_thread(
+                lambda: self.store.add_report(
+                    AUTOMATIC_REPORTER,
+                    session.id,
+                    f"nudity (automatic: {flag.detail})",
+                    evidence_path=None if evidence is None else str(evidence),
+                    pair_id=pair.pair_id if pair is not None else None,
+                    category="sexual",
+                    reporter_person=AUTOMATIC_REPORTER,
+                    reported_person=session.person,
+                    reported_address=session.address,
+                )
+            )
+            logger.info("report %d filed by the nudity analyzer about %s", report.id, session.id)
+            self.events.publish("queue")
+        except Exception:
+            logger.exception("filing the nudity report about %s failed", session.id)
 
     def _write_evidence(self, snapshots: dict[str, list[BufferedFrame]]) -> Path | None:
         tracks = [
@@ -629,16 +749,26 @@ class Moderation:
         online = {s.person for s in self.lobby.sessions.values() if s.person is not None}
         online |= {f"s:{session_id}" for session_id in self.lobby.sessions}
         out = []
-        for report in queue.order(open_reports, reporters)[:limit]:
+        flagged = self.flagged_subjects()
+        for report in queue.order(open_reports, reporters, flagged)[:limit]:
             out.append(
                 report_json(report)
                 | {
                     "reporters24h": reporters.get(report.subject, 1),
+                    "flaggedNow": report.subject in flagged,
                     "online": report.subject in online,
                     "sharingAddress": self.online_at_address(report.reported_address),
                 }
             )
         return out
+
+    def flagged_subjects(self) -> set[str]:
+        """Report subjects of the people the nudity analyzer flags now (or holds)."""
+        return {
+            _subject(followed.session)
+            for followed in self.followed.values()
+            if followed.held is not None or "nudity" in followed.analysis.active
+        }
 
     async def history(self, subject: str) -> dict[str, Any]:
         """One person's reports (with decisions) and bans."""
@@ -674,9 +804,13 @@ class Moderation:
                     "media": session.media_ready,
                     "openReports": open_reports.get(session.id, 0),
                     "flags": [
-                        {"name": f.name, "detail": f.detail}
+                        {"name": f.name, "detail": f.detail, "score": f.score}
                         for f in (followed.flags if followed else [])
                     ],
+                    # The flag that holds their video back from partners (--nudity-blur).
+                    "held": None
+                    if followed is None or followed.held is None
+                    else {"name": followed.held.name, "detail": followed.held.detail},
                     "thumbnailAt": followed.thumbnail_at if followed else None,
                     "recording": bool(followed and followed.recording),
                 }
@@ -695,7 +829,7 @@ class FlagCollector:
         gauge = GaugeMetricFamily(
             "relay_moderation_flags", "Streams with this analyzer flag raised now", labels=["flag"]
         )
-        counts: dict[str, int] = dict.fromkeys(("black", "frozen", "no_face"), 0)
+        counts: dict[str, int] = dict.fromkeys(("black", "frozen", "no_face", "nudity"), 0)
         for followed in self._moderation.followed.values():
             for flag in followed.flags:
                 counts[flag.name] = counts.get(flag.name, 0) + 1
@@ -706,6 +840,11 @@ class FlagCollector:
 
 # 9999-12-31 23:59:59 UTC: the last second gmtime and every JSON reader can show.
 _FAR_FUTURE = 253402300799.0
+
+
+def _subject(session: Session) -> str:
+    """Who a report about `session` is filed under (as ModerationStore.add_report keys it)."""
+    return session.person or f"s:{session.id}"
 
 
 def ban_until(ban: Ban) -> float | None:

@@ -293,7 +293,17 @@ class PipePublisher(PacketSource):
 class _OutgoingStream:
     """Sits in a local source's fan-out and sends every packet on over the pipe."""
 
-    __slots__ = ("_codec", "_codec_body", "_endpoint", "publisher", "stream_id", "to")
+    __slots__ = (
+        "_codec",
+        "_codec_body",
+        "_endpoint",
+        "_last_sequence",
+        "_restarting",
+        "_sequence_offset",
+        "publisher",
+        "stream_id",
+        "to",
+    )
 
     def __init__(
         self, endpoint: PipeEndpoint, publisher: PacketSource, to: Address, stream_id: int
@@ -305,11 +315,28 @@ class _OutgoingStream:
         self._codec: RTCRtpCodecParameters | None = None
         # `_codec` as a CODEC body, encoded once per codec (it goes ahead of every keyframe).
         self._codec_body = b""
+        # After a pause in the publisher's fan-out (a stream held for review,
+        # PacketSource.hold): start again at a keyframe, numbered on from the last
+        # packet sent, so the receiving node's subscriber sees no gap to wait out.
+        self._restarting = False
+        self._sequence_offset = 0
+        self._last_sequence = 0
 
     def __repr__(self) -> str:
         return f"<pipe out {self.stream_id} {self.publisher!r} -> {self.to}>"
 
+    def restart(self) -> None:
+        """Resume after a pause at the publisher's next keyframe (see `__init__`)."""
+        self._restarting = True
+
     def push_packet(self, codec: RTCRtpCodecParameters, view: RtpView, keyframe: bool) -> None:
+        if self._restarting:
+            if not keyframe:
+                return
+            self._restarting = False
+            self._sequence_offset = (self._last_sequence + 1 - view.sequence_number) & 0xFFFF
+        sequence_number = (view.sequence_number + self._sequence_offset) & 0xFFFF
+        self._last_sequence = sequence_number
         # The codec goes ahead of every keyframe too, not only when it changes: a
         # receiver that attached after the first CODEC message drops packets until it
         # knows the codec, and the keyframe it asked for must not be among them (that
@@ -326,7 +353,7 @@ class _OutgoingStream:
                 self.stream_id,
                 _RTP.size + len(payload),
                 view.payload_type | 0x80 if view.marker else view.payload_type,
-                view.sequence_number,
+                sequence_number,
                 view.timestamp,
             ),
             payload,

@@ -88,6 +88,9 @@ class PacketSource:
         self._last_keyframe_request = -math.inf
         self._keyframe_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Held for review (moderation's nudity blur): only sinks that say
+        # `sees_held` (moderators' watchers) get packets; see `hold`.
+        self.held = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}/{self.kind}>"
@@ -147,11 +150,35 @@ class PacketSource:
 
     def add_subscriber(self, subscriber: PacketSink) -> None:
         self._subscribers.add(subscriber)
-        self._fan_out = tuple(self._subscribers)
+        self._refan()
 
     def remove_subscriber(self, subscriber: PacketSink) -> None:
         self._subscribers.discard(subscriber)
-        self._fan_out = tuple(self._subscribers)
+        self._refan()
+
+    def _refan(self) -> None:
+        self._fan_out = tuple(
+            s for s in self._subscribers if not self.held or getattr(s, "sees_held", False)
+        )
+
+    def hold(self, held: bool) -> None:
+        """Stop (or resume) forwarding to every sink but moderators' watchers.
+
+        Decided here, in the fan-out, so a held stream costs nothing per packet
+        and a partner attached later (a new pair, another node's pipe) is held
+        too. On release each sink starts again at a fresh keyframe, as on a
+        partner change, so its receiver never sees the gap as loss.
+        """
+        if held == self.held:
+            return
+        self.held = held
+        self._refan()
+        if not held:
+            for sink in self._fan_out:
+                restart = getattr(sink, "restart", None)
+                if restart is not None:
+                    restart()
+            self.request_keyframe()
 
     # -- keyframes -------------------------------------------------------
 

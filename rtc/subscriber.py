@@ -93,6 +93,8 @@ class Subscriber(MediaStreamTrack):
         self._queue: deque[Frame] = deque()
         self._max_queued = MAX_QUEUED[kind]
         self._ready = asyncio.Event()
+        # A moderator's view: still forwarded while its source is held for review.
+        self.sees_held = False
 
     def __repr__(self) -> str:
         return f"<Subscriber {self.name}/{self.kind}>"
@@ -127,6 +129,11 @@ class Subscriber(MediaStreamTrack):
         # Chromium sends keyframes rarely on its own: ask now, so the new
         # partner's first picture does not wait for the next natural one.
         publisher.request_keyframe()
+
+    def restart(self) -> None:
+        """Start again at the source's next keyframe (its packets stopped for a while)."""
+        self._need_start = True
+        self._offset = None
 
     def detach(self) -> None:
         source, self._source = self._source, None

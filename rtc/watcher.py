@@ -73,6 +73,8 @@ class Watcher:
             self.watched.append(peer.name)
             for kind in KINDS:
                 subscriber = Subscriber(f"watch:{peer.name}", kind)
+                # A moderator must see what is hidden from the partner.
+                subscriber.sees_held = True
                 sender = pc.addTrack(subscriber)
                 subscriber.set_output(aiortc_seam.PacketSender(sender))
                 hook = aiortc_seam.on_keyframe_request(sender, subscriber.on_keyframe_request)

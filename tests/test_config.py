@@ -236,3 +236,28 @@ def test_a_media_ip_this_machine_lacks_stops_the_server_with_a_reason() -> None:
     assert run.returncode != 0
     assert "--media-ip 198.51.100.77 is not an address of this machine" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_nudity_flags_validate_and_blur_implies_the_analyzer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = parse_settings([])
+    assert (settings.nudity, settings.nudity_blur) == (False, False)
+    settings = parse_settings(["--nudity-blur", "--nudity-threshold", "0.7"])
+    assert (settings.nudity, settings.nudity_blur, settings.nudity_threshold) == (True, True, 0.7)
+    monkeypatch.setenv("RELAY_NUDITY", "1")
+    monkeypatch.setenv("RELAY_NUDITY_RATE", "2.5")
+    settings = parse_settings([])
+    assert (settings.nudity, settings.nudity_blur, settings.nudity_rate) == (True, False, 2.5)
+    for bad in (
+        ["--nudity-threshold", "1.5"],
+        ["--nudity-threshold", "nan"],
+        ["--nudity-rate", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_settings(bad)
+        assert "must be" in capsys.readouterr().err
+    monkeypatch.setenv("RELAY_NUDITY_RATE", "-1")
+    with pytest.raises(SystemExit):
+        parse_settings([])
+    assert "must be a positive number" in capsys.readouterr().err

@@ -257,6 +257,13 @@ function onMessage(msg) {
     case "media_state":
       if (state.phase === "matched") remote.setPartnerMedia(msg);
       return;
+    case "partner_hidden":
+      // The server stopped forwarding their video (docs/protocol.md): cover the last frame.
+      if (state.phase === "matched") remote.setHeld(true, text.room.partnerHidden);
+      return;
+    case "partner_shown":
+      if (state.phase === "matched") remote.setHeld(false, text.room.waitingVideo);
+      return;
     case "reported":
       clearTimeout(state.reportTimer);
       recent.mark(msg.pairId, "reported");

@@ -76,6 +76,7 @@ export const room = {
   microphone: t("devices.microphone"),
   clickToHear: t("room.clickToHear"),
   waitingVideo: t("room.waitingVideo"),
+  partnerHidden: t("room.partnerHidden"),
   title: t("page.title"),
   titleMatched: t("page.titleMatched"),
   addAnother: t("intro.addAnother"),

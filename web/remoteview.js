@@ -24,6 +24,7 @@ export class RemoteView {
     this.expecting = false;
     this.darkSamples = 0;
     this.cameraHint = null; // true/false from the partner's media_state, null when unknown
+    this.held = false; // the server holds their video back for a moderator (partner_hidden)
     this.canvas = document.createElement("canvas");
     this.canvas.width = 24;
     this.canvas.height = 18;
@@ -52,6 +53,7 @@ export class RemoteView {
   // A new partner was matched: show their picture from the first frame that arrives.
   expectPartner(text) {
     this.expecting = true;
+    this.held = false;
     this.framesAtMatch = this.frames;
     this.cameraHint = null;
     this.darkSamples = 0;
@@ -64,6 +66,7 @@ export class RemoteView {
   // No partner: hide the last picture and say why instead.
   clear(text) {
     this.expecting = false;
+    this.held = false;
     this.cameraHint = null;
     this.setCameraOff(false);
     this.setMicOff(false);
@@ -81,6 +84,14 @@ export class RemoteView {
       this.setCameraOff(!camera);
     }
     if (typeof mic === "boolean") this.setMicOff(!mic);
+  }
+
+  // partner_hidden / partner_shown: cover their picture, whatever frame was last shown.
+  setHeld(held, text) {
+    this.held = held;
+    this.framesAtMatch = this.frames;
+    this.setCameraOff(false);
+    this.setVideo(held ? "held" : "none", text);
   }
 
   setVideo(state, text) {
@@ -112,13 +123,13 @@ export class RemoteView {
     this.frames += 1;
     this.lastFrameAt = performance.now();
     // Two frames, so that a frame of the previous partner still in flight does not count.
-    if (this.expecting && this.frames - this.framesAtMatch >= 2) {
+    if (this.expecting && !this.held && this.frames - this.framesAtMatch >= 2) {
       this.setVideo("live", null);
     }
   }
 
   sample() {
-    if (!this.expecting) return;
+    if (!this.expecting || this.held) return;
     const live = this.tile.dataset.video === "live";
     const stalled = performance.now() - this.lastFrameAt > STALL_MS;
     if (live && stalled) {

@@ -52,6 +52,7 @@ export default {
   "room.clickToHear": "Klicke irgendwo, um die fremde Person zu hören.",
   "room.online": "{n} online",
   "room.waitingVideo": "Warte auf das Video der fremden Person…",
+  "room.partnerHidden": "Das Video der fremden Person ist ausgeblendet: Eine automatische Prüfung hat es markiert, eine Moderation sieht es sich an.",
 
   "chat.label": "Textchat",
   "chat.empty": "Hier erscheinen die Nachrichten mit der fremden Person.",

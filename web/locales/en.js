@@ -53,6 +53,7 @@ export default {
   "room.clickToHear": "Click anywhere to hear the stranger.",
   "room.online": "{n} online",
   "room.waitingVideo": "Waiting for the stranger's video…",
+  "room.partnerHidden": "The stranger's video is hidden: an automatic check flagged it, and a moderator will look.",
 
   "chat.label": "Text chat",
   "chat.empty": "Messages with the stranger appear here.",

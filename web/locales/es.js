@@ -52,6 +52,7 @@ export default {
   "room.clickToHear": "Haz clic en cualquier sitio para oír al desconocido.",
   "room.online": "{n} en línea",
   "room.waitingVideo": "Esperando el vídeo del desconocido…",
+  "room.partnerHidden": "El vídeo del desconocido está oculto: una comprobación automática lo marcó y un moderador lo revisará.",
 
   "chat.label": "Chat de texto",
   "chat.empty": "Aquí aparecen los mensajes con el desconocido.",

@@ -52,6 +52,7 @@ export default {
   "room.clickToHear": "Clique em qualquer lugar para ouvir o desconhecido.",
   "room.online": "{n} online",
   "room.waitingVideo": "Esperando o vídeo do desconhecido…",
+  "room.partnerHidden": "O vídeo do desconhecido está oculto: uma verificação automática o sinalizou e um moderador vai analisá-lo.",
 
   "chat.label": "Chat de texto",
   "chat.empty": "As mensagens com o desconhecido aparecem aqui.",

@@ -52,6 +52,7 @@ export default {
   "room.clickToHear": "Yabancıyı duymak için herhangi bir yere tıkla.",
   "room.online": "{n} çevrimiçi",
   "room.waitingVideo": "Yabancının görüntüsü bekleniyor…",
+  "room.partnerHidden": "Yabancının videosu gizlendi: otomatik bir kontrol onu işaretledi, bir moderatör inceleyecek.",
 
   "chat.label": "Yazılı sohbet",
   "chat.empty": "Yabancıyla mesajların burada görünür.",

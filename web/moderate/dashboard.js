@@ -23,7 +23,11 @@ function sessionCard(s) {
   const thumb = s.thumbnailAt
     ? `<img alt="thumbnail of ${esc(s.id)}" data-thumb="${esc(s.id)}" src="${API}/sessions/${encodeURIComponent(s.id)}/thumbnail?t=${thumbTick}">`
     : `<div class="nothumb">${s.media ? "no picture yet" : "no media"}</div>`;
-  const flags = s.flags.map((f) => `<span class="flag" title="${esc(f.detail)}">${esc(f.name)}</span>`).join("");
+  const flags = s.flags
+    .map((f) => `<span class="flag" title="${esc(f.detail)}">${esc(f.name)}${f.score == null ? "" : ` ${Number(f.score).toFixed(2)}`}</span>`)
+    .join("");
+  // --nudity-blur: their video is held back from partners until a moderator releases it.
+  const held = s.held ? `<span class="flag held" title="${esc(s.held.detail)}">video held from partners</span>` : "";
   const partner = s.partner ? ` with <code>${esc(s.partner)}</code>` : "";
   const pairIds = s.partner ? [s.id, s.partner] : [s.id];
   return `<article class="card${s.flags.length ? " flagged" : ""}" data-session="${esc(s.id)}">
@@ -33,11 +37,12 @@ function sessionCard(s) {
     <p class="meta">online ${duration(s.onlineSeconds)} · ${esc(s.ip ?? "?")}</p>
     <p class="meta">interests: ${esc(s.interests.join(", ") || "none")}</p>
     <p class="meta">open reports: ${s.openReports}</p>
-    <div>${flags}</div>
+    <div>${flags}${held}</div>
     <div class="actions">
       <button data-act="watch" data-ids="${esc(pairIds.join(","))}" ${s.media ? "" : "disabled"}>Watch${s.partner ? " pair" : ""}</button>
       <button data-act="${s.recording ? "stoprec" : "record"}" data-ids="${esc(s.id)}">${s.recording ? "Stop rec" : "Record"}</button>
       ${s.partner ? `<button data-act="record" data-ids="${esc(pairIds.join(","))}">Record pair</button>` : ""}
+      ${s.held ? `<button data-act="release" data-ids="${esc(s.id)}" title="Looked, and it is fine: partners see the video again">Show to partner</button>` : ""}
       <button class="danger" data-act="kick" data-ids="${esc(s.id)}">Kick</button>
       <button class="danger" data-act="ban" data-ids="${esc(s.id)}">Ban</button>
     </div>
@@ -157,6 +162,7 @@ document.addEventListener("click", async (event) => {
         if (!made) return;
         break;
       }
+      case "release": await api(`/sessions/${encodeURIComponent(ids[0])}/release`, { method: "POST", body: {} }); break;
       case "lift": await api(`/bans/${button.dataset.id}/lift`, { method: "POST", body: {} }); break;
       case "play": return play(button.dataset.name);
     }

@@ -154,7 +154,7 @@ export class Queue {
         aria-selected="${r.id === this.selected}" class="sev-${esc(r.category)}">
       <span class="chip">${esc(LABELS[r.category] ?? r.category)}</span>
       <span class="q-reason">${esc(r.reason)}</span>
-      <span class="q-meta">${r.reporters24h} reporter${r.reporters24h === 1 ? "" : "s"}/24h · ${ago(r.createdAt)}${r.online ? ' · <b class="online">online</b>' : ""}${r.claimedBy ? ` · ${esc(r.claimedBy)}` : ""}</span>
+      <span class="q-meta">${r.reporters24h} reporter${r.reporters24h === 1 ? "" : "s"}/24h · ${ago(r.createdAt)}${r.online ? ' · <b class="online">online</b>' : ""}${r.flaggedNow ? ' · <b class="flagged-now">flagged now</b>' : ""}${r.claimedBy ? ` · ${esc(r.claimedBy)}` : ""}</span>
     </li>`).join("") || '<li class="empty">Nothing to review.</li>';
     // Rewritten only when what it shows changes: a refresh must not stop the evidence
     // playing or lose a note being typed.
