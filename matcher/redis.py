@@ -10,14 +10,14 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .base import AlreadyWaiting, Match, MatcherSettings, MatchHandler, normalize_interests
+from .base import AlreadyWaiting, Match, MatcherSettings, MatchHandler, check_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class RedisMatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         prefer_same_node: bool = True,
-        # A waiting user's record outlives its node's last sweep by this long; each
-        # sweep of the owning node renews it.
+        # A node's waiting users outlive its last decision (enqueue or sweep) by this
+        # long; then any other node drops them, so nobody is paired with a ghost.
         waiting_ttl: float = 30.0,
         # Last-partner records and match feeds: long enough for "no quick rematch".
         record_ttl: float = 3600.0,
@@ -141,9 +141,24 @@ class RedisMatcher:
         if self._own_client:
             await self._redis.aclose()
 
-    async def enqueue(self, user_id: str, interests: Sequence[str] = ()) -> None:
-        normalized = sorted(normalize_interests(interests))
-        reply = await self._decide("enqueue", user_id, json.dumps(normalized))
+    async def enqueue(
+        self,
+        user_id: str,
+        interests: Sequence[str] = (),
+        *,
+        tags: Collection[str] = (),
+        avoid: Collection[str] = (),
+        pool: str = "",
+    ) -> None:
+        options = check_enqueue(interests, tags, avoid, pool)
+        reply = await self._decide(
+            "enqueue",
+            user_id,
+            json.dumps(sorted(options.interests)),
+            options.pool,
+            json.dumps(sorted(options.tags)),
+            json.dumps(sorted(options.avoid)),
+        )
         if reply[0] == "already_waiting":
             raise AlreadyWaiting(user_id)
 
@@ -155,14 +170,15 @@ class RedisMatcher:
         await self._decide("forget", user_id)
 
     async def waiting(self) -> int:
-        # Counts a user whose record expired until the next script drops them; a live
-        # node's sweep keeps its users' records, so that is only a dead node's users.
+        # Counts the users of a dead node until a live node's next decision drops them.
         return int(await self._redis.zcard(self._keys[0]))
 
     async def sweep(self) -> int:
-        """Re-try this node's waiting users, longest-waiting first; return matches made.
+        """Re-try this node's waiting users whose timer expired, longest-waiting first;
+        return matches made.
 
-        It also renews their records, so it must run more often than waiting_ttl.
+        It also tells the others this node is alive (so its waiters are not dropped as
+        ghosts), so it must run more often than waiting_ttl, and drops dead nodes' waiters.
         The background task calls this every sweep_interval; tests call it directly.
         """
         reply = await self._decide("sweep")

@@ -11,18 +11,29 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
+from matcher_reference import ReferenceMatcher
 
 from matcher import (
     AlreadyWaiting,
+    EnqueueOptions,
     Match,
     Matcher,
     MatcherError,
     MatcherSettings,
     MatchHandler,
+    check_enqueue,
     normalize_interests,
+)
+from matcher.base import (
+    MAX_AVOID,
+    MAX_INTEREST_CHARS,
+    MAX_INTERESTS,
+    MAX_POOL_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
 )
 
 
@@ -415,18 +426,155 @@ class MatcherContract:
 
         assert overdue_rounds > 10  # the rule was really exercised
 
+    # --- tags, avoid and pools ---------------------------------------------------------
+
+    @pytest.mark.parametrize("direction", ["a avoids b", "b avoids a"])
+    async def test_avoided_users_are_never_paired(
+        self, make_matcher: MakeMatcher, direction: str
+    ) -> None:
+        rec = Recorder()
+        s = await make_matcher(rec, SETTINGS)
+        a_avoid, b_avoid = (["browser-b"], []) if direction == "a avoids b" else ([], ["s-a"])
+
+        await s.matcher.enqueue("alice", tags=["s-a", "browser-a"], avoid=a_avoid)
+        await s.matcher.enqueue("bob", tags=["s-b", "browser-b"], avoid=b_avoid)
+        for _ in range(3):
+            s.advance(1e6)  # however long they wait
+            await s.sweep()
+        assert rec.matches == []
+        assert await s.matcher.waiting() == 2
+
+        # Each of them is still paired with anyone else.
+        await s.matcher.enqueue("carol", tags=["s-c"])
+        await s.matcher.enqueue("dave")
+        assert sorted(map(sorted, rec.pairs())) in (
+            [["alice", "carol"], ["bob", "dave"]],
+            [["alice", "dave"], ["bob", "carol"]],
+        )
+
+    async def test_avoid_holds_against_a_shared_interest_and_a_recent_partner(
+        self, make_matcher: MakeMatcher
+    ) -> None:
+        rec = Recorder()
+        s = await make_matcher(rec, SETTINGS)
+        await s.matcher.enqueue("alice", tags=["a"])
+        await s.matcher.enqueue("bob", tags=["b"])
+        assert rec.pairs() == [pair("alice", "bob")]
+        # Bob reports alice: from now on his avoid names her.
+        await s.matcher.enqueue("alice", ["music"], tags=["a"])
+        await s.matcher.enqueue("bob", ["music"], tags=["b"], avoid=["a"])
+        s.advance(1e6)
+        await s.sweep()
+        assert len(rec.matches) == 1
+
+    async def test_users_are_paired_only_within_their_pool(self, make_matcher: MakeMatcher) -> None:
+        rec = Recorder()
+        s = await make_matcher(rec, SETTINGS)
+        await s.matcher.enqueue("alice", ["music"], pool="text")
+        await s.matcher.enqueue("bob", ["music"])
+        s.advance(1e6)
+        await s.sweep()
+        assert rec.matches == []
+
+        await s.matcher.enqueue("carol", ["music"], pool="text")
+        assert rec.pairs() == [pair("alice", "carol")]
+        await s.matcher.enqueue("dave", pool="text")
+        await s.matcher.enqueue("erin")
+        assert rec.pairs()[1] == pair("bob", "erin")
+        assert await s.matcher.waiting() == 1  # dave, alone in "text"
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error"),
+        [
+            ({"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}, ValueError),
+            ({"avoid": [f"t{i}" for i in range(MAX_AVOID + 1)]}, ValueError),
+            ({"tags": ["x" * (MAX_TAG_CHARS + 1)]}, ValueError),
+            ({"avoid": [""]}, ValueError),
+            ({"tags": "session-1"}, TypeError),
+            ({"avoid": [7]}, TypeError),
+            ({"pool": "p" * (MAX_POOL_CHARS + 1)}, ValueError),
+            ({"interests": [f"i{i}" for i in range(MAX_INTERESTS + 1)]}, ValueError),
+            ({"interests": ["i" * (MAX_INTEREST_CHARS + 1)]}, ValueError),
+        ],
+    )
+    async def test_enqueue_bounds_what_one_user_may_carry(
+        self, make_matcher: MakeMatcher, kwargs: dict[str, Any], error: type[Exception]
+    ) -> None:
+        m = (await make_matcher(Recorder(), SETTINGS)).matcher
+        with pytest.raises(error, match=r"interests|tags|avoid|pool"):
+            await m.enqueue("alice", **kwargs)
+        assert await m.waiting() == 0
+        # The largest allowed is accepted.
+        await m.enqueue(
+            "bob",
+            [f"i{i}" for i in range(MAX_INTERESTS)],
+            tags=[f"t{i}" for i in range(MAX_TAGS)],
+            avoid=["a" * MAX_TAG_CHARS] * 2 + [f"t{i}" for i in range(MAX_AVOID - 1)],
+            pool="p" * MAX_POOL_CHARS,
+        )
+        assert await m.waiting() == 1
+
+    # --- the sweep re-tries whoever a timer frees ---------------------------------------
+
+    async def test_held_back_rematch_is_retried_when_the_other_option_goes(
+        self, make_matcher: MakeMatcher
+    ) -> None:
+        # alice and bob just met. Their rematch wait ends when carol's and dave's interest
+        # windows do: bob (first in line) may not have alice yet, since she could have
+        # carol or dave, who both avoid bob. If carol then takes dave, alice and bob are
+        # alone, and the next sweep must let them meet without anyone new arriving.
+        outcomes = set()
+        for seed in range(16):
+            rec = Recorder()
+            s = await make_matcher(rec, SETTINGS, seed=seed)
+            for _ in range(2):
+                await s.matcher.enqueue("alice", tags=["alice"])
+                await s.matcher.enqueue("bob", tags=["bob"])
+            await s.matcher.enqueue("carol", ["chess"], avoid=["bob"])
+            await s.matcher.enqueue("dave", ["go"], avoid=["bob"])
+            assert rec.pairs() == [pair("alice", "bob")]
+
+            s.advance(max(SETTINGS.interest_timeout, SETTINGS.rematch_after))
+            await s.sweep()
+            await s.sweep()
+            outcome = tuple(rec.pairs()[1:])
+            assert outcome in (
+                (pair("carol", "alice"),),  # bob and dave are left: they may not meet
+                (pair("carol", "dave"), pair("alice", "bob")),
+            )
+            assert await s.matcher.waiting() == (2 if len(outcome) == 1 else 0)
+            outcomes.add(outcome)
+        assert len(outcomes) == 2  # both ways were exercised
+
+    # --- the indexes decide what a scan of everyone would -------------------------------
+
+    @pytest.mark.parametrize(("seed", "rematch_after"), [(0, 0.0), (1, 3.0), (2, 0.0), (3, 3.0)])
+    async def test_enqueue_decides_as_a_scan_of_everyone_would(
+        self, make_matcher: MakeMatcher, seed: int, rematch_after: float
+    ) -> None:
+        # max_skips=0 makes every choice "the longest-waiting candidate", so any correct
+        # implementation must make exactly the reference's matches, whatever its rng.
+        settings = MatcherSettings(interest_timeout=2.0, rematch_after=rematch_after, max_skips=0)
+        await compare_with_reference(make_matcher, settings, seed)
+
     # --- concurrency ----------------------------------------------------------------
 
-    @pytest.mark.parametrize("seed", range(4))
+    @pytest.mark.parametrize(
+        ("seed", "with_options"), [(0, False), (1, False), (2, False), (3, False), (4, True)]
+    )
     async def test_concurrent_clients_never_break_invariants(
-        self, make_matcher: MakeMatcher, seed: int
+        self, make_matcher: MakeMatcher, seed: int, with_options: bool
     ) -> None:
+        # with_options: clients also use pools and avoid each other's browsers.
         settings = MatcherSettings(interest_timeout=1.0, rematch_after=1.0, max_skips=2)
         model = _Model(settings)
         s = await make_matcher(model.on_match, settings, seed=seed)
         model.subject = s
 
-        clients = [_Client(model, slot, random.Random(seed * 1000 + slot)) for slot in range(24)]
+        clients = [
+            _Client(model, slot, random.Random(seed * 1000 + slot), with_options=with_options)
+            for slot in range(24)
+        ]
         done = asyncio.Event()
 
         async def clock_and_sweep() -> None:
@@ -482,6 +630,51 @@ class MatcherContract:
         assert asyncio.all_tasks() == before
 
 
+async def compare_with_reference(
+    make_matcher: MakeMatcher, settings: MatcherSettings, seed: int, steps: int = 600
+) -> None:
+    """Drive an implementation and ReferenceMatcher with the same enqueues, dequeues,
+    forgets and clock (no sweeps: those re-try in an order of their own); same matches."""
+    got, expected = Recorder(), Recorder()
+    s = await make_matcher(got, settings, seed=seed)
+    now = [0.0]
+    reference = ReferenceMatcher(expected, settings, clock=lambda: now[0], rng=random.Random(seed))
+    rng = random.Random(seed)
+    waiting: set[str] = set()
+
+    def was_matched(rec: Recorder, before: int) -> None:
+        for m in rec.matches[before:]:
+            waiting.difference_update((m.a, m.b))
+
+    for _ in range(steps):
+        user = f"u{rng.randrange(14)}"
+        roll = rng.random()
+        if roll < 0.15:
+            seconds = rng.choice((0.5, 1.0, 2.5))
+            now[0] += seconds
+            s.advance(seconds)
+        elif user in waiting:
+            if roll < 0.8:
+                assert await s.matcher.dequeue(user) is await reference.dequeue(user) is True
+            else:
+                await s.matcher.forget(user)
+                await reference.forget(user)
+            waiting.discard(user)
+        else:
+            interests = rng.sample(["a", "b", "c", "d"], rng.randint(0, 2))
+            tags = [user, f"g{int(user[1:]) % 4}"]
+            avoid = [f"g{rng.randrange(4)}"] if rng.random() < 0.2 else []
+            pool = "text" if rng.random() < 0.15 else ""
+            before = len(expected.matches)
+            waiting.add(user)
+            await s.matcher.enqueue(user, interests, tags=tags, avoid=avoid, pool=pool)
+            await reference.enqueue(user, interests, tags=tags, avoid=avoid, pool=pool)
+            was_matched(expected, before)
+        assert got.matches == expected.matches
+    assert len(expected.matches) > 100
+    assert await s.matcher.waiting() == len(waiting)
+
+
 class _Model:
     """What the server believes about each user, checked against every match."""
 
@@ -494,6 +687,7 @@ class _Model:
         self.partner: dict[str, str] = {}
         self.last_partner: dict[str, str] = {}
         self.interests: dict[str, frozenset[str]] = {}
+        self.options: dict[str, EnqueueOptions] = {}
         self.since: dict[str, float] = {}
         self.gone: set[str] = set()
         self.matched_while_leaving: set[str] = set()
@@ -528,6 +722,10 @@ class _Model:
                 self.rejoin(u)
         if a == b:
             self.violations.append(f"{a} matched with themselves")
+        if self.options[a].pool != self.options[b].pool:
+            self.violations.append(f"{match}: paired across pools")
+        if self.options[a].blocks(self.options[b]):
+            self.violations.append(f"{match}: paired though one avoids the other")
         for u in (a, b):
             if u in self.gone:
                 self.violations.append(f"{u} matched after forget")
@@ -559,6 +757,7 @@ class _Model:
         self.part(user_id)
         self.state[user_id] = "waiting"
         self.interests[user_id] = frozenset()
+        self.options[user_id] = EnqueueOptions()
         # When the enqueue was called: no later than the wait began, so checks stay lenient.
         self.since[user_id] = self.rejoin_called[user_id]
 
@@ -575,10 +774,13 @@ class _Client:
 
     TOPICS = ("music", "Music ", "chess", " ART", "art", "go", "")
 
-    def __init__(self, model: _Model, slot: int, rng: random.Random) -> None:
+    def __init__(
+        self, model: _Model, slot: int, rng: random.Random, *, with_options: bool = False
+    ) -> None:
         self.model = model
         self.slot = slot
         self.rng = rng
+        self.with_options = with_options
         self.visit = 0
         self.user_id = self._new_id()
 
@@ -617,11 +819,21 @@ class _Client:
     async def _start(self) -> None:
         m, u = self.model, self.user_id
         raw = self.rng.sample(self.TOPICS, self.rng.randint(0, 2))
+        tags: list[str] = []
+        avoid: list[str] = []
+        pool = ""
+        if self.with_options:
+            # Six browsers: a tab is its session and its browser; some avoid a browser
+            # (their own included: a user who never wants to meet themselves).
+            tags = [u, f"browser{self.slot % 6}"]
+            avoid = [f"browser{k}" for k in self.rng.sample(range(6), self.rng.randint(0, 2))]
+            pool = self.rng.choice(("", "", "text"))
         m.state[u] = "waiting"
         m.interests[u] = normalize_interests(raw)
+        m.options[u] = check_enqueue(raw, tags, avoid, pool)
         m.since[u] = m.time
         try:
-            await self.matcher.enqueue(u, raw)
+            await self.matcher.enqueue(u, raw, tags=tags, avoid=avoid, pool=pool)
         except AlreadyWaiting:
             m.violations.append(f"{u} AlreadyWaiting though not waiting")
 

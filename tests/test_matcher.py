@@ -7,7 +7,14 @@ import logging
 import random
 
 import pytest
-from matcher_contract import MakeMatcher, MatcherContract, Recorder, Subject, pair
+from matcher_contract import (
+    MakeMatcher,
+    MatcherContract,
+    Recorder,
+    Subject,
+    compare_with_reference,
+    pair,
+)
 
 from matcher import Match, MatcherSettings, MatchHandler, MemoryMatcher
 
@@ -52,6 +59,19 @@ class TestMemoryMatcher(MatcherContract):
         await super().assert_holds_nothing(subject)
         assert isinstance(subject.matcher, MemoryMatcher)
         assert subject.matcher.remembered() == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_choices_are_the_references_too(seed: int) -> None:
+    # With the same seed, the same eligible candidates in the same order give the same
+    # rng draws: the indexes change what is read, not what is decided.
+    async def make(
+        on_match: MatchHandler, settings: MatcherSettings = DEFAULTS, *, seed: int = 0
+    ) -> Subject:
+        return memory_subject(on_match, settings, seed=seed)[1]
+
+    settings = MatcherSettings(interest_timeout=2.0, rematch_after=0.0, max_skips=3)
+    await compare_with_reference(make, settings, seed)
 
 
 async def test_forget_drops_every_record_of_a_user() -> None:

@@ -196,6 +196,51 @@ async def test_own_sweep_keeps_waiters_alive(nodes: Nodes) -> None:
     assert rec.pairs() == [pair("alice", "bob")]
 
 
+async def test_a_dead_nodes_waiters_leave_the_queue_at_a_live_nodes_sweep(nodes: Nodes) -> None:
+    # Nobody ever considers the ghost (an interest nobody shares), yet it must not stay
+    # counted as waiting, nor leave keys behind.
+    settings = MatcherSettings(sweep_interval=0.01)
+    rec = Recorder()
+    dead = nodes.node(rec, settings, node_id="dead", waiting_ttl=0.1)
+    alive = nodes.node(rec, settings, node_id="alive", waiting_ttl=0.1)
+    await dead.enqueue("ghost", ["only-me"], tags=["g"], avoid=["x"], pool="text")
+    assert await alive.waiting() == 1
+    await asyncio.sleep(0.3)
+    await alive.sweep()
+    assert await alive.waiting() == 0
+    assert await nodes.keys() == ["{" + nodes.prefix + "}:seq"]
+
+
+async def test_a_decision_reads_its_candidates_not_the_whole_queue(
+    nodes: Nodes, redis_server
+) -> None:
+    # Issue 10: with a backlog, each decision used to read every waiting user. Counted
+    # in Redis commands, an enqueue, a match and a sweep must cost the same with 500
+    # users waiting (each inside their own interest window) as with one.
+    rec = Recorder()
+    node = nodes.node(rec, NO_FALLBACK)
+    admin = SyncRedis.from_url(redis_server.url, decode_responses=True)
+
+    async def commands_for_a_match() -> int:
+        admin.config_resetstat()
+        await node.enqueue("alice")
+        await node.enqueue("bob")
+        await node.sweep()
+        await node.forget("alice")
+        await node.forget("bob")
+        stats = admin.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+    await node.enqueue("backlog0", ["solo0"])
+    one = await commands_for_a_match()
+    for i in range(1, 500):
+        await node.enqueue(f"backlog{i}", [f"solo{i}"])
+    assert await node.waiting() == 500
+    assert await commands_for_a_match() == one
+    assert len(rec.matches) == 2
+    admin.close()
+
+
 # --- several processes, one queue ---------------------------------------------------
 
 RACE_NODES = 4
