@@ -134,8 +134,8 @@ export default {
   "connection.retryingNow": "Verbinde erneut mit dem Server…",
   "connection.offline": "Du bist offline. Wir verbinden wieder, sobald dein Netz zurück ist.",
   "connection.kicked":
-  "connection.replaced": "Dieser Chat wurde in einem anderen Fenster oder Tab fortgesetzt. Lade die Seite neu, um hier einen neuen zu beginnen.",
     "Der Server hat die Verbindung geschlossen, weil zu viele Nachrichten gesendet wurden. Lade die Seite neu, um weiterzumachen.",
+  "connection.replaced": "Dieser Chat wurde in einem anderen Fenster oder Tab fortgesetzt. Lade die Seite neu, um hier einen neuen zu beginnen.",
   "connection.mediaFailed":
     "Die Videoverbindung zum Server ist fehlgeschlagen. Verbinde erneut… Wenn das öfter passiert, blockiert dein Netz vielleicht Videoanrufe (UDP).",
   "connection.mediaGaveUp":

@@ -135,8 +135,8 @@ export default {
   "connection.retryingNow": "Reconnecting to the server…",
   "connection.offline": "You're offline. We'll reconnect as soon as your network is back.",
   "connection.kicked":
-  "connection.replaced": "This chat continued in another window or tab. Reload the page to start a new one here.",
     "The server closed the connection because too many messages were sent. Reload the page to continue.",
+  "connection.replaced": "This chat continued in another window or tab. Reload the page to start a new one here.",
   "connection.mediaFailed":
     "The video connection to the server failed. Reconnecting… If this keeps happening, your network may block video calls (UDP).",
   "connection.mediaGaveUp":

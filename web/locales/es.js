@@ -134,8 +134,8 @@ export default {
   "connection.retryingNow": "Reconectando con el servidor…",
   "connection.offline": "Estás sin conexión. Volveremos a conectar en cuanto vuelva tu red.",
   "connection.kicked":
-  "connection.replaced": "Este chat continuó en otra ventana o pestaña. Recarga la página para empezar uno nuevo aquí.",
     "El servidor cerró la conexión porque se enviaron demasiados mensajes. Recarga la página para continuar.",
+  "connection.replaced": "Este chat continuó en otra ventana o pestaña. Recarga la página para empezar uno nuevo aquí.",
   "connection.mediaFailed":
     "La conexión de vídeo con el servidor falló. Reconectando… Si sigue pasando, puede que tu red bloquee las videollamadas (UDP).",
   "connection.mediaGaveUp":

@@ -134,8 +134,8 @@ export default {
   "connection.retryingNow": "Reconectando ao servidor…",
   "connection.offline": "Você está offline. Vamos reconectar assim que sua rede voltar.",
   "connection.kicked":
-  "connection.replaced": "Este chat continuou em outra janela ou aba. Recarregue a página para começar um novo aqui.",
     "O servidor fechou a conexão porque foram enviadas mensagens demais. Recarregue a página para continuar.",
+  "connection.replaced": "Este chat continuou em outra janela ou aba. Recarregue a página para começar um novo aqui.",
   "connection.mediaFailed":
     "A conexão de vídeo com o servidor falhou. Reconectando… Se continuar acontecendo, sua rede pode bloquear chamadas de vídeo (UDP).",
   "connection.mediaGaveUp":

@@ -134,8 +134,8 @@ export default {
   "connection.retryingNow": "Sunucuya yeniden bağlanıyor…",
   "connection.offline": "Çevrimdışısın. Ağın geri gelir gelmez yeniden bağlanacağız.",
   "connection.kicked":
-  "connection.replaced": "Bu sohbet başka bir pencerede veya sekmede devam etti. Burada yenisini başlatmak için sayfayı yenile.",
     "Çok fazla mesaj gönderildiği için sunucu bağlantıyı kapattı. Devam etmek için sayfayı yenile.",
+  "connection.replaced": "Bu sohbet başka bir pencerede veya sekmede devam etti. Burada yenisini başlatmak için sayfayı yenile.",
   "connection.mediaFailed":
     "Sunucuyla görüntü bağlantısı başarısız oldu. Yeniden bağlanıyor… Bu sürerse ağın görüntülü aramaları (UDP) engelliyor olabilir.",
   "connection.mediaGaveUp":
