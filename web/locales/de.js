@@ -24,8 +24,10 @@ export default {
   "intro.ageCheck": "Ich bin mindestens 18 Jahre alt und einverstanden, dass Chats überwacht und aufgezeichnet werden können.",
   "intro.start": "Starten",
   "intro.startNote": "Dein Browser fragt, ob Kamera und Mikrofon verwendet werden dürfen.",
+  "intro.textOnly": "Nur Text, ohne Kamera",
 
   "room.label": "Videochat",
+  "room.labelText": "Nur-Text-Chat",
   "room.partnerVideo": "Das Video der fremden Person",
   "room.partnerCameraOff": "Die Kamera der fremden Person ist aus",
   "room.partnerMuted": "Stumm",
@@ -118,6 +120,8 @@ export default {
   "notes.ageRequired": "Bitte bestätige, dass du mindestens 18 Jahre alt bist.",
   "notes.asking": "Warte auf die Kameraerlaubnis…",
   "notes.banned": "Solange die Sperre gilt, kannst du keinen Chat starten.",
+  "notes.noCamera": "Keine Kamera? Chatte stattdessen per Text, ganz ohne Kamera.",
+  "notes.textInstead": "Du kannst trotzdem per Text chatten: Drücke „Nur Text, ohne Kamera“.",
 
   "media.insecure": "Dein Browser erlaubt die Kamera nur auf einer sicheren (https://) Seite. Öffne Roulette Relay über https.",
   "media.blocked":
