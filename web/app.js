@@ -68,6 +68,7 @@ const ui = {
   devicesDialog: $("devices-dialog"),
   cameraSelect: $("camera-select"),
   autoSearch: $("auto-search"),
+  textMode: $("text-mode"),
   micSelect: $("mic-select"),
   interestHint: $("interest-hint"),
   chatInput: $("chat-input"),
@@ -725,6 +726,7 @@ async function openSettings() {
   fillSelect(ui.cameraSelect, cameras, media.currentCameraId, text.room.camera);
   fillSelect(ui.micSelect, mics, media.currentMicId, text.room.microphone);
   roomInterests.replace(state.interests);
+  ui.textMode.checked = state.mode === "text";
   ui.devicesDialog.returnValue = "";
   ui.devicesDialog.showModal();
 }
@@ -736,6 +738,10 @@ ui.devicesDialog.addEventListener("close", async () => {
     state.interests = chosen;
     send({ type: "interests", interests: chosen });
   }
+  if (ui.textMode.checked !== (state.mode === "text")) {
+    await switchMode(ui.textMode.checked ? "text" : "video");
+    return;
+  }
   if (state.mode === "text") return;
   if (ui.cameraSelect.value && ui.cameraSelect.value !== media.currentCameraId) {
     await useDevice("video", ui.cameraSelect.value);
@@ -744,6 +750,38 @@ ui.devicesDialog.addEventListener("close", async () => {
     await useDevice("audio", ui.micSelect.value);
   }
 });
+
+// Between searches, as the protocol has it: stop, then start in the other mode. Video
+// needs the camera first; if it cannot be had, the banner says why and text stays.
+async function switchMode(mode) {
+  if (mode === "video" && !(await reopenCamera())) return;
+  const searching = state.wanted;
+  if (searching && send({ type: "stop" }) && state.phase === "matched") {
+    chat.system(text.chat.youStopped, { strong: true });
+  }
+  setMode(mode);
+  if (mode === "text") {
+    releaseCamera();
+    dropMedia();
+  } else {
+    showSelf();
+    media.onended = () => showBanner(text.connection.deviceEnded, "error");
+    listDevices();
+    if (signalling.isOpen) connectMedia(); // an offer while idle: allowed in any mode
+  }
+  if (searching) sendStart();
+  else renderButtons();
+}
+
+function dropMedia() {
+  clearTimeout(state.mediaFailedTimer);
+  clearTimeout(state.mediaRetryTimer);
+  clearTimeout(state.mediaDisconnectedTimer);
+  state.oldPeer?.close();
+  state.oldPeer = null;
+  state.peer?.close();
+  state.peer = null;
+}
 
 function fillSelect(select, devices, current, fallback) {
   select.replaceChildren(

@@ -3,7 +3,8 @@
 A visitor whose camera permission is refused is offered text-only, reaches it
 without being asked for the camera again, and chats with a headless text client
 (rtc.client.ChatClient without media). A visitor who picks text on the first
-screen is never asked for the camera and meets another text browser. The room in
+screen is never asked for the camera and meets another text browser, then switches
+to video in the settings (meets a video visitor) and back. The room in
 text mode has no video tiles, every control on screen from 320x568 to desktop,
 and no serious axe-core violations. Screenshots: test-artifacts/browser/text-*.png.
 """
@@ -96,7 +97,11 @@ async def assert_text_room_fits(person: ChatPage, size: dict[str, int]) -> None:
 
 
 async def test_no_camera_permission_reaches_text_mode_and_chats(
-    relay_server: Any, open_page: Any, browser_without_media: Any, clients: list[Any], artifacts: Path
+    relay_server: Any,
+    open_page: Any,
+    browser_without_media: Any,
+    clients: list[Any],
+    artifacts: Path,
 ) -> None:
     person = await open_counting(
         open_page, "no-camera", relay_server.http_url, on=browser_without_media
@@ -191,15 +196,34 @@ async def test_text_chosen_on_the_first_screen_never_asks_for_the_camera(
     await alice.screenshot(str(artifacts / "text-two-browsers-1280x800.png"))
     await bob.screenshot(str(artifacts / "text-two-browsers-390x844.png"))
 
-    # Settings in text mode: interests and auto search, no camera or microphone pickers.
+    # Settings in text mode: interests, auto search and the mode; no device pickers.
     await alice.click("text-settings-button")
     await expect(alice.page.locator("#devices-dialog")).to_be_visible()
     await expect(alice.page.locator("#camera-select")).to_be_hidden()
-    await expect(alice.page.locator("#auto-search")).to_be_visible()
+    await expect(alice.page.locator("#text-mode")).to_be_checked()
     await no_serious_violations(alice, "text mode, settings")
-    await alice.page.keyboard.press("Escape")
 
-    # Next in text mode: the partner is told, the skipper waits for another text visitor.
-    await alice.click("next-button")
+    # Alice switches to video: her text partner is told, she meets the video visitor.
+    await alice.page.uncheck("#text-mode")
+    await alice.page.click("#devices-dialog button[value=use]")
     await bob.expect_chat_line("Stranger left")
-    await alice.expect_status("waiting")
+    await video.wait_for("matched", timeout=TIMEOUT)
+    await alice.expect_status("matched")
+    await expect(alice.page.locator("#self")).to_be_visible()
+    assert await camera_prompts(alice) == 1
+    await alice.expect_video_flowing(frames=5)
+    await video.wait_frames(count=5, timeout=TIMEOUT)
+
+    # And back to text: the camera goes off, the video visitor is told.
+    await alice.click("devices-button")
+    await alice.page.check("#text-mode")
+    await alice.page.click("#devices-dialog button[value=use]")
+    left = await video.wait_for("partner_left", timeout=TIMEOUT)
+    assert left["reason"] == "stop"
+    await bob.click("next-button")
+    await asyncio.gather(alice.expect_status("matched"), bob.expect_status("matched"))
+    await expect(alice.page.locator("#self")).to_be_hidden()
+    live = "window.__relayTest.peerConnections.filter(p => p.connectionState !== 'closed').length"
+    assert await alice.page.evaluate(live) == 0
+    await bob.send_chat("welcome back")
+    await alice.expect_chat_line("welcome back")

@@ -91,6 +91,7 @@ export default {
   "devices.microphone": "الميكروفون",
   "settings.interestsHint": "تُستخدم بدءاً من بحثك التالي؛ وفوراً إن كنت تبحث الآن.",
   "settings.autoSearch": "عندما يغادر شخص غريب، ابحث عن شخص جديد فوراً",
+  "settings.modeHint": "تغيير هذا ينهي الدردشة الحالية ويبحث عن شخص جديد.",
   "placeholder.autoSearch": "نبحث عن شخص جديد…",
   "chat.autoSearch": "البحث التلقائي مفعّل: سنبحث عن شخص جديد بعد لحظة. اضغط «إيقاف» لأخذ استراحة.",
   "devices.use": "استخدم هذه",

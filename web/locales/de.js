@@ -91,6 +91,7 @@ export default {
   "devices.microphone": "Mikrofon",
   "settings.interestsHint": "Gilt ab deiner nächsten Suche; während du suchst, sofort.",
   "settings.autoSearch": "Wenn eine Person geht, sofort jemand Neues suchen",
+  "settings.modeHint": "Eine Änderung beendet den aktuellen Chat und sucht jemand Neues.",
   "placeholder.autoSearch": "Suche jemand Neues…",
   "chat.autoSearch": "Automatische Suche ist an: gleich wird jemand Neues gesucht. Drücke Stopp für eine Pause.",
   "devices.use": "Diese verwenden",

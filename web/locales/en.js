@@ -92,6 +92,7 @@ export default {
   "devices.microphone": "Microphone",
   "settings.interestsHint": "Used from your next search on; while searching, at once.",
   "settings.autoSearch": "When a stranger leaves, look for someone new right away",
+  "settings.modeHint": "Changing this ends the current chat and looks for someone new.",
   "placeholder.autoSearch": "Looking for someone new…",
   "chat.autoSearch": "Auto search is on: looking for someone new in a moment. Press Stop to take a break.",
   "devices.use": "Use these",

@@ -91,6 +91,7 @@ export default {
   "devices.microphone": "Micrófono",
   "settings.interestsHint": "Se usan desde tu próxima búsqueda; si ya estás buscando, al momento.",
   "settings.autoSearch": "Cuando un desconocido se vaya, buscar a alguien nuevo enseguida",
+  "settings.modeHint": "Si cambias esto, termina el chat actual y se busca a alguien nuevo.",
   "placeholder.autoSearch": "Buscando a alguien nuevo…",
   "chat.autoSearch": "La búsqueda automática está activada: en un momento buscamos a alguien nuevo. Pulsa Parar para descansar.",
   "devices.use": "Usar estos",

@@ -91,6 +91,7 @@ export default {
   "devices.microphone": "Microfone",
   "settings.interestsHint": "Valem a partir da próxima busca; se já estiver procurando, na hora.",
   "settings.autoSearch": "Quando um desconhecido sair, procurar alguém novo na hora",
+  "settings.modeHint": "Mudar isto encerra a conversa atual e procura alguém novo.",
   "placeholder.autoSearch": "Procurando alguém novo…",
   "chat.autoSearch": "A busca automática está ligada: já vamos procurar alguém novo. Toque em Parar para fazer uma pausa.",
   "devices.use": "Usar estes",

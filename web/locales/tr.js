@@ -91,6 +91,7 @@ export default {
   "devices.microphone": "Mikrofon",
   "settings.interestsHint": "Bir sonraki aramadan itibaren kullanılır; arama sürerken hemen.",
   "settings.autoSearch": "Bir yabancı ayrıldığında hemen yeni birini ara",
+  "settings.modeHint": "Bunu değiştirmek mevcut sohbeti bitirir ve yeni birini arar.",
   "placeholder.autoSearch": "Yeni biri aranıyor…",
   "chat.autoSearch": "Otomatik arama açık: birazdan yeni biri aranacak. Ara vermek için Dur'a bas.",
   "devices.use": "Bunları kullan",
