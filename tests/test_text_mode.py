@@ -10,8 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
-
 from rtc.client import ChatClient
 
 TIMEOUT = 10.0
@@ -125,13 +123,13 @@ async def test_media_messages_in_a_text_pair_get_a_clear_error(relay_server, cli
     assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "still here"
 
 
-@pytest.mark.parametrize("mode", ["audio", "", 1, None, ["text"]])
-async def test_an_unknown_mode_is_a_bad_field(relay_server, clients, mode: Any) -> None:
+async def test_an_unknown_mode_is_a_bad_field(relay_server, clients) -> None:
     a = await text_client(relay_server, clients, 1)
-    await a.send({"type": "start", "mode": mode})
-    error = await a.wait_for("error", timeout=TIMEOUT)
-    assert (error["code"], error["field"], error["inReplyTo"]) == ("bad_field", "mode", "start")
-    assert "video" in error["message"] and "text" in error["message"]
+    for mode in ("audio", "", "TEXT", 1, None, ["text"]):
+        await a.send({"type": "start", "mode": mode})
+        error = await a.wait_for("error", timeout=TIMEOUT)
+        assert (error["code"], error["field"], error["inReplyTo"]) == ("bad_field", "mode", "start")
+        assert '"video" or "text"' in error["message"]
     assert not any(m["type"] == "waiting" for m in a.messages)
 
 
@@ -167,3 +165,33 @@ async def test_a_session_switches_mode_between_searches(relay_server, clients) -
     await video_partner.wait_for("matched", timeout=TIMEOUT)
     rematched = time.time()
     await video_partner.wait_frames(tag=switcher.tag, count=3, after=rematched, timeout=TIMEOUT)
+
+
+async def test_a_text_pair_survives_a_dropped_socket(relay_server, clients) -> None:
+    """Resume needs no media in text mode: the pair is back once the socket is."""
+    a, b = await text_pair(relay_server, clients)
+    await a.drop_socket()
+    await b.wait_for("partner_reconnecting", timeout=TIMEOUT)
+    resumed = await a.resume()
+    assert (resumed["state"], resumed["mode"], resumed["media"]) == ("paired", "text", False)
+    await b.wait_for("partner_back", timeout=TIMEOUT)
+    await a.chat("back, still no camera")
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "back, still no camera"
+
+
+async def test_a_text_pair_across_two_nodes(nodes, clients) -> None:
+    """No media bridge is built between nodes for a text pair; chat and leaving cross."""
+    one, two = nodes(), nodes()
+    a = await text_client(one, clients, 1)
+    b = await text_client(two, clients, 2)
+    assert a.hello["node"] != b.hello["node"]
+    await a.start(mode="text")
+    await b.start(mode="text")
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    await a.chat("from node one")
+    assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "from node one"
+    await b.chat("from node two")
+    assert (await a.wait_for("chat", timeout=TIMEOUT))["text"] == "from node two"
+    await b.next()
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "next"
