@@ -26,6 +26,7 @@ from moderation import auth
 from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store import ModerationStore
+from moderation.store_protocol import ModerationStoreProtocol
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc import aiortc_seam, host_addresses
@@ -221,6 +222,9 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             recording_retention=settings.recording_retention,
             evidence_seconds=settings.evidence_seconds,
             analyzer_interval=settings.analyzer_interval,
+            report_window=settings.report_window,
+            block_days=settings.block_days,
+            appeal=settings.appeal,
         ),
     )
     await moderation.start()
@@ -232,7 +236,7 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.close()
 
 
-def _audit_logins(store: ModerationStore) -> LoginThrottleAudit:
+def _audit_logins(store: ModerationStoreProtocol) -> LoginThrottleAudit:
     """Failed logins and lock-outs into the audit log, written off the event loop."""
     loop = asyncio.get_running_loop()
 

@@ -100,6 +100,12 @@ class Settings:
     report_moves_on: bool = True
     # Tell visitors how many are online (rounded) in `hello` and `waiting`.
     show_online: bool = False
+    # Seconds after a pair ends that either side may still report or block the other.
+    report_window: float = 300.0
+    # Days a block (or a report) keeps two browsers apart beyond the visit.
+    block_days: float = 7.0
+    # Shown to a banned person: a URL or a sentence saying how to appeal.
+    appeal: str | None = None
     # Read the client address from X-Forwarded-For (only behind your own proxy).
     trusted_proxy: bool = False
     # Origins besides the served one whose pages may open /ws (a site embedding the chat).
@@ -412,8 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
             d.analyzer_interval,
             "seconds between sampled frames per stream, for thumbnails and analyzers",
         ),
+        (
+            "report-window",
+            d.report_window,
+            "seconds after a pair ends that either side may still report or block the other",
+        ),
+        ("block-days", d.block_days, "days a block keeps two browsers apart (by client id)"),
     ]
     _add_seconds(p, moderation_seconds)
+    p.add_argument(
+        "--appeal-url",
+        default=os.environ.get("RELAY_APPEAL_URL") or None,
+        metavar="URL_OR_TEXT",
+        help="how a banned person can appeal, shown with the ban: a URL or a sentence "
+        "[RELAY_APPEAL_URL]",
+    )
     p.add_argument(
         "--report-moves-on",
         action=argparse.BooleanOptionalAction,
@@ -653,6 +672,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         analyzer_interval=args.analyzer_interval,
         report_moves_on=args.report_moves_on,
         show_online=args.show_online,
+        report_window=args.report_window,
+        block_days=args.block_days,
+        appeal=args.appeal_url,
         trusted_proxy=args.trusted_proxy,
         allowed_origins=tuple(origins),
         ip_max_sessions=args.ip_max_sessions,

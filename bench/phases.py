@@ -51,6 +51,8 @@ SERVER_COUNTERS = (
     "relay_keyframe_requests_sent_total",
     "relay_event_loop_cpu_seconds_total",
     "process_cpu_seconds_total",
+    "relay_pipe_datagrams_total",
+    "relay_pipe_messages_total",
 )
 
 Progress = Callable[[str], None]
@@ -276,14 +278,23 @@ async def relay_phase(
     await asyncio.sleep(WARMUP)
 
     before = await _scrape(nodes)
-    profiling = (
-        asyncio.create_task(record(nodes[0].pid, load.seconds, profile)) if profile else None
+    # One profile per node: in a cluster, node i's beside `profile` with "-node{i}" added.
+    profiles: list[Path | None] = (
+        [profile] * len(nodes)
+        if profile is None or len(nodes) == 1
+        else [profile.with_name(f"{profile.name}-node{i}") for i in range(len(nodes))]
     )
+    profiling = [
+        asyncio.create_task(record(node.pid, load.seconds, path))
+        for node, path in zip(nodes, profiles, strict=True)
+        if path is not None
+    ]
     start, end = await _measure(load.seconds, meter, progress, label)
     after = await _scrape(nodes)
-    if profiling is not None and profile is not None:
-        await profiling
-        progress(f"{label}: profile summary in {write_summary(profile)}")
+    for task, path in zip(profiling, profiles, strict=False):
+        await task
+        if path is not None:
+            progress(f"{label}: profile summary in {write_summary(path)}")
     rss = meter.rss_mb("server")
     await asyncio.sleep(GRACE)
 
@@ -340,6 +351,8 @@ def _cluster_numbers(
     cross = sum(1 for a, b in partners.items() if node_of[a] != node_of[b]) // 2
     packets = sum(v for k, v in metrics.items() if k.startswith("relay_forwarded_packets_total"))
     cpu_seconds = result["server_cpu_pct"] / 100 * result["seconds"]
+    pipe_datagrams = metrics.get('relay_pipe_datagrams_total{direction="sent"}', 0.0)
+    pipe_messages = metrics.get('relay_pipe_messages_total{direction="sent"}', 0.0)
     return {
         "cluster_nodes": len(cluster.nodes),
         "placement": cluster.placement,
@@ -347,6 +360,10 @@ def _cluster_numbers(
         "redis_cpu_pct": result.get("redis_cpu_pct"),
         "server_cpu_us_per_forwarded_packet": round(cpu_seconds / packets * 1e6, 1)
         if packets
+        else None,
+        "pipe_datagrams_per_s": round(pipe_datagrams / result["seconds"], 1),
+        "pipe_messages_per_datagram": round(pipe_messages / pipe_datagrams, 2)
+        if pipe_datagrams
         else None,
     }
 

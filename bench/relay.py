@@ -105,7 +105,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="PATH",
-        help="py-spy the server during the first relay window; collapsed stacks here, summary in PATH.txt",
+        help="py-spy the server during the first relay window; collapsed stacks here, summary "
+        "in PATH.txt (with --cluster: one per placement and node, PATH-local-node0 ...)",
     )
     p.add_argument(
         "--log-dir", type=Path, help="keep server and worker logs here (default: a temp dir)"
@@ -274,7 +275,9 @@ async def _measure_cluster(
                 placement,
                 pairs,
                 pool,
-                _cluster(args, pool, placement, url, redis.pid, load, log_dir),
+                _cluster(
+                    args, pool, placement, url, redis.pid, load, log_dir, _profile(args, placement)
+                ),
             )
     finally:
         await pool.close()
@@ -307,6 +310,7 @@ async def _cluster(
     redis_pid: int,
     load: Load,
     log_dir: Path,
+    profile: Path | None,
 ) -> dict[str, Any]:
     nodes = tuple(
         RelayServer(
@@ -323,6 +327,9 @@ async def _cluster(
                 # moment can fail with "database is locked" (see docs/performance.md).
                 "--db",
                 str(log_dir / f"moderation-{placement}-{load.pairs}-node{i}.sqlite3"),
+                # --media-port with --cluster: every node reads its users on one port,
+                # drained per wake-up, so a pipe datagram gathers more packets.
+                *(("--media-port", str(free_udp_port())) if args.media_port else ()),
             ),
         )
         for i in range(args.cluster)
@@ -331,7 +338,12 @@ async def _cluster(
         await asyncio.gather(*(node.start() for node in nodes))
         cluster = phases.Cluster(nodes, placement, extra_pids=(redis_pid,))
         result = await phases.relay_phase(
-            pool, nodes[0], load, cluster=cluster, dump=_dump(args, f"{placement}-{load.pairs}")
+            pool,
+            nodes[0],
+            load,
+            cluster=cluster,
+            dump=_dump(args, f"{placement}-{load.pairs}"),
+            profile=profile,
         )
     finally:
         codes = await asyncio.gather(*(node.stop() for node in nodes))
@@ -390,6 +402,12 @@ async def _ours(
     result["relay"] = name
     result["server_exit_code"] = code
     return result
+
+
+def _profile(args: argparse.Namespace, placement: str) -> Path | None:
+    """With --cluster: where each placement's profiles go (one per node, see relay_phase)."""
+    profile: Path | None = args.profile
+    return None if profile is None else profile.with_name(f"{profile.name}-{placement}")
 
 
 def _dump(args: argparse.Namespace, name: str) -> Path | None:
@@ -509,6 +527,12 @@ def _describe_cluster(result: dict[str, Any]) -> str:
             f"{_fmt(run['delivered_ratio']):>10}{_fmt(run['latency_ms_p50']):>8}"
             f"{_fmt(run['latency_ms_p95']):>8}{_fmt(run.get('next_first_frame_ms_p50')):>9}"
             f"{_fmt(run.get('next_first_frame_ms_p95')):>9}{_fmt(run['time_to_match_ms_p50']):>10}"
+        )
+    cross = result.get("cross")
+    if isinstance(cross, dict) and cross.get("pipe_messages_per_datagram"):
+        rows.append(
+            f"pipe (cross): {cross['pipe_datagrams_per_s']} datagrams/s sent, "
+            f"{cross['pipe_messages_per_datagram']} messages per datagram"
         )
     rows.append(f"cross / local server CPU: {result.get('cross_over_local_cpu')}")
     if result.get("media_port_server_cpu_per_pair_pct") is not None:

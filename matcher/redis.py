@@ -115,6 +115,8 @@ class RedisMatcher:
         # round trip per decision ever limits a node.
         self._turn = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        # Feed reads still running (see remote_matches); close() waits for them.
+        self._reads: set[asyncio.Future[Any]] = set()
         self._feed_from: str | None = None
         # Matches this node's scripts made, and how many of them paired users of two nodes.
         self.matches_made = 0
@@ -132,6 +134,9 @@ class RedisMatcher:
             sweeper.cancel()
             # wait() rather than awaiting the task: a cancel of close() itself still propagates.
             await asyncio.wait({sweeper})
+        # A feed read left behind by a cancelled reader ends its round (at most 1 s).
+        if self._reads:
+            await asyncio.wait(set(self._reads), timeout=2)
         # A decision still in flight (a leaving user's forget) ends before the caller
         # closes the connection under it.
         with contextlib.suppress(TimeoutError):
@@ -193,7 +198,17 @@ class RedisMatcher:
         last = self._feed_from if self._feed_from is not None else await self._feed_tail()
         while True:
             # Block in short rounds so a cancelled reader never holds a connection long.
-            reply: Any = await self._redis.xread({self._feed_key: last}, count=100, block=1000)
+            # The read runs as a task of its own behind a shield: a cancel of the reader
+            # then ends it at once, while the read finishes its round and hands its
+            # connection back whole. Cancelling redis-py inside a blocking read could
+            # swallow the cancel or leave the reader stuck (redis-py #2028, #2579; seen
+            # here as a hung node shutdown in the race test).
+            read = asyncio.ensure_future(
+                self._redis.xread({self._feed_key: last}, count=100, block=1000)
+            )
+            self._reads.add(read)
+            read.add_done_callback(self._read_done)
+            reply: Any = await asyncio.shield(read)
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     last = _text(entry_id)
@@ -208,6 +223,12 @@ class RedisMatcher:
                         node_a=f["by"],
                         node_b=self.node_id,
                     )
+
+    def _read_done(self, read: asyncio.Future[Any]) -> None:
+        self._reads.discard(read)
+        if not read.cancelled() and read.exception() is not None:
+            # Seen by the reader when it still waits; logged here when nobody did.
+            logger.debug("feed read failed: %s", read.exception())
 
     async def _feed_tail(self) -> str:
         newest: Any = await self._redis.xrevrange(self._feed_key, count=1)

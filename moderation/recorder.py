@@ -33,6 +33,7 @@ write in ``asyncio.to_thread``. One recorder is used by one thread at a time.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -358,3 +359,36 @@ def delete_expired(folder: str | Path, max_age: float, *, now: float | None = No
         except FileNotFoundError:
             continue  # deleted meanwhile
     return deleted
+
+
+# The two people of a report's evidence file: the reported one's tracks are named
+# `video`/`audio`, the reporter's `reporter_video`/`reporter_audio` (service.py).
+PARTS: Final = {"reported": "", "reporter": "reporter_"}
+
+
+def extract_part(path: str | Path, part: str) -> bytes | None:
+    """One person's tracks of an evidence file as a WebM of their own, remuxed (no decoding).
+
+    Browsers play only the first video track of a file; the dashboard shows both people
+    side by side by playing the two parts. Timestamps are kept, so the parts stay on
+    the file's one clock. None when the file has no track of that person.
+    """
+    prefix = PARTS[part]
+    wanted = {prefix + "video", prefix + "audio"}
+    out = io.BytesIO()
+    with av.open(str(path)) as source:
+        chosen = [s for s in source.streams if s.metadata.get("title") in wanted]
+        if not chosen:
+            return None
+        with av.open(out, "w", format="webm") as target:
+            streams = {}
+            for stream in chosen:
+                copy = target.add_stream_from_template(stream)
+                copy.metadata["title"] = str(stream.metadata["title"]).removeprefix(prefix)
+                streams[stream.index] = copy
+            for packet in source.demux(chosen):
+                if packet.dts is None:
+                    continue  # the demuxer's end-of-stream marker
+                packet.stream = streams[packet.stream.index]
+                target.mux(packet)
+    return out.getvalue()

@@ -15,8 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
-from moderation.service import Moderation, ban_until
-from moderation.store import Ban, Report, ReportStatus
+from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
+from moderation.events import CLOSED
+from moderation.recorder import PARTS, extract_part
+from moderation.service import Moderation, ban_json, report_json
+from moderation.store import ClaimConflict, ReportStatus
 from rtc.peer import Peer, PeerError
 from rtc.watcher import Watcher
 
@@ -27,26 +30,37 @@ WATCHERS = web.AppKey("watchers", dict[str, Watcher])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 
 MAX_REASON = 500
-# The longest timed ban; longer is "permanent".
-MAX_BAN_SECONDS = 10 * 365 * 86400
+# Chat lines the watch view shows.
+LIVE_CHAT_LINES = 100
+# Seconds between keep-alive comments on the dashboard's event stream.
+HEARTBEAT = 15.0
+# Report decisions a moderator can resolve with (a ban resolves as "banned" itself).
+DECISIONS = ("no_violation", "warned", "kicked", "banned", "reviewed")
 
 
 def setup_routes(app: web.Application, dashboard_dir: str) -> None:
     app[DASHBOARD_DIR] = dashboard_dir
     app[WATCHERS] = {}
     app.on_shutdown.append(_close_watchers)
+    app.on_shutdown.append(_close_events)
     r = app.router
     r.add_get("/moderate", dashboard)
     r.add_get("/moderate/", dashboard)
     r.add_get("/moderate/static/{name}", dashboard_file)
     r.add_get("/api/moderate/sessions", sessions)
     r.add_get("/api/moderate/sessions/{id}/thumbnail", thumbnail)
+    r.add_get("/api/moderate/sessions/{id}/chat", live_chat)
     r.add_post("/api/moderate/sessions/{id}/kick", kick)
     r.add_get("/api/moderate/bans", bans)
     r.add_post("/api/moderate/bans", ban)
     r.add_post("/api/moderate/bans/{id}/lift", lift_ban)
     r.add_get("/api/moderate/reports", reports)
     r.add_post("/api/moderate/reports/{id}/review", review)
+    r.add_get("/api/moderate/queue", report_queue)
+    r.add_post("/api/moderate/reports/{id}/claim", claim)
+    r.add_post("/api/moderate/reports/{id}/ban", ban_from_report)
+    r.add_get("/api/moderate/history/{subject}", history)
+    r.add_get("/api/moderate/events", events)
     r.add_get("/api/moderate/recordings", recordings)
     r.add_post("/api/moderate/recordings", start_recording)
     r.add_post("/api/moderate/recordings/stop", stop_recording)
@@ -101,7 +115,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in ("dashboard.js", "dashboard.css"):
+    if name not in ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js"):
         raise web.HTTPNotFound()
     path = os.path.join(request.app[DASHBOARD_DIR], name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
@@ -136,6 +150,20 @@ async def thumbnail(request: web.Request) -> web.Response:
     )
 
 
+async def live_chat(request: web.Request) -> web.Response:
+    """The current pair's chat of a session on this node (the watch view shows it live)."""
+    session = request.app[MODERATION].lobby.sessions.get(request.match_info["id"])
+    if session is None:
+        raise web.HTTPNotFound(text="no such session")
+    lines = list(session.transcript)[-LIVE_CHAT_LINES:]
+    return web.json_response(
+        {
+            "partner": session.partner.id if session.partner else None,
+            "chat": [{"at": at, "sender": sender, "text": text} for at, sender, text in lines],
+        }
+    )
+
+
 # -- kick and ban ------------------------------------------------------------
 
 
@@ -149,22 +177,27 @@ async def kick(request: web.Request) -> web.Response:
     return web.json_response({"kicked": session_id})
 
 
-def _ban_json(ban: Ban) -> dict[str, Any]:
-    return {
-        "id": ban.id,
-        "identity": ban.identity,
-        "ip": ban.ip,
-        "reason": ban.reason,
-        "createdAt": ban.created_at,
-        "expiresAt": ban_until(ban),
-        "createdBy": ban.created_by,
-    }
-
-
 async def bans(request: web.Request) -> web.Response:
     store = request.app[MODERATION].store
     found = await asyncio.to_thread(store.bans)
-    return web.json_response({"bans": [_ban_json(b) for b in found]})
+    return web.json_response({"bans": [ban_json(b) for b in found]})
+
+
+def _ban_terms(body: dict[str, Any]) -> tuple[float | None, str]:
+    """Length (None: permanent) and reason of a ban request; 400 for anything unclear.
+
+    The length is `duration` (a preset such as "24h", or "<n><m|h|d|w>") or, as
+    before, `seconds` (a number, or "permanent").
+    """
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise web.HTTPBadRequest(text="reason: a non-empty string")
+    length = body["duration"] if "duration" in body else body.get("seconds")
+    try:
+        seconds = ban_seconds(length)
+    except BanTermError as exc:
+        raise web.HTTPBadRequest(text=f'{exc}, or "permanent"') from None
+    return seconds, reason.strip()[:MAX_REASON]
 
 
 async def ban(request: web.Request) -> web.Response:
@@ -172,38 +205,44 @@ async def ban(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
     body = await _json(request)
     identity, ip = body.get("identity"), body.get("ip")
+    person = address = None
     if isinstance(body.get("sessionId"), str):
         session = moderation.lobby.sessions.get(body["sessionId"])
         if session is None:
             raise web.HTTPNotFound(text="no such session")
-        identity, ip = session.identity, session.ip
+        try:
+            scope = parse_scope(body.get("scope"))
+        except BanTermError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        identity = session.identity if scope.by_identity else None
+        ip = session.ip if scope.by_address else None
+        person = session.person if scope.by_identity else None
+        # A scope names what the ban must hold; a ban that quietly covers less than asked
+        # (say "identity+address" stored without the address) would let them back in.
+        if scope.by_identity and identity is None:
+            raise web.HTTPBadRequest(
+                text='this visitor sent no clientId: use scope "address" or "identity+address"'
+            )
+        if scope.by_address and ip is None:
+            raise web.HTTPBadRequest(
+                text='this visitor\'s address is not known: use scope "identity"'
+            )
     if not (isinstance(identity, str) or isinstance(ip, str)):
         raise web.HTTPBadRequest(text="a ban needs a sessionId, an identity or an ip")
-    reason = body.get("reason")
-    if not isinstance(reason, str) or not reason.strip():
-        raise web.HTTPBadRequest(text="reason: a non-empty string")
-    seconds = body.get("seconds")
-    # JSON bodies may carry NaN and Infinity, and bool is an int: name what is accepted.
-    if seconds != "permanent" and (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not 0 < seconds <= MAX_BAN_SECONDS
-    ):
-        raise web.HTTPBadRequest(
-            text=f"seconds: a number from 0 (exclusive) to {MAX_BAN_SECONDS} (10 years), "
-            'or "permanent"'
-        )
+    seconds, reason = _ban_terms(body)
     try:
         made = await moderation.ban(
             _who(request),
             identity=identity if isinstance(identity, str) else None,
             ip=ip if isinstance(ip, str) else None,
-            seconds=None if seconds == "permanent" else float(seconds),
-            reason=reason.strip()[:MAX_REASON],
+            person=person,
+            address=address,
+            seconds=seconds,
+            reason=reason,
         )
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    return web.json_response(_ban_json(made))
+    return web.json_response(ban_json(made))
 
 
 async def lift_ban(request: web.Request) -> web.Response:
@@ -214,27 +253,10 @@ async def lift_ban(request: web.Request) -> web.Response:
         )
     except (KeyError, ValueError):
         raise web.HTTPNotFound(text="no such ban") from None
-    return web.json_response(_ban_json(lifted))
+    return web.json_response(ban_json(lifted))
 
 
 # -- reports ---------------------------------------------------------------
-
-
-def _report_json(report: Report) -> dict[str, Any]:
-    return {
-        "id": report.id,
-        "createdAt": report.created_at,
-        "reporterId": report.reporter_id,
-        "reportedId": report.reported_id,
-        "reason": report.reason,
-        "evidence": os.path.basename(report.evidence_path) if report.evidence_path else None,
-        "transcript": [
-            {"at": line.at, "sender": line.sender, "text": line.text} for line in report.transcript
-        ],
-        "status": report.status.value,
-        "reviewedBy": report.reviewed_by,
-        "reviewedAt": report.reviewed_at,
-    }
 
 
 async def reports(request: web.Request) -> web.Response:
@@ -243,20 +265,122 @@ async def reports(request: web.Request) -> web.Response:
     found = await asyncio.to_thread(
         store.reports, status=ReportStatus(status) if status in ("open", "reviewed") else None
     )
-    return web.json_response({"reports": [_report_json(r) for r in found]})
+    return web.json_response({"reports": [report_json(r) for r in found]})
+
+
+def _report_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="no such report") from None
 
 
 async def review(request: web.Request) -> web.Response:
+    """Resolve a report: `{"decision": one of DECISIONS, "note"}`."""
     store = request.app[MODERATION].store
     body = await _json(request)
     note = str(body.get("note") or "")[:MAX_REASON]
+    decision = body.get("decision", "reviewed")
+    if decision not in DECISIONS:
+        raise web.HTTPBadRequest(text=f"decision: one of {', '.join(DECISIONS)}")
     try:
         done = await asyncio.to_thread(
-            store.review_report, int(request.match_info["id"]), _who(request), note=note
+            lambda: store.review_report(
+                _report_id(request), _who(request), note=note, decision=str(decision)
+            )
         )
-    except (KeyError, ValueError):
+    except KeyError:
         raise web.HTTPNotFound(text="no such report") from None
-    return web.json_response(_report_json(done))
+    request.app[MODERATION].events.publish("queue")
+    return web.json_response(report_json(done))
+
+
+async def report_queue(request: web.Request) -> web.Response:
+    """Open reports, most urgent first (moderation/queue.py)."""
+    return web.json_response({"queue": await request.app[MODERATION].queue()})
+
+
+async def claim(request: web.Request) -> web.Response:
+    """Take a report (`{"force": true}` takes it from another moderator)."""
+    store = request.app[MODERATION].store
+    body = await _json(request) if request.can_read_body else {}
+    force = body.get("force") is True
+    try:
+        taken = await asyncio.to_thread(
+            lambda: store.claim_report(_report_id(request), _who(request), force=force)
+        )
+    except KeyError:
+        raise web.HTTPNotFound(text="no such report") from None
+    except ClaimConflict as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    request.app[MODERATION].events.publish("queue")
+    return web.json_response(report_json(taken))
+
+
+async def ban_from_report(request: web.Request) -> web.Response:
+    """Ban the person a report is about, gone or not: `{"duration", "scope", "reason"}`."""
+    moderation = request.app[MODERATION]
+    body = await _json(request)
+    seconds, reason = _ban_terms(body)
+    try:
+        made = await moderation.ban_from_report(
+            _who(request),
+            _report_id(request),
+            scope=parse_scope(body.get("scope")),
+            seconds=seconds,
+            reason=reason,
+        )
+    except KeyError:
+        raise web.HTTPNotFound(text="no such report") from None
+    except BanTermError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return web.json_response(ban_json(made))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events naming what changed (`queue`, `sessions`), for the dashboard.
+
+    A comment line every HEARTBEAT seconds keeps proxies from closing an idle stream
+    and finds a dashboard that went away; the stream ends when the server stops.
+    """
+    hub = request.app[MODERATION].events
+    try:
+        listener = hub.listen()
+    except OverflowError:
+        raise web.HTTPServiceUnavailable(text="too many dashboards listening") from None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n\n")
+        while True:
+            try:
+                names = await asyncio.wait_for(listener.next(), HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": still here\n\n")
+                continue
+            if CLOSED in names:
+                break  # the server is stopping: the page's EventSource reconnects later
+            for name in names:
+                await response.write(f"event: {name}\ndata: {{}}\n\n".encode())
+    except ConnectionError:
+        pass  # the dashboard went away
+    finally:
+        hub.forget(listener)
+    return response
+
+
+async def history(request: web.Request) -> web.Response:
+    """One person's reports, decisions and bans, by the `subject` a report names."""
+    subject = request.match_info["subject"]
+    if len(subject) > 100:
+        raise web.HTTPNotFound(text="no such person")
+    return web.json_response(await request.app[MODERATION].history(subject))
 
 
 # -- recordings ------------------------------------------------------------
@@ -301,8 +425,17 @@ async def recording_file(request: web.Request) -> web.StreamResponse:
     if path is None:
         raise web.HTTPNotFound()
     download = request.query.get("download") == "1"
-    await _audit(request, "download" if download else "play", f"recording:{name}")
+    part = request.query.get("part")
+    await _audit(request, "download" if download else "play", f"recording:{name}", part or "")
     headers = {"Cache-Control": "no-store", "Content-Type": "video/webm"}
+    if part is not None:
+        # One person of an evidence file, so the dashboard can show both side by side.
+        if part not in PARTS:
+            raise web.HTTPBadRequest(text=f"part: one of {', '.join(PARTS)}")
+        body = await asyncio.to_thread(extract_part, path, part)
+        if body is None:
+            raise web.HTTPNotFound(text=f"this recording has no {part} tracks")
+        return web.Response(body=body, headers=headers)
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return web.FileResponse(path, headers=headers)
@@ -348,6 +481,11 @@ async def stop_watching(request: web.Request) -> web.Response:
     await watcher.close()
     await _audit(request, "stop_watching", ",".join(watcher.watched), watcher.id)
     return web.json_response({"stopped": watcher.id})
+
+
+async def _close_events(app: web.Application) -> None:
+    if MODERATION in app:
+        app[MODERATION].events.close()
 
 
 async def _close_watchers(app: web.Application) -> None:

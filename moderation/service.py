@@ -27,9 +27,12 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client.core import GaugeMetricFamily
 
-from cluster.node import SessionRef
+from moderation import queue
 from moderation.analyzers import Flag, FlagChanges, StreamAnalysis, default_analyzers
 from moderation.auth import Moderators
+from moderation.ban_terms import BanScope, BanTermError
+from moderation.events import EventHub
+from moderation.pseudonyms import Pseudonyms
 from moderation.recorder import (
     RECORDING_NAME,
     Recorder,
@@ -38,11 +41,20 @@ from moderation.recorder import (
     new_recording_path,
 )
 from moderation.ringbuffer import BufferedFrame, RingBuffer
-from moderation.store import Ban, ModerationStore, ReportStatus, TranscriptLine, normalize_ip
+from moderation.store import (
+    Ban,
+    Report,
+    ReportStatus,
+    TranscriptLine,
+    normalize_ip,
+)
+from moderation.store_protocol import ModerationStoreProtocol
 from rtc.media import EncodedFrame
 from rtc.peer import KINDS, Peer
 from rtc.publisher import Publisher
 from signalling.lobby import Lobby
+from signalling.protocol import error_message
+from signalling.recent import PERSON_TAG, RecentPartner
 from signalling.session import Session, State
 
 logger = logging.getLogger(__name__)
@@ -60,6 +72,23 @@ class ModerationSettings:
     recording_retention: float = 30 * 86400.0
     evidence_seconds: float = 30.0
     analyzer_interval: float = 5.0
+    # Seconds after a pair ends that it can still be reported (its last seconds kept).
+    report_window: float = 300.0
+    # Days a block holds between two browsers (by identity) beyond the visit.
+    block_days: float = 7.0
+    # Most bytes of ended pairs' media kept for late reports; the oldest go first.
+    retained_bytes: int = 256_000_000
+    # Shown to a banned person: where or how to appeal (a URL or a sentence).
+    appeal: str | None = None
+
+
+@dataclass
+class Retained:
+    """One person's last seconds of a pair that has ended, kept for a late report."""
+
+    frames: dict[str, list[BufferedFrame]]
+    bytes: int
+    ended_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -111,7 +140,7 @@ class Moderation:
     def __init__(
         self,
         lobby: Lobby,
-        store: ModerationStore,
+        store: ModerationStoreProtocol,
         moderators: Moderators,
         settings: ModerationSettings,
     ) -> None:
@@ -121,6 +150,13 @@ class Moderation:
         self.settings = settings
         self.recordings_dir = Path(settings.recordings_dir)
         self.followed: dict[str, Followed] = {}
+        self.pseudonyms = Pseudonyms(store.pseudonym_key())
+        # (pair id, session id) -> that person's media of a pair that ended, oldest first.
+        self.retained: dict[tuple[str, str], Retained] = {}
+        self.retained_total = 0
+        # What changed, for dashboards listening over SSE (routes.py `events`).
+        self.events = EventHub()
+        self._sessions_seen = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -130,7 +166,10 @@ class Moderation:
     async def start(self) -> None:
         self.recordings_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lobby.report_handler = self.on_report
+        self.lobby.block_handler = self.on_block
+        self.lobby.report_window = self.settings.report_window
         self.lobby.pair_listeners.append(self._on_pair)
+        self.lobby.pair_end_listeners.append(self._on_pair_end)
         self._loop_task = asyncio.create_task(self._run(), name="moderation")
         self._retention_task = asyncio.create_task(self._retention(), name="retention")
 
@@ -145,8 +184,12 @@ class Moderation:
         for followed in list(self.followed.values()):
             self._forget(followed)
         self.lobby.report_handler = None
+        self.lobby.block_handler = None
         with contextlib.suppress(ValueError):
             self.lobby.pair_listeners.remove(self._on_pair)
+        with contextlib.suppress(ValueError):
+            self.lobby.pair_end_listeners.remove(self._on_pair_end)
+        self.retained.clear()
         await asyncio.to_thread(self.store.close)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -158,6 +201,8 @@ class Moderation:
         while True:
             try:
                 self._reconcile()
+                self._publish_session_changes()
+                self._expire_retained()
                 self._sample()
             except Exception:
                 logger.exception("moderation tick failed")
@@ -183,6 +228,7 @@ class Moderation:
                 if report.evidence_path in gone:
                     await asyncio.to_thread(self.store.set_evidence, report.id, None)
             logger.info("retention deleted %d recordings", len(deleted))
+        await asyncio.to_thread(self.store.delete_expired_blocks)
         return deleted
 
     # -- following sessions ----------------------------------------------
@@ -217,6 +263,54 @@ class Moderation:
             elif followed.buffers:
                 # Not paired: nobody to report, nothing to keep.
                 followed.buffers.clear()
+
+    def _publish_session_changes(self) -> None:
+        """Tell listening dashboards when anyone arrived, left, or changed pair."""
+        if not len(self.events):
+            return
+        seen = hash(
+            frozenset(
+                (
+                    s.id,
+                    s.state.value,
+                    s.partner.id if s.partner else "",
+                    s.media_ready,
+                    f.thumbnail is not None if (f := self.followed.get(s.id)) else False,
+                    len(f.analysis.active) if f else 0,
+                )
+                for s in self.lobby.sessions.values()
+            )
+        )
+        if seen != self._sessions_seen:
+            self._sessions_seen = seen
+            self.events.publish("sessions")
+
+    def _on_pair_end(self, session: Session, pair: RecentPartner) -> None:
+        """Keep this person's last seconds of the pair for the report window."""
+        followed = self.followed.get(session.id)
+        if followed is None:
+            return
+        buffers, followed.buffers = followed.buffers, {}
+        frames = {kind: b.snapshot() for kind, b in buffers.items() if len(b)}
+        if not frames:
+            return
+        size = sum(len(f.frame.data) for kept in frames.values() for f in kept)
+        key = (pair.pair_id, session.id)
+        old = self.retained.pop(key, None)
+        self.retained_total -= old.bytes if old else 0
+        self.retained[key] = Retained(frames, size)
+        self.retained_total += size
+        self._expire_retained()
+
+    def _expire_retained(self) -> None:
+        """Drop what is past the report window, then the oldest while over the byte bound."""
+        horizon = time.monotonic() - self.settings.report_window
+        while self.retained:
+            key, oldest = next(iter(self.retained.items()))
+            if oldest.ended_at >= horizon and self.retained_total <= self.settings.retained_bytes:
+                return
+            del self.retained[key]
+            self.retained_total -= oldest.bytes
 
     def _forget(self, followed: Followed) -> None:
         followed.unlisten()
@@ -285,30 +379,68 @@ class Moderation:
     # -- reports -----------------------------------------------------------
 
     async def on_report(
-        self, reporter: Session, reported: Session | SessionRef, reason: str
+        self, reporter: Session, pair: RecentPartner, reason: str, category: str | None
     ) -> int:
-        """Save the pair's last seconds and chat with a new report; answer its id."""
+        """Save the pair's last seconds and chat with a new report; answer its id.
+
+        The pair may have ended: then the media kept when it ended is used (the
+        partner's from before they left), within the report window.
+        """
         snapshots: dict[str, list[BufferedFrame]] = {}
-        for prefix, session in (("", reported), ("reporter_", reporter)):
-            followed = self.followed.get(session.id)
-            if followed is None:
-                continue
-            for kind in KINDS:
-                buffer = followed.buffers.get(kind)
-                if buffer is not None and len(buffer):
-                    snapshots[f"{prefix}{kind}"] = buffer.snapshot()
-        transcript = [TranscriptLine(at, sender, text) for at, sender, text in reporter.transcript]
+        for prefix, session_id in (("", pair.partner.id), ("reporter_", reporter.id)):
+            for kind, frames in self._media_of(session_id, pair.pair_id).items():
+                snapshots[f"{prefix}{kind}"] = frames
+        transcript = [TranscriptLine(at, sender, text) for at, sender, text in pair.transcript]
         evidence = await asyncio.to_thread(self._write_evidence, snapshots)
         report = await asyncio.to_thread(
-            self.store.add_report,
-            reporter.id,
-            reported.id,
-            reason,
-            transcript=transcript,
-            evidence_path=None if evidence is None else str(evidence),
+            lambda: self.store.add_report(
+                reporter.id,
+                pair.partner.id,
+                reason,
+                transcript=transcript,
+                evidence_path=None if evidence is None else str(evidence),
+                pair_id=pair.pair_id,
+                category=queue.category_of(reason, category),
+                reporter_person=reporter.person,
+                reported_person=pair.person,
+                reported_address=pair.address,
+            )
         )
         logger.info("report %d saved (evidence: %s)", report.id, evidence is not None)
+        self.events.publish("queue")
         return report.id
+
+    def _media_of(self, session_id: str, pair_id: str) -> dict[str, list[BufferedFrame]]:
+        """One person's last seconds of one pair: kept since it ended, or live."""
+        kept = self.retained.get((pair_id, session_id))
+        if kept is not None:
+            return kept.frames
+        followed = self.followed.get(session_id)
+        pair = followed.session.pair if followed is not None else None
+        if followed is None or pair is None or pair.pair_id != pair_id:
+            return {}
+        return {
+            kind: buffer.snapshot()
+            for kind in KINDS
+            if (buffer := followed.buffers.get(kind)) is not None and len(buffer)
+        }
+
+    async def on_block(self, blocker: Session, pair: RecentPartner) -> None:
+        """Keep a block between two browsers for --block-days (within a visit the Lobby holds it)."""
+        if blocker.person is None or pair.person is None:
+            return
+        seconds = self.settings.block_days * 86400
+        await asyncio.to_thread(
+            lambda: self.store.add_block(blocker.person or "", pair.person or "", seconds=seconds)
+        )
+
+    async def blocked_tags(self, person: str | None) -> list[str]:
+        """The matcher tags a returning browser still avoids (its blocks by identity)."""
+        if person is None:
+            return []
+        blocked = await asyncio.to_thread(self.store.blocked_by, person)
+        # Oldest first: when a visit adds more, the oldest kept blocks give way.
+        return [PERSON_TAG + key for key in reversed(blocked)]
 
     def _write_evidence(self, snapshots: dict[str, list[BufferedFrame]]) -> Path | None:
         tracks = [
@@ -402,35 +534,120 @@ class Moderation:
     # -- bans --------------------------------------------------------------
 
     async def ban_for(self, identity: str | None, ip: str | None) -> Ban | None:
-        return await asyncio.to_thread(self.store.active_ban, identity, ip)
+        """The ban refusing a client with this identity and address now, if any."""
+        person, address = self.pseudonyms.person(identity), self.pseudonyms.address(ip)
+        return await asyncio.to_thread(
+            lambda: self.store.active_ban(identity, ip, person=person, address=address)
+        )
+
+    def refusal(self, ban: Ban) -> dict[str, Any]:
+        """The `banned` error a banned client gets: why, until when, and how to appeal."""
+        out = error_message("banned", ban_message(ban, self.settings.appeal))
+        out |= {"reason": ban.reason, "until": ban_until(ban)}
+        if self.settings.appeal:
+            out["appeal"] = self.settings.appeal
+        return out
 
     async def ban(
         self,
         moderator: str,
         *,
-        identity: str | None,
-        ip: str | None,
+        identity: str | None = None,
+        ip: str | None = None,
+        person: str | None = None,
+        address: str | None = None,
         seconds: float | None,
         reason: str,
+        report_id: int | None = None,
     ) -> Ban:
+        """Store a ban and end every visit it reaches now (here: this node's)."""
         expires = None if seconds is None else time.time() + seconds
         ban = await asyncio.to_thread(
             lambda: self.store.add_ban(
-                identity=identity, ip=ip, reason=reason, created_by=moderator, expires_at=expires
+                identity=identity,
+                ip=ip,
+                person=person,
+                address=address,
+                reason=reason,
+                created_by=moderator,
+                expires_at=expires,
+                report_id=report_id,
             )
         )
+        self.events.publish("queue")
+        refusal = self.refusal(ban)
         for session in list(self.lobby.sessions.values()):
-            if (identity is not None and session.identity == identity) or (
-                ban.ip is not None and session.ip is not None and _same_ip(session.ip, ban.ip)
-            ):
-                self.lobby.kick(
-                    session.id,
-                    ban_message(ban),
-                    code="banned",
-                    reason=ban.reason,
-                    until=ban_until(ban),
-                )
+            if _reaches(ban, session):
+                self.lobby.kick(session.id, refusal["message"], code="banned", **_extra(refusal))
         return ban
+
+    async def ban_from_report(
+        self,
+        moderator: str,
+        report_id: int,
+        *,
+        scope: BanScope,
+        seconds: float | None,
+        reason: str,
+    ) -> Ban:
+        """Ban the person a report is about, from what the report kept (they may be gone);
+        the report is resolved as `banned` in the same step."""
+        report = await asyncio.to_thread(self.store.report, report_id)
+        if report is None:
+            raise KeyError(f"no report {report_id}")
+        person = report.reported_person if scope.by_identity else None
+        address = report.reported_address if scope.by_address else None
+        if scope.by_identity and person is None:
+            raise BanTermError(
+                "this report has no browser identity (the client sent no clientId): "
+                'use scope "address"'
+            )
+        if scope.by_address and address is None:
+            raise BanTermError('this report has no address: use scope "identity"')
+        return await self.ban(
+            moderator,
+            person=person,
+            address=address,
+            seconds=seconds,
+            reason=reason,
+            report_id=report_id,
+        )
+
+    def online_at_address(self, address: str | None) -> int:
+        """How many people online now share this address key (before an address ban)."""
+        if address is None:
+            return 0
+        return sum(1 for s in self.lobby.sessions.values() if s.address == address)
+
+    async def queue(self, *, limit: int = 200) -> list[dict[str, Any]]:
+        """Open reports, most urgent first, with what deciding on each needs."""
+        open_reports = await asyncio.to_thread(
+            self.store.reports, status=ReportStatus.OPEN, limit=10_000
+        )
+        since = time.time() - queue.DAY
+        reporters = await asyncio.to_thread(self.store.reporters_since, since)
+        online = {s.person for s in self.lobby.sessions.values() if s.person is not None}
+        online |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        out = []
+        for report in queue.order(open_reports, reporters)[:limit]:
+            out.append(
+                report_json(report)
+                | {
+                    "reporters24h": reporters.get(report.subject, 1),
+                    "online": report.subject in online,
+                    "sharingAddress": self.online_at_address(report.reported_address),
+                }
+            )
+        return out
+
+    async def history(self, subject: str) -> dict[str, Any]:
+        """One person's reports (with decisions) and bans."""
+        reports, bans = await asyncio.to_thread(self.store.history, subject)
+        return {
+            "subject": subject,
+            "reports": [report_json(r) for r in reports],
+            "bans": [ban_json(b) for b in bans],
+        }
 
     # -- the live view -----------------------------------------------------
 
@@ -503,14 +720,70 @@ def ban_until(ban: Ban) -> float | None:
     return expires
 
 
-def ban_message(ban: Ban) -> str:
+def ban_message(ban: Ban, appeal: str | None = None) -> str:
     until = ban_until(ban)
     when = (
         "for good"
         if until is None
         else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
     )
-    return f"you are banned {when}: {ban.reason}"
+    message = f"you are banned {when}: {ban.reason}"
+    return f"{message}. To appeal: {appeal}" if appeal else message
+
+
+def ban_json(ban: Ban) -> dict[str, Any]:
+    return {
+        "id": ban.id,
+        "identity": ban.identity,
+        "ip": ban.ip,
+        "person": ban.person,
+        "address": ban.address,
+        "reason": ban.reason,
+        "createdAt": ban.created_at,
+        "expiresAt": ban_until(ban),
+        "createdBy": ban.created_by,
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    return {
+        "id": report.id,
+        "createdAt": report.created_at,
+        "reporterId": report.reporter_id,
+        "reportedId": report.reported_id,
+        "reason": report.reason,
+        "category": report.category,
+        "pairId": report.pair_id,
+        "subject": report.subject,
+        # Whether a ban can reach them by browser and/or by address (the values stay here).
+        "hasIdentity": report.reported_person is not None,
+        "hasAddress": report.reported_address is not None,
+        "evidence": os.path.basename(report.evidence_path) if report.evidence_path else None,
+        "transcript": [
+            {"at": line.at, "sender": line.sender, "text": line.text} for line in report.transcript
+        ],
+        "status": report.status.value,
+        "claimedBy": report.claimed_by,
+        "claimedAt": report.claimed_at,
+        "decision": report.decision,
+        "note": report.note,
+        "reviewedBy": report.reviewed_by,
+        "reviewedAt": report.reviewed_at,
+    }
+
+
+def _reaches(ban: Ban, session: Session) -> bool:
+    """Whether `ban` refuses this live session."""
+    return bool(
+        (ban.identity is not None and session.identity == ban.identity)
+        or (ban.ip is not None and session.ip is not None and _same_ip(session.ip, ban.ip))
+        or (ban.person is not None and session.person == ban.person)
+        or (ban.address is not None and session.address == ban.address)
+    )
+
+
+def _extra(refusal: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in refusal.items() if k not in ("type", "code", "message")}
 
 
 def _same_ip(a: str, b: str) -> bool:

@@ -13,6 +13,7 @@ takes an optional ``now`` so tests and callers with their own clock can pass it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import sqlite3
@@ -28,6 +29,7 @@ from typing import Any, Final
 __all__ = [
     "AuditEntry",
     "Ban",
+    "ClaimConflict",
     "ModerationStore",
     "Report",
     "ReportStatus",
@@ -82,11 +84,72 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """,
         "CREATE INDEX audit_by_target ON audit_log (target, id)",
     ),
+    # Reports that outlive the visit (what a ban needs, as keyed hashes), the queue
+    # (category, claim, decision), bans by those hashes, and blocks between browsers.
+    (
+        "ALTER TABLE reports ADD COLUMN pair_id TEXT",
+        "ALTER TABLE reports ADD COLUMN category TEXT NOT NULL DEFAULT 'other'",
+        # Who was reported and who reported: a person key, or s:<session id> without one.
+        "ALTER TABLE reports ADD COLUMN subject TEXT",
+        "ALTER TABLE reports ADD COLUMN reporter_subject TEXT",
+        "ALTER TABLE reports ADD COLUMN reported_person TEXT",
+        "ALTER TABLE reports ADD COLUMN reported_address TEXT",
+        "ALTER TABLE reports ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE reports ADD COLUMN claimed_at REAL",
+        "ALTER TABLE reports ADD COLUMN decision TEXT",
+        "ALTER TABLE reports ADD COLUMN note TEXT NOT NULL DEFAULT ''",
+        "UPDATE reports SET subject = 's:' || reported_id, reporter_subject = 's:' || reporter_id",
+        "CREATE INDEX reports_by_subject ON reports (subject, created_at)",
+        # SQLite cannot change a CHECK in place: the table is rebuilt with two more columns.
+        """
+        CREATE TABLE bans_v2 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            identity TEXT,
+            ip TEXT,
+            reason TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            created_by TEXT NOT NULL,
+            person TEXT,
+            address TEXT,
+            CHECK (COALESCE(identity, ip, person, address) IS NOT NULL)
+        )
+        """,
+        "INSERT INTO bans_v2 (id, identity, ip, reason, created_at, expires_at, created_by) "
+        "SELECT id, identity, ip, reason, created_at, expires_at, created_by FROM bans",
+        "DROP TABLE bans",
+        "ALTER TABLE bans_v2 RENAME TO bans",
+        "CREATE INDEX bans_by_identity ON bans (identity) WHERE identity IS NOT NULL",
+        "CREATE INDEX bans_by_ip ON bans (ip) WHERE ip IS NOT NULL",
+        "CREATE INDEX bans_by_person ON bans (person) WHERE person IS NOT NULL",
+        "CREATE INDEX bans_by_address ON bans (address) WHERE address IS NOT NULL",
+        """
+        CREATE TABLE blocks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            blocker TEXT NOT NULL,
+            blocked TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX blocks_by_blocker ON blocks (blocker, expires_at)",
+        "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        # The key of the keyed hashes (moderation/pseudonyms.py): made once, kept with the data.
+        "INSERT INTO settings (name, value) VALUES ('pseudonym_key', lower(hex(randomblob(32))))",
+    ),
 )
 
 
 class SchemaError(RuntimeError):
     """The database was written by a newer version of this code."""
+
+
+class ClaimConflict(Exception):
+    """Another moderator holds the report, or it is resolved already."""
+
+
+# How long a claim keeps other moderators off a report unless they take it over.
+CLAIM_SECONDS: Final = 15 * 60.0
 
 
 class ReportStatus(Enum):
@@ -117,6 +180,18 @@ class Report:
     status: ReportStatus
     reviewed_by: str | None
     reviewed_at: float | None
+    pair_id: str | None = None
+    category: str = "other"
+    # The person reported (person key, or s:<session id>) and who reported them.
+    subject: str = ""
+    reporter_subject: str = ""
+    # Keyed hashes of the reported person's identity and address: enough to ban them.
+    reported_person: str | None = None
+    reported_address: str | None = None
+    claimed_by: str | None = None
+    claimed_at: float | None = None
+    decision: str | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +205,9 @@ class Ban:
     created_at: float
     expires_at: float | None
     created_by: str
+    # Keyed hashes (bans made from a report after the person left).
+    person: str | None = None
+    address: str | None = None
 
     def active_at(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -164,9 +242,10 @@ def normalize_ip(ip: str) -> str:
 
 _REPORT_COLUMNS = (
     "id, created_at, reporter_id, reported_id, reason, evidence_path, transcript, "
-    "status, reviewed_by, reviewed_at"
+    "status, reviewed_by, reviewed_at, pair_id, category, subject, reporter_subject, "
+    "reported_person, reported_address, claimed_by, claimed_at, decision, note"
 )
-_BAN_COLUMNS = "id, identity, ip, reason, created_at, expires_at, created_by"
+_BAN_COLUMNS = "id, identity, ip, reason, created_at, expires_at, created_by, person, address"
 _AUDIT_COLUMNS = "id, at, who, action, target, detail"
 
 
@@ -281,15 +360,37 @@ class ModerationStore:
         *,
         transcript: Sequence[TranscriptLine] = (),
         evidence_path: str | None = None,
+        pair_id: str | None = None,
+        category: str = "other",
+        reporter_person: str | None = None,
+        reported_person: str | None = None,
+        reported_address: str | None = None,
         now: float | None = None,
     ) -> Report:
+        """A new open report; the person keys say who to count and who a ban reaches."""
         created_at = time.time() if now is None else now
         lines = [{"at": line.at, "sender": line.sender, "text": line.text} for line in transcript]
+        subject = reported_person or f"s:{reported_id}"
+        reporter_subject = reporter_person or f"s:{reporter_id}"
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO reports (created_at, reporter_id, reported_id, reason, "
-                "evidence_path, transcript) VALUES (?, ?, ?, ?, ?, ?)",
-                (created_at, reporter_id, reported_id, reason, evidence_path, json.dumps(lines)),
+                "evidence_path, transcript, pair_id, category, subject, reporter_subject, "
+                "reported_person, reported_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    created_at,
+                    reporter_id,
+                    reported_id,
+                    reason,
+                    evidence_path,
+                    json.dumps(lines),
+                    pair_id,
+                    category,
+                    subject,
+                    reporter_subject,
+                    reported_person,
+                    reported_address,
+                ),
             )
             report_id = cursor.lastrowid
         assert report_id is not None
@@ -329,21 +430,127 @@ class ModerationStore:
                 raise KeyError(f"no report {report_id}")
 
     def review_report(
-        self, report_id: int, moderator: str, *, note: str = "", now: float | None = None
+        self,
+        report_id: int,
+        moderator: str,
+        *,
+        note: str = "",
+        decision: str = "reviewed",
+        now: float | None = None,
     ) -> Report:
+        """Resolve a report with a decision and a note (its claim ends with it)."""
         at = time.time() if now is None else now
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE reports SET status = 'reviewed', reviewed_by = ?, reviewed_at = ? "
-                "WHERE id = ?",
-                (moderator, at, report_id),
+                "UPDATE reports SET status = 'reviewed', reviewed_by = ?, reviewed_at = ?, "
+                "decision = ?, note = ?, claimed_by = NULL, claimed_at = NULL WHERE id = ?",
+                (moderator, at, decision, note, report_id),
             )
             if cursor.rowcount == 0:
                 raise KeyError(f"no report {report_id}")
-            _audit(db, moderator, "review_report", f"report:{report_id}", note, at)
+            detail = note if decision == "reviewed" else f"{decision}: {note}".rstrip(": ")
+            _audit(db, moderator, "review_report", f"report:{report_id}", detail, at)
         report = self.report(report_id)
         assert report is not None
         return report
+
+    def claim_report(
+        self,
+        report_id: int,
+        moderator: str,
+        *,
+        force: bool = False,
+        hold: float = CLAIM_SECONDS,
+        now: float | None = None,
+    ) -> Report:
+        """Take an open report; another moderator's fresh claim raises ClaimConflict."""
+        at = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT status, claimed_by, claimed_at FROM reports WHERE id = ?", (report_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no report {report_id}")
+            status, claimed_by, claimed_at = row
+            if status != ReportStatus.OPEN.value:
+                raise ClaimConflict(f"report {report_id} is already resolved")
+            if (
+                not force
+                and claimed_by not in (None, moderator)
+                and claimed_at is not None
+                and at - claimed_at < hold
+            ):
+                raise ClaimConflict(f"report {report_id} is claimed by {claimed_by}")
+            db.execute(
+                "UPDATE reports SET claimed_by = ?, claimed_at = ? WHERE id = ?",
+                (moderator, at, report_id),
+            )
+            _audit(db, moderator, "claim_report", f"report:{report_id}", "", at)
+        report = self.report(report_id)
+        assert report is not None
+        return report
+
+    def reporters_since(self, since: float) -> dict[str, int]:
+        """Per reported subject, how many distinct people reported them since `since`."""
+        rows = self._read(
+            "SELECT subject, COUNT(DISTINCT reporter_subject) FROM reports "
+            "WHERE created_at >= ? GROUP BY subject",
+            (since,),
+        )
+        return {str(subject): int(count) for subject, count in rows}
+
+    def history(self, subject: str, *, limit: int = 50) -> tuple[list[Report], list[Ban]]:
+        """Everything about one person: reports about them (with decisions) and bans."""
+        reports = [
+            _report(row)
+            for row in self._read(
+                f"SELECT {_REPORT_COLUMNS} FROM reports WHERE subject = ? ORDER BY id DESC LIMIT ?",
+                (subject, limit),
+            )
+        ]
+        bans = [
+            _ban(row)
+            for row in self._read(
+                f"SELECT {_BAN_COLUMNS} FROM bans WHERE person = ? ORDER BY id DESC LIMIT ?",
+                (subject, limit),
+            )
+        ]
+        return reports, bans
+
+    # -- blocks ------------------------------------------------------------
+
+    def add_block(
+        self, blocker: str, blocked: str, *, seconds: float, now: float | None = None
+    ) -> None:
+        """`blocker` (a person key) never meets `blocked` for `seconds`."""
+        at = time.time() if now is None else now
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO blocks (blocker, blocked, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (blocker, blocked, at, at + seconds),
+            )
+
+    def blocked_by(self, blocker: str, *, limit: int = 100, now: float | None = None) -> list[str]:
+        """The person keys `blocker` blocked that are still in force, newest first."""
+        at = time.time() if now is None else now
+        rows = self._read(
+            "SELECT blocked FROM blocks WHERE blocker = ? AND expires_at > ? "
+            "GROUP BY blocked ORDER BY MAX(id) DESC LIMIT ?",
+            (blocker, at, limit),
+        )
+        return [str(row[0]) for row in rows]
+
+    def delete_expired_blocks(self, now: float | None = None) -> int:
+        at = time.time() if now is None else now
+        with self._transaction() as db:
+            return db.execute("DELETE FROM blocks WHERE expires_at <= ?", (at,)).rowcount
+
+    # -- the pseudonym key ---------------------------------------------------
+
+    def pseudonym_key(self) -> bytes:
+        """The key of this store's keyed hashes (made by the migration, never changed)."""
+        rows = self._read("SELECT value FROM settings WHERE name = 'pseudonym_key'")
+        return bytes.fromhex(str(rows[0][0]))
 
     # -- bans --------------------------------------------------------------
 
@@ -352,28 +559,54 @@ class ModerationStore:
         *,
         identity: str | None = None,
         ip: str | None = None,
+        person: str | None = None,
+        address: str | None = None,
         reason: str,
         created_by: str,
         expires_at: float | None = None,
+        report_id: int | None = None,
         now: float | None = None,
     ) -> Ban:
-        """Ban a client identity, an IP address or both; `expires_at=None` bans for good."""
-        if identity is None and ip is None:
+        """Ban a client identity and/or IP address, raw or as keyed hashes (`person`,
+        `address`); `expires_at=None` bans for good. With `report_id` the report is
+        resolved as `banned` in the same transaction."""
+        if identity is None and ip is None and person is None and address is None:
             raise ValueError("a ban needs an identity, an IP address or both")
         created_at = time.time() if now is None else now
         ip = None if ip is None else normalize_ip(ip)
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO bans (identity, ip, reason, created_at, expires_at, created_by) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (identity, ip, reason, created_at, expires_at, created_by),
+                "INSERT INTO bans (identity, ip, reason, created_at, expires_at, created_by, "
+                "person, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (identity, ip, reason, created_at, expires_at, created_by, person, address),
             )
             ban_id = cursor.lastrowid
             assert ban_id is not None
             until = "for good" if expires_at is None else f"until {expires_at:.0f}"
-            detail = f"{_ban_subject(identity, ip)} {until}: {reason}"
-            _audit(db, created_by, "ban", f"ban:{ban_id}", detail, created_at)
-        return Ban(ban_id, identity, ip, reason, created_at, expires_at, created_by)
+            subject = _ban_subject(identity, ip, person, address)
+            _audit(
+                db, created_by, "ban", f"ban:{ban_id}", f"{subject} {until}: {reason}", created_at
+            )
+            if report_id is not None:
+                done = db.execute(
+                    "UPDATE reports SET status = 'reviewed', reviewed_by = ?, reviewed_at = ?, "
+                    "decision = 'banned', note = ?, claimed_by = NULL, claimed_at = NULL "
+                    "WHERE id = ?",
+                    (created_by, created_at, f"ban {ban_id}", report_id),
+                )
+                if done.rowcount == 0:
+                    raise KeyError(f"no report {report_id}")
+                _audit(
+                    db,
+                    created_by,
+                    "review_report",
+                    f"report:{report_id}",
+                    f"banned: ban {ban_id}",
+                    created_at,
+                )
+        return Ban(
+            ban_id, identity, ip, reason, created_at, expires_at, created_by, person, address
+        )
 
     def lift_ban(self, ban_id: int, moderator: str, *, now: float | None = None) -> Ban:
         """End a ban now (its row stays, expired, for the record)."""
@@ -385,26 +618,33 @@ class ModerationStore:
             ban = _ban(row)
             if ban.active_at(at):
                 db.execute("UPDATE bans SET expires_at = ? WHERE id = ?", (at, ban_id))
-                ban = Ban(
-                    ban.id, ban.identity, ban.ip, ban.reason, ban.created_at, at, ban.created_by
-                )
-            _audit(
-                db, moderator, "lift_ban", f"ban:{ban_id}", _ban_subject(ban.identity, ban.ip), at
-            )
+                ban = dataclasses.replace(ban, expires_at=at)
+            subject = _ban_subject(ban.identity, ban.ip, ban.person, ban.address)
+            _audit(db, moderator, "lift_ban", f"ban:{ban_id}", subject, at)
         return ban
 
     def active_ban(
-        self, identity: str | None, ip: str | None, now: float | None = None
+        self,
+        identity: str | None,
+        ip: str | None,
+        now: float | None = None,
+        *,
+        person: str | None = None,
+        address: str | None = None,
     ) -> Ban | None:
-        """The ban that refuses this client now, if any; the longest-lasting one wins."""
-        if identity is None and ip is None:
+        """The ban that refuses this client now, if any; the longest-lasting one wins.
+
+        `person` and `address` are the client's keyed hashes, matched against bans
+        made from reports."""
+        if identity is None and ip is None and person is None and address is None:
             return None
         at = time.time() if now is None else now
         rows = self._read(
             f"SELECT {_BAN_COLUMNS} FROM bans "
-            "WHERE (identity = ? OR ip = ?) AND (expires_at IS NULL OR expires_at > ?) "
+            "WHERE (identity = ? OR ip = ? OR person = ? OR address = ?) "
+            "AND (expires_at IS NULL OR expires_at > ?) "
             "ORDER BY expires_at IS NULL DESC, expires_at DESC LIMIT 1",
-            (identity, None if ip is None else normalize_ip(ip), at),
+            (identity, None if ip is None else normalize_ip(ip), person, address, at),
         )
         return _ban(rows[0]) if rows else None
 
@@ -450,9 +690,11 @@ def _audit(
     return cursor.lastrowid
 
 
-def _ban_subject(identity: str | None, ip: str | None) -> str:
-    parts = [f"{name}={value}" for name, value in (("identity", identity), ("ip", ip)) if value]
-    return " ".join(parts)
+def _ban_subject(
+    identity: str | None, ip: str | None, person: str | None = None, address: str | None = None
+) -> str:
+    named = (("identity", identity), ("ip", ip), ("person", person), ("address", address))
+    return " ".join(f"{name}={value}" for name, value in named if value)
 
 
 def _report(row: tuple[Any, ...]) -> Report:
@@ -471,6 +713,16 @@ def _report(row: tuple[Any, ...]) -> Report:
         status=ReportStatus(row[7]),
         reviewed_by=row[8],
         reviewed_at=row[9],
+        pair_id=row[10],
+        category=row[11],
+        subject=row[12] or f"s:{row[3]}",
+        reporter_subject=row[13] or f"s:{row[2]}",
+        reported_person=row[14],
+        reported_address=row[15],
+        claimed_by=row[16],
+        claimed_at=row[17],
+        decision=row[18],
+        note=row[19],
     )
 
 

@@ -14,11 +14,12 @@ from aiohttp import web
 from cluster.bus import LocalBus, SessionBus
 from cluster.node import SessionRef
 from cluster.registry import NodeRegistry
-from matcher.base import AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
+from matcher.base import MAX_AVOID, AlreadyWaiting, Match, Matcher, MatchHandler, RemoteMatches
 from rtc.peer import MediaState, Peer, PeerError
 from rtc.relay import Relay
 from signalling import protocol as p
 from signalling.limits import AddressLimits, LimitExceeded, LimitSettings, Slot
+from signalling.recent import DEFAULT_WINDOW, RecentPartner, new_pair_id
 from signalling.resume import (
     ResumeSettings,
     make_token,
@@ -38,9 +39,12 @@ from signalling.session import (
 logger = logging.getLogger(__name__)
 
 MatcherFactory = Callable[[MatchHandler], Matcher]
-# Called with (reporter, reported, reason) before anything changes; answers the report id.
-# The reported is a Session when on this node, a SessionRef when on another.
-ReportHandler = Callable[["Session", "Session | SessionRef", str], Awaitable[int | None]]
+# Called with (reporter, the pair reported, reason, category or None) before anything
+# changes; answers the report id. The partner may be gone, or on another node.
+ReportHandler = Callable[["Session", RecentPartner, str, "str | None"], Awaitable[int | None]]
+# Called with (blocker, the pair blocked) to keep the block beyond this visit.
+BlockHandler = Callable[["Session", RecentPartner], Awaitable[None]]
+
 # Close code for a session a moderator ended (kick or ban).
 CLOSE_KICKED = 4003
 # A client that ignores this many `rate_limited` errors in a row is closed.
@@ -109,7 +113,13 @@ class Lobby:
         self.pair_listeners: list[Callable[[Session], None]] = []
         # Moderation saves evidence here; without one a report is only logged.
         self.report_handler: ReportHandler | None = None
+        self.block_handler: BlockHandler | None = None
+        # Called with each session of this node whose pair just ended (moderation keeps
+        # that pair's last seconds for reports made after the partner left).
+        self.pair_end_listeners: list[Callable[[Session, RecentPartner], None]] = []
         self.report_moves_on = True
+        # Seconds after a pair ends during which either side may still report or block.
+        self.report_window = DEFAULT_WINDOW
         # Set by drain(): no new sessions.
         self.draining = False
         self._emptied = asyncio.Event()
@@ -170,9 +180,20 @@ class Lobby:
     # -- connection lifecycle ---------------------------------------------
 
     def join(
-        self, ws: web.WebSocketResponse, *, identity: str | None = None, ip: str | None = None
+        self,
+        ws: web.WebSocketResponse,
+        *,
+        identity: str | None = None,
+        ip: str | None = None,
+        person: str | None = None,
+        address: str | None = None,
+        avoid: Sequence[str] = (),
     ) -> Session:
-        """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit."""
+        """A new session, greeted with `hello`; `LimitExceeded` when its address is over a limit.
+
+        `person` and `address` are keyed hashes of identity and ip; `avoid` the matcher
+        tags this browser blocked on earlier visits, oldest first.
+        """
         slot = self.limits.open_session(ip)
         try:
             session = Session(ws, identity=identity, ip=ip, node=self.node)
@@ -180,6 +201,9 @@ class Lobby:
             slot.release()
             raise
         session.session_slot = slot
+        session.person, session.address = person, address
+        _avoid(session, avoid)
+        session.recent.window = self.report_window
         self.sessions[session.id] = session
         hello = {
             "type": "hello",
@@ -187,6 +211,8 @@ class Lobby:
             # Minted per session: TURN credentials of its own (rtc/ice_servers.py).
             "iceServers": self._ice_servers(repr(session)),
             "limits": p.LIMITS,
+            # How long after a pair ends `report`/`block` still take its pairId.
+            "reportWindow": self.report_window,
         }
         if self._announce_node:
             hello["node"] = self.node
@@ -319,6 +345,8 @@ class Lobby:
                 )
             case p.Report():
                 await self._report(session, message)
+            case p.Block():
+                await self._block(session, message)
 
     # -- media -----------------------------------------------------------
 
@@ -664,7 +692,11 @@ class Lobby:
         session.queued = True
         try:
             await self.matcher.enqueue(
-                session.id, session.interests, pool=TEXT_POOL if session.text_only else ""
+                session.id,
+                session.interests,
+                tags=session.tags,
+                avoid=tuple(session.avoid),
+                pool=TEXT_POOL if session.text_only else "",
             )
         except AlreadyWaiting:
             pass
@@ -704,21 +736,36 @@ class Lobby:
             return
         if a.peer is not None and b.peer is not None:  # a text-only pair has no media
             self.relay.pair(a.peer, b.peer)
-        self._paired(a, b.ref, match.shared_interests)
-        self._paired(b, a.ref, match.shared_interests)
+        pair_id = new_pair_id()
+        self._paired(a, RecentPartner(pair_id, b.ref, b.person, b.address), match.shared_interests)
+        self._paired(b, RecentPartner(pair_id, a.ref, a.person, a.address), match.shared_interests)
         self.matches_made += 1
         logger.info("paired %s with %s (shared: %s)", a.id, b.id, list(match.shared_interests))
 
-    def _paired(self, session: Session, partner: SessionRef, shared: Sequence[str]) -> None:
+    def _paired(self, session: Session, pair: RecentPartner, shared: Sequence[str]) -> None:
         """Record a pair on `session`'s side and tell its client."""
         session.state = State.PAIRED
-        session.partner = partner
+        session.partner = pair.partner
         session.pending = None
-        session.transcript = []
+        session.transcript = pair.transcript
         session.shared = tuple(shared)
+        session.pair = pair
+        session.recent.add(pair)
         for listener in self.pair_listeners:
             listener(session)
-        session.send({"type": "matched", "interests": list(shared)})
+        session.send({"type": "matched", "interests": list(shared), "pairId": pair.pair_id})
+
+    def _pair_ended(self, session: Session) -> None:
+        """`session`'s side of its pair is over: keep it among the recent ones."""
+        pair, session.pair = session.pair, None
+        if pair is None:
+            return
+        pair.ended_at = time.time()
+        for listener in self.pair_end_listeners:
+            try:
+                listener(session, pair)
+            except Exception:
+                logger.exception("a pair-end listener failed for %r", session)
 
     def _requeue(self, session: Session) -> None:
         if session.state == State.WAITING:
@@ -730,6 +777,7 @@ class Lobby:
         session.partner = None
         if partner is None:
             return
+        self._pair_ended(session)
         if partner.node == self.node:
             other = self.sessions.get(partner.id)
             if session.peer is not None and other is not None and other.peer is not None:
@@ -743,6 +791,7 @@ class Lobby:
         """`session`'s partner ended the pair (or its node died): idle, and told why."""
         partner, session.partner = session.partner, None
         session.state = State.IDLE
+        self._pair_ended(session)
         if partner is not None and partner.node != self.node:
             self._disconnect_bridge(session)
         session.send({"type": "partner_left", "reason": reason})
@@ -808,7 +857,11 @@ class Lobby:
             self._disconnect_bridge(session)
             self.bus.send(remote, session.ref, {"t": "refuse"})
             return
-        self.bus.send(remote, session.ref, {"t": "propose", "shared": list(shared), "media": media})
+        # The pair id and each side's person key travel with the handshake (blocks, reports).
+        message = {"t": "propose", "shared": list(shared), "media": media}
+        self.bus.send(
+            remote, session.ref, message | {"pair": new_pair_id(), "person": session.person}
+        )
 
     async def _alive(self, node: str) -> bool:
         assert self.registry is not None
@@ -818,8 +871,9 @@ class Lobby:
             return True  # Redis cannot say: the timeout decides
 
     async def _accept(
-        self, session: Session, sender: SessionRef, shared: Sequence[str], media: dict[str, Any]
+        self, session: Session, pair: RecentPartner, shared: Sequence[str], media: dict[str, Any]
     ) -> None:
+        sender = pair.partner
         if session.queued:
             # The flag may be stale (this very match took b out of the queue) or b may
             # be queued again; either way b leaves the queue before joining a pair.
@@ -841,9 +895,19 @@ class Lobby:
                 await self.relay.bridge.disconnect(peer)
             return
         # The proposer's user is told the shared interests too: they come back with the accept.
-        self.bus.send(sender, session.ref, {"t": "accept", "media": mine, "shared": list(shared)})
+        self.bus.send(
+            sender,
+            session.ref,
+            {
+                "t": "accept",
+                "media": mine,
+                "shared": list(shared),
+                "pair": pair.pair_id,
+                "person": session.person,
+            },
+        )
         self.matches_made += 1
-        self._paired(session, sender, shared)
+        self._paired(session, pair, shared)
         logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
         if peer is not None:
             await self.relay.bridge.connect(peer, media)
@@ -852,15 +916,16 @@ class Lobby:
         self,
         session: Session | None,
         to: str,
-        sender: SessionRef,
+        pair: RecentPartner,
         media: Any,
         shared: Sequence[str],
     ) -> None:
+        sender = pair.partner
         if session is None or session.pending != sender:
             reason = "disconnect" if session is None else "next"
             self.bus.send(sender, SessionRef(to, self.node), {"t": "left", "reason": reason})
             return
-        self._paired(session, sender, shared)
+        self._paired(session, pair, shared)
         if session.peer is not None:  # a text-only pair has no media
             self._spawn(
                 self.relay.bridge.connect(session.peer, media if isinstance(media, dict) else {}),
@@ -879,12 +944,17 @@ class Lobby:
             shared = [str(i) for i in message.get("shared", ())]
             media = message.get("media")
             self._spawn(
-                self._accept(session, sender, shared, media if isinstance(media, dict) else {}),
+                self._accept(
+                    session,
+                    _remote_pair(sender, message),
+                    shared,
+                    media if isinstance(media, dict) else {},
+                ),
                 f"accept {to}",
             )
         elif kind == "accept":
             shared = [str(i) for i in message.get("shared", ())]
-            self._accepted(session, to, sender, message.get("media"), shared)
+            self._accepted(session, to, _remote_pair(sender, message), message.get("media"), shared)
         elif session is None:
             return
         elif kind == "refuse" or (kind == "left" and session.pending == sender):
@@ -979,23 +1049,56 @@ class Lobby:
             )
         return session.partner
 
+    def _pair_for(self, session: Session, pair_id: str | None, kind: str) -> RecentPartner:
+        """The current pair (no `pair_id`), or a recent one still within the report window."""
+        if pair_id is None:
+            self._partner_of(session, kind)
+            assert session.pair is not None
+            return session.pair
+        pair = session.recent.find(pair_id)
+        if pair is None:
+            minutes = self.report_window / 60
+            raise p.ProtocolError(
+                "unknown_pair",
+                f"no partner of this visit with that pairId in the last {minutes:g} minutes",
+                field="pairId",
+                in_reply_to=kind,
+            )
+        return pair
+
     async def _report(self, session: Session, report: p.Report) -> None:
-        partner = self._partner_of(session, "report")
-        logger.warning("report by %s about %s: %r", session.id, partner.id, report.reason)
+        """Report implies block; the reported person is never told who reported them."""
+        pair = self._pair_for(session, report.pair_id, "report")
+        logger.warning("report by %s about %s: %r", session.id, pair.partner.id, report.reason)
         report_id = None
         if self.report_handler is not None:
-            # A partner on another node is reported by reference: its evidence stays there.
-            reported: Session | SessionRef = partner
-            if partner.node == self.node:
-                reported = self.sessions.get(partner.id) or partner
-            report_id = await self.report_handler(session, reported, report.reason)
-        reply: dict[str, Any] = {"type": "reported"}
+            report_id = await self.report_handler(session, pair, report.reason, report.category)
+        await self._keep_apart(session, pair)
+        reply: dict[str, Any] = {"type": "reported", "pairId": pair.pair_id}
         if report_id is not None:
             reply["reportId"] = report_id
         session.send(reply)
         move_on = self.report_moves_on if report.move_on is None else report.move_on
-        if move_on and session.partner == partner:
+        if move_on and session.pair is pair:
             await self._next(session)
+
+    async def _block(self, session: Session, block: p.Block) -> None:
+        """Never paired again; blocking the current partner also moves on."""
+        pair = self._pair_for(session, block.pair_id, "block")
+        await self._keep_apart(session, pair)
+        session.send({"type": "blocked", "pairId": pair.pair_id})
+        if session.pair is pair:
+            await self._next(session)
+
+    async def _keep_apart(self, session: Session, pair: RecentPartner) -> None:
+        """Add the partner's tags to what `session` avoids, here and in the matcher."""
+        _avoid(session, sorted(pair.tags))
+        if self.block_handler is not None:
+            await self.block_handler(session, pair)
+        if session.queued and await self.matcher.dequeue(session.id):
+            # Waiting already: the matcher must hold the new avoid list.
+            session.queued = False
+            await self._enqueue(session)
 
     # -- moderation ------------------------------------------------------
 
@@ -1019,6 +1122,26 @@ def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
         and session.ready
         and session.partner is None
         and session.pending in (None, expecting)
+    )
+
+
+def _avoid(session: Session, tags: Sequence[str]) -> None:
+    """Add `tags` to what `session` avoids; past the matcher's bound the oldest go."""
+    for tag in tags:
+        session.avoid.pop(tag, None)
+        session.avoid[tag] = None
+    while len(session.avoid) > MAX_AVOID:
+        del session.avoid[next(iter(session.avoid))]
+
+
+def _remote_pair(sender: SessionRef, message: dict[str, Any]) -> RecentPartner:
+    """The pair a cross-node handshake message describes (its address key stays there)."""
+    pair_id, person = message.get("pair"), message.get("person")
+    return RecentPartner(
+        pair_id if isinstance(pair_id, str) and pair_id else new_pair_id(),
+        sender,
+        person if isinstance(person, str) else None,
+        None,
     )
 
 

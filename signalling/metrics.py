@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from rtc.peer import COUNTER_NAMES
+from rtc.pipe_bridge import PipeBridge
 from signalling.limits import LIMIT_CODES
 from signalling.lobby import Lobby
 from signalling.session import Session, State
@@ -113,6 +114,9 @@ class _LobbyCollector(Collector):
         media_port = self._lobby.relay.settings.media
         if media_port is not None:
             yield from _media_port_metrics(media_port.stats())
+        bridge = self._lobby.relay.bridge
+        if isinstance(bridge, PipeBridge):
+            yield from _pipe_metrics(bridge)
         # The scrape runs on the event loop's thread: its CPU time is the
         # forwarding path's, while process_cpu_seconds_total adds codec threads.
         yield CounterMetricFamily(
@@ -149,6 +153,36 @@ def _media_port_metrics(stats: dict[str, int]) -> Iterator[Any]:
     dropped.add_metric(["unknown"], stats["dropped_unknown"])
     dropped.add_metric(["unauthenticated"], stats["dropped_unauthenticated"])
     yield dropped
+
+
+def _pipe_metrics(bridge: PipeBridge) -> Iterator[Any]:
+    """The pipe between nodes: datagrams and the messages (mostly RTP packets) in them."""
+    endpoint = bridge.endpoint
+    datagrams = CounterMetricFamily(
+        "relay_pipe_datagrams", "Datagrams of the pipe between nodes", labels=["direction"]
+    )
+    messages = CounterMetricFamily(
+        "relay_pipe_messages",
+        "Messages (RTP packets, keyframe requests...) in the pipe's datagrams",
+        labels=["direction"],
+    )
+    datagrams.add_metric(["sent"], endpoint.sent)
+    datagrams.add_metric(["received"], endpoint.received)
+    messages.add_metric(["sent"], endpoint.messages_sent)
+    messages.add_metric(["received"], endpoint.messages_received)
+    dropped = CounterMetricFamily(
+        "relay_pipe_dropped",
+        "Pipe datagrams (or single messages, for an unknown stream) thrown away",
+        labels=["reason"],
+    )
+    for reason, count in sorted(endpoint.dropped.items()):
+        dropped.add_metric([reason], count)
+    yield datagrams
+    yield messages
+    yield dropped
+    yield CounterMetricFamily(
+        "relay_pipe_send_errors", "Pipe datagrams the socket would not send", endpoint.errors
+    )
 
 
 class RelayMetrics:

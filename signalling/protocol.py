@@ -22,6 +22,10 @@ MAX_REPORT_CHARS: Final = 500
 MAX_INTERESTS: Final = 10
 MAX_INTEREST_CHARS: Final = 32
 MAX_SDP_CHARS: Final = 60000
+# What a report is about, most severe first (moderation/queue.py orders its queue so).
+REPORT_CATEGORIES: Final = ("minor", "sexual", "violence", "harassment", "other", "spam")
+# A pair id is 16 URL-safe characters (signalling/recent.py); a little slack for others.
+MAX_PAIR_ID_CHARS: Final = 64
 MAX_CANDIDATE_CHARS: Final = 1000
 MAX_RESUME_TOKEN_CHARS: Final = 200
 
@@ -127,6 +131,17 @@ class Report:
     reason: str
     # Whether the reporter moves on to a new partner; None: the server's default.
     move_on: bool | None = None
+    # A recent partner's pair (from `matched`); None: the current partner.
+    pair_id: str | None = None
+    # One of REPORT_CATEGORIES; None: read from the reason's words (moderation/queue.py).
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """Never meet this partner (current, or recent by `pair_id`) again."""
+
+    pair_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,7 @@ ClientMessage = (
     | Chat
     | Typing
     | Report
+    | Block
     | MediaStateMessage
     | SetInterests
     | Resume
@@ -168,6 +184,7 @@ _TYPE_NAMES: Final[dict[type, str]] = {
     Chat: "chat",
     Typing: "typing",
     Report: "report",
+    Block: "block",
     MediaStateMessage: "media_state",
     SetInterests: "interests",
     Resume: "resume",
@@ -279,6 +296,26 @@ def _boolean(obj: dict[str, Any], name: str, kind: str) -> bool:
     return value
 
 
+def _pair_id(obj: dict[str, Any], kind: str) -> str | None:
+    if obj.get("pairId") is None:
+        return None
+    return _string(obj, "pairId", kind, max_chars=MAX_PAIR_ID_CHARS)
+
+
+def _category(obj: dict[str, Any]) -> str | None:
+    value = obj.get("category")
+    if value is None:
+        return None
+    if value not in REPORT_CATEGORIES:
+        raise ProtocolError(
+            "bad_field",
+            f"'category' must be one of {', '.join(REPORT_CATEGORIES)}",
+            field="category",
+            in_reply_to="report",
+        )
+    return str(value)
+
+
 def parse_message(data: str | bytes) -> ClientMessage:
     """Validate one WebSocket frame; raise `ProtocolError` for anything malformed."""
     if isinstance(data, bytes):
@@ -328,7 +365,11 @@ def parse_message(data: str | bytes) -> ClientMessage:
             return Report(
                 reason=_string(obj, "reason", kind, max_chars=MAX_REPORT_CHARS, strip=True),
                 move_on=_boolean(obj, "moveOn", kind) if "moveOn" in obj else None,
+                pair_id=_pair_id(obj, kind),
+                category=_category(obj),
             )
+        case "block":
+            return Block(pair_id=_pair_id(obj, kind))
     shown = kind if len(kind) <= 40 else kind[:40] + "…"
     raise ProtocolError(
         "unknown_type", f"unknown message type '{shown}'", field="type", in_reply_to=shown

@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 from asyncio import FIRST_COMPLETED
+from collections import deque
 from enum import Enum
 from typing import Any, Final
 
@@ -16,6 +17,7 @@ from aiohttp import WSMessage, WSMsgType, web
 from cluster.node import SessionRef
 from rtc.peer import MediaState, Peer
 from signalling.limits import Slot
+from signalling.recent import RecentPartner, RecentPartners, tags_of
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,19 @@ class Session:
         # The browser's persistent random id (`/ws?clientId=`) and address, for bans.
         self.identity = identity
         self.ip = ip
-        # The current pair's chat, (time.time(), sender session id, text), for reports.
-        self.transcript: list[tuple[float, str, str]] = []
+        # Keyed hashes of identity and address (moderation/pseudonyms.py): what blocks and
+        # bans made after this visitor left are keyed on.
+        self.person: str | None = None
+        self.address: str | None = None
+        # Matcher tags this visitor never meets (their blocks), oldest first, bounded
+        # by the Lobby to the matcher's MAX_AVOID.
+        self.avoid: dict[str, None] = {}
+        # The current pair and the recent ones, for reports and blocks by pairId.
+        self.pair: RecentPartner | None = None
+        self.recent = RecentPartners()
+        # The current pair's chat, (time.time(), sender session id, text), for reports
+        # (the pair's own, bounded: signalling/recent.py).
+        self.transcript: deque[tuple[float, str, str]] = deque()
         self.state = State.IDLE
         # The partner, on this node or another; messages to it go through the SessionBus.
         self.partner: SessionRef | None = None
@@ -187,6 +200,11 @@ class Session:
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """What others' blocks against this visitor match (signalling/recent.py)."""
+        return tags_of(self.id, self.person)
 
     @property
     def media_ready(self) -> bool:

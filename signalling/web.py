@@ -11,10 +11,6 @@ from aiohttp import WSMsgType, hdrs, web
 
 from config import Settings
 from moderation.routes import MODERATION
-from moderation.service import (
-    ban_message,
-    ban_until,
-)
 from signalling.limits import LimitExceeded
 from signalling.lobby import CLOSE_KICKED, Lobby
 from signalling.protocol import HARD_MAX_MESSAGE_BYTES, error_message
@@ -77,14 +73,12 @@ async def standing(request: web.Request) -> web.Response:
     before agreeing to anything or lighting their camera (docs/protocol.md).
     """
     identity, ip = _visitor(request)
-    ban = await request.app[MODERATION].ban_for(identity, ip)
+    moderation = request.app[MODERATION]
+    ban = await moderation.ban_for(identity, ip)
     body: dict[str, Any] = {"banned": False}
     if ban is not None:
-        body = error_message("banned", ban_message(ban)) | {
-            "banned": True,
-            "reason": ban.reason,
-            "until": ban_until(ban),
-        }
+        # The very `banned` error /ws would send (reason, until, appeal), as a plain answer.
+        body = moderation.refusal(ban) | {"banned": True}
         del body["type"]
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -106,17 +100,26 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if lobby.draining:
         raise web.HTTPServiceUnavailable(text="this node is restarting; try again\n")
     identity, ip = _visitor(request)
-    ban = await request.app[MODERATION].ban_for(identity, ip)
+    moderation = request.app[MODERATION]
+    ban = await moderation.ban_for(identity, ip)
     # heartbeat finds sockets whose TCP died without a close frame.
     ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=HARD_MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     if ban is not None:
-        refusal = error_message("banned", ban_message(ban))
-        await ws.send_json(refusal | {"reason": ban.reason, "until": ban_until(ban)})
+        await ws.send_json(moderation.refusal(ban))
         await ws.close(code=CLOSE_KICKED, message=b"banned")
         return ws
+    person = moderation.pseudonyms.person(identity)
+    blocked = await moderation.blocked_tags(person)
     try:
-        session = lobby.join(ws, identity=identity, ip=ip)
+        session = lobby.join(
+            ws,
+            identity=identity,
+            ip=ip,
+            person=person,
+            address=moderation.pseudonyms.address(ip),
+            avoid=blocked,
+        )
     except LimitExceeded as exc:
         # Accepted, then refused: a browser's WebSocket API only shows a
         # message and a close code, never an HTTP status.

@@ -242,6 +242,9 @@ def test_a_tiny_cluster_run_reports_local_and_cross_node_pairs(tmp_path) -> None
         assert run["switch_error"] is None
         assert run["time_to_match_samples"] >= 1
     assert result["cross_over_local_cpu"] > 0
+    # The pipe carried the cross-node pair's media (and nothing for the local one).
+    assert result["cross"]["pipe_messages_per_datagram"] >= 1
+    assert result["local"]["pipe_messages_per_datagram"] is None
     assert all("met" in t for t in result["targets"].values())
 
 
@@ -276,3 +279,15 @@ def test_a_tiny_resume_run_reports_each_gap() -> None:
     assert report["rounds"] == 1 and report["partner_left"] == 0
     for event in ("baseline", "websocket", "media", "network_change"):
         assert set(report[event]) == {"frames_p50", "frames_max", "ms_p50", "ms_max"}
+
+
+def test_the_pipe_bench_packs_the_packets_of_a_turn_together() -> None:
+    command = [sys.executable, "-m", "bench.pipe", "--packets", "300", "--per-turn", "3"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["auth"] for r in results] == ["hmac-sha256-128", "aes-128-gcm"]
+    for result in results:
+        assert result["loopback_delivered"] == 1.0
+        # Two turns of three packets share a datagram (see rtc/pipe.py).
+        assert result["datagrams"] < 300 / 3

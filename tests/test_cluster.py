@@ -216,6 +216,11 @@ async def test_a_pair_across_nodes_sees_and_hears_each_other(nodes, clients) -> 
         _until(lambda: a.audio_peak_hz is not None and b.audio_peak_hz is not None), TIMEOUT
     )
     assert scrape(one, 'relay_forwarded_packets_total{kind="video"}') > 0
+    # The media crossed in the pipe, none of it refused by the socket.
+    for node in (one, two):
+        datagrams = scrape(node, 'relay_pipe_datagrams_total{direction="received"}')
+        assert scrape(node, 'relay_pipe_messages_total{direction="received"}') >= datagrams > 0
+        assert scrape(node, "relay_pipe_send_errors_total") == 0
 
 
 async def test_next_between_a_remote_and_a_local_partner_keeps_one_stream(nodes, clients) -> None:

@@ -171,7 +171,8 @@ async def test_a_ban_is_enforced_at_connect_and_survives_a_restart(relay_server,
         relay_server,
         "POST",
         "/bans",
-        json={"sessionId": user.id, "reason": "spam", "seconds": 3600},
+        # The default scope is the browser only; this ban asks for the address too.
+        json={"sessionId": user.id, "reason": "spam", "seconds": 3600, "scope": "identity+address"},
     )
     assert ban["identity"] == "client-one-abcdef"
     assert ban["ip"] == "127.0.0.1"
@@ -259,6 +260,31 @@ async def test_ban_seconds_are_a_bounded_positive_number_or_permanent(relay_serv
         message = await ws.receive_json(timeout=TIMEOUT)
         assert message["code"] == "banned" and message["until"] is None
         assert "for good" in message["message"]
+
+
+async def test_a_ban_scope_the_session_cannot_fill_is_refused_with_the_reason(
+    relay_server, clients
+) -> None:
+    # No clientId: an identity ban would hold nothing, so it is refused, not stored empty.
+    user = await connected(relay_server, clients, 1)
+    for scope in ("identity", "identity+address"):
+        status, text = await raw_api(
+            relay_server,
+            "POST",
+            "/bans",
+            json={"sessionId": user.id, "reason": "spam", "seconds": 3600, "scope": scope},
+        )
+        assert status == 400 and "sent no clientId" in text, (scope, status, text)
+    assert (await api(relay_server, "GET", "/bans"))["bans"] == []
+    assert user.close_code is None
+    # The address scope is what such a visitor can be banned by.
+    ban = await api(
+        relay_server,
+        "POST",
+        "/bans",
+        json={"sessionId": user.id, "reason": "spam", "seconds": 3600, "scope": "address"},
+    )
+    assert ban["ip"] == "127.0.0.1" and ban["identity"] is None
 
 
 def test_bans_stored_by_older_versions_never_break_messages_or_json() -> None:

@@ -38,6 +38,11 @@ def test_well_formed_messages_parse() -> None:
     assert parse({"type": "report", "reason": "rude", "moveOn": False}) == p.Report(
         reason="rude", move_on=False
     )
+    assert parse(
+        {"type": "report", "reason": "x", "pairId": "abc", "category": "minor"}
+    ) == p.Report(reason="x", pair_id="abc", category="minor")
+    assert parse({"type": "block"}) == p.Block()
+    assert parse({"type": "block", "pairId": "abc"}) == p.Block(pair_id="abc")
     assert parse({"type": "media_state", "camera": False, "mic": True}) == p.MediaStateMessage(
         camera=False, mic=True
     )
@@ -93,6 +98,10 @@ def test_malformed_frames(data: str | bytes, code: str) -> None:
         ({"type": "media_state", "camera": True}, "mic"),
         ({"type": "report", "reason": ""}, "reason"),
         ({"type": "report", "reason": "rude", "moveOn": "no"}, "moveOn"),
+        ({"type": "report", "reason": "x", "pairId": 5}, "pairId"),
+        ({"type": "report", "reason": "x", "pairId": ""}, "pairId"),
+        ({"type": "report", "reason": "x", "category": "bad"}, "category"),
+        ({"type": "block", "pairId": "x" * 65}, "pairId"),
         ({"type": "start", "interests": "music"}, "interests"),
         ({"type": "start", "mode": "audio"}, "mode"),
         ({"type": "start", "mode": None}, "mode"),

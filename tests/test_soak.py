@@ -28,7 +28,7 @@ from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSe
 
 from config import Settings
 from moderation.ringbuffer import RingBuffer
-from moderation.service import Followed
+from moderation.service import Followed, Retained
 from rtc.aiortc_seam import PacketSender
 from rtc.peer import Peer
 from rtc.publisher import Publisher
@@ -63,6 +63,7 @@ COUNTED = (
     RTCDtlsTransport,
     IceConnection,
     Followed,
+    Retained,
     RingBuffer,
     web.WebSocketResponse,
 )
@@ -77,6 +78,9 @@ def soak_settings(tmp_path: Path) -> Settings:
         rematch_after=0.3,
         analyzer_interval=1.0,
         evidence_seconds=5.0,
+        # Ended pairs' media is kept this long for late reports (bounded): short here, so
+        # the soak also sees every Retained snapshot let go.
+        report_window=2.0,
         db=str(tmp_path / "moderation.sqlite3"),
         recordings_dir=str(tmp_path / "recordings"),
         # Every visitor comes from 127.0.0.1 faster than any household would:

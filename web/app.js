@@ -16,6 +16,7 @@ import { InterestInput } from "./interests.js";
 import { LocalMedia } from "./media.js";
 import * as text from "./messages.js";
 import { Peer } from "./peer.js";
+import { RecentList, categoryOf } from "./recent.js";
 import { RemoteView } from "./remoteview.js";
 import { Signalling, clientId, socketUrl } from "./signalling.js";
 import { touchOnly, useTouchWording } from "./touch.js";
@@ -103,6 +104,8 @@ const state = {
   escTimer: 0,
   countdownTimer: 0,
   reportTimer: 0,
+  pairId: null, // the current pair's opaque id (from `matched`)
+  reportTarget: null, // the pair the open report dialog is about
   phaseBeforeDrop: null,
   autoSearch: loadAutoSearch(),
   autoSearchTimer: 0,
@@ -129,6 +132,19 @@ const chat = new ChatPanel({
   button: $("chat-send"),
   onsend: (t) => send({ type: "chat", text: t }),
   ontyping: (active) => state.phase === "matched" && send({ type: "typing", active }),
+});
+const recent = new RecentList({
+  box: $("recent"),
+  list: $("recent-list"),
+  count: $("recent-count"),
+  onreport: (pairId) => openReport(pairId),
+  onblock: (pairId) => {
+    if (send({ type: "block", pairId }) && pairId === state.pairId && state.phase === "matched") {
+      // The server moves us on; say so as Next would.
+      chat.system(text.chat.youSkipped, { strong: true });
+      setPhase("waiting");
+    }
+  },
 });
 const signalling = new Signalling(socketUrl(), {
   message: onMessage,
@@ -295,7 +311,12 @@ function onMessage(msg) {
       return;
     case "reported":
       clearTimeout(state.reportTimer);
+      recent.mark(msg.pairId, "reported");
       toast(text.notes.reportRecorded);
+      return;
+    case "blocked":
+      recent.mark(msg.pairId, "blocked");
+      toast(text.notes.blocked);
       return;
     case "error":
       return onServerError(msg);
@@ -313,6 +334,7 @@ function onHello(msg) {
   const limits = msg.limits ?? {};
   chat.setMaxChars(limits.maxChatChars);
   if (Number.isInteger(limits.maxInterests)) state.maxInterests = limits.maxInterests;
+  recent.setWindow(msg.reportWindow);
   clearInterval(state.countdownTimer);
   if (ui.banner.dataset.reason === "connection") hideBanner();
   if (reconnected) toast(text.notes.reconnected);
@@ -366,6 +388,8 @@ function onMatched(msg) {
   if (!state.wanted) return;
   const shared = Array.isArray(msg.interests) ? msg.interests : [];
   state.sharedInterests = shared.filter((t) => typeof t === "string");
+  state.pairId = typeof msg.pairId === "string" ? msg.pairId : null;
+  recent.started(state.pairId, state.sharedInterests);
   chat.clear();
   chat.system(text.chat.matched, { strong: true });
   if (state.sharedInterests.length) chat.system(`${text.chat.shared}`, { tags: state.sharedInterests });
@@ -803,23 +827,36 @@ function sendMediaState() {
 
 ui.reportButton.addEventListener("click", () => {
   if (state.phase !== "matched") return;
+  openReport(state.pairId);
+});
+
+// `pairId` is the current partner's or a recent one's (web/recent.js).
+function openReport(pairId) {
+  state.reportTarget = pairId;
   ui.reportForm.reset();
   ui.reportSkip.checked = true;
+  // Skipping only makes sense for the partner on screen.
+  ui.reportSkip.closest(".check").hidden = !(pairId === state.pairId && state.phase === "matched");
   ui.reportDialog.returnValue = "";
   ui.reportDialog.showModal();
-});
+}
 
 ui.reportDialog.addEventListener("close", () => {
   if (ui.reportDialog.returnValue !== "send") return;
   const data = new FormData(ui.reportForm);
   const details = ui.reportDetails.value.trim();
-  const reason = [data.get("reason") ?? "unspecified", details].filter(Boolean).join(": ").slice(0, 500);
+  const choice = data.get("reason") ?? "unspecified";
+  const reason = [choice, details].filter(Boolean).join(": ").slice(0, 500);
+  const pairId = state.reportTarget;
+  const current = pairId === state.pairId && state.phase === "matched";
+  const report = { type: "report", reason, category: categoryOf(choice), moveOn: false };
+  if (pairId) report.pairId = pairId;
   // The page moves on itself (Next), so the server is told not to.
-  if (state.phase === "matched" && send({ type: "report", reason, moveOn: false })) {
+  if ((current || (pairId && recent.find(pairId))) && send(report)) {
     // The server confirms with `reported`; a server without moderation does not.
     clearTimeout(state.reportTimer);
     state.reportTimer = setTimeout(() => toast(text.notes.reportSent), 3000);
-    if (ui.reportSkip.checked) next();
+    if (current && ui.reportSkip.checked) next();
   }
 });
 
@@ -830,6 +867,7 @@ function setPhase(phase) {
   state.phase = phase;
   if (phase !== "matched" && before === "matched") {
     chat.enable(false);
+    recent.ended(state.pairId);
   }
   renderStatus();
   renderButtons();

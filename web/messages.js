@@ -51,6 +51,7 @@ export const notes = {
   escAgain: t("notes.escAgain"),
   reportSent: t("notes.reportSent"),
   reportRecorded: t("notes.reportRecorded"),
+  blocked: t("notes.blocked"),
   reconnected: t("notes.reconnected"),
   ageRequired: t("notes.ageRequired"),
   asking: t("notes.asking"),
@@ -141,8 +142,13 @@ export function serverErrorText(msg) {
     case "banned": {
       // Also the answer of GET /api/standing. The reason is the moderator's own words.
       const reason = typeof msg.reason === "string" && msg.reason ? msg.reason : "—";
-      if (typeof msg.until === "number") return t("error.banned", { until: formatTime(msg.until), reason });
-      return t("error.bannedForGood", { reason });
+      const said =
+        typeof msg.until === "number"
+          ? t("error.banned", { until: formatTime(msg.until), reason })
+          : t("error.bannedForGood", { reason });
+      // The operator's appeal route (--appeal-url): a URL or a sentence, shown as given.
+      if (typeof msg.appeal !== "string" || !msg.appeal) return said;
+      return `${said} ${t("error.bannedAppeal", { appeal: msg.appeal })}`;
     }
     case "kicked":
       return t("error.kicked", { message: msg.message ?? "" });

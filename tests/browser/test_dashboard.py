@@ -84,6 +84,13 @@ async def test_dashboard_shows_thumbnails_and_watches_a_pair_live(
             what="watched frames advancing",
             within=30,
         )
+        # The pair's chat shows live beside the videos.
+        await eventually(
+            lambda: page.text_content("#watch-chat"),
+            lambda text: "hi bob" in (text or ""),
+            what="the pair's chat in the watch view",
+            within=10,
+        )
         # The pair's own streams are undisturbed.
         await asyncio.gather(alice.expect_video_flowing(), bob.expect_video_flowing())
 

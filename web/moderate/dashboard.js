@@ -1,25 +1,20 @@
-// The moderation dashboard: polls /api/moderate, shows thumbnails, watches pairs live.
+// The moderation dashboard: the report queue (queue.js), everyone online with
+// thumbnails, watching pairs live, recordings, bans and the audit log.
 // Served only behind moderator authentication (moderation/routes.py).
 
-const API = "/api/moderate";
-const POLL_MS = 1000;
+import { API, api, esc, when } from "./api.js";
+import { askBan } from "./bandialog.js";
+import { Queue } from "./queue.js";
+
+// Server-sent events say when something changed (moderation/events.py); these slow
+// polls only cover a dropped event stream and the "online for" counters.
+const POLL_MS = 10000;
+const QUEUE_MS = 30000;
 const THUMB_MS = 2000;
 
 const $ = (sel) => document.querySelector(sel);
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "");
 const duration = (s) => (s < 60 ? `${Math.round(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
-
-async function api(path, { method = "GET", body } = {}) {
-  const response = await fetch(API + path, {
-    method,
-    headers: body ? { "Content-Type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
-    credentials: "same-origin",
-  });
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-  return response.json();
-}
+let sessionsNow = [];
 
 let watching = null; // {id, pc, sessionIds}
 let thumbTick = 0;
@@ -51,6 +46,7 @@ function sessionCard(s) {
 
 async function refreshSessions() {
   const { sessions } = await api("/sessions");
+  sessionsNow = sessions;
   const paired = sessions.filter((s) => s.state === "paired").length;
   const flagged = sessions.filter((s) => s.flags.length).length;
   const pairs = paired / 2;
@@ -59,19 +55,14 @@ async function refreshSessions() {
 }
 
 async function refreshTables() {
-  const [{ reports }, { recordings }, { bans }, { audit }] = await Promise.all([
-    api("/reports?status=open"), api("/recordings"), api("/bans"), api("/audit"),
+  const [{ recordings }, { bans }, { audit }] = await Promise.all([
+    api("/recordings"), api("/bans"), api("/audit"),
   ]);
-  $("#reports tbody").innerHTML = reports.map((r) => `<tr>
-    <td>${r.id}</td><td>${when(r.createdAt)}</td><td><code>${esc(r.reportedId)}</code></td><td><code>${esc(r.reporterId)}</code></td>
-    <td>${esc(r.reason)}</td><td>${r.transcript.map((l) => `<div><code>${esc(l.sender)}</code>: ${esc(l.text)}</div>`).join("")}</td>
-    <td>${r.evidence ? `<button data-act="play" data-name="${esc(r.evidence)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.evidence)}?download=1">download</a>` : "none"}</td>
-    <td><button data-act="review" data-id="${r.id}">mark reviewed</button></td></tr>`).join("");
   $("#recordings tbody").innerHTML = recordings.map((r) => `<tr>
     <td><code>${esc(r.name)}</code>${r.live ? ' <span class="rec">● recording</span>' : ""}</td><td>${Math.round(r.bytes / 1024)} KiB</td><td>${when(r.modified)}</td>
     <td>${r.live ? "" : `<button data-act="play" data-name="${esc(r.name)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.name)}?download=1">download</a>`}</td></tr>`).join("");
   $("#bans tbody").innerHTML = bans.map((b) => `<tr>
-    <td>${b.id}</td><td><code>${esc(b.identity ?? "")}</code></td><td>${esc(b.ip ?? "")}</td><td>${esc(b.reason)}</td>
+    <td>${b.id}</td><td><code>${esc(b.identity ?? (b.person ? "browser of a report" : ""))}</code></td><td>${esc(b.ip ?? (b.address ? "address of a report" : ""))}</td><td>${esc(b.reason)}</td>
     <td>${b.expiresAt ? when(b.expiresAt) : "for good"}</td><td>${esc(b.createdBy)}</td>
     <td>${!b.expiresAt || b.expiresAt > Date.now() / 1000 ? `<button data-act="lift" data-id="${b.id}">lift</button>` : ""}</td></tr>`).join("");
   $("#audit tbody").innerHTML = audit.slice(0, 50).map((e) => `<tr>
@@ -108,18 +99,28 @@ async function watch(ids) {
   });
   const answer = await api("/watch", { method: "POST", body: { sessionIds: ids, sdp: pc.localDescription.sdp } });
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-  watching = { id: answer.watchId, pc, ids };
+  watching = { id: answer.watchId, pc, ids, chat: setInterval(() => showChat(ids).catch(() => {}), 1000) };
+  await showChat(ids);
   $("#watch-who").textContent = ids.join(" & ");
   $("#watch").hidden = false;
 }
 
 async function stopWatching() {
   if (!watching) return;
-  const { id, pc } = watching;
+  const { id, pc, chat } = watching;
+  clearInterval(chat);
+  $("#watch-chat").replaceChildren();
   watching = null;
   pc.close();
   $("#watch").hidden = true;
   await api(`/watch/${encodeURIComponent(id)}`, { method: "DELETE" }).catch(() => {});
+}
+
+// The watched pair's chat, live (the first watched person's pair: both directions).
+async function showChat(ids) {
+  const { chat } = await api(`/sessions/${encodeURIComponent(ids[0])}/chat`);
+  $("#watch-chat").innerHTML = chat.map((l) => `<li><time>${new Date(l.at * 1000).toLocaleTimeString()}</time>
+    <b>${esc(l.sender)}</b> ${esc(l.text)}</li>`).join("") || '<li class="meta">no chat yet</li>';
 }
 
 function play(name) {
@@ -141,25 +142,25 @@ document.addEventListener("click", async (event) => {
       case "record": await api("/recordings", { method: "POST", body: { sessionIds: ids } }); break;
       case "stoprec": await api("/recordings/stop", { method: "POST", body: { sessionIds: ids } }); break;
       case "kick": {
-        const message = prompt("Message to the user", "A moderator ended your session.");
+        const message = await askKick(ids[0]);
         if (message === null) return;
         await api(`/sessions/${encodeURIComponent(ids[0])}/kick`, { method: "POST", body: { message } });
         break;
       }
       case "ban": {
-        const reason = prompt("Reason for the ban");
-        if (!reason) return;
-        const hours = prompt("Hours (empty: for good)", "24");
-        if (hours === null) return;
-        const seconds = hours.trim() ? Number(hours) * 3600 : "permanent";
-        await api("/bans", { method: "POST", body: { sessionId: ids[0], reason, seconds } });
+        const session = sessionsNow.find((s) => s.id === ids[0]);
+        const sharing = sessionsNow.filter((s) => session && s.ip === session.ip).length;
+        const made = await askBan(
+          { title: ids[0], hasIdentity: Boolean(session?.identity), hasAddress: Boolean(session?.ip), sharing },
+          (terms) => api("/bans", { method: "POST", body: { sessionId: ids[0], ...terms } }),
+        );
+        if (!made) return;
         break;
       }
       case "lift": await api(`/bans/${button.dataset.id}/lift`, { method: "POST", body: {} }); break;
-      case "review": await api(`/reports/${button.dataset.id}/review`, { method: "POST", body: {} }); break;
       case "play": return play(button.dataset.name);
     }
-    await Promise.all([refreshSessions(), refreshTables()]);
+    await Promise.all([refreshSessions(), refreshTables(), queue.refresh()]);
   } catch (error) {
     alert(error.message);
   }
@@ -169,6 +170,22 @@ $("#watch-stop").addEventListener("click", () => stopWatching());
 $("#watch-audio").addEventListener("change", (e) => {
   for (const i of [0, 1]) $(`#watch-video-${i}`).muted = !e.target.checked;
 });
+
+// The kick dialog: the message the person is shown; null when cancelled.
+function askKick(sessionId) {
+  const dialog = $("#kick-dialog");
+  $("#kick-who").textContent = sessionId;
+  $("#kick-form").reset();
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => resolve(dialog.returnValue === "kick" ? $("#kick-message").value.trim() : null),
+      { once: true },
+    );
+    dialog.showModal();
+  });
+}
 
 async function loop(fn, ms) {
   for (;;) {
@@ -182,6 +199,18 @@ async function loop(fn, ms) {
   }
 }
 
-setInterval(() => { thumbTick += 1; }, THUMB_MS);
+const queue = new Queue({ onchange: () => refreshTables().catch(() => {}) });
+
+// Thumbnails reload in place; the cards are redrawn only when the sessions change.
+setInterval(() => {
+  thumbTick += 1;
+  for (const img of document.querySelectorAll("img[data-thumb]")) {
+    img.src = `${API}/sessions/${encodeURIComponent(img.dataset.thumb)}/thumbnail?t=${thumbTick}`;
+  }
+}, THUMB_MS);
+const events = new EventSource(`${API}/events`);
+events.addEventListener("queue", () => queue.refresh().catch((e) => console.warn(e)));
+events.addEventListener("sessions", () => refreshSessions().catch((e) => console.warn(e)));
+loop(() => queue.refresh(), QUEUE_MS);
 loop(refreshSessions, POLL_MS);
 loop(refreshTables, 5000);
