@@ -45,7 +45,8 @@ async def text_pair(server: RelayServer, clients: list[Any]) -> tuple[ChatClient
 
 
 async def test_a_text_pair_chats_types_reports_and_parts(relay_server, clients) -> None:
-    a, b = await text_pair(relay_server, clients)
+    server = relay_server
+    a, b = await text_pair(server, clients)
     await a.chat("hi, no camera here")
     assert (await b.wait_for("chat", timeout=TIMEOUT))["text"] == "hi, no camera here"
     await b.chat("same")
@@ -61,23 +62,29 @@ async def test_a_text_pair_chats_types_reports_and_parts(relay_server, clients) 
     await a.wait_for("matched", timeout=TIMEOUT)
     await b.wait_for("matched", timeout=TIMEOUT)
 
-    # A report keeps the chat as evidence and moves the reporter on (the default).
+    # A report keeps the chat as evidence and moves the reporter on (the default); the
+    # two are not paired again, so a third text user comes.
     await b.send({"type": "report", "reason": "rude"})
     await b.wait_for("reported", timeout=TIMEOUT)
     assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "next"
-
-    await a.start(mode="text")
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("waiting", timeout=TIMEOUT)
     await b.stop()
     await b.wait_for("stopped", timeout=TIMEOUT)
-    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "stop"
 
-    await b.start(mode="text")
+    c = await text_client(server, clients, 3)
+    await c.start(mode="text")
     await a.start(mode="text")
     await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
-    await b.close()
+    await c.wait_for("matched", timeout=TIMEOUT)
+    await c.stop()
+    await c.wait_for("stopped", timeout=TIMEOUT)
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "stop"
+
+    await c.start(mode="text")
+    await a.start(mode="text")
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await c.wait_for("matched", timeout=TIMEOUT)
+    await c.close()
     assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
 
 
