@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=_env("SHOW_ONLINE", "0").lower() in ("1", "true", "yes"),
         help="tell visitors how many people are online, rounded down to two significant "
-        "digits, in hello and waiting (one node only) [RELAY_SHOW_ONLINE]",
+        "digits, in hello and waiting (in a cluster: summed over the live nodes) "
+        "[RELAY_SHOW_ONLINE]",
     )
     p.add_argument(
         "--trusted-proxy",
@@ -676,10 +677,6 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         build_parser().error(
             f"--pipe-host {args.pipe_host} listens on every address: say which one other "
             "nodes reach this node at with --pipe-announce IP"
-        )
-    if args.show_online and args.redis:
-        build_parser().error(
-            "--show-online counts the visitors of one node; it does not work with --redis yet"
         )
     if args.workers > 1 and not args.redis:
         build_parser().error(

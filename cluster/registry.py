@@ -38,20 +38,29 @@ class NodeRegistry:
         self._redis = redis
         self.node_id = node_id
         self._prefix = "{" + key_prefix + "}:node:"
+        # Every node that has beaten since Redis started (the dead are pruned at beats):
+        # where the cluster's online count is read from without scanning keys.
+        self._members = "{" + key_prefix + "}:nodes"
         self._interval = beat_interval
         self._ttl_ms = round(ttl * 1000)
-        self._info = json.dumps({"pid": os.getpid(), "started": time.time()})
+        self._info: dict[str, object] = {"pid": os.getpid(), "started": time.time()}
         self._beater: asyncio.Task[None] | None = None
         self._ttl = ttl
         # Called when this node's key was gone at a beat: Redis restarted (or this
         # node stalled past its TTL), so what this node had put there is gone too.
         self.on_rejoin: Callable[[], None] | None = None
+        # The online count (--show-online): each beat publishes this node's `count()`
+        # and reads the other live nodes' back into `others_online`, so a count shown
+        # is the cluster's, the other nodes' part at most a beat or two old.
+        self.count: Callable[[], int] | None = None
+        self.others_online = 0
 
     def key(self, node: str) -> str:
         return self._prefix + node
 
     async def start(self) -> None:
         await self.beat()
+        await self._read_others()
         self._beater = asyncio.create_task(self._beat_forever(), name="node heartbeat")
 
     async def close(self) -> None:
@@ -62,16 +71,48 @@ class NodeRegistry:
             await asyncio.wait({beater})
         try:
             await self._redis.delete(self.key(self.node_id))
+            if self.count is not None:
+                await self._redis.srem(self._members, self.node_id)
         except Exception:
             logger.warning("could not remove this node from the registry; it expires on its own")
 
     async def beat(self) -> bool:
         """Renew this node's key; False when it had to be made anew."""
         key = self.key(self.node_id)
-        if await self._redis.set(key, self._info, px=self._ttl_ms, xx=True):
+        info = self._info if self.count is None else self._info | {"online": self.count()}
+        value = json.dumps(info)
+        if self.count is not None:
+            # Each beat, not only the first: another node may have pruned this one in
+            # the instant its key was missing.
+            await self._redis.sadd(self._members, self.node_id)
+        if await self._redis.set(key, value, px=self._ttl_ms, xx=True):
             return True
-        await self._redis.set(key, self._info, px=self._ttl_ms)
+        await self._redis.set(key, value, px=self._ttl_ms)
         return False
+
+    async def _read_others(self) -> None:
+        """Sum the other live nodes' published counts into `others_online`."""
+        if self.count is None:
+            return
+        nodes = sorted(_text(n) for n in await self._redis.smembers(self._members))
+        others = [n for n in nodes if n != self.node_id]
+        values = await self._redis.mget([self.key(n) for n in others]) if others else []
+        total = 0
+        gone = []
+        for node, value in zip(others, values, strict=True):
+            if value is None:
+                gone.append(node)
+                continue
+            try:
+                online = json.loads(value).get("online", 0)
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(online, int) and online > 0:
+                total += online
+        if gone:
+            # Dead (or not yet re-registered after a Redis restart: it adds itself back).
+            await self._redis.srem(self._members, *gone)
+        self.others_online = total
 
     async def settled(self) -> bool:
         """Whether Redis has run long enough for every live node to have beaten since
@@ -93,6 +134,7 @@ class NodeRegistry:
             await asyncio.sleep(self._interval)
             try:
                 kept = await self.beat()
+                await self._read_others()
             except Exception as exc:
                 logger.warning("node heartbeat failed (%s); retrying", exc)
                 continue
@@ -100,3 +142,7 @@ class NodeRegistry:
                 logger.warning("this node was missing from the registry (Redis restarted?)")
                 if self.on_rejoin is not None:
                     self.on_rejoin()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

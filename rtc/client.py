@@ -567,11 +567,17 @@ class ChatClient:
         else:
             await self._ws.send_str(data)
 
-    async def start(self, interests: Sequence[str] = ()) -> None:
-        """Ask for a partner; the server answers ``waiting`` then ``matched``."""
+    async def start(self, interests: Sequence[str] = (), *, mode: str = "video") -> None:
+        """Ask for a partner; the server answers ``waiting`` then ``matched``.
+
+        ``mode="text"`` is a text-only search: no media connection is needed (use
+        :meth:`connect_signalling`), and the partner is text-only too.
+        """
         message: Message = {"type": "start"}
         if interests:
             message["interests"] = list(interests)
+        if mode != "video":
+            message["mode"] = mode
         await self.send(message)
 
     async def next(self) -> None:

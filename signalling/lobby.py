@@ -59,6 +59,10 @@ WATCH_INTERVAL = 1.0
 DRAIN_SECONDS = 3.0
 # Seconds before a user the matcher could not take (Redis away) is offered again.
 ENQUEUE_RETRY = 0.5
+# The matcher pool of text-only searches; video searches use the default pool "".
+TEXT_POOL = "text"
+# Messages about the media connection, which a text-only session has not got.
+_MEDIA_MESSAGES = (p.Offer, p.Candidate, p.MediaStateMessage)
 
 
 class Lobby:
@@ -97,10 +101,13 @@ class Lobby:
         self.bus.set_handler(self._on_bus)
         self.node = self.bus.node
         self.registry = registry
+        if registry is not None:
+            registry.count = lambda: len(self.sessions)
         self._announce_node = announce_node
         self.sessions: dict[str, Session] = {}
         self.matches_made = 0
-        # --show-online: hello and waiting carry a rounded count of this node's sessions.
+        # --show-online: hello and waiting carry a rounded count of the sessions of this
+        # node and, in a cluster, of the other live nodes (their last heartbeat's).
         self.show_online = False
         # Called with each session of this node that was just paired (metrics observe here).
         self.pair_listeners: list[Callable[[Session], None]] = []
@@ -301,6 +308,8 @@ class Lobby:
         return session
 
     async def _dispatch(self, session: Session, message: p.ClientMessage) -> None:
+        if isinstance(message, _MEDIA_MESSAGES) and session.text_only:
+            _refuse_in_text_mode(session, p.message_type(message))
         match message:
             case p.Offer():
                 await self._offer(session, message)
@@ -532,7 +541,7 @@ class Lobby:
         if not session.attached:
             logger.info("%r: not resumed within %g s; ended", session, self.resume.grace)
             await self.leave(session)
-        elif session.state == State.PAIRED and not session.media_ready:
+        elif session.state == State.PAIRED and not session.ready:
             logger.info("%r: no new media within %g s; pair ended", session, self.resume.grace)
             await self._go_idle(session, "disconnect")
             session.send({"type": "partner_left", "reason": "disconnect"})
@@ -541,7 +550,7 @@ class Lobby:
         """End the absence once the session has its socket, and its media when paired."""
         if session.held_until is None or not session.attached:
             return
-        if session.state == State.PAIRED and not session.media_ready:
+        if session.state == State.PAIRED and not session.ready:
             return
         session.end_hold()
         if session.partner is not None:
@@ -578,6 +587,7 @@ class Lobby:
             "type": "resumed",
             "id": held.id,
             "state": held.state.value,
+            "mode": "text" if held.text_only else "video",
             "media": held.media_ready,
             "interests": list(held.interests),
             "shared": list(held.shared),
@@ -617,6 +627,12 @@ class Lobby:
                 in_reply_to="start",
             )
         session.interests = start.interests
+        session.text_only = start.mode == "text"
+        if session.text_only:
+            # A text-only search needs no media connection: one left from a video search
+            # is closed, so the camera it carried is not relayed or watched any more.
+            await self._drop_incoming(session)
+            await self._drop_peer(session)
         await self._look_for_partner(session)
 
     async def _set_interests(self, session: Session, interests: tuple[str, ...]) -> None:
@@ -646,7 +662,10 @@ class Lobby:
 
     def _online(self) -> dict[str, int]:
         """`online` for hello and waiting, when the operator shows it (--show-online)."""
-        return {"online": rounded_online(len(self.sessions))} if self.show_online else {}
+        if not self.show_online:
+            return {}
+        others = self.registry.others_online if self.registry is not None else 0
+        return {"online": rounded_online(len(self.sessions) + others)}
 
     async def _stop(self, session: Session) -> None:
         await self._go_idle(session, "stop")
@@ -664,7 +683,7 @@ class Lobby:
 
     async def _enqueue(self, session: Session) -> None:
         """Offer a waiting session to the matcher once its media can flow."""
-        if session.state != State.WAITING or session.queued or not session.media_ready:
+        if session.state != State.WAITING or session.queued or not session.ready:
             return
         if session.pending is not None or self.draining or not session.attached:
             return
@@ -673,7 +692,11 @@ class Lobby:
         session.queued = True
         try:
             await self.matcher.enqueue(
-                session.id, session.interests, tags=session.tags, avoid=tuple(session.avoid)
+                session.id,
+                session.interests,
+                tags=session.tags,
+                avoid=tuple(session.avoid),
+                pool=TEXT_POOL if session.text_only else "",
             )
         except AlreadyWaiting:
             pass
@@ -711,8 +734,8 @@ class Lobby:
                 if session is not None:
                     self._requeue(session)
             return
-        assert a.peer is not None and b.peer is not None
-        self.relay.pair(a.peer, b.peer)
+        if a.peer is not None and b.peer is not None:  # a text-only pair has no media
+            self.relay.pair(a.peer, b.peer)
         pair_id = new_pair_id()
         self._paired(a, RecentPartner(pair_id, b.ref, b.person, b.address), match.shared_interests)
         self._paired(b, RecentPartner(pair_id, a.ref, a.person, a.address), match.shared_interests)
@@ -827,8 +850,9 @@ class Lobby:
                 session.pending = None
                 self._requeue(session)
             return
-        assert session.peer is not None
-        media = await self.relay.bridge.offer_streams(session.peer)
+        media: dict[str, Any] = {}
+        if session.peer is not None:  # a text-only pair has no media
+            media = await self.relay.bridge.offer_streams(session.peer)
         if session.attempt != attempt or session.pending != remote:
             self._disconnect_bridge(session)
             self.bus.send(remote, session.ref, {"t": "refuse"})
@@ -863,12 +887,12 @@ class Lobby:
         session.pending = None
         session.state = State.PAIRED  # nobody else can claim b from here on
         session.partner = sender
-        assert session.peer is not None
-        peer = session.peer
-        mine = await self.relay.bridge.offer_streams(peer)
+        peer = session.peer  # None in a text-only pair: no media to bridge
+        mine = {} if peer is None else await self.relay.bridge.offer_streams(peer)
         if session.partner != sender:
             # b moved on meanwhile; _unpair has already sent `left`.
-            await self.relay.bridge.disconnect(peer)
+            if peer is not None:
+                await self.relay.bridge.disconnect(peer)
             return
         # The proposer's user is told the shared interests too: they come back with the accept.
         self.bus.send(
@@ -885,7 +909,8 @@ class Lobby:
         self.matches_made += 1
         self._paired(session, pair, shared)
         logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
-        await self.relay.bridge.connect(peer, media)
+        if peer is not None:
+            await self.relay.bridge.connect(peer, media)
 
     def _accepted(
         self,
@@ -901,11 +926,11 @@ class Lobby:
             self.bus.send(sender, SessionRef(to, self.node), {"t": "left", "reason": reason})
             return
         self._paired(session, pair, shared)
-        assert session.peer is not None
-        self._spawn(
-            self.relay.bridge.connect(session.peer, media if isinstance(media, dict) else {}),
-            f"bridge {session.id}",
-        )
+        if session.peer is not None:  # a text-only pair has no media
+            self._spawn(
+                self.relay.bridge.connect(session.peer, media if isinstance(media, dict) else {}),
+                f"bridge {session.id}",
+            )
         logger.info("paired %s with %s on %s", session.id, sender.id, sender.node)
 
     def _on_bus(self, to: str, sender: SessionRef, message: dict[str, Any]) -> None:
@@ -1094,7 +1119,7 @@ def _can_pair(session: Session, expecting: SessionRef | None = None) -> bool:
     return (
         session.state == State.WAITING
         and session.attached
-        and session.media_ready
+        and session.ready
         and session.partner is None
         and session.pending in (None, expecting)
     )
@@ -1118,6 +1143,17 @@ def _remote_pair(sender: SessionRef, message: dict[str, Any]) -> RecentPartner:
         person if isinstance(person, str) else None,
         None,
     )
+
+
+def _refuse_in_text_mode(session: Session, kind: str) -> None:
+    """Media messages make no sense in a text-only search (idle, the next may be video)."""
+    if session.state != State.IDLE:
+        raise p.ProtocolError(
+            "text_mode",
+            f"'{kind}' is about video, and this session is in text-only mode; to use the "
+            'camera, send stop, then start with "mode": "video"',
+            in_reply_to=kind,
+        )
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

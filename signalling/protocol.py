@@ -88,9 +88,15 @@ class Candidate:
     sdp_mline_index: int | None
 
 
+# What a search is for: "video" (the default, needs a media connection) or "text" (chat
+# only, no media connection; text-only people meet only each other).
+MODES: Final = ("video", "text")
+
+
 @dataclass(frozen=True)
 class Start:
     interests: tuple[str, ...]
+    mode: str = "video"
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,18 @@ def _interests(obj: dict[str, Any], kind: str = "start") -> tuple[str, ...]:
     return tuple(sorted(normalize_interests(raw)))
 
 
+def _mode(obj: dict[str, Any]) -> str:
+    mode = obj.get("mode", "video")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ProtocolError(
+            "bad_field",
+            '\'mode\' must be "video" or "text"',
+            field="mode",
+            in_reply_to="start",
+        )
+    return mode
+
+
 def _candidate(obj: dict[str, Any]) -> Candidate:
     cand = obj.get("candidate")
     if cand is not None and (not isinstance(cand, str) or len(cand) > MAX_CANDIDATE_CHARS):
@@ -326,7 +344,7 @@ def parse_message(data: str | bytes) -> ClientMessage:
         case "candidate":
             return _candidate(obj)
         case "start":
-            return Start(interests=_interests(obj))
+            return Start(interests=_interests(obj), mode=_mode(obj))
         case "interests":
             return SetInterests(interests=_interests(obj, kind))
         case "next":

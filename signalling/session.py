@@ -108,6 +108,9 @@ class Session:
         self.pending: SessionRef | None = None
         self.attempt = 0
         self.interests: tuple[str, ...] = ()
+        # Set by each `start`: a text-only search (chat, no media connection, meets only
+        # other text-only sessions) rather than a video one.
+        self.text_only = False
         # Whether the matcher currently holds this session in its waiting set.
         self.queued = False
         # loop.time() of the start or next that made this session wait (for time to match).
@@ -206,6 +209,11 @@ class Session:
     @property
     def media_ready(self) -> bool:
         return self.peer is not None and self.peer.state == MediaState.CONNECTED
+
+    @property
+    def ready(self) -> bool:
+        """Has what its kind of pair needs: media up, or nothing when text-only."""
+        return self.text_only or self.media_ready
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message for this client; never blocks the caller."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,10 +59,48 @@ def test_the_count_is_rounded_down_to_two_significant_digits() -> None:
     ]
 
 
-def test_off_by_default_and_refused_in_a_cluster() -> None:
+def test_off_by_default_and_allowed_in_a_cluster() -> None:
     assert parse_settings([]).show_online is False
     assert parse_settings(["--show-online"]).show_online is True
-    with pytest.raises(SystemExit):
-        parse_settings(
-            ["--show-online", "--redis", "redis://127.0.0.1:1/0", "--cluster-secret", "x" * 16]
-        )
+    cluster = ["--redis", "redis://127.0.0.1:1/0", "--cluster-secret", "x" * 16]
+    assert parse_settings(["--show-online", *cluster]).show_online is True
+
+
+async def seen_on_arrival(url: str, expected: int) -> dict[str, Any]:
+    """The `hello` of a visitor arriving once the count shown is `expected` (other
+    nodes' counts come with their heartbeats, a second or so late); each try is a
+    visitor who leaves again."""
+    seen = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            async with sockets(url, 1) as (ws,):
+                hello = await next_of(ws, "hello")
+                seen.append(hello["online"])
+                if hello["online"] == expected:
+                    await ws.send_json({"type": "start", "mode": "text"})
+                    waiting = await next_of(ws, "waiting")
+                    return hello | {"waiting": waiting["online"], "tries": seen}
+            await asyncio.sleep(0.2)
+
+
+async def test_a_cluster_shows_everyone_on_every_live_node(nodes: Any) -> None:
+    one, two = nodes("--show-online"), nodes("--show-online")
+    async with sockets(two.ws_url, 3) as there:
+        hellos = [await next_of(ws, "hello") for ws in there]
+        assert [h["online"] for h in hellos][-1] == 3  # node one has nobody yet
+        # A visitor on node one counts node two's three, and themselves.
+        arrival = await seen_on_arrival(one.ws_url, 4)
+        assert arrival["node"] != hellos[0]["node"]
+        assert arrival["waiting"] == 4
+        await there[0].close()
+        await there[1].close()
+        # Those who left stop being counted once node two has beaten again.
+        await seen_on_arrival(one.ws_url, 2)
+    # A node that dies stops being counted when its heartbeat key expires.
+    async with sockets(two.ws_url, 2) as there:
+        for ws in there:
+            await next_of(ws, "hello")
+        await seen_on_arrival(one.ws_url, 3)
+        two.send_signal(signal.SIGKILL)
+        two.wait(TIMEOUT)
+        await seen_on_arrival(one.ws_url, 1)

@@ -21,7 +21,9 @@ def error_of(data: str | bytes) -> p.ProtocolError:
 
 def test_well_formed_messages_parse() -> None:
     assert parse({"type": "offer", "sdp": "v=0"}) == p.Offer(sdp="v=0")
-    assert parse({"type": "start"}) == p.Start(interests=())
+    assert parse({"type": "start"}) == p.Start(interests=(), mode="video")
+    assert parse({"type": "start", "mode": "text"}) == p.Start(interests=(), mode="text")
+    assert parse({"type": "start", "mode": "video"}) == p.Start(interests=(), mode="video")
     assert parse({"type": "start", "interests": [" Music ", "music", "Board Games"]}) == p.Start(
         interests=("board games", "music")
     )
@@ -101,6 +103,8 @@ def test_malformed_frames(data: str | bytes, code: str) -> None:
         ({"type": "report", "reason": "x", "category": "bad"}, "category"),
         ({"type": "block", "pairId": "x" * 65}, "pairId"),
         ({"type": "start", "interests": "music"}, "interests"),
+        ({"type": "start", "mode": "audio"}, "mode"),
+        ({"type": "start", "mode": None}, "mode"),
         ({"type": "start", "interests": [1]}, "interests"),
         ({"type": "start", "interests": [""]}, "interests"),
         ({"type": "start", "interests": ["x" * 33]}, "interests"),

@@ -43,6 +43,8 @@ const ui = {
   intro: $("intro"),
   startForm: $("start-form"),
   startButton: $("start-button"),
+  textButton: $("text-button"),
+  textSettingsButton: $("text-settings-button"),
   startNote: $("start-note"),
   ageCheck: $("age-check"),
   room: $("room"),
@@ -67,6 +69,7 @@ const ui = {
   devicesDialog: $("devices-dialog"),
   cameraSelect: $("camera-select"),
   autoSearch: $("auto-search"),
+  textMode: $("text-mode"),
   micSelect: $("mic-select"),
   interestHint: $("interest-hint"),
   chatInput: $("chat-input"),
@@ -78,6 +81,8 @@ const ui = {
 };
 
 const state = {
+  // "video", or "text": chat only, no camera and no media connection (start {mode: "text"}).
+  mode: "video",
   phase: "connecting",
   wanted: false, // the person wants a partner: pressed Start or Next, not Stop
   leftReason: null,
@@ -154,6 +159,7 @@ languageSwitcher($("lang-select"));
 if (touchOnly) useTouchWording(ui, text.notes.interestHintTouch);
 registerServiceWorker();
 checkStanding();
+suggestTextIfNoCamera();
 
 // A banned visitor hears it before the age check and the camera prompt (GET /api/standing).
 async function checkStanding() {
@@ -169,6 +175,7 @@ async function checkStanding() {
   state.moderatedText = text.serverErrorText({ ...standing, code: "banned" });
   showBanner(state.moderatedText, "error", "banned");
   ui.startButton.disabled = true;
+  ui.textButton.disabled = true;
   ui.ageCheck.disabled = true;
   ui.startNote.textContent = text.notes.banned;
 }
@@ -183,6 +190,13 @@ ui.startForm.addEventListener("submit", async (event) => {
     ui.ageCheck.focus();
     return;
   }
+  state.interests = interests.value();
+  if (event.submitter === ui.textButton) {
+    // No camera prompt at all: text-only people are matched with each other.
+    hideBanner();
+    enterRoom("text");
+    return;
+  }
   const note = ui.startNote.textContent;
   ui.startButton.disabled = true;
   ui.startNote.textContent = text.notes.asking;
@@ -191,30 +205,68 @@ ui.startForm.addEventListener("submit", async (event) => {
     await media.open();
   } catch (err) {
     console.warn("getUserMedia failed", err);
-    showBanner(text.mediaErrorText(err), "error");
+    // Not a dead end: the text-only way in is offered, one press away.
+    showBanner(`${text.mediaErrorText(err)} ${text.notes.textInstead}`, "error");
+    suggestText({ focus: true });
     return;
   } finally {
     ui.startButton.disabled = false;
     ui.startNote.textContent = note;
   }
-  state.interests = interests.value();
-  enterRoom();
+  enterRoom("video");
 });
+
+// Without a camera (none listed, or its permission denied for this site) text-only is
+// the way in: it becomes the main button. Start stays, for a camera plugged in later.
+async function suggestTextIfNoCamera() {
+  let denied = false;
+  let noCamera = true;
+  try {
+    denied = (await navigator.permissions?.query({ name: "camera" }))?.state === "denied";
+  } catch {
+    // Firefox and older browsers cannot be asked about the camera
+  }
+  try {
+    noCamera = !(await navigator.mediaDevices.enumerateDevices()).some((d) => d.kind === "videoinput");
+  } catch {
+    // no mediaDevices (an insecure page): no camera either
+  }
+  if ((denied || noCamera) && !ui.startButton.disabled && ui.room.hidden) {
+    ui.startNote.textContent = text.notes.noCamera;
+    suggestText({ focus: false });
+  }
+}
+
+function suggestText({ focus }) {
+  ui.startButton.classList.remove("btn-primary");
+  ui.textButton.classList.add("btn-primary");
+  if (focus) ui.textButton.focus();
+}
 
 ui.ageCheck.addEventListener("change", () => {
   ui.ageCheck.closest(".check").classList.remove("invalid");
   if (ui.ageCheck.checked && ui.banner.dataset.reason === "age") hideBanner();
 });
 
-function enterRoom() {
+function enterRoom(mode) {
+  setMode(mode);
   ui.intro.hidden = true;
   ui.room.hidden = false;
-  showSelf();
-  media.onended = () => showBanner(text.connection.deviceEnded, "error");
-  listDevices();
+  if (mode === "video") {
+    showSelf();
+    media.onended = () => showBanner(text.connection.deviceEnded, "error");
+    listDevices();
+  }
   state.wanted = true;
   setPhase("connecting");
   signalling.open();
+}
+
+// The room without video tiles, camera or microphone in text mode (style.css).
+function setMode(mode) {
+  state.mode = mode;
+  document.body.dataset.mode = mode;
+  ui.room.setAttribute("aria-label", mode === "text" ? text.room.labelText : text.room.label);
 }
 
 // ---------- server messages ----------
@@ -294,7 +346,7 @@ function onHello(msg) {
   if (ui.banner.dataset.reason === "connection") hideBanner();
   if (reconnected) toast(text.notes.reconnected);
   state.mediaFailures = 0;
-  connectMedia();
+  if (state.mode === "video") connectMedia();
   if (state.wanted) {
     sendStart();
   } else {
@@ -325,7 +377,8 @@ function onResumed(msg) {
     setPhase(before === "left" ? "left" : "stopped");
   }
   // After a network change the old media path is dead even if the browser has not noticed.
-  if (state.networkChanged || !msg.media || state.peer?.state !== "connected") connectMedia();
+  const mediaDead = state.networkChanged || !msg.media || state.peer?.state !== "connected";
+  if (state.mode === "video" && mediaDead) connectMedia();
   state.networkChanged = false;
 }
 
@@ -552,6 +605,7 @@ function sendStart() {
   state.wanted = true;
   state.leftReason = null;
   const msg = { type: "start" };
+  if (state.mode === "text") msg.mode = "text";
   if (state.interests.length) msg.interests = state.interests.slice(0, state.maxInterests);
   if (send(msg)) setPhase("waiting");
 }
@@ -566,7 +620,7 @@ function next() {
       return;
     case "left":
     case "stopped":
-      if (media.stream) sendStart();
+      if (media.stream || state.mode === "text") sendStart();
       else reopenCamera().then((ok) => ok && sendStart());
       return;
     case "connecting":
@@ -695,14 +749,18 @@ async function useDevice(kind, id) {
 
 ui.flipButton.addEventListener("click", () => useDevice("video", "flip"));
 
-ui.devicesButton.addEventListener("click", async () => {
+ui.textSettingsButton.addEventListener("click", openSettings);
+ui.devicesButton.addEventListener("click", openSettings);
+
+async function openSettings() {
   const { cameras, mics } = await media.devices();
   fillSelect(ui.cameraSelect, cameras, media.currentCameraId, text.room.camera);
   fillSelect(ui.micSelect, mics, media.currentMicId, text.room.microphone);
   roomInterests.replace(state.interests);
+  ui.textMode.checked = state.mode === "text";
   ui.devicesDialog.returnValue = "";
   ui.devicesDialog.showModal();
-});
+}
 
 ui.devicesDialog.addEventListener("close", async () => {
   if (ui.devicesDialog.returnValue !== "use") return;
@@ -711,6 +769,11 @@ ui.devicesDialog.addEventListener("close", async () => {
     state.interests = chosen;
     send({ type: "interests", interests: chosen });
   }
+  if (ui.textMode.checked !== (state.mode === "text")) {
+    await switchMode(ui.textMode.checked ? "text" : "video");
+    return;
+  }
+  if (state.mode === "text") return;
   if (ui.cameraSelect.value && ui.cameraSelect.value !== media.currentCameraId) {
     await useDevice("video", ui.cameraSelect.value);
   }
@@ -718,6 +781,38 @@ ui.devicesDialog.addEventListener("close", async () => {
     await useDevice("audio", ui.micSelect.value);
   }
 });
+
+// Between searches, as the protocol has it: stop, then start in the other mode. Video
+// needs the camera first; if it cannot be had, the banner says why and text stays.
+async function switchMode(mode) {
+  if (mode === "video" && !(await reopenCamera())) return;
+  const searching = state.wanted;
+  if (searching && send({ type: "stop" }) && state.phase === "matched") {
+    chat.system(text.chat.youStopped, { strong: true });
+  }
+  setMode(mode);
+  if (mode === "text") {
+    releaseCamera();
+    dropMedia();
+  } else {
+    showSelf();
+    media.onended = () => showBanner(text.connection.deviceEnded, "error");
+    listDevices();
+    if (signalling.isOpen) connectMedia(); // an offer while idle: allowed in any mode
+  }
+  if (searching) sendStart();
+  else renderButtons();
+}
+
+function dropMedia() {
+  clearTimeout(state.mediaFailedTimer);
+  clearTimeout(state.mediaRetryTimer);
+  clearTimeout(state.mediaDisconnectedTimer);
+  state.oldPeer?.close();
+  state.oldPeer = null;
+  state.peer?.close();
+  state.peer = null;
+}
 
 function fillSelect(select, devices, current, fallback) {
   select.replaceChildren(
@@ -731,7 +826,7 @@ function fillSelect(select, devices, current, fallback) {
 
 // Proposed protocol message; the black frames of a disabled track say the same without it.
 function sendMediaState() {
-  if (state.phase !== "matched" || !state.mediaStateSupported) return;
+  if (state.phase !== "matched" || !state.mediaStateSupported || state.mode === "text") return;
   state.mediaStateSent = send({ type: "media_state", camera: media.cameraOn, mic: media.micOn });
 }
 

@@ -58,11 +58,15 @@ export const notes = {
   interestHintTouch: t("intro.interestHintTouch"),
   cameraReleased: t("room.cameraReleased"),
   banned: t("notes.banned"),
+  textInstead: t("notes.textInstead"),
+  noCamera: t("notes.noCamera"),
 };
 
 // Words of the room that change with its state.
 export const room = {
   start: t("intro.start"),
+  label: t("room.label"),
+  labelText: t("room.labelText"),
   next: t("room.next"),
   really: t("room.really"),
   disconnected: t("room.disconnected"),

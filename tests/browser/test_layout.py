@@ -31,7 +31,7 @@ ROOM_CONTROLS = (
     "#chat-input",
     "#chat-send",
 )
-INTRO_CONTROLS = ("#interest-input", "#age-check", "#start-button")
+INTRO_CONTROLS = ("#interest-input", "#age-check", "#start-button", "#text-button")
 
 # The page's longest banner text, as the page itself has it; the banner element is
 # shown with it by the test (the real failures behind it take minutes to provoke).

@@ -24,8 +24,10 @@ export default {
   "intro.ageCheck": "عمري 18 عاماً أو أكثر، وأوافق على أن المحادثات قد تخضع للمراقبة والتسجيل.",
   "intro.start": "ابدأ",
   "intro.startNote": "سيطلب متصفحك الإذن باستخدام الكاميرا والميكروفون.",
+  "intro.textOnly": "نص فقط، بدون كاميرا",
 
   "room.label": "دردشة فيديو",
+  "room.labelText": "دردشة نصية فقط",
   "room.partnerVideo": "فيديو الشخص الغريب",
   "room.partnerCameraOff": "كاميرا الشخص الغريب مطفأة",
   "room.partnerMuted": "مكتوم",
@@ -90,6 +92,7 @@ export default {
   "devices.microphone": "الميكروفون",
   "settings.interestsHint": "تُستخدم بدءاً من بحثك التالي؛ وفوراً إن كنت تبحث الآن.",
   "settings.autoSearch": "عندما يغادر شخص غريب، ابحث عن شخص جديد فوراً",
+  "settings.modeHint": "تغيير هذا ينهي الدردشة الحالية ويبحث عن شخص جديد.",
   "placeholder.autoSearch": "نبحث عن شخص جديد…",
   "chat.autoSearch": "البحث التلقائي مفعّل: سنبحث عن شخص جديد بعد لحظة. اضغط «إيقاف» لأخذ استراحة.",
   "devices.use": "استخدم هذه",
@@ -119,6 +122,8 @@ export default {
   "notes.ageRequired": "يُرجى تأكيد أن عمرك 18 عاماً أو أكثر للمتابعة.",
   "notes.asking": "في انتظار إذن الكاميرا…",
   "notes.banned": "لا يمكنك بدء دردشة ما دام الحظر قائماً.",
+  "notes.noCamera": "لا توجد كاميرا؟ دردش كتابةً بدلاً من ذلك: لا حاجة إلى كاميرا.",
+  "notes.textInstead": "لا يزال بإمكانك الدردشة كتابةً: اضغط «نص فقط، بدون كاميرا».",
 
   "media.insecure": "لا يسمح متصفحك بالكاميرا إلا في صفحة آمنة (https://). افتح Roulette Relay عبر https.",
   "media.blocked":

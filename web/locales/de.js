@@ -24,8 +24,10 @@ export default {
   "intro.ageCheck": "Ich bin mindestens 18 Jahre alt und einverstanden, dass Chats überwacht und aufgezeichnet werden können.",
   "intro.start": "Starten",
   "intro.startNote": "Dein Browser fragt, ob Kamera und Mikrofon verwendet werden dürfen.",
+  "intro.textOnly": "Nur Text, ohne Kamera",
 
   "room.label": "Videochat",
+  "room.labelText": "Nur-Text-Chat",
   "room.partnerVideo": "Das Video der fremden Person",
   "room.partnerCameraOff": "Die Kamera der fremden Person ist aus",
   "room.partnerMuted": "Stumm",
@@ -90,6 +92,7 @@ export default {
   "devices.microphone": "Mikrofon",
   "settings.interestsHint": "Gilt ab deiner nächsten Suche; während du suchst, sofort.",
   "settings.autoSearch": "Wenn eine Person geht, sofort jemand Neues suchen",
+  "settings.modeHint": "Eine Änderung beendet den aktuellen Chat und sucht jemand Neues.",
   "placeholder.autoSearch": "Suche jemand Neues…",
   "chat.autoSearch": "Automatische Suche ist an: gleich wird jemand Neues gesucht. Drücke Stopp für eine Pause.",
   "devices.use": "Diese verwenden",
@@ -119,6 +122,8 @@ export default {
   "notes.ageRequired": "Bitte bestätige, dass du mindestens 18 Jahre alt bist.",
   "notes.asking": "Warte auf die Kameraerlaubnis…",
   "notes.banned": "Solange die Sperre gilt, kannst du keinen Chat starten.",
+  "notes.noCamera": "Keine Kamera? Chatte stattdessen per Text, ganz ohne Kamera.",
+  "notes.textInstead": "Du kannst trotzdem per Text chatten: Drücke „Nur Text, ohne Kamera“.",
 
   "media.insecure": "Dein Browser erlaubt die Kamera nur auf einer sicheren (https://) Seite. Öffne Roulette Relay über https.",
   "media.blocked":

@@ -25,8 +25,10 @@ export default {
   "intro.ageCheck": "I am 18 or older and agree that chats may be monitored and recorded.",
   "intro.start": "Start",
   "intro.startNote": "Your browser will ask to use your camera and microphone.",
+  "intro.textOnly": "Text only, no camera",
 
   "room.label": "Video chat",
+  "room.labelText": "Text-only chat",
   "room.partnerVideo": "The stranger's video",
   "room.partnerCameraOff": "The stranger's camera is off",
   "room.partnerMuted": "Muted",
@@ -91,6 +93,7 @@ export default {
   "devices.microphone": "Microphone",
   "settings.interestsHint": "Used from your next search on; while searching, at once.",
   "settings.autoSearch": "When a stranger leaves, look for someone new right away",
+  "settings.modeHint": "Changing this ends the current chat and looks for someone new.",
   "placeholder.autoSearch": "Looking for someone new…",
   "chat.autoSearch": "Auto search is on: looking for someone new in a moment. Press Stop to take a break.",
   "devices.use": "Use these",
@@ -120,6 +123,8 @@ export default {
   "notes.ageRequired": "Please confirm you are 18 or older to continue.",
   "notes.asking": "Waiting for camera permission…",
   "notes.banned": "You cannot start a chat while the ban lasts.",
+  "notes.noCamera": "No camera here? Chat by text instead: no camera needed.",
+  "notes.textInstead": "You can still chat by text: press “Text only, no camera”.",
 
   "media.insecure": "Your browser only allows the camera on a secure (https://) page. Open Roulette Relay over https.",
   "media.blocked":

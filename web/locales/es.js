@@ -24,8 +24,10 @@ export default {
   "intro.ageCheck": "Tengo 18 años o más y acepto que los chats puedan ser supervisados y grabados.",
   "intro.start": "Empezar",
   "intro.startNote": "Tu navegador te pedirá permiso para usar la cámara y el micrófono.",
+  "intro.textOnly": "Solo texto, sin cámara",
 
   "room.label": "Videochat",
+  "room.labelText": "Chat solo de texto",
   "room.partnerVideo": "El vídeo del desconocido",
   "room.partnerCameraOff": "La cámara del desconocido está apagada",
   "room.partnerMuted": "Silenciado",
@@ -90,6 +92,7 @@ export default {
   "devices.microphone": "Micrófono",
   "settings.interestsHint": "Se usan desde tu próxima búsqueda; si ya estás buscando, al momento.",
   "settings.autoSearch": "Cuando un desconocido se vaya, buscar a alguien nuevo enseguida",
+  "settings.modeHint": "Si cambias esto, termina el chat actual y se busca a alguien nuevo.",
   "placeholder.autoSearch": "Buscando a alguien nuevo…",
   "chat.autoSearch": "La búsqueda automática está activada: en un momento buscamos a alguien nuevo. Pulsa Parar para descansar.",
   "devices.use": "Usar estos",
@@ -119,6 +122,8 @@ export default {
   "notes.ageRequired": "Confirma que tienes 18 años o más para continuar.",
   "notes.asking": "Esperando el permiso de la cámara…",
   "notes.banned": "No puedes empezar un chat mientras dure la expulsión.",
+  "notes.noCamera": "¿No tienes cámara? Chatea por texto: no hace falta cámara.",
+  "notes.textInstead": "Aún puedes chatear por texto: pulsa «Solo texto, sin cámara».",
 
   "media.insecure": "Tu navegador solo permite la cámara en una página segura (https://). Abre Roulette Relay con https.",
   "media.blocked":

@@ -24,8 +24,10 @@ export default {
   "intro.ageCheck": "Tenho 18 anos ou mais e aceito que as conversas possam ser monitoradas e gravadas.",
   "intro.start": "Começar",
   "intro.startNote": "Seu navegador vai pedir para usar a câmera e o microfone.",
+  "intro.textOnly": "Só texto, sem câmera",
 
   "room.label": "Videochat",
+  "room.labelText": "Chat só de texto",
   "room.partnerVideo": "O vídeo do desconhecido",
   "room.partnerCameraOff": "A câmera do desconhecido está desligada",
   "room.partnerMuted": "Sem som",
@@ -90,6 +92,7 @@ export default {
   "devices.microphone": "Microfone",
   "settings.interestsHint": "Valem a partir da próxima busca; se já estiver procurando, na hora.",
   "settings.autoSearch": "Quando um desconhecido sair, procurar alguém novo na hora",
+  "settings.modeHint": "Mudar isto encerra a conversa atual e procura alguém novo.",
   "placeholder.autoSearch": "Procurando alguém novo…",
   "chat.autoSearch": "A busca automática está ligada: já vamos procurar alguém novo. Toque em Parar para fazer uma pausa.",
   "devices.use": "Usar estes",
@@ -119,6 +122,8 @@ export default {
   "notes.ageRequired": "Confirme que você tem 18 anos ou mais para continuar.",
   "notes.asking": "Esperando a permissão da câmera…",
   "notes.banned": "Você não pode começar uma conversa enquanto durar o banimento.",
+  "notes.noCamera": "Sem câmera? Converse por texto: não precisa de câmera.",
+  "notes.textInstead": "Você ainda pode conversar por texto: toque em “Só texto, sem câmera”.",
 
   "media.insecure": "Seu navegador só permite a câmera numa página segura (https://). Abra o Roulette Relay com https.",
   "media.blocked":

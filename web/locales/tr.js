@@ -24,8 +24,10 @@ export default {
   "intro.ageCheck": "18 yaşında veya daha büyüğüm ve sohbetlerin izlenebileceğini ve kaydedilebileceğini kabul ediyorum.",
   "intro.start": "Başla",
   "intro.startNote": "Tarayıcın kamera ve mikrofonu kullanmak için izin isteyecek.",
+  "intro.textOnly": "Yalnızca yazı, kamerasız",
 
   "room.label": "Görüntülü sohbet",
+  "room.labelText": "Yalnızca yazılı sohbet",
   "room.partnerVideo": "Yabancının görüntüsü",
   "room.partnerCameraOff": "Yabancının kamerası kapalı",
   "room.partnerMuted": "Sessiz",
@@ -90,6 +92,7 @@ export default {
   "devices.microphone": "Mikrofon",
   "settings.interestsHint": "Bir sonraki aramadan itibaren kullanılır; arama sürerken hemen.",
   "settings.autoSearch": "Bir yabancı ayrıldığında hemen yeni birini ara",
+  "settings.modeHint": "Bunu değiştirmek mevcut sohbeti bitirir ve yeni birini arar.",
   "placeholder.autoSearch": "Yeni biri aranıyor…",
   "chat.autoSearch": "Otomatik arama açık: birazdan yeni biri aranacak. Ara vermek için Dur'a bas.",
   "devices.use": "Bunları kullan",
@@ -119,6 +122,8 @@ export default {
   "notes.ageRequired": "Devam etmek için lütfen 18 yaşında veya daha büyük olduğunu onayla.",
   "notes.asking": "Kamera izni bekleniyor…",
   "notes.banned": "Yasak sürdüğü sürece sohbet başlatamazsın.",
+  "notes.noCamera": "Kameran yok mu? Bunun yerine yazışarak sohbet et: kamera gerekmez.",
+  "notes.textInstead": "Yine de yazışarak sohbet edebilirsin: “Yalnızca yazı, kamerasız” düğmesine bas.",
 
   "media.insecure": "Tarayıcın kameraya yalnızca güvenli (https://) bir sayfada izin veriyor. Roulette Relay'i https ile aç.",
   "media.blocked":
