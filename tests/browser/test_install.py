@@ -10,8 +10,14 @@ pytestmark = pytest.mark.browser
 
 READY = """
 async () => {
+  // `ready` resolves once a worker is active, which may still be "activating" (its
+  // activate handler clearing old caches): wait for the end of that step.
   const reg = await navigator.serviceWorker.ready;
-  return { scope: reg.scope, state: reg.active && reg.active.state };
+  const worker = reg.active;
+  if (worker.state === "activating") {
+    await new Promise((done) => worker.addEventListener("statechange", done, { once: true }));
+  }
+  return { scope: reg.scope, state: worker.state };
 }
 """
 CACHED = """
