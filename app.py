@@ -25,8 +25,7 @@ from matcher.redis import RedisMatcher
 from moderation import auth
 from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
-from moderation.store import ModerationStore
-from moderation.store_protocol import ModerationStoreProtocol
+from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc import aiortc_seam, host_addresses
@@ -211,11 +210,11 @@ def _ice_servers(settings: Settings) -> IceServers:
 
 async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    if os.path.dirname(settings.db):
-        os.makedirs(os.path.dirname(settings.db), mode=0o700, exist_ok=True)
+    # Blocking (connecting, migrating): off the event loop like every store call.
+    store = await asyncio.to_thread(open_store, settings.db)
     moderation = Moderation(
         app[LOBBY],
-        ModerationStore(settings.db),
+        store,
         app[auth.MODERATORS],
         ModerationSettings(
             recordings_dir=settings.recordings_dir,
