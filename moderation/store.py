@@ -31,10 +31,10 @@ __all__ = [
     "Ban",
     "ClaimConflict",
     "ModerationStore",
-    "Transaction",
     "Report",
     "ReportStatus",
     "SchemaError",
+    "Transaction",
     "TranscriptLine",
     "normalize_ip",
 ]
@@ -703,9 +703,7 @@ class ModerationStore:
         return [AuditEntry(*row) for row in rows]
 
 
-def _audit(
-    db: Transaction, who: str, action: str, target: str, detail: str, at: float
-) -> int:
+def _audit(db: Transaction, who: str, action: str, target: str, detail: str, at: float) -> int:
     cursor = db.execute(
         "INSERT INTO audit_log (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?) "
         "RETURNING id",

@@ -31,7 +31,9 @@ def _binary(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_major)
     if not found:
         # Fail, never skip: a missing server would silently drop the PostgreSQL tests.
-        raise RuntimeError(f"PostgreSQL's {name} not found under /usr/lib/postgresql; {INSTALL_HINT}")
+        raise RuntimeError(
+            f"PostgreSQL's {name} not found under /usr/lib/postgresql; {INSTALL_HINT}"
+        )
     return found[-1]
 
 
@@ -55,10 +57,18 @@ class PostgresServer:
             os.chown(self._dir, entry.pw_uid, entry.pw_gid)
         try:
             subprocess.run(
-                # fmt: off
-                [_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8", "--locale=C", "--no-sync"],
-                # fmt: on
+                [
+                    _binary("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
                 user=self._user,
                 cwd=self._dir,
                 check=True,
@@ -66,16 +76,31 @@ class PostgresServer:
             )
         except subprocess.CalledProcessError as exc:
             self._remove()
-            raise RuntimeError(f"initdb failed:\n{exc.stdout.decode()}{exc.stderr.decode()}") from exc
+            raise RuntimeError(
+                f"initdb failed:\n{exc.stdout.decode()}{exc.stderr.decode()}"
+            ) from exc
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
         self._proc = subprocess.Popen(
-            # fmt: off
-            [_binary("postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self._dir}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200"],
-            # fmt: on
+            [
+                _binary("postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={self._dir}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
             user=self._user,
             cwd=self._dir,
             stdout=log,

@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import multiprocessing
 import sqlite3
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
