@@ -58,6 +58,9 @@ def create_app(settings: Settings) -> web.Application:
         if settings.moderators_file
         else auth.Moderators.from_env()
     )
+    if settings.cluster_secret:
+        # Every node (and worker) has the cluster secret: a login holds on all of them.
+        moderators.share_tokens(settings.cluster_secret)
     if not len(moderators):
         logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
     auth.install(

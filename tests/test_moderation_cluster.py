@@ -99,3 +99,26 @@ async def test_a_ban_from_a_report_holds_on_every_node(nodes, clients, moderated
     for node in (one, two):
         message = await refused(node, "browser-b-abcdef")
         assert message["type"] == "error" and message["code"] == "banned", message
+
+
+async def test_a_moderator_logged_in_on_one_node_is_logged_in_on_the_other(
+    nodes, moderated_args
+) -> None:
+    # Behind a load balancer the dashboard's next request may reach any node: the token
+    # key comes from the cluster secret, not from a random per-process value.
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(one.http_url + "/moderate", headers=AUTH) as response:
+            assert response.status == 200
+            token = response.cookies["moderator_token"].value
+        for node in (one, two):
+            async with http.get(
+                node.http_url + "/api/moderate/bans", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 200, await response.text()
+        # A token signed with another key is still refused.
+        forged = token[: token.rindex(".") + 1] + "AAAA"
+        async with http.get(
+            two.http_url + "/api/moderate/bans", headers={"Authorization": f"Bearer {forged}"}
+        ) as response:
+            assert response.status == 403
