@@ -7,6 +7,8 @@ PORT     ?= 8080
 CHROMIUM ?= /usr/bin/chromium
 JANUS    ?= /usr/bin/janus
 REDIS    ?= /usr/bin/redis-server
+# Debian's PostgreSQL server package; tests start their own server from its initdb/postgres.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/15/bin/initdb)
 NGINX    ?= /usr/sbin/nginx
 NFT      ?= /usr/sbin/nft
 IP       ?= /usr/sbin/ip
@@ -28,7 +30,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # The nudity extra too: its tests must run (and fail if it is missing), never skip.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,bench,nudity]'
+	$(PY) -m pip install --quiet -e '.[test,bench,nudity,postgresql]'
 	touch $@
 
 # Debian's Chromium for tests/browser. Never `playwright install`: browsers
@@ -46,6 +48,12 @@ $(JANUS):
 $(REDIS):
 	$(APT) update -qq
 	$(APT) install -y -qq redis-server
+
+# Debian's PostgreSQL, the shared moderation store (moderation/store_pg.py); tests run
+# their own server in a temp dir (tests/postgres_server.py), never the system service.
+$(PG_INITDB):
+	$(APT) update -qq
+	$(APT) install -y -qq postgresql
 
 # Debian's nginx, run by tests/test_nginx.py as an ordinary process (never the
 # system service) with docs/nginx-cluster.conf in front of two nodes.
@@ -81,7 +89,7 @@ run: $(VENV)/.installed
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(NGINX) $(NFT) $(IP) $(COTURN) $(AXE)
+test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(PG_INITDB) $(NGINX) $(NFT) $(IP) $(COTURN) $(AXE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

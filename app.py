@@ -25,8 +25,7 @@ from matcher.redis import RedisMatcher
 from moderation import auth
 from moderation.routes import MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
-from moderation.store import ModerationStore
-from moderation.store_protocol import ModerationStoreProtocol
+from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle
 from rtc import aiortc_seam, host_addresses
@@ -59,6 +58,9 @@ def create_app(settings: Settings) -> web.Application:
         if settings.moderators_file
         else auth.Moderators.from_env()
     )
+    if settings.cluster_secret:
+        # Every node (and worker) has the cluster secret: a login holds on all of them.
+        moderators.share_tokens(settings.cluster_secret)
     if not len(moderators):
         logger.info("no moderators configured: /moderate and /api/moderate refuse everyone")
     auth.install(
@@ -211,11 +213,11 @@ def _ice_servers(settings: Settings) -> IceServers:
 
 async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    if os.path.dirname(settings.db):
-        os.makedirs(os.path.dirname(settings.db), mode=0o700, exist_ok=True)
+    # Blocking (connecting, migrating): off the event loop like every store call.
+    store = await asyncio.to_thread(open_store, settings.db)
     moderation = Moderation(
         app[LOBBY],
-        ModerationStore(settings.db),
+        store,
         app[auth.MODERATORS],
         ModerationSettings(
             recordings_dir=settings.recordings_dir,

@@ -90,7 +90,8 @@ class Settings:
     log_level: str = "INFO"
     # Moderation (docs/moderation.md). No moderators configured: /moderate refuses everyone.
     moderators_file: str | None = None
-    db: str = "data/moderation.sqlite3"
+    # An SQLite path or a postgresql:// URL (which may carry a password: kept out of repr).
+    db: str = field(default="data/moderation.sqlite3", repr=False)
     recordings_dir: str = "data/recordings"
     # Seconds a recording (live or report evidence) is kept before retention deletes it.
     recording_retention: float = 30 * 86400.0
@@ -424,7 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--db",
         default=_env("DB", d.db),
-        help="SQLite file for reports, bans and the audit log [RELAY_DB]",
+        help="where reports, bans, blocks and the audit log live: an SQLite file (one "
+        "machine), or a postgresql://user@host/db URL shared by every node of a cluster; "
+        "give its password by PGPASSWORD or ~/.pgpass, not in the URL [RELAY_DB]",
     )
     p.add_argument(
         "--recordings-dir",

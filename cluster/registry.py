@@ -130,7 +130,11 @@ class NodeRegistry:
         return {n for n, v in zip(wanted, values, strict=True) if v is not None}
 
     async def _beat_forever(self) -> None:
-        while True:
+        # redis-py can swallow the CancelledError of a command cancelled mid-way (it
+        # drops the connection, then returns or raises something else): without this
+        # check stop() awaited the task forever and a node ignored SIGINT about one
+        # time in four.
+        while not _cancelling():
             await asyncio.sleep(self._interval)
             try:
                 kept = await self.beat()
@@ -138,10 +142,15 @@ class NodeRegistry:
             except Exception as exc:
                 logger.warning("node heartbeat failed (%s); retrying", exc)
                 continue
-            if not kept:
+            if not kept and not _cancelling():
                 logger.warning("this node was missing from the registry (Redis restarted?)")
                 if self.on_rejoin is not None:
                     self.on_rejoin()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _text(value: str | bytes) -> str:

@@ -111,8 +111,8 @@ class Moderators:
             _validate(name, secret, where=f"moderator {name!r}")
         self._digests = {name: _digest(secret) for name, secret in entries.items()}
         self._name_digests = [(_digest(name), name) for name in self._digests]
-        # Tokens signed with a per-process key die with the process; pass a
-        # shared key when several processes must accept each other's tokens.
+        # Tokens signed with a per-process key die with the process; a cluster
+        # derives one shared key from its secret (share_tokens).
         self._token_key = token_key if token_key is not None else secrets.token_bytes(32)
 
     def __repr__(self) -> str:
@@ -205,6 +205,15 @@ class Moderators:
             return None
         # A moderator removed from the configuration loses their tokens too.
         return Moderator(name) if name in self._digests else None
+
+    def share_tokens(self, secret: str) -> None:
+        """Sign tokens with a key derived from `secret` (the cluster secret), so every
+        process configured with it accepts the others' tokens: a moderator logged in
+        through one node of a load-balanced cluster stays logged in on every node and
+        across restarts. The derivation keeps this key apart from the secret's other use."""
+        self._token_key = hmac.new(
+            secret.encode(), b"roulette-relay moderator tokens v1", hashlib.sha256
+        ).digest()
 
     def _sign(self, body: str) -> bytes:
         return hmac.new(self._token_key, body.encode(), hashlib.sha256).digest()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 __all__ = [
     "AuditEntry",
@@ -34,6 +34,7 @@ __all__ = [
     "Report",
     "ReportStatus",
     "SchemaError",
+    "Transaction",
     "TranscriptLine",
     "normalize_ip",
 ]
@@ -240,6 +241,23 @@ def normalize_ip(ip: str) -> str:
     return str(address)
 
 
+class Cursor(Protocol):
+    """What a statement returns, in both drivers (sqlite3 and psycopg)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Transaction(Protocol):
+    """One open transaction: statements written with `?` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+
+
 _REPORT_COLUMNS = (
     "id, created_at, reporter_id, reported_id, reason, evidence_path, transcript, "
     "status, reviewed_by, reviewed_at, pair_id, category, subject, reporter_subject, "
@@ -256,6 +274,10 @@ class ModerationStore:
     actions (reviewing a report, banning, lifting a ban) write their audit
     entry in the same transaction as the change, so the log cannot miss one.
     """
+
+    # Appended to the reads a transaction then writes on, so a shared server locks the
+    # row (PostgreSQL: " FOR UPDATE"); SQLite's BEGIN IMMEDIATE already serialises writers.
+    _lock_row = ""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -291,7 +313,7 @@ class ModerationStore:
             self._db.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Transaction]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -376,7 +398,8 @@ class ModerationStore:
             cursor = db.execute(
                 "INSERT INTO reports (created_at, reporter_id, reported_id, reason, "
                 "evidence_path, transcript, pair_id, category, subject, reporter_subject, "
-                "reported_person, reported_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reported_person, reported_address) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (
                     created_at,
                     reporter_id,
@@ -392,8 +415,7 @@ class ModerationStore:
                     reported_address,
                 ),
             )
-            report_id = cursor.lastrowid
-        assert report_id is not None
+            report_id = int(cursor.fetchone()[0])
         report = self.report(report_id)
         assert report is not None
         return report
@@ -467,7 +489,8 @@ class ModerationStore:
         at = time.time() if now is None else now
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, claimed_by, claimed_at FROM reports WHERE id = ?", (report_id,)
+                f"SELECT status, claimed_by, claimed_at FROM reports WHERE id = ?{self._lock_row}",
+                (report_id,),
             ).fetchone()
             if row is None:
                 raise KeyError(f"no report {report_id}")
@@ -577,11 +600,10 @@ class ModerationStore:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO bans (identity, ip, reason, created_at, expires_at, created_by, "
-                "person, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "person, address) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (identity, ip, reason, created_at, expires_at, created_by, person, address),
             )
-            ban_id = cursor.lastrowid
-            assert ban_id is not None
+            ban_id = int(cursor.fetchone()[0])
             until = "for good" if expires_at is None else f"until {expires_at:.0f}"
             subject = _ban_subject(identity, ip, person, address)
             _audit(
@@ -612,7 +634,9 @@ class ModerationStore:
         """End a ban now (its row stays, expired, for the record)."""
         at = time.time() if now is None else now
         with self._transaction() as db:
-            row = db.execute(f"SELECT {_BAN_COLUMNS} FROM bans WHERE id = ?", (ban_id,)).fetchone()
+            row = db.execute(
+                f"SELECT {_BAN_COLUMNS} FROM bans WHERE id = ?{self._lock_row}", (ban_id,)
+            ).fetchone()
             if row is None:
                 raise KeyError(f"no ban {ban_id}")
             ban = _ban(row)
@@ -679,15 +703,13 @@ class ModerationStore:
         return [AuditEntry(*row) for row in rows]
 
 
-def _audit(
-    db: sqlite3.Connection, who: str, action: str, target: str, detail: str, at: float
-) -> int:
+def _audit(db: Transaction, who: str, action: str, target: str, detail: str, at: float) -> int:
     cursor = db.execute(
-        "INSERT INTO audit_log (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (at, who, action, target, detail) VALUES (?, ?, ?, ?, ?) "
+        "RETURNING id",
         (at, who, action, target, detail),
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    return int(cursor.fetchone()[0])
 
 
 def _ban_subject(

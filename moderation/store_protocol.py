@@ -1,17 +1,26 @@
 """The moderation store's contract: what the server needs from wherever reports live.
 
-`moderation.store.ModerationStore` (SQLite, one file) is the implementation today; a
-shared one for a cluster (PostgreSQL) is to sit behind the same methods, tested by
-one contract suite. Calls are synchronous and short; the server makes them through
-`asyncio.to_thread`. Times are UNIX seconds and every writer takes `now=` for tests.
+Two implementations, checked by one contract suite (tests/store_contract.py):
+`moderation.store.ModerationStore` (SQLite, one file, the embedded default) and
+`moderation.store_pg.PostgresModerationStore` (one database shared by every node of a
+cluster); `open_store` picks by what `--db` names. Calls are synchronous and short;
+the server makes them through `asyncio.to_thread`. Times are UNIX seconds and every writer takes `now=` for tests.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
-from moderation.store import AuditEntry, Ban, Report, ReportStatus, TranscriptLine
+from moderation.store import (
+    AuditEntry,
+    Ban,
+    ModerationStore,
+    Report,
+    ReportStatus,
+    TranscriptLine,
+)
 
 
 class ModerationStoreProtocol(Protocol):
@@ -124,3 +133,15 @@ class ModerationStoreProtocol(Protocol):
     def audit_log(
         self, *, target: str | None = None, limit: int = 100, before_id: int | None = None
     ) -> list[AuditEntry]: ...
+
+
+def open_store(db: str) -> ModerationStoreProtocol:
+    """The store `--db` names: a ``postgresql://`` URL, or else an SQLite file path."""
+    if db.startswith(("postgresql://", "postgres://")):
+        # Imported here: psycopg is only needed by deployments that use PostgreSQL.
+        from moderation.store_pg import PostgresModerationStore
+
+        return PostgresModerationStore(db)
+    if os.path.dirname(db):
+        os.makedirs(os.path.dirname(db), mode=0o700, exist_ok=True)
+    return ModerationStore(db)

@@ -257,3 +257,56 @@ def nodes(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Callable[.
         server.stop()
     for server in started:
         assert "Traceback" not in server.all_logs(), server.all_logs()
+
+
+# --- PostgreSQL (the shared moderation store) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session; each test gets a database of its own."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    url: str = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Any]:
+    """Opens (and reopens) one moderation store, on each backend in turn: the contract suite.
+
+    Stores it opened and a test left open are closed at the end.
+    """
+    from moderation.store import ModerationStore
+
+    opened: list[Any] = []
+    if request.param == "sqlite":
+        path = tmp_path / "moderation.sqlite3"
+
+        def open_sqlite() -> Any:
+            opened.append(ModerationStore(path))
+            return opened[-1]
+
+        request.addfinalizer(lambda: [store.close() for store in opened])
+        return open_sqlite
+    from moderation.store_pg import PostgresModerationStore
+
+    url = request.getfixturevalue("postgres_url")
+
+    def open_postgres() -> Any:
+        opened.append(PostgresModerationStore(url))
+        return opened[-1]
+
+    # Runs before postgres_url's teardown drops the database (finalizers run in reverse).
+    request.addfinalizer(lambda: [store.close() for store in opened])
+    return open_postgres

@@ -1,8 +1,11 @@
-"""The queue's order, ban lengths and scopes, claims, blocks and keyed hashes, on a real SQLite file."""
+"""The queue's order, ban lengths and scopes, claims, blocks and keyed hashes.
+
+Tests taking `open_store` run on SQLite and on a real PostgreSQL server (the store contract)."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,9 +22,9 @@ NOW = 1_700_000_000.0
 
 
 def test_the_queue_puts_minors_and_sexual_content_first_then_the_most_reported(
-    tmp_path: Path,
+    open_store: Callable[[], ModerationStore],
 ) -> None:
-    with ModerationStore(tmp_path / "m.sqlite3") as store:
+    with open_store() as store:
 
         def report(reporter: str, reported: str, reason: str, at: float, category=None):
             return store.add_report(
@@ -103,8 +106,8 @@ def test_ban_lengths_are_presets_or_a_number_and_unit_never_a_guess() -> None:
         parse_scope("ip")
 
 
-def test_bans_by_keyed_hash_claims_and_blocks(tmp_path: Path) -> None:
-    with ModerationStore(tmp_path / "m.sqlite3") as store:
+def test_bans_by_keyed_hash_claims_and_blocks(open_store: Callable[[], ModerationStore]) -> None:
+    with open_store() as store:
         names = Pseudonyms(store.pseudonym_key())
         person, address = names.person("browser-B-0123"), names.address("2001:db8::1")
         assert person and address and "browser" not in person
@@ -134,7 +137,7 @@ def test_bans_by_keyed_hash_claims_and_blocks(tmp_path: Path) -> None:
         assert store.blocked_by("B", now=NOW) == []
         assert store.delete_expired_blocks(now=NOW + 100) == 2
         key = store.pseudonym_key()
-    with ModerationStore(tmp_path / "m.sqlite3") as again:
+    with open_store() as again:
         assert again.pseudonym_key() == key  # hashes stay comparable after a restart
 
 

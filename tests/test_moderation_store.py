@@ -1,4 +1,8 @@
-"""ModerationStore on a real SQLite file: reports, bans, audit log, schema, reopening, threads."""
+"""The moderation store contract on both backends; SQLite's own file handling.
+
+Tests taking `open_store` are the contract suite: each runs on a real SQLite file and
+on a real PostgreSQL server (tests/postgres_server.py). Schema migrations are checked
+per backend, here (SQLite) and in tests/test_moderation_store_pg.py."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +27,19 @@ from moderation.store import (
 
 NOW = 1_700_000_000.0
 
+# Opens the store under test: the tests taking it are the contract every backend keeps
+# (conftest's `open_store` runs each on SQLite and on a real PostgreSQL server).
+OpenStore = Callable[[], ModerationStore]
+
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "moderation.sqlite3"
 
 
-def test_reports_are_kept_reviewed_and_survive_reopening(path: Path) -> None:
+def test_reports_are_kept_reviewed_and_survive_reopening(open_store: OpenStore) -> None:
     transcript = (TranscriptLine(NOW - 5, "rep", "hi"), TranscriptLine(NOW - 3, "bad", "ugh ✋"))
-    with ModerationStore(path) as store:
+    with open_store() as store:
         first = store.add_report("rep", "bad", "nudity", transcript=transcript, now=NOW)
         second = store.add_report("rep2", "bad", "spam", now=NOW + 1)
         other = store.add_report("rep3", "fine", "mistake", now=NOW + 2)
@@ -45,7 +54,7 @@ def test_reports_are_kept_reviewed_and_survive_reopening(path: Path) -> None:
         with pytest.raises(KeyError):
             store.set_evidence(999, "/x.webm")
 
-    with ModerationStore(path) as store:
+    with open_store() as store:
         again = store.report(first.id)
         assert again is not None
         assert again.transcript == transcript
@@ -68,8 +77,8 @@ def test_reports_are_kept_reviewed_and_survive_reopening(path: Path) -> None:
         )
 
 
-def test_bans_by_identity_ip_or_both_expire_and_lift(path: Path) -> None:
-    with ModerationStore(path) as store:
+def test_bans_by_identity_ip_or_both_expire_and_lift(open_store: OpenStore) -> None:
+    with open_store() as store:
         by_identity = store.add_ban(
             identity="device-1", reason="spam", created_by="alice", expires_at=NOW + 3600, now=NOW
         )
@@ -85,7 +94,7 @@ def test_bans_by_identity_ip_or_both_expire_and_lift(path: Path) -> None:
         with pytest.raises(ValueError):
             store.add_ban(reason="nobody", created_by="alice")
 
-    with ModerationStore(path) as store:
+    with open_store() as store:
         assert store.active_ban("device-1", None, NOW + 10) == by_identity
         assert store.active_ban("device-1", None, NOW + 3600) is None  # expired
         # The IPv4-mapped spelling a dual-stack socket reports is the same host.
@@ -122,11 +131,11 @@ def test_bans_by_identity_ip_or_both_expire_and_lift(path: Path) -> None:
         )
 
 
-def test_audit_log_pages_newest_first_and_survives_reopening(path: Path) -> None:
-    with ModerationStore(path) as store:
+def test_audit_log_pages_newest_first_and_survives_reopening(open_store: OpenStore) -> None:
+    with open_store() as store:
         for index in range(5):
             store.audit("alice", "watch", f"session:{index % 2}", f"#{index}", now=NOW + index)
-    with ModerationStore(path) as store:
+    with open_store() as store:
         entries = store.audit_log()
         assert [e.detail for e in entries] == ["#4", "#3", "#2", "#1", "#0"]
         assert [e.detail for e in store.audit_log(target="session:1")] == ["#3", "#1"]
@@ -160,8 +169,8 @@ def test_schema_is_created_in_wal_mode_and_migrated_once(
         ModerationStore(path)
 
 
-async def test_calls_from_many_threads_through_to_thread(path: Path) -> None:
-    with ModerationStore(path) as store:
+async def test_calls_from_many_threads_through_to_thread(open_store: OpenStore) -> None:
+    with open_store() as store:
 
         async def report(index: int) -> int:
             made = await asyncio.to_thread(store.add_report, f"r{index}", "x", "spam")
