@@ -31,6 +31,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from moderators import moderators_file
 
 from moderation.analyzers import StreamAnalysis
 from moderation.nudity import (
@@ -256,9 +257,7 @@ def test_without_the_extra_the_server_runs_and_asking_for_it_is_a_clear_error(
 
 @pytest.fixture
 def relay_server_args(tmp_path: Path) -> list[str]:
-    moderators = tmp_path / "moderators"
-    moderators.write_text(f"alice:{SECRET}\n")
-    moderators.chmod(0o600)
+    moderators = moderators_file(tmp_path, "alice", SECRET)
     return [
         "--media-timeout",
         "3",
@@ -404,9 +403,7 @@ async def test_a_held_stream_is_held_from_a_partner_on_another_node_too(
 ) -> None:
     # The held publisher's fan-out skips the pipe's outgoing stream like any partner;
     # the partner's node tells its page through the cluster bus.
-    moderators = tmp_path / "moderators"
-    moderators.write_text(f"alice:{SECRET}\n")
-    moderators.chmod(0o600)
+    moderators = moderators_file(tmp_path, "alice", SECRET)
     one = nodes(
         "--db",
         str(tmp_path / "one.sqlite3"),

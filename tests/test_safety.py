@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import av
 import pytest
+from moderators import moderators_file
 
 from rtc.client import ChatClient
 from rtc.stamp import read_stamp
@@ -29,9 +30,7 @@ APART = 3.0
 
 @pytest.fixture
 def relay_server_args(tmp_path: Path) -> list[str]:
-    moderators = tmp_path / "moderators"
-    moderators.write_text(f"alice:{SECRET}\n")
-    moderators.chmod(0o600)
+    moderators = moderators_file(tmp_path, "alice", SECRET)
     return [
         "--media-timeout",
         "3",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from chatpage import REPORT_CSP_VIOLATIONS, OpenChat, eventually, watch_for_csp_violations
+from moderators import moderation_args
 from playwright.async_api import Browser
 
 pytestmark = pytest.mark.browser
@@ -16,16 +17,8 @@ SECRET = "dashboard-secret-0123456789abcdef"
 
 @pytest.fixture
 def relay_server_args(tmp_path: Path) -> list[str]:
-    moderators = tmp_path / "moderators"
-    moderators.write_text(f"mia:{SECRET}\n")
-    moderators.chmod(0o600)
     return [
-        "--moderators-file",
-        str(moderators),
-        "--db",
-        str(tmp_path / "moderation.sqlite3"),
-        "--recordings-dir",
-        str(tmp_path / "recordings"),
+        *moderation_args(tmp_path, SECRET),
         "--analyzer-interval",
         "1",
     ]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from chatpage import REPORT_CSP_VIOLATIONS, OpenChat, eventually
+from moderators import moderation_args
 from playwright.async_api import Browser, expect
 
 from rtc.client import ChatClient
@@ -25,16 +26,8 @@ HIDDEN = "The stranger's video is hidden: an automatic check flagged it, and a m
 
 @pytest.fixture
 def relay_server_args(tmp_path: Path) -> list[str]:
-    moderators = tmp_path / "moderators"
-    moderators.write_text(f"mia:{SECRET}\n")
-    moderators.chmod(0o600)
     return [
-        "--moderators-file",
-        str(moderators),
-        "--db",
-        str(tmp_path / "moderation.sqlite3"),
-        "--recordings-dir",
-        str(tmp_path / "recordings"),
+        *moderation_args(tmp_path, SECRET),
         "--analyzer-interval",
         "0.5",
         "--nudity-blur",

@@ -19,6 +19,7 @@ from chatpage import (
     expect,
     watch_for_csp_violations,
 )
+from moderators import moderation_args
 from playwright.async_api import Browser
 
 from rtc.client import ChatClient
@@ -30,16 +31,8 @@ SECRET = "queue-secret-0123456789abcdef"
 
 @pytest.fixture
 def relay_server_args(tmp_path: Path) -> list[str]:
-    moderators = tmp_path / "moderators"
-    moderators.write_text(f"mia:{SECRET}\n")
-    moderators.chmod(0o600)
     return [
-        "--moderators-file",
-        str(moderators),
-        "--db",
-        str(tmp_path / "moderation.sqlite3"),
-        "--recordings-dir",
-        str(tmp_path / "recordings"),
+        *moderation_args(tmp_path, SECRET),
         "--evidence-seconds",
         "10",
         "--appeal-url",
