@@ -176,6 +176,11 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"RELAY_{name}", default)
 
 
+def _env_flag(name: str) -> bool:
+    """A yes/no setting from RELAY_<name>: 1, true or yes (any case) mean yes."""
+    return _env(name, "0").lower() in ("1", "true", "yes")
+
+
 def _parse_ice(
     stun: Sequence[str], turn: Sequence[str], user: str | None, password: str | None
 ) -> tuple[IceServer, ...]:
@@ -341,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     ice.add_argument(
         "--server-uses-turn",
         action=argparse.BooleanOptionalAction,
-        default=_env("SERVER_USES_TURN", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("SERVER_USES_TURN"),
         help="the server's own connections allocate on TURN too; only for a server that "
         "cannot be reached directly [RELAY_SERVER_USES_TURN]",
     )
@@ -357,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     ice.add_argument(
         "--announce-keep-local",
         action=argparse.BooleanOptionalAction,
-        default=_env("ANNOUNCE_KEEP_LOCAL", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("ANNOUNCE_KEEP_LOCAL"),
         help="offer the interface address as well as the announced one (clients on the "
         "server's own private network) [RELAY_ANNOUNCE_KEEP_LOCAL]",
     )
@@ -456,13 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     nudity.add_argument(
         "--nudity",
         action=argparse.BooleanOptionalAction,
-        default=_env("NUDITY", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("NUDITY"),
         help="run NudeNet's detector on sampled frames and flag nudity [RELAY_NUDITY]",
     )
     nudity.add_argument(
         "--nudity-blur",
         action=argparse.BooleanOptionalAction,
-        default=_env("NUDITY_BLUR", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("NUDITY_BLUR"),
         help="hide a flagged stream's video from the partner until a moderator releases it "
         "(implies --nudity) [RELAY_NUDITY_BLUR]",
     )
@@ -495,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--show-online",
         action=argparse.BooleanOptionalAction,
-        default=_env("SHOW_ONLINE", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("SHOW_ONLINE"),
         help="tell visitors how many people are online, rounded down to two significant "
         "digits, in hello and waiting (in a cluster: summed over the live nodes) "
         "[RELAY_SHOW_ONLINE]",
@@ -503,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trusted-proxy",
         action=argparse.BooleanOptionalAction,
-        default=_env("TRUSTED_PROXY", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("TRUSTED_PROXY"),
         help="take the client address from X-Forwarded-For; only behind your own reverse "
         "proxy [RELAY_TRUSTED_PROXY]",
     )
@@ -624,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--pipe-encrypt",
         action=argparse.BooleanOptionalAction,
-        default=_env("PIPE_ENCRYPT", "0").lower() in ("1", "true", "yes"),
+        default=_env_flag("PIPE_ENCRYPT"),
         help="encrypt media between nodes, not only authenticate it [RELAY_PIPE_ENCRYPT]",
     )
     p.add_argument(

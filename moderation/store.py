@@ -355,22 +355,7 @@ class ModerationStore:
 
     def _migrate(self) -> None:
         with self._transaction() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row[0])
-            if version > len(MIGRATIONS):
-                raise SchemaError(
-                    f"{self.path} is at schema version {version}; this code knows up to "
-                    f"{len(MIGRATIONS)}. Upgrade the server instead of opening it with an older one."
-                )
-            for step in MIGRATIONS[version:]:
-                for statement in step:
-                    db.execute(statement)
-            db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            migrate(db, MIGRATIONS, str(self.path))
 
     # -- reports -----------------------------------------------------------
 
@@ -701,6 +686,29 @@ class ModerationStore:
         """Newest first; page with `before_id`."""
         rows = self._page("audit_log", _AUDIT_COLUMNS, {"target": target}, limit, before_id)
         return [AuditEntry(*row) for row in rows]
+
+
+def migrate(db: Transaction, migrations: Sequence[Sequence[str]], where: str) -> None:
+    """Bring a store's schema to len(migrations), inside the caller's transaction.
+
+    SchemaError when the store is newer than this code: never run old code on it.
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    if row is None:
+        db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        version = 0
+    else:
+        version = int(row[0])
+    if version > len(migrations):
+        raise SchemaError(
+            f"{where} is at schema version {version}; this code knows up to "
+            f"{len(migrations)}. Upgrade the server instead of opening it with an older one."
+        )
+    for step in migrations[version:]:
+        for statement in step:
+            db.execute(statement)
+    db.execute("UPDATE schema_version SET version = ?", (len(migrations),))
 
 
 def _audit(db: Transaction, who: str, action: str, target: str, detail: str, at: float) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from moderation.store import Cursor, ModerationStore, SchemaError, Transaction
+from moderation.store import Cursor, ModerationStore, Transaction, migrate
 
 __all__ = ["MIGRATIONS", "PostgresModerationStore"]
 
@@ -179,23 +179,7 @@ class PostgresModerationStore(ModerationStore):
     def _migrate(self) -> None:
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row[0])
-            if version > len(MIGRATIONS):
-                raise SchemaError(
-                    f"{_without_password(self.url)} is at schema version {version}; this code "
-                    f"knows up to {len(MIGRATIONS)}. Upgrade the server instead of opening it "
-                    "with an older one."
-                )
-            for step in MIGRATIONS[version:]:
-                for statement in step:
-                    db.execute(statement)
-            db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+            migrate(db, MIGRATIONS, _without_password(self.url))
             # The key of the keyed hashes, made once by whichever node comes first: every
             # node hashes identities and addresses the same way, so bans and blocks hold
             # whichever node the person reaches.

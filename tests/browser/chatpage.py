@@ -7,13 +7,14 @@ tests must hold on a busy 2-core machine as well as on a fast one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from playwright.async_api import BrowserContext, Page
+    from playwright.async_api import Browser, BrowserContext, Page
 
 try:
     from playwright.async_api import expect
@@ -66,6 +67,26 @@ def watch_for_csp_violations(page: Page, errors: list[str]) -> None:
         "console",
         lambda m: "Content Security Policy" in m.text and errors.append(f"CSP: {m.text}"),
     )
+
+
+@contextlib.asynccontextmanager
+async def moderator_page(
+    browser: Browser, secret: str, name: str = "mia"
+) -> AsyncIterator[tuple[Page, list[str]]]:
+    """A moderator's desktop browser, logged in, collecting page errors and CSP violations."""
+    context = await browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        http_credentials={"username": name, "password": secret},
+    )
+    await context.add_init_script(REPORT_CSP_VIOLATIONS)
+    errors: list[str] = []
+    try:
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        watch_for_csp_violations(page, errors)
+        yield page, errors
+    finally:
+        await context.close()
 
 
 INBOUND_STATS = """

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from chatpage import REPORT_CSP_VIOLATIONS, OpenChat, eventually, watch_for_csp_violations
+from chatpage import OpenChat, eventually, moderator_page
 from moderators import moderation_args
 from playwright.async_api import Browser
 
@@ -33,16 +33,7 @@ async def test_dashboard_shows_thumbnails_and_watches_a_pair_live(
     await asyncio.gather(alice.expect_status("matched"), bob.expect_status("matched"))
     await alice.send_chat("hi bob")
 
-    context = await browser.new_context(
-        viewport={"width": 1280, "height": 900},
-        http_credentials={"username": "mia", "password": SECRET},
-    )
-    await context.add_init_script(REPORT_CSP_VIOLATIONS)
-    errors: list[str] = []
-    try:
-        page = await context.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        watch_for_csp_violations(page, errors)
+    async with moderator_page(browser, SECRET) as (page, errors):
         response = await page.goto(relay_server.http_url + "/moderate")
         assert response is not None
         assert "frame-ancestors 'none'" in (await response.all_headers())["content-security-policy"]
@@ -118,5 +109,3 @@ async def test_dashboard_shows_thumbnails_and_watches_a_pair_live(
         await eventually(played, lambda n: n >= 20, what="the recording playing", within=30)
         assert await page.evaluate("document.querySelector('#player').error") is None
         assert not errors, errors
-    finally:
-        await context.close()

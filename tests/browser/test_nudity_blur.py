@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chatpage import REPORT_CSP_VIOLATIONS, OpenChat, eventually
+from chatpage import OpenChat, eventually, moderator_page
 from moderators import moderation_args
 from playwright.async_api import Browser, expect
 
@@ -58,15 +58,7 @@ async def test_the_page_covers_a_held_partner_until_the_dashboard_shows_them_aga
     assert not await alice.page.locator("#remote-video").is_visible()
     await alice.screenshot(str(artifacts / "nudity-held-page.png"))
 
-    context = await browser.new_context(
-        viewport={"width": 1280, "height": 900},
-        http_credentials={"username": "mia", "password": SECRET},
-    )
-    await context.add_init_script(REPORT_CSP_VIOLATIONS)
-    errors: list[str] = []
-    try:
-        page = await context.new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    async with moderator_page(browser, SECRET) as (page, errors):
         await page.goto(relay_server.http_url + "/moderate")
         card = page.locator(f"article[data-session='{flagged.id}']")
         await expect(card.locator(".flag.held")).to_have_text("video held from partners")
@@ -79,8 +71,6 @@ async def test_the_page_covers_a_held_partner_until_the_dashboard_shows_them_aga
         await page.screenshot(path=str(artifacts / "nudity-held-dashboard.png"), full_page=True)
         await card.locator("button[data-act=release]").click()
         await expect(card.locator(".flag.held")).to_have_count(0)
-    finally:
-        await context.close()
     assert errors == []
 
     # Released: the page shows the stranger's video again.

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from chatpage import (
     PHONE,
-    REPORT_CSP_VIOLATIONS,
     OpenChat,
     eventually,
     expect,
-    watch_for_csp_violations,
+    moderator_page,
 )
 from moderators import moderation_args
 from playwright.async_api import Browser
@@ -85,16 +84,7 @@ async def test_a_stranger_who_left_is_reported_from_the_recent_list_and_banned_f
     await expect(bob_recent).to_contain_text("just now")
     await bob.screenshot(str(artifacts / "recent-desktop.png"))
 
-    context = await browser.new_context(
-        viewport={"width": 1280, "height": 900},
-        http_credentials={"username": "mia", "password": SECRET},
-    )
-    await context.add_init_script(REPORT_CSP_VIOLATIONS)
-    errors: list[str] = []
-    try:
-        mod = await context.new_page()
-        mod.on("pageerror", lambda exc: errors.append(str(exc)))
-        watch_for_csp_violations(mod, errors)
+    async with moderator_page(browser, SECRET) as (mod, errors):
         await mod.goto(relay_server.http_url + "/moderate")
         items = mod.locator("#queue li[data-id]")
         await expect(items).to_have_count(2, timeout=15_000)
@@ -152,5 +142,3 @@ async def test_a_stranger_who_left_is_reported_from_the_recent_list_and_banned_f
         kicked = await y.wait_for("error", timeout=30, predicate=lambda m: m["code"] == "kicked")
         assert kicked["message"] == "please be kind"
         assert not errors, errors
-    finally:
-        await context.close()
