@@ -8,17 +8,12 @@ certificate, secret, files and log.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certificates import self_signed_certificate
 from netns import Host, NetError
 
 TURNSERVER = "/usr/bin/turnserver"
@@ -35,38 +30,6 @@ def documented_config() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def self_signed(address: str, folder: Path) -> tuple[Path, Path]:
-    """A certificate for `address` that is its own CA (give it to clients as SSL_CERT_FILE)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "turn.relay.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "turn-cert.pem", folder / "turn-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 class Coturn:
     """turnserver on `host`, configured as docs/operations.md says: TURN on 3478, TLS on 443."""
 
@@ -76,7 +39,7 @@ class Coturn:
         self.host = host
         self.secret = secret
         folder.mkdir(parents=True, exist_ok=True)
-        self.cert, key = self_signed(host.ip, folder)
+        self.cert, key = self_signed_certificate(folder, host.ip)
         self.log_path = folder / "turnserver.log"
         self.log_path.unlink(missing_ok=True)
         # The documented configuration, with this test's certificate, secret and realm.
