@@ -494,16 +494,7 @@ def describe(result: dict[str, Any]) -> str:
             f"cpu ratio transcode/passthrough: {result['cpu_ratio']} "
             f"(per delivered frame: {result.get('cpu_ratio_per_delivered_frame')})"
         )
-    if result.get("media_port_server_cpu_per_pair_pct") is not None:
-        rows.append(
-            "server CPU per delivered frame, a socket per connection vs the media port: "
-            f"{result.get('server_cpu_ms_per_delivered_frame')} ms vs "
-            f"{result.get('media_port_server_cpu_ms_per_delivered_frame')} ms"
-        )
-    for name, target in result.get("targets", {}).items():
-        mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
-        rows.append(f"target {name}: {target['value']} ({mark})")
-    return "\n".join(rows)
+    return "\n".join(rows + _closing_rows(result))
 
 
 def _describe_cluster(result: dict[str, Any]) -> str:
@@ -535,6 +526,12 @@ def _describe_cluster(result: dict[str, Any]) -> str:
             f"{cross['pipe_messages_per_datagram']} messages per datagram"
         )
     rows.append(f"cross / local server CPU: {result.get('cross_over_local_cpu')}")
+    return "\n".join(rows + _closing_rows(result))
+
+
+def _closing_rows(result: dict[str, Any]) -> list[str]:
+    """The media-port comparison (when run) and the targets, under either table."""
+    rows = []
     if result.get("media_port_server_cpu_per_pair_pct") is not None:
         rows.append(
             "server CPU per delivered frame, a socket per connection vs the media port: "
@@ -544,7 +541,7 @@ def _describe_cluster(result: dict[str, Any]) -> str:
     for name, target in result.get("targets", {}).items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
         rows.append(f"target {name}: {target['value']} ({mark})")
-    return "\n".join(rows)
+    return rows
 
 
 def _fmt(value: Any) -> str:
