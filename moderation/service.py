@@ -100,7 +100,9 @@ class ModerationSettings:
 class Retained:
     """One person's last seconds of a pair that has ended, kept for a late report."""
 
-    frames: dict[str, list[BufferedFrame]]
+    # The pair's ring buffers themselves, no longer fed: their frames stay compact
+    # (no objects for the garbage collector) until a report takes a snapshot.
+    buffers: dict[str, RingBuffer]
     bytes: int
     ended_at: float = field(default_factory=time.monotonic)
 
@@ -333,10 +335,12 @@ class Moderation:
         if followed is None:
             return
         buffers, followed.buffers = followed.buffers, {}
-        frames = {kind: b.snapshot() for kind, b in buffers.items() if len(b)}
+        frames = {kind: b for kind, b in buffers.items() if len(b)}
         if not frames:
             return
-        size = sum(len(f.frame.data) for kept in frames.values() for f in kept)
+        for buffer in frames.values():
+            buffer.on_keyframe_needed = None  # nor keep the closed peer's publisher alive
+        size = sum(b.bytes for b in frames.values())
         key = (pair.pair_id, session.id)
         old = self.retained.pop(key, None)
         self.retained_total -= old.bytes if old else 0
@@ -504,7 +508,7 @@ class Moderation:
         """One person's last seconds of one pair: kept since it ended, or live."""
         kept = self.retained.get((pair_id, session_id))
         if kept is not None:
-            return kept.frames
+            return {kind: buffer.snapshot() for kind, buffer in kept.buffers.items()}
         followed = self.followed.get(session_id)
         pair = followed.session.pair if followed is not None else None
         if followed is None or pair is None or pair.pair_id != pair_id:
