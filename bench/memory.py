@@ -146,12 +146,37 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
         print_progress(f"{args.pairs} pairs matched; streaming {args.seconds:.0f} s")
         await asyncio.sleep(SETTLE + args.seconds)
         loaded = await server.memory(top=SITES * 10)
+        scraped = await server.scrape()
+        # Garbage waiting for a full collection (reference cycles), for comparison.
+        collected = await server.memory(top=SITES * 10, collect=True)
         await pool.collect()
     finally:
         await pool.close()
         await server.stop()
     share = per_pair(idle, loaded, args.pairs)
+    share["gc_collected_objects"] = round(collected["collected"] / args.pairs, 1)
+    if collected.get("python_heap") and loaded.get("python_heap"):
+        freed = loaded["python_heap"]["traced"] - collected["python_heap"]["traced"]
+        share["python_heap_in_garbage_mb"] = round(freed / args.pairs / MB, 2)
+    # What moderation's evidence buffers hold (payload only), for "the buffers and the rest".
+    evidence = scraped.get('relay_moderation_evidence_bytes{pairs="live"}')
+    share["evidence_payload_mb"] = (
+        None if evidence is None else round(evidence / args.pairs / MB, 2)
+    )
+    ended = scraped.get('relay_moderation_evidence_bytes{pairs="ended"}')
+    share["evidence_of_ended_pairs_mb"] = (
+        None if ended is None else round(ended / args.pairs / MB, 2)
+    )
+    allocated = scraped.get("relay_moderation_evidence_allocated_bytes")
+    share["evidence_allocated_mb"] = (
+        None if allocated is None else round(allocated / args.pairs / MB, 2)
+    )
+    share["evidence_seconds_mean"] = scraped.get("relay_moderation_evidence_seconds_mean")
     sites = (loaded.get("python_heap") or {}).get("sites", [])
+    grown = {
+        path: round((size - idle["files"].get(path, 0)) / args.pairs / MB, 3)
+        for path, size in loaded["files"].items()
+    }
     return {
         "command": "python -m bench.memory " + " ".join(sys.argv[1:]),
         "pairs": args.pairs,
@@ -159,9 +184,13 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
         "tracemalloc": args.tracemalloc,
         "per_pair": share,
         "python_heap_by_file": by_file(sites, args.pairs),
+        "mapped_files_growth_mb_per_pair": dict(
+            sorted(((p, g) for p, g in grown.items() if g >= 0.01), key=lambda kv: -kv[1])
+        ),
         "python_heap_sites": [
             {**s, "mb_per_pair": round(s["size_diff"] / args.pairs / MB, 3)} for s in sites[:SITES]
         ],
+        "scraped": {k: v for k, v in scraped.items() if k.startswith("relay_moderation")},
         "idle": idle,
         "loaded": loaded,
     }

@@ -140,12 +140,13 @@ class RelayServer(ServiceProcess):
                 samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return samples
 
-    async def memory(self, top: int = 25) -> dict[str, Any]:
+    async def memory(self, top: int = 25, *, collect: bool = False) -> dict[str, Any]:
         """`GET /debug/memory` (on the metrics listener): see signalling/memory_report.py."""
         async with (
             aiohttp.ClientSession() as http,
             http.get(
-                self.metrics_url.replace("/metrics", "/debug/memory"), params={"top": str(top)}
+                self.metrics_url.replace("/metrics", "/debug/memory"),
+                params={"top": str(top), "collect": "1" if collect else "0"},
             ) as r,
         ):
             r.raise_for_status()

@@ -8,6 +8,8 @@ port), because allocation sites name the code and a snapshot costs CPU.
   (`mallinfo2`: bytes in use and bytes free but kept), threads, the garbage
   collector's generations, and, when tracemalloc is tracing, the Python
   heap's total and its biggest allocation sites.
+  With `?collect=1` a full garbage collection runs first (it stops the
+  event loop for tens of milliseconds on a busy server).
 - `POST /debug/memory/baseline` keeps a tracemalloc snapshot; later `GET`s
   then list the sites by what they *grew* since (`bench/memory.py` takes one
   at 0 pairs and reads the diff at N pairs).
@@ -110,14 +112,15 @@ _ARENA_RESERVE: Final = 64 * 2**20
 _STACK_SIZES: Final = range(7 * 2**20, 9 * 2**20)
 
 
-def mappings() -> dict[str, int]:
+def mappings(files: dict[str, int] | None = None) -> dict[str, int]:
     """Resident bytes by kind of mapping (/proc/self/smaps), to tell heaps from stacks.
 
     `heap` is glibc's main arena (brk), `thread_arenas` the 64 MiB-aligned
     pieces other threads' malloc arenas live in, `thread_stacks` mappings of
     a thread stack's size, `anonymous` the rest of the anonymous memory
     (pymalloc's arenas, malloc's mmapped blocks, numpy, codec buffers), and
-    `files` shared libraries and other mapped files.
+    `files` shared libraries and other mapped files (by path into ``files``
+    when given).
     """
     out = dict.fromkeys(("heap", "thread_arenas", "thread_stacks", "anonymous", "files"), 0)
     try:
@@ -125,6 +128,7 @@ def mappings() -> dict[str, int]:
     except OSError:
         return out
     kind = "anonymous"
+    path = ""
     for line in text.splitlines():
         first = line.split(maxsplit=6)
         if "-" in first[0] and len(first) >= 5 and ":" not in first[0]:
@@ -137,17 +141,21 @@ def mappings() -> dict[str, int]:
                 kind = "anonymous"  # [stack] of the main thread, [vdso]...
             elif name:
                 kind = "files"
+                path = name
             elif start % _ARENA_RESERVE == 0 or size in _STACK_SIZES:
                 kind = "thread_stacks" if size in _STACK_SIZES else "thread_arenas"
             else:
                 kind = "anonymous"
         elif first[0] == "Rss:":
             out[kind] += int(first[1]) * 1024
+            if kind == "files" and files is not None:
+                files[path] = files.get(path, 0) + int(first[1]) * 1024
     return out
 
 
 def process_memory() -> dict[str, Any]:
     """What the kernel counts for this process, and the C heap, threads and GC beside it."""
+    files: dict[str, int] = {}
     status = _kilobytes("/proc/self/status", ("VmRSS", "RssAnon", "RssFile", "VmSize"))
     rollup = _kilobytes("/proc/self/smaps_rollup", ("Rss", "Anonymous", "Private_Dirty"))
     try:
@@ -161,7 +169,8 @@ def process_memory() -> dict[str, Any]:
         "virtual": status.get("VmSize"),
         "private_dirty": rollup.get("Private_Dirty"),
         "c_heap": c_heap(),
-        "mappings": mappings(),
+        "mappings": mappings(files),
+        "files": dict(sorted(files.items(), key=lambda kv: -kv[1])[:40]),
         "threads": tasks,
         "python_threads": sorted(t.name for t in threading.enumerate()),
         "gc_tracked_objects": len(gc.get_objects()),
@@ -221,8 +230,11 @@ def add_memory_routes(listener: web.Application) -> None:
             top = min(MAX_TOP, max(1, int(request.query.get("top", DEFAULT_TOP))))
         except ValueError:
             raise web.HTTPBadRequest(text="top must be a whole number\n") from None
+        # ?collect=1: a full collection first, so garbage in reference cycles is not counted.
+        collected = gc.collect() if request.query.get("collect") == "1" else None
         kept = listener[_BASELINE]
         body = process_memory() | {
+            "collected": collected,
             "python_heap": python_heap(top, kept[0] if kept else None),
             "tracemalloc": tracemalloc.is_tracing(),
         }
