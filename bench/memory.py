@@ -56,6 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="run the server without tracemalloc (the RSS an operator sees; no sites)",
     )
+    p.add_argument(
+        "--loop-seconds", type=float, default=10.0, help="length of the pre-encoded video loop"
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="write the result here")
     p.add_argument("--log-dir", type=Path, help="keep server and worker logs here")
     p.add_argument(
@@ -209,7 +212,7 @@ def describe(result: dict[str, Any]) -> str:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    media = encode_load_media(seconds=10.0)
+    media = encode_load_media(seconds=args.loop_seconds)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         log_dir = args.log_dir or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
