@@ -158,6 +158,7 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
         await server.stop()
     share = per_pair(idle, loaded, args.pairs)
     share["gc_collected_objects"] = round(collected["collected"] / args.pairs, 1)
+    share["gc_collected_types"] = collected["collected_types"]
     if collected.get("python_heap") and loaded.get("python_heap"):
         freed = loaded["python_heap"]["traced"] - collected["python_heap"]["traced"]
         share["python_heap_in_garbage_mb"] = round(freed / args.pairs / MB, 2)
@@ -189,6 +190,9 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
         "python_heap_by_file": by_file(sites, args.pairs),
         "mapped_files_growth_mb_per_pair": dict(
             sorted(((p, g) for p, g in grown.items() if g >= 0.01), key=lambda kv: -kv[1])
+        ),
+        "python_heap_by_file_after_collect": by_file(
+            (collected.get("python_heap") or {}).get("sites", []), args.pairs
         ),
         "python_heap_sites": [
             {**s, "mb_per_pair": round(s["size_diff"] / args.pairs / MB, 3)} for s in sites[:SITES]

@@ -292,8 +292,14 @@ async def relay_phase(
     )
     events = result.pop("_events")
     metrics = _deltas(before, after, end.at - start.at)
+    evidence = after.get("relay_moderation_evidence_allocated_bytes")
     result |= {
         "server_metrics": metrics,
+        # What moderation's evidence buffers took at the window's end: RSS per pair is
+        # this and the rest (docs/performance.md, issue 14).
+        "server_evidence_mb_per_pair": None
+        if evidence is None
+        else round(evidence / load.pairs / 2**20, 2),
         "server_pauses": pauses(before, after),
         "switch_error": switch_error,
     }

@@ -490,6 +490,12 @@ def describe(result: dict[str, Any]) -> str:
             f"{_fmt(run['server_rss_mb_per_pair']):>9}"
         )
     for run in runs:
+        evidence = run.get("server_evidence_mb_per_pair")
+        if evidence is not None:
+            rows.append(
+                f"{run['relay']} RSS per pair {run['server_rss_mb_per_pair']} MB, of which "
+                f"moderation's evidence buffers {evidence} MB"
+            )
         loop = run.get("server_pauses")
         if loop:
             rows.append(

@@ -120,6 +120,11 @@ class RingBuffer:
         """Arrival time from the oldest to the newest frame held."""
         return self._frames.seconds()
 
+    @property
+    def allocated(self) -> int:
+        """Bytes the buffer takes: its chunks (held payload and their unused ends) and arrays."""
+        return self._frames.allocated()
+
     def push(self, frame: EncodedFrame, received_at: float | None = None) -> None:
         """Add the stream's next frame (arrived at `received_at`, default now)."""
         at = self._clock() if received_at is None else received_at
@@ -204,6 +209,10 @@ class _FrameStore:
 
     def __len__(self) -> int:
         return len(self._size) - self._head
+
+    def allocated(self) -> int:
+        arrays = sum(c.buffer_info()[1] * c.itemsize for c in self._columns())
+        return len(self._chunks) * CHUNK + arrays
 
     def seconds(self) -> float:
         if len(self) == 0:

@@ -22,74 +22,23 @@ everything but the Python heap's sites.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
 import threading
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+
+from signalling.malloc import c_heap
 
 # Sites listed by default, largest first.
 DEFAULT_TOP: Final = 25
 MAX_TOP: Final = 500
 
 _BASELINE = web.AppKey("memory_baseline", list)
-
-
-class _Mallinfo2(ctypes.Structure):
-    # glibc >= 2.33 (Debian 12 has 2.36); every field is a size_t.
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallinfo2.restype = _Mallinfo2
-    except (OSError, AttributeError):
-        return None  # not glibc, or too old
-    return libc
-
-
-_LIBC: Final = _libc()
-
-
-def c_heap() -> dict[str, int] | None:
-    """glibc's heap: bytes handed out (`in_use`), free but kept (`free`), mmapped blocks.
-
-    Sums every arena (threads that allocate get arenas of their own). Python
-    objects over 512 bytes (frame payloads, packet buffers) live here; smaller
-    ones live in pymalloc's arenas, which are mmapped and not counted.
-    """
-    if _LIBC is None:
-        return None
-    info = _LIBC.mallinfo2()
-    return {
-        "in_use": int(info.uordblks),
-        "free": int(info.fordblks),
-        "mmapped": int(info.hblkhd),
-        "arena": int(info.arena),
-    }
 
 
 def _kilobytes(path: str, keys: tuple[str, ...]) -> dict[str, int]:
@@ -221,6 +170,24 @@ def python_heap(
     }
 
 
+def _collect() -> tuple[int, dict[str, int]]:
+    """A full collection; how many objects it freed, and of which types (the 20 commonest).
+
+    Garbage in reference cycles holds memory until a full collection, and
+    every object the collector walks lengthens the pause: its types say which
+    code made the cycles.
+    """
+    flags = gc.get_debug()
+    gc.set_debug(flags | gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        types = Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(flags)
+    return found, dict(types.most_common(20))
+
+
 def add_memory_routes(listener: web.Application) -> None:
     """`GET /debug/memory` and `POST /debug/memory/baseline` on the metrics listener."""
     listener[_BASELINE] = []
@@ -231,10 +198,11 @@ def add_memory_routes(listener: web.Application) -> None:
         except ValueError:
             raise web.HTTPBadRequest(text="top must be a whole number\n") from None
         # ?collect=1: a full collection first, so garbage in reference cycles is not counted.
-        collected = gc.collect() if request.query.get("collect") == "1" else None
+        collected = _collect() if request.query.get("collect") == "1" else None
         kept = listener[_BASELINE]
         body = process_memory() | {
-            "collected": collected,
+            "collected": None if collected is None else collected[0],
+            "collected_types": None if collected is None else collected[1],
             "python_heap": python_heap(top, kept[0] if kept else None),
             "tracemalloc": tracemalloc.is_tracing(),
         }
