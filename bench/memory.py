@@ -152,6 +152,8 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
         scraped = await server.scrape()
         # Garbage waiting for a full collection (reference cycles), for comparison.
         collected = await server.memory(top=SITES * 10, collect=True)
+        # That full collection's pause, as the server's own metric timed it.
+        after_collect = await server.scrape()
         await pool.collect()
     finally:
         await pool.close()
@@ -159,6 +161,9 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
     share = per_pair(idle, loaded, args.pairs)
     share["gc_collected_objects"] = round(collected["collected"] / args.pairs, 1)
     share["gc_collected_types"] = collected["collected_types"]
+    pause = after_collect.get('relay_gc_pause_max_seconds{generation="2"}')
+    # Not per pair: how long one full collection stops the event loop at N pairs.
+    share["full_collection_ms_at_n_pairs"] = None if pause is None else round(pause * 1000, 1)
     if collected.get("python_heap") and loaded.get("python_heap"):
         freed = loaded["python_heap"]["traced"] - collected["python_heap"]["traced"]
         share["python_heap_in_garbage_mb"] = round(freed / args.pairs / MB, 2)
