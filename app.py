@@ -23,7 +23,9 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, setup_routes
+from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
+from moderation.live import LiveSessions
+from moderation.routes import LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
@@ -215,8 +217,16 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Blocking (connecting, migrating): off the event loop like every store call.
     store = await asyncio.to_thread(open_store, settings.db)
+    lobby = app[LOBBY]
+    # In a cluster a moderator's request reaches the node holding the session over Redis.
+    channel: ModerationChannel = (
+        RedisChannel(app[REDIS], lobby.node, lobby.registry)
+        if REDIS in app and lobby.registry is not None
+        else LocalChannel(lobby.node)
+    )
+    await channel.start()
     moderation = Moderation(
-        app[LOBBY],
+        lobby,
         store,
         app[auth.MODERATORS],
         ModerationSettings(
@@ -232,14 +242,17 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             nudity_rate=settings.nudity_rate,
             nudity_blur=settings.nudity_blur,
         ),
+        channel,
     )
     await moderation.start()
     app[MODERATION] = moderation
+    app[LIVE] = LiveSessions(moderation)
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)
     yield
     throttle.audit = None
     await moderation.close()
+    await channel.close()
 
 
 def _audit_logins(store: ModerationStoreProtocol) -> LoginThrottleAudit:
