@@ -2,10 +2,15 @@
 
 Bans and reports live in the one PostgreSQL database and every node hashes identities
 with the key kept there, so what a moderator does through one node holds on the other.
+The dashboard of either node lists everyone on both, and its kicks and bans reach the
+node holding the person (moderation/channel.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,8 @@ import pytest
 from rtc.client import ChatClient
 
 TIMEOUT = 20.0
+# The kicked socket's close code (signalling/session.py CLOSE_KICKED).
+CLOSE_KICKED = 4003
 SECRET = "s3cret-token-for-tests-0123456789"
 AUTH = {"Authorization": aiohttp.encode_basic_auth("alice", SECRET)}
 
@@ -122,3 +129,183 @@ async def test_a_moderator_logged_in_on_one_node_is_logged_in_on_the_other(
             two.http_url + "/api/moderate/bans", headers={"Authorization": f"Bearer {forged}"}
         ) as response:
             assert response.status == 403
+
+
+async def raw_api(server: Any, method: str, path: str, **kwargs: Any) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.request(method, server.http_url + "/api/moderate" + path, **kwargs) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def until_true(check: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def cross_pair(one: Any, two: Any, clients: list) -> tuple[ChatClient, ChatClient]:
+    """A on node one, B on node two, paired with each other, media flowing both ways."""
+    a = await connected(one, clients, 1, "browser-a-abcdef")
+    b = await connected(two, clients, 2, "browser-b-abcdef")
+    assert a.hello["node"] != b.hello["node"]
+    await a.start()
+    await b.start()
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    return a, b
+
+
+async def listed(server: Any, **query: str) -> dict[str, Any]:
+    page: dict[str, Any] = await api(server, "GET", "/sessions", params=query)
+    return page
+
+
+async def test_each_node_lists_everyone_with_their_node_and_kicks_across(
+    nodes, clients, moderated_args
+) -> None:
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    a, b = await cross_pair(one, two, clients)
+    node_a, node_b = a.hello["node"], b.hello["node"]
+
+    for server in (one, two):
+        page = await listed(server)
+        rows = {row["id"]: row for row in page["sessions"]}
+        assert set(rows) == {a.id, b.id}, page
+        assert rows[a.id]["node"] == node_a and rows[b.id]["node"] == node_b
+        assert rows[b.id]["partner"] == a.id and rows[b.id]["partnerNode"] == node_a
+        assert page["total"] == 2 and page["missing"] == []
+        assert {n["node"]: n["online"] for n in page["nodes"]} == {node_a: 1, node_b: 1}
+
+    # Node one's dashboard kicks the person held by node two.
+    started = time.monotonic()
+    kicked = await api(
+        one, "POST", f"/sessions/{b.id}/kick", json={"message": "be nice", "node": node_b}
+    )
+    assert kicked == {"kicked": b.id, "node": node_b}
+    error = await b.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "kicked")
+    told = time.monotonic() - started
+    assert error["message"] == "be nice"
+    left = await a.wait_for("partner_left", timeout=TIMEOUT)
+    print(f"kick across nodes: kicked person told after {told * 1000:.0f} ms")
+    assert left["reason"] == "disconnect", left
+
+    async def closed() -> bool:
+        return b.close_code == CLOSE_KICKED
+
+    await until_true(closed, "the kicked WebSocket closing with 4003")
+    audit = (await api(two, "GET", "/audit"))["audit"]
+    assert any(e["action"] == "kick" and e["target"] == f"session:{b.id}" for e in audit)
+
+    async def gone_from_the_list() -> bool:
+        return [row["id"] for row in (await listed(one))["sessions"]] == [a.id]
+
+    await until_true(gone_from_the_list, "the kicked person leaving node one's list")
+    # Without `node` the kick finds the session on whichever node holds it.
+    c = await connected(two, clients, 3, "browser-c-abcdef")
+    await api(one, "POST", f"/sessions/{c.id}/kick", json={"message": "found you"})
+    await c.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "kicked")
+    status, text = await raw_api(one, "POST", "/sessions/nobody/kick", json={})
+    assert status == 404 and "no such session" in text
+
+
+@pytest.mark.parametrize("scope", ["identity", "identity+address", "address"])
+async def test_a_ban_on_one_node_ends_the_visit_on_the_other(
+    nodes, clients, moderated_args, scope
+) -> None:
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    a, b = await cross_pair(one, two, clients)
+    started = time.monotonic()
+    made = await api(
+        one,
+        "POST",
+        "/bans",
+        json={
+            "sessionId": b.id,
+            "node": b.hello["node"],
+            "scope": scope,
+            "reason": "spam",
+            "duration": "1h",
+        },
+    )
+    error = await b.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "banned")
+    print(f"ban across nodes ({scope}): told after {(time.monotonic() - started) * 1000:.0f} ms")
+    assert error["reason"] == "spam" and error["until"] == pytest.approx(made["expiresAt"])
+    assert made["missed"] == [], made
+    assert (made["identity"] == "browser-b-abcdef") == (scope != "address")
+    assert (made["ip"] is not None) == (scope != "identity")
+    if scope == "identity":
+        assert made["ended"] == 1
+        assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
+    else:
+        # Both test clients come from 127.0.0.1: an address ban reaches A on node one too.
+        assert made["ended"] == 2
+        await a.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "banned")
+    # And the next visit is refused on both nodes.
+    for server in (one, two):
+        message = await refused(server, "browser-b-abcdef")
+        assert message["code"] == "banned", message
+
+
+async def test_a_ban_by_identity_without_a_session_ends_visits_on_every_node(
+    nodes, clients, moderated_args
+) -> None:
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    here = await connected(one, clients, 1, "browser-x-abcdef")
+    there = await connected(two, clients, 2, "browser-x-abcdef")
+    other = await connected(two, clients, 3, "browser-y-abcdef")
+    made = await api(
+        two, "POST", "/bans", json={"identity": "browser-x-abcdef", "reason": "spam", "seconds": 60}
+    )
+    assert made["ended"] == 2, made
+    for client in (here, there):
+        await client.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "banned")
+
+    async def only_the_other_left() -> bool:
+        return [row["id"] for row in (await listed(one))["sessions"]] == [other.id]
+
+    await until_true(only_the_other_left, "the banned visits leaving the list")
+    assert not [m for m in other.messages if m.get("type") == "error"]
+
+
+async def test_a_node_that_is_gone_or_stalled_is_explained_not_waited_for(
+    nodes, clients, moderated_args
+) -> None:
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    a = await connected(one, clients, 1, "browser-a-abcdef")
+    b = await connected(two, clients, 2, "browser-b-abcdef")
+    node_b = b.hello["node"]
+
+    two.send_signal(signal.SIGSTOP)  # stalled: alive in the registry for 3 s, silent
+    try:
+        # All at once: node two stays in the registry (3 s TTL) while they wait.
+        started = time.monotonic()
+        (status, text), page, made = await asyncio.gather(
+            raw_api(one, "POST", f"/sessions/{b.id}/kick", json={"node": node_b}),
+            listed(one),
+            api(
+                one,
+                "POST",
+                "/bans",
+                json={"identity": "nobody-here-abc", "reason": "x", "seconds": 9},
+            ),
+        )
+        print(f"answers with node two stalled came after {time.monotonic() - started:.1f} s")
+        assert status == 504 and f"node {node_b} did not answer" in text, (status, text)
+        assert [row["id"] for row in page["sessions"]] == [a.id]
+        assert [m["node"] for m in page["missing"]] == [node_b], page
+        assert [m["node"] for m in made["missed"]] == [node_b], made
+    finally:
+        two.send_signal(signal.SIGCONT)
+
+    two.stop()
+    status, text = await raw_api(one, "POST", f"/sessions/{b.id}/kick", json={"node": node_b})
+    assert status == 410 and "not in the cluster any more" in text, (status, text)
+    status, text = await raw_api(
+        one, "POST", "/bans", json={"sessionId": b.id, "node": node_b, "reason": "x", "seconds": 9}
+    )
+    assert status == 410, (status, text)
+    page = await listed(one)
+    assert [row["id"] for row in page["sessions"]] == [a.id] and page["missing"] == []
