@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import heapq
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,6 @@ from signalling.session import Session, State
 DEFAULT_LIMIT = 60
 MAX_LIMIT = 500
 MAX_QUERY = 200
-# The live view's order: longest online first, then by id (stable across nodes).
 STATES = tuple(s.value for s in State)
 
 
@@ -102,7 +102,9 @@ def _number(query: Mapping[str, str], name: str, default: int, low: int, high: i
 
 
 def _order(row: dict[str, Any]) -> tuple[float, str]:
-    return (-float(row["onlineSeconds"]), str(row["id"]))
+    # By the wall-clock time they arrived, unrounded: the same on every call and every
+    # node, so pages walked one after another neither repeat nor skip anyone.
+    return (float(row["since"]), str(row["id"]))
 
 
 class LiveSessions:
@@ -190,11 +192,13 @@ class LiveSessions:
         for report in reports:
             open_reports[report.reported_id] = open_reports.get(report.reported_id, 0) + 1
         loop_now = asyncio.get_running_loop().time()
+        # What loop time 0 is on the wall clock (`since`, comparable across nodes).
+        wall_offset = time.time() - loop_now
         words = [str(w) for w in args.get("words") or ()]
         rows = []
         paired = flagged = 0
         for session in moderation.lobby.sessions.values():
-            row = self._row(session, open_reports.get(session.id, 0), loop_now)
+            row = self._row(session, open_reports.get(session.id, 0), loop_now, wall_offset)
             paired += session.state == State.PAIRED
             flagged += bool(row["flags"] or row["held"])
             if _matches(row, words, args):
@@ -208,7 +212,9 @@ class LiveSessions:
             "flagged": flagged,
         }
 
-    def _row(self, session: Session, open_reports: int, loop_now: float) -> dict[str, Any]:
+    def _row(
+        self, session: Session, open_reports: int, loop_now: float, wall_offset: float
+    ) -> dict[str, Any]:
         followed = self.moderation.followed.get(session.id)
         return {
             "id": session.id,
@@ -218,6 +224,7 @@ class LiveSessions:
             "partner": session.partner.id if session.partner is not None else None,
             "partnerNode": session.partner.node if session.partner is not None else None,
             "onlineSeconds": round(loop_now - session.connected_at, 1),
+            "since": wall_offset + session.connected_at,
             "interests": list(session.interests),
             "identity": session.identity,
             "ip": session.ip,

@@ -9,8 +9,10 @@ node holding the person (moderation/channel.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +311,78 @@ async def test_a_node_that_is_gone_or_stalled_is_explained_not_waited_for(
     assert status == 410, (status, text)
     page = await listed(one)
     assert [row["id"] for row in page["sessions"]] == [a.id] and page["missing"] == []
+
+
+PEOPLE = 1000
+
+
+@contextlib.asynccontextmanager
+async def crowd(one: Any, two: Any, people: int) -> AsyncIterator[dict[str, str]]:
+    """`people` visitors, half on each node, connected and idle (the cheapest kind):
+    yields session id -> the node holding it, from each one's hello."""
+    holder: dict[str, str] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+        async def visit(server: Any) -> None:
+            ws = await http.ws_connect(server.ws_url)
+            sockets.append(ws)
+            hello = await ws.receive_json(timeout=TIMEOUT)
+            holder[hello["id"]] = hello["node"]
+
+        try:
+            for start in range(0, people, 100):
+                await asyncio.gather(
+                    *(visit(one if i % 2 else two) for i in range(start, min(start + 100, people)))
+                )
+            yield holder
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def test_a_thousand_people_on_two_nodes_are_paged_and_searched_on_the_server(
+    nodes, clients, moderated_args
+) -> None:
+    limits = ["--ip-max-sessions", "0", "--ip-max-new-sessions", "0"]
+    one, two = nodes(*moderated_args, *limits), nodes(*moderated_args, *limits)
+    async with crowd(one, two, PEOPLE - 4) as holder:
+        # Four text-only visitors who like origami, two per node: they pair up.
+        for i, server in enumerate((one, one, two, two)):
+            client = ChatClient(server.ws_url, tag=i + 1)
+            clients.append(client)
+            await client.connect_signalling()
+            await client.start(["origami"], mode="text")
+            holder[client.id] = client.hello["node"]
+        for client in clients:
+            await client.wait_for("matched", timeout=TIMEOUT)
+        node_one, node_two = sorted({holder[c.id] for c in clients})
+
+        started = time.monotonic()
+        first = await listed(one)
+        print(f"first page of {PEOPLE} on two nodes: {(time.monotonic() - started) * 1000:.0f} ms")
+        assert first["total"] == PEOPLE and len(first["sessions"]) == first["limit"] == 60
+        assert sorted(n["online"] for n in first["nodes"]) == [PEOPLE // 2, PEOPLE // 2]
+        assert sum(n["paired"] for n in first["nodes"]) == 4
+
+        # Every page through node two: each person once, each with the node that holds them.
+        seen: dict[str, str] = {}
+        for offset in range(0, PEOPLE, 300):
+            page = await listed(two, offset=str(offset), limit="300")
+            assert page["total"] == PEOPLE
+            seen |= {row["id"]: row["node"] for row in page["sessions"]}
+        assert seen == holder
+
+        someone = next(i for i, node in holder.items() if node == node_two)
+        found = await listed(one, q=someone)
+        assert [(r["id"], r["node"]) for r in found["sessions"]] == [(someone, node_two)]
+        origami = await listed(one, q="ORIGAMI")
+        assert sorted(r["id"] for r in origami["sessions"]) == sorted(c.id for c in clients)
+        assert {r["state"] for r in origami["sessions"]} == {"paired"}
+        assert (await listed(one, state="paired"))["total"] == 4
+        on_two = await listed(one, node=node_two, limit="0")
+        assert on_two["total"] == PEOPLE // 2 and on_two["sessions"] == []
+        both = await listed(one, q=f"origami {node_one}")
+        assert {r["node"] for r in both["sessions"]} == {node_one} and both["total"] == 2
+
+        status, text = await raw_api(one, "GET", "/sessions", params={"limit": "5000"})
+        assert status == 400 and "limit" in text
