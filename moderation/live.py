@@ -37,7 +37,7 @@ class SessionQuery:
     """Which people a dashboard page shows: a search, filters, and the page."""
 
     # Words that must each appear (any case) in one of the fields a moderator looks
-    # for: id, node, state, partner, interests, flags, address, browser identity.
+    # for: id, node, state, mode, interests, flags, address, browser identity.
     words: tuple[str, ...] = ()
     state: str | None = None
     node: str | None = None
@@ -294,7 +294,6 @@ def _matches(row: dict[str, Any], words: list[str], args: dict[str, Any]) -> boo
             row["node"],
             row["state"],
             row["mode"],
-            row["partner"] or "",
             row["ip"] or "",
             row["identity"] or "",
             *row["interests"],

@@ -31,6 +31,9 @@ MODERATION = web.AppKey("moderation", Moderation)
 LIVE = web.AppKey("live", LiveSessions)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
+DASHBOARD_FILES = frozenset(
+    ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js", "live.js")
+)
 
 MAX_REASON = 500
 # Chat lines the watch view shows.
@@ -134,7 +137,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js"):
+    if name not in DASHBOARD_FILES:
         raise web.HTTPNotFound()
     path = os.path.join(request.app[DASHBOARD_DIR], name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})

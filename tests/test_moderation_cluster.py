@@ -9,15 +9,14 @@ node holding the person (moderation/channel.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from crowd import UNLIMITED, crowd
 
 from rtc.client import ChatClient
 
@@ -316,35 +315,10 @@ async def test_a_node_that_is_gone_or_stalled_is_explained_not_waited_for(
 PEOPLE = 1000
 
 
-@contextlib.asynccontextmanager
-async def crowd(one: Any, two: Any, people: int) -> AsyncIterator[dict[str, str]]:
-    """`people` visitors, half on each node, connected and idle (the cheapest kind):
-    yields session id -> the node holding it, from each one's hello."""
-    holder: dict[str, str] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets: list[aiohttp.ClientWebSocketResponse] = []
-
-        async def visit(server: Any) -> None:
-            ws = await http.ws_connect(server.ws_url)
-            sockets.append(ws)
-            hello = await ws.receive_json(timeout=TIMEOUT)
-            holder[hello["id"]] = hello["node"]
-
-        try:
-            for start in range(0, people, 100):
-                await asyncio.gather(
-                    *(visit(one if i % 2 else two) for i in range(start, min(start + 100, people)))
-                )
-            yield holder
-        finally:
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-
-
 async def test_a_thousand_people_on_two_nodes_are_paged_and_searched_on_the_server(
     nodes, clients, moderated_args
 ) -> None:
-    limits = ["--ip-max-sessions", "0", "--ip-max-new-sessions", "0"]
-    one, two = nodes(*moderated_args, *limits), nodes(*moderated_args, *limits)
+    one, two = nodes(*moderated_args, *UNLIMITED), nodes(*moderated_args, *UNLIMITED)
     async with crowd(one, two, PEOPLE - 4) as holder:
         # Four text-only visitors who like origami, two per node: they pair up.
         for i, server in enumerate((one, one, two, two)):
