@@ -178,6 +178,7 @@ class Moderation:
         # How a request reaches the node holding a session (moderation/channel.py).
         self.channel: ModerationChannel = channel or LocalChannel(lobby.node)
         self.channel.handle("enforce", self._enforce_here)
+        self.channel.handle("presence", self._presence_here)
         self.channel.on_notice(self._on_notice)
         self.store = store
         self.moderators = moderators
@@ -769,12 +770,6 @@ class Moderation:
             report_id=report_id,
         )
 
-    def online_at_address(self, address: str | None) -> int:
-        """How many people online now share this address key (before an address ban)."""
-        if address is None:
-            return 0
-        return sum(1 for s in self.lobby.sessions.values() if s.address == address)
-
     async def queue(self, *, limit: int = 200) -> list[dict[str, Any]]:
         """Open reports, most urgent first, with what deciding on each needs."""
         open_reports = await asyncio.to_thread(
@@ -782,21 +777,51 @@ class Moderation:
         )
         since = time.time() - queue.DAY
         reporters = await asyncio.to_thread(self.store.reporters_since, since)
-        online = {s.person for s in self.lobby.sessions.values() if s.person is not None}
-        online |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        # Who of them is online, flagged now, and how many share their address: on any node.
+        answers, _ = await self.channel.call_all(
+            "presence",
+            {
+                "subjects": sorted({r.subject for r in open_reports}),
+                "addresses": sorted({a for r in open_reports if (a := r.reported_address)}),
+            },
+        )
+        online: set[str] = set()
+        flagged: set[str] = set()
+        sharing: dict[str, int] = {}
+        for answer in answers.values():
+            online.update(answer["online"])
+            flagged.update(answer["flagged"])
+            for address, count in answer["sharing"].items():
+                sharing[address] = sharing.get(address, 0) + int(count)
         out = []
-        flagged = self.flagged_subjects()
         for report in queue.order(open_reports, reporters, flagged)[:limit]:
+            address = report.reported_address
             out.append(
                 report_json(report)
                 | {
                     "reporters24h": reporters.get(report.subject, 1),
                     "flaggedNow": report.subject in flagged,
                     "online": report.subject in online,
-                    "sharingAddress": self.online_at_address(report.reported_address),
+                    "sharingAddress": sharing.get(address, 0) if address else 0,
                 }
             )
         return out
+
+    async def _presence_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Which of these report subjects are online on this node, which are flagged
+        now, and how many here are at each of these addresses (for the queue)."""
+        here = {s.person for s in self.lobby.sessions.values() if s.person is not None}
+        here |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        wanted = {str(a) for a in args.get("addresses") or ()}
+        sharing: dict[str, int] = {}
+        for session in self.lobby.sessions.values():
+            if session.address in wanted:
+                sharing[session.address] = sharing.get(session.address, 0) + 1
+        return {
+            "online": sorted(here.intersection(str(x) for x in args.get("subjects") or ())),
+            "flagged": sorted(self.flagged_subjects()),
+            "sharing": sharing,
+        }
 
     def flagged_subjects(self) -> set[str]:
         """Report subjects of the people the nudity analyzer flags now (or holds)."""

@@ -271,6 +271,32 @@ async def test_a_ban_by_identity_without_a_session_ends_visits_on_every_node(
     assert not [m for m in other.messages if m.get("type") == "error"]
 
 
+async def test_the_queue_on_one_node_knows_who_is_online_on_the_other(
+    nodes, clients, moderated_args
+) -> None:
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    await connected(one, clients, 1, "browser-a-abcdef")  # idle, at the same address
+    c = await connected(two, clients, 2, "browser-c-abcdef")
+    d = await connected(two, clients, 3, "browser-d-abcdef")
+    await c.start()
+    await d.start()
+    await c.wait_for("matched", timeout=TIMEOUT)
+    await c.send({"type": "report", "reason": "rude", "moveOn": False})
+    reported = await c.wait_for("reported", timeout=TIMEOUT)
+    # Read through node one: D is online on node two, and the three visitors (one on
+    # node one, two on node two) share D's address.
+    [item] = (await api(one, "GET", "/queue"))["queue"]
+    assert item["id"] == reported["reportId"]
+    assert item["online"] is True and item["sharingAddress"] == 3, item
+    await d.close()
+
+    async def offline() -> bool:
+        [item] = (await api(one, "GET", "/queue"))["queue"]
+        return item["online"] is False and item["sharingAddress"] == 2
+
+    await until_true(offline, "the reported person shown offline once they left node two")
+
+
 async def test_a_node_that_is_gone_or_stalled_is_explained_not_waited_for(
     nodes, clients, moderated_args
 ) -> None:
