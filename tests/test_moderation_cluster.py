@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from crowd import UNLIMITED, crowd
 
-from rtc.client import ChatClient
+from rtc.client import ChatClient, SignallingError
 
 TIMEOUT = 20.0
 # The kicked socket's close code (signalling/session.py CLOSE_KICKED).
@@ -269,6 +269,27 @@ async def test_a_ban_by_identity_without_a_session_ends_visits_on_every_node(
 
     await until_true(only_the_other_left, "the banned visits leaving the list")
     assert not [m for m in other.messages if m.get("type") == "error"]
+
+
+async def test_a_visit_held_for_a_resume_on_another_node_can_be_ended(
+    nodes, clients, moderated_args
+) -> None:
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    a, b = await cross_pair(one, two, clients)
+    await b.drop_socket()  # B's network went: node two holds the visit for a resume
+
+    async def away() -> bool:
+        rows = {r["id"]: r for r in (await listed(one))["sessions"]}
+        return b.id in rows and rows[b.id]["away"] is True
+
+    await until_true(away, "B listed as away by node one")
+    await api(one, "POST", f"/sessions/{b.id}/kick", json={"node": b.hello["node"]})
+    assert (await a.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
+    # The held visit is over: B's resume token takes nothing back.
+    with pytest.raises(SignallingError) as refused:
+        await b.resume()
+    assert refused.value.message["code"] == "resume_failed", refused.value.message
+    assert b.id not in [r["id"] for r in (await listed(one))["sessions"]]
 
 
 async def test_the_queue_on_one_node_knows_who_is_online_on_the_other(
