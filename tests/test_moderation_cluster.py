@@ -378,9 +378,16 @@ async def test_a_thousand_people_on_two_nodes_are_paged_and_searched_on_the_serv
             await client.wait_for("matched", timeout=TIMEOUT)
         node_one, node_two = sorted({holder[c.id] for c in clients})
 
-        started = time.monotonic()
-        first = await listed(one)
-        print(f"first page of {PEOPLE} on two nodes: {(time.monotonic() - started) * 1000:.0f} ms")
+        timings = []
+        for _ in range(20):
+            started = time.monotonic()
+            first = await listed(one)
+            timings.append((time.monotonic() - started) * 1000)
+        timings.sort()
+        print(
+            f"a page of 60 of {PEOPLE} on two nodes, 20 fetches: median {timings[10]:.0f} ms, "
+            f"max {timings[-1]:.0f} ms"
+        )
         assert first["total"] == PEOPLE and len(first["sessions"]) == first["limit"] == 60
         assert sorted(n["online"] for n in first["nodes"]) == [PEOPLE // 2, PEOPLE // 2]
         assert sum(n["paired"] for n in first["nodes"]) == 4
