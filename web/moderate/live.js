@@ -89,6 +89,8 @@ export class LiveList {
       return this.load();
     }
     this.here = page.node;
+    // One node alone: cards need not say where each person is.
+    this.alone = page.nodes.length <= 1 && !page.missing.length;
     this.show(page);
     return page;
   }
@@ -123,7 +125,7 @@ export class LiveList {
       // What the card shows, but the counter (set below) and the thumbnail's age (the
       // image reloads in place every few seconds anyway).
       const { onlineSeconds, since, thumbnailAt, ...rest } = s;
-      const key = JSON.stringify({ ...rest, thumbnail: Boolean(thumbnailAt) });
+      const key = JSON.stringify({ ...rest, thumbnail: Boolean(thumbnailAt), alone: this.alone });
       let card = this.cards.get(s.id);
       if (!card || card.key !== key) {
         const el = this.card(s);
@@ -190,7 +192,7 @@ export class LiveList {
     el.innerHTML = `${thumb}
     <h3>${esc(s.id)} ${s.recording ? '<span class="rec">● REC</span>' : ""}</h3>
     <p class="meta"><span class="state ${esc(s.state)}">${esc(s.state)}</span>${s.away ? ' <span class="state away">away</span>' : ""}${partner}</p>
-    <p class="meta">on <span class="node" title="${esc(s.node)}">${esc(shortNode(s.node))}</span>${s.node === this.here ? " (this node)" : ""} · online <span data-online></span> · ${esc(s.ip ?? "?")}</p>
+    <p class="meta">${this.alone ? "" : `on <span class="node" title="${esc(s.node)}">${esc(shortNode(s.node))}</span>${s.node === this.here ? " (this node)" : ""} · `}online <span data-online></span> · ${esc(s.ip ?? "?")}</p>
     <p class="meta">interests: ${esc(s.interests.join(", ") || "none")} · reports: ${s.openReports}</p>
     <div>${flags}${held}</div>
     <div class="actions">
