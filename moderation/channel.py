@@ -289,7 +289,10 @@ class RedisChannel(_Handlers):
                 continue
             try:
                 data = json.loads(message["data"])
-                if message.get("channel") == self._notices:
+                channel = message.get("channel")
+                if isinstance(channel, bytes):
+                    channel = channel.decode()
+                if channel == self._notices:
                     if data.get("from") != self.node:
                         self._notice(str(data["n"]))
                 elif "re" in data:

@@ -58,6 +58,9 @@ class SessionQuery:
         state = query.get("state") or None
         if state is not None and state not in STATES:
             raise ValueError(f"state: one of {', '.join(STATES)}")
+        for name in ("node", "ip"):
+            if len(query.get(name, "")) > MAX_QUERY:
+                raise ValueError(f"{name}: at most {MAX_QUERY} characters")
         return cls(
             words=tuple(w.lower() for w in text.split()),
             state=state,
