@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import cv2
@@ -63,6 +63,9 @@ from signalling.lobby import Lobby
 from signalling.protocol import error_message
 from signalling.recent import PERSON_TAG, RecentPartner
 from signalling.session import Session, State
+
+if TYPE_CHECKING:
+    from moderation.remote import RemoteMedia
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +216,8 @@ class Moderation:
         self._retention_task: asyncio.Task[None] | None = None
         # Loaded in start(): one model and one rate limit shared by every stream.
         self._nudity: tuple[Any, Any] | None = None
+        # People held by other nodes, watched and recorded here (set by app.py).
+        self.remote: RemoteMedia | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -690,6 +695,8 @@ class Moderation:
             for f in self.followed.values()
             if f.recording is not None
         }
+        if self.remote is not None:
+            live |= self.remote.live_recordings()
         out: list[dict[str, Any]] = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.recordings_dir):

@@ -9,6 +9,7 @@ SQLite store here: what is tested is the media, which never goes through the sto
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import av
 import pytest
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from moderators import moderators_file
 
 from rtc.client import ChatClient
@@ -143,3 +145,157 @@ async def test_evidence_of_a_pair_across_nodes_holds_both_people_live_and_late(
         if reported is late:
             # Nothing of b from after the pair ended (a frame or two may have been in flight).
             assert max(counters) <= left_at + 3, (max(counters), left_at)
+
+
+# -- watching and recording a person on another node ---------------------------------
+
+
+def gauge(server, name: str, label: str) -> float:
+    """One labelled sample of a gauge on `server`'s /metrics."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name}{{{label}}} "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name}{{{label}}} not in /metrics")
+
+
+def feeds(viewer, holder) -> tuple[float, ...]:
+    """Streams and feeds of a watch, on both nodes: (in at the viewer, out at the holder, ...)."""
+    return (
+        gauge(viewer, "relay_pipe_streams", 'direction="in"'),
+        gauge(holder, "relay_pipe_streams", 'direction="out"'),
+        gauge(viewer, "relay_moderation_remote_feeds", 'side="receiving"'),
+        gauge(holder, "relay_moderation_remote_feeds", 'side="sending"'),
+    )
+
+
+class Watching:
+    """A moderator's aiortc connection watching one person (as the dashboard does)."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.video_tags: dict[int, int] = {}
+        self.audio_frames = 0
+        self.watch_id = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc.on(
+            "track", lambda track: self._tasks.append(asyncio.ensure_future(self._read(track)))
+        )
+
+    async def _read(self, track: Any) -> None:
+        while True:
+            frame = await track.recv()
+            if track.kind == "audio":
+                self.audio_frames += 1
+                continue
+            stamp = read_stamp(frame.to_ndarray(format="rgb24"))
+            if stamp is not None:
+                self.video_tags[stamp.tag] = self.video_tags.get(stamp.tag, 0) + 1
+
+    async def offer(self) -> str:
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def start(self, server, session_id: str, node: str) -> None:
+        body = {"sessionIds": [session_id], "node": node, "sdp": await self.offer()}
+        answer = await api(server, "POST", "/watch", json=body)
+        self.watch_id = answer["watchId"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+
+
+async def test_a_moderator_watches_and_records_a_person_on_another_node_through_the_pipe(
+    node, clients, tmp_path: Path
+) -> None:
+    one, two = node(), node()
+    # A pair on node two; the moderator's dashboard is served by node one.
+    b = await visitor(two, clients, 3)
+    c = await visitor(two, clients, 4)
+    await b.start()
+    await c.start()
+    await b.wait_for("matched", timeout=TIMEOUT)
+    await c.wait_for("matched", timeout=TIMEOUT)
+    there = b.hello["node"]
+    assert feeds(one, two) == (0, 0, 0, 0)
+
+    # Clear refusals: a node that is not in the cluster, a person who is not there.
+    gone = await api(
+        one,
+        "POST",
+        "/watch",
+        status=404,
+        json={"sessionIds": [b.id], "node": "no-such-node", "sdp": await Watching().offer()},
+    )
+    assert "not in the cluster" in gone
+    left = await api(
+        one,
+        "POST",
+        "/watch",
+        status=404,
+        json={"sessionIds": ["nobody-here"], "node": there, "sdp": await Watching().offer()},
+    )
+    assert "no session nobody-here" in left and "they left" in left
+
+    # 1. Watch, then stop from the dashboard (DELETE).
+    watching = Watching()
+    try:
+        await watching.start(one, b.id, there)
+        await until(lambda: watching.video_tags.get(3, 0) >= 10, "b's frames at the watcher")
+        await until(lambda: watching.audio_frames >= 10, "b's audio at the watcher")
+        assert set(watching.video_tags) == {3}
+        assert feeds(one, two) == (2, 2, 1, 1)
+        await api(one, "DELETE", f"/watch/{watching.watch_id}")
+        await until(lambda: feeds(one, two) == (0, 0, 0, 0), "the streams to end on both nodes")
+    finally:
+        await watching.close()
+
+    # 2. Watch, then the moderator closes the page (the connection closes).
+    watching = Watching()
+    try:
+        await watching.start(one, b.id, there)
+        await until(lambda: watching.video_tags.get(3, 0) >= 5, "b's frames again")
+    finally:
+        await watching.close()
+    await until(lambda: feeds(one, two) == (0, 0, 0, 0), "the streams to end with the page")
+
+    # 3. Record c into a file on node one, then stop.
+    started = await api(one, "POST", "/recordings", json={"sessionIds": [c.id], "node": there})
+    name = started["recording"][0]["name"]
+    assert (tmp_path / "recordings1" / name).exists()
+    assert feeds(one, two) == (2, 2, 1, 1)
+    listed = {r["name"]: r for r in (await api(one, "GET", "/recordings"))["recordings"]}
+    assert listed[name]["live"] and listed[name]["sessionId"] == c.id
+    await asyncio.sleep(2.5)
+    await api(one, "POST", "/recordings/stop", json={"sessionIds": [c.id], "node": there})
+    await until(lambda: feeds(one, two) == (0, 0, 0, 0), "the recording's streams to end")
+    path = tmp_path / "recorded.webm"
+    path.write_bytes(await api(one, "GET", f"/recordings/{name}?download=1"))
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        stamps = [read_stamp(f.to_ndarray(format="rgb24")) for f in container.decode(video)]
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        assert audio.codec_context.name == "opus"
+        assert sum(1 for _ in container.decode(audio)) > 20
+    counters = [s.counter for s in stamps if s is not None and s.tag == 4]
+    assert len(counters) > 20 and counters == sorted(counters)
+    assert {s.tag for s in stamps if s is not None} == {4}
+
+    # 4. Watch, then the person leaves: their node stops sending, this node lets go.
+    watching = Watching()
+    try:
+        await watching.start(one, b.id, there)
+        await until(lambda: watching.video_tags.get(3, 0) >= 5, "b's frames once more")
+        await b.close()
+        await until(lambda: feeds(one, two) == (0, 0, 0, 0), "the streams to end as b left")
+    finally:
+        await watching.close()
+    actions = [e["action"] for e in (await api(one, "GET", "/audit"))["audit"]]
+    assert {"watch", "stop_watching", "record", "stop_recording"} <= set(actions)
