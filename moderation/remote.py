@@ -22,15 +22,14 @@ random id (field "t" says what it is):
 A feed ends on both nodes however the watching ends: the moderator stops (or
 closes the page: the Watcher's connection closes), the person leaves (their
 Publisher closes, the pipe says BYE, the holder says `ended`), or either node
-goes (the holder stops sending when no renewal came for LEASE seconds; the
-viewer ends feeds from a node the registry no longer lists). Both sides hold at
-most MAX_FEEDS feeds.
+goes (each side ends the feeds of a node the registry no longer lists, within
+its few seconds; and the holder stops sending what no renewal came for in LEASE
+seconds, whatever the reason). Both sides hold at most MAX_FEEDS feeds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -422,8 +421,9 @@ class RemoteMedia:
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             try:
-                self._check_served()
-                await self._check_feeds()
+                alive = await self._nodes_alive()
+                self._check_served(alive)
+                await self._check_feeds(alive)
                 now = time.monotonic()
                 if now - last_renewal >= RENEW_INTERVAL:
                     last_renewal = now
@@ -431,13 +431,27 @@ class RemoteMedia:
             except Exception:
                 logger.exception("checking remote feeds failed")
 
-    def _check_served(self) -> None:
+    async def _nodes_alive(self) -> set[str] | None:
+        """Which nodes of our feeds (both sides) are alive; None when nobody can say."""
+        nodes = {f.node for f in self.feeds.values()} | {s.viewer for s in self.served.values()}
+        registry = self._lobby.registry
+        if not nodes or registry is None:
+            return None
+        try:
+            return await registry.alive(nodes)
+        except Exception:
+            return None  # Redis cannot say: nobody is declared gone for that
+
+    def _check_served(self, alive: set[str] | None) -> None:
         bridge = self._bridge()
         out = bridge.endpoint.streams_out if bridge is not None else frozenset()
         now = time.monotonic()
         for feed_id, served in list(self.served.items()):
             session = self._lobby.sessions.get(served.session_id)
-            if now > served.expires:
+            if alive is not None and served.viewer not in alive:
+                # Within the registry's few seconds, not the lease's ten.
+                self._stop_serving(feed_id, f"node {served.viewer} is gone", tell=False)
+            elif now > served.expires:
                 self._stop_serving(feed_id, "not renewed")
             elif (
                 session is None
@@ -448,14 +462,7 @@ class RemoteMedia:
                 # the pipe streams with it).
                 self._stop_serving(feed_id, "left")
 
-    async def _check_feeds(self) -> None:
-        if not self.feeds:
-            return
-        alive = None
-        registry = self._lobby.registry
-        if registry is not None:
-            with contextlib.suppress(Exception):  # Redis cannot say: nobody is declared gone
-                alive = await registry.alive({f.node for f in self.feeds.values()})
+    async def _check_feeds(self, alive: set[str] | None) -> None:
         for feed in list(self.feeds.values()):
             if alive is not None and feed.node not in alive:
                 await self._end(feed, f"node {feed.node} is gone")

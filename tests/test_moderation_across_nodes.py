@@ -9,6 +9,7 @@ SQLite store here: what is tested is the media, which never goes through the sto
 from __future__ import annotations
 
 import asyncio
+import signal
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -299,3 +300,28 @@ async def test_a_moderator_watches_and_records_a_person_on_another_node_through_
         await watching.close()
     actions = [e["action"] for e in (await api(one, "GET", "/audit"))["audit"]]
     assert {"watch", "stop_watching", "record", "stop_recording"} <= set(actions)
+
+
+async def test_a_moderators_node_that_dies_stops_the_stream_it_was_watching(node, clients) -> None:
+    one, two = node(), node()
+    b = await visitor(two, clients, 3)
+    await b.start()  # waiting alone: watched all the same
+    watching = Watching()
+    try:
+        await watching.start(one, b.id, b.hello["node"])
+        await until(lambda: watching.video_tags.get(3, 0) >= 5, "b's frames at the watcher")
+        assert gauge(two, "relay_pipe_streams", 'direction="out"') == 2
+        one.send_signal(signal.SIGKILL)
+
+        def stopped() -> bool:
+            return (
+                gauge(two, "relay_pipe_streams", 'direction="out"'),
+                gauge(two, "relay_moderation_remote_feeds", 'side="sending"'),
+            ) == (0, 0)
+
+        # Within the registry's TTL (3 s) and a check, not the 10 s lease.
+        await until(stopped, "node two to stop sending to the dead node")
+    finally:
+        await watching.close()
+    lines = two.log().splitlines()
+    assert any("stopped sending" in line and "is gone" in line for line in lines), two.log()
