@@ -124,7 +124,8 @@ class RemoteMedia:
     def __init__(self, lobby: Lobby, bus: SessionBus | None) -> None:
         self._lobby = lobby
         self._bus = bus
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Requests waiting for their answer: feed id -> (the node asked, the answer).
+        self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         # Viewer side, by feed id; and the recordings made from feeds, by (node, session).
         self.feeds: dict[str, RemoteFeed] = {}
         self.recordings: dict[tuple[str, str], _RemoteRecording] = {}
@@ -184,25 +185,27 @@ class RemoteMedia:
             raise RemoteFeedError(
                 "busy", f"this node already receives {MAX_FEEDS} people from other nodes"
             )
-        if not await self._alive(node):
-            raise RemoteFeedError(
-                "no_node", f"node {node} is not in the cluster (it stopped, or never was)"
-            )
         feed_id = secrets.token_urlsafe(9)
-        answer = self._pending[feed_id] = asyncio.get_running_loop().create_future()
-        host, port = bridge.address()
-        self._send(
-            node,
-            feed_id,
-            {
-                "t": "open",
-                "feed": feed_id,
-                "session": session_id,
-                "pipe": [host, port],
-                "purpose": purpose,
-            },
-        )
+        # Counted among the pending from here, so requests made meanwhile see the bound.
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[feed_id] = (node, answer)
         try:
+            if not await self._alive(node):
+                raise RemoteFeedError(
+                    "no_node", f"node {node} is not in the cluster (it stopped, or never was)"
+                )
+            host, port = bridge.address()
+            self._send(
+                node,
+                feed_id,
+                {
+                    "t": "open",
+                    "feed": feed_id,
+                    "session": session_id,
+                    "pipe": [host, port],
+                    "purpose": purpose,
+                },
+            )
             reply = await asyncio.wait_for(answer, REQUEST_TIMEOUT)
         except TimeoutError:
             self._send(node, feed_id, {"t": "close", "feed": feed_id})  # if it comes late
@@ -218,7 +221,9 @@ class RemoteMedia:
             self._send(node, feed_id, {"t": "close", "feed": feed_id})
             raise RemoteFeedError("bad_answer", f"node {node} answered with no usable pipe")
         feed = RemoteFeed(feed_id, node, session_id)
-        codecs = reply.get("codecs") if isinstance(reply.get("codecs"), dict) else {}
+        codecs = reply.get("codecs")
+        if not isinstance(codecs, dict):
+            codecs = {}
         for kind in KINDS:
             stream_id = streams.get(kind)
             if not isinstance(stream_id, int) or isinstance(stream_id, bool):
@@ -319,10 +324,10 @@ class RemoteMedia:
         kind = message.get("t")
         feed_id = str(message.get("feed", to))
         if kind in ("opened", "refused"):
-            answer = self._pending.get(feed_id)
+            pending = self._pending.get(feed_id)
             # One that comes too late was closed by the viewer when it gave up.
-            if answer is not None and not answer.done():
-                answer.set_result(message)
+            if pending is not None and pending[0] == sender.node and not pending[1].done():
+                pending[1].set_result(message)
         elif kind == "ended":
             feed = self.feeds.get(feed_id)
             if feed is not None and feed.node == sender.node:
