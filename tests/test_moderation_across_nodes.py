@@ -113,6 +113,16 @@ async def test_evidence_of_a_pair_across_nodes_holds_both_people_live_and_late(
     await b.chat("hi from node two")
     await a.wait_for("chat", timeout=TIMEOUT)
     await a.wait_frames(tag=2, count=60, timeout=TIMEOUT)
+    # A moderator on node one watches the pair: a from here, b through the pipe.
+    watching = Watching()
+    try:
+        await watching.start(one, [a.id, b.id], [None, b.hello["node"]])
+        await until(
+            lambda: min(watching.video_tags.get(1, 0), watching.video_tags.get(2, 0)) >= 5,
+            "both people of the pair at the watcher",
+        )
+    finally:
+        await watching.close()
 
     # Live: a reports b (staying in the pair), on a's node.
     await a.send({"type": "report", "reason": "rude", "moveOn": False})
@@ -171,7 +181,7 @@ def feeds(viewer, holder) -> tuple[float, ...]:
 
 
 class Watching:
-    """A moderator's aiortc connection watching one person (as the dashboard does)."""
+    """A moderator's aiortc connection watching one person or a pair (as the dashboard does)."""
 
     def __init__(self) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
@@ -193,14 +203,15 @@ class Watching:
             if stamp is not None:
                 self.video_tags[stamp.tag] = self.video_tags.get(stamp.tag, 0) + 1
 
-    async def offer(self) -> str:
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
+    async def offer(self, people: int = 1) -> str:
+        for _ in range(people):
+            self.pc.addTransceiver("audio", direction="recvonly")
+            self.pc.addTransceiver("video", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 
-    async def start(self, server, session_id: str, node: str) -> None:
-        body = {"sessionIds": [session_id], "node": node, "sdp": await self.offer()}
+    async def start(self, server, ids: list[str], node: str | list[str | None]) -> None:
+        body = {"sessionIds": ids, "node": node, "sdp": await self.offer(len(ids))}
         answer = await api(server, "POST", "/watch", json=body)
         self.watch_id = answer["watchId"]
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
@@ -244,14 +255,15 @@ async def test_a_moderator_watches_and_records_a_person_on_another_node_through_
     )
     assert "no session nobody-here" in left and "they left" in left
 
-    # 1. Watch, then stop from the dashboard (DELETE).
+    # 1. Watch the pair, then stop from the dashboard (DELETE).
     watching = Watching()
     try:
-        await watching.start(one, b.id, there)
+        await watching.start(one, [b.id, c.id], there)
         await until(lambda: watching.video_tags.get(3, 0) >= 10, "b's frames at the watcher")
-        await until(lambda: watching.audio_frames >= 10, "b's audio at the watcher")
-        assert set(watching.video_tags) == {3}
-        assert feeds(one, two) == (2, 2, 1, 1)
+        await until(lambda: watching.video_tags.get(4, 0) >= 10, "c's frames at the watcher")
+        await until(lambda: watching.audio_frames >= 20, "their audio at the watcher")
+        assert set(watching.video_tags) == {3, 4}
+        assert feeds(one, two) == (4, 4, 2, 2)
         await api(one, "DELETE", f"/watch/{watching.watch_id}")
         await until(lambda: feeds(one, two) == (0, 0, 0, 0), "the streams to end on both nodes")
     finally:
@@ -260,7 +272,7 @@ async def test_a_moderator_watches_and_records_a_person_on_another_node_through_
     # 2. Watch, then the moderator closes the page (the connection closes).
     watching = Watching()
     try:
-        await watching.start(one, b.id, there)
+        await watching.start(one, [b.id], there)
         await until(lambda: watching.video_tags.get(3, 0) >= 5, "b's frames again")
     finally:
         await watching.close()
@@ -292,7 +304,7 @@ async def test_a_moderator_watches_and_records_a_person_on_another_node_through_
     # 4. Watch, then the person leaves: their node stops sending, this node lets go.
     watching = Watching()
     try:
-        await watching.start(one, b.id, there)
+        await watching.start(one, [b.id], there)
         await until(lambda: watching.video_tags.get(3, 0) >= 5, "b's frames once more")
         await b.close()
         await until(lambda: feeds(one, two) == (0, 0, 0, 0), "the streams to end as b left")
@@ -308,7 +320,7 @@ async def test_a_moderators_node_that_dies_stops_the_stream_it_was_watching(node
     await b.start()  # waiting alone: watched all the same
     watching = Watching()
     try:
-        await watching.start(one, b.id, b.hello["node"])
+        await watching.start(one, [b.id], b.hello["node"])
         await until(lambda: watching.video_tags.get(3, 0) >= 5, "b's frames at the watcher")
         assert gauge(two, "relay_pipe_streams", 'direction="out"') == 2
         one.send_signal(signal.SIGKILL)
