@@ -284,6 +284,10 @@ class RemoteMedia:
         if running is not None:
             return running.recording
         feed = await self.open(node, session_id, "record")
+        running = self.recordings.get(key)
+        if running is not None:  # started by another request while this one waited
+            await self.release(feed)
+            return running.recording
         tracks = [Track(kind, codec) for kind, codec in feed.codecs.items()]
         if not tracks:
             await self.release(feed)
