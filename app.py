@@ -25,6 +25,7 @@ from matcher.redis import RedisMatcher
 from moderation import auth
 from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
 from moderation.live import LiveSessions
+from moderation.remote import RemoteFeedCollector, RemoteMedia
 from moderation.routes import LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
@@ -200,6 +201,9 @@ async def _open_media(settings: Settings, hosts: host_addresses.HostAddresses) -
 async def _moderation_metrics(app: web.Application) -> None:
     # After setup_metrics' own on_startup handler has made the registry.
     app[METRICS].registry.register(FlagCollector(app[MODERATION]))
+    remote = app[MODERATION].remote
+    if remote is not None:
+        app[METRICS].registry.register(RemoteFeedCollector(remote))
 
 
 def _ice_servers(settings: Settings) -> IceServers:
@@ -247,10 +251,18 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.start()
     app[MODERATION] = moderation
     app[LIVE] = LiveSessions(moderation)
+    # Watching and recording people held by other nodes: their media through the pipe,
+    # negotiated on a bus of its own on Redis (moderation/remote.py).
+    remote_bus = (
+        RedisBus(app[REDIS], lobby.node, key_prefix="rr:moderation") if REDIS in app else None
+    )
+    moderation.remote = RemoteMedia(lobby, remote_bus)
+    await moderation.remote.start()
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)
     yield
     throttle.audit = None
+    await moderation.remote.close()
     await moderation.close()
     await channel.close()
 

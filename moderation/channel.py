@@ -1,4 +1,4 @@
-"""The moderation channel: a moderator's request reaches the node that holds a session.
+"""Moderation requests: a moderator's request reaches the node that holds a session.
 
 The dashboard may be served by any node (or any worker), but a session lives in one
 process: listing everyone, kicking, ending a ban's live visits or releasing a held
@@ -17,6 +17,9 @@ everyone). So nothing here is retried or queued: every call is bounded by
 CALL_TIMEOUT, at most MAX_PENDING calls wait at once per node, at most MAX_SERVING
 handlers run at once per node, and each failure is a ChannelError with an HTTP status
 and a sentence a moderator can act on.
+
+Watching and recording someone on another node (moderation/remote.py) are streams
+with a lifetime and leases, not questions, and keep their own protocol on their own bus.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from moderation.store import ReportStatus
 from signalling.session import Session, State
 
 DEFAULT_LIMIT = 60
+# Chat lines the watch view shows.
+LIVE_CHAT_LINES = 100
 MAX_LIMIT = 500
 MAX_QUERY = 200
 STATES = tuple(s.value for s in State)
@@ -123,6 +125,7 @@ class LiveSessions:
             ("describe", self._describe_here),
             ("release", self._release_here),
             ("thumbnail", self._thumbnail_here),
+            ("chat", self._chat_here),
         ):
             self.channel.handle(op, handler)
 
@@ -141,6 +144,13 @@ class LiveSessions:
             answers, missed = await self.channel.call_all("sessions", args)
         merged = heapq.merge(*(a["sessions"] for a in answers.values()), key=_order)
         rows = list(merged)[query.offset : query.offset + query.limit]
+        remote = self.moderation.remote
+        if remote is not None:
+            # Recorded by this node through the pipe (moderation/remote.py): the holder
+            # does not know, this node's moderators must (to stop it).
+            for row in rows:
+                if (row["node"], row["id"]) in remote.recordings:
+                    row["recording"] = True
         return {
             "sessions": rows,
             "total": sum(int(a["total"]) for a in answers.values()),
@@ -171,6 +181,10 @@ class LiveSessions:
     async def thumbnail(self, node: str, session_id: str) -> bytes:
         answer = await self.channel.call(node, "thumbnail", {"id": session_id})
         return base64.b64decode(answer["jpeg"])
+
+    async def chat(self, node: str, session_id: str) -> dict[str, Any]:
+        """The current pair's chat of a live session: `{"partner", "chat": [...]}`."""
+        return await self.channel.call(node, "chat", {"id": session_id})
 
     async def locate(self, session_id: str, node: str | None) -> str:
         """The node holding `session_id`: the one named, this one, or found by asking all."""
@@ -271,6 +285,16 @@ class LiveSessions:
             "ip": session.ip,
             "person": session.person,
             "address": session.address,
+        }
+
+    async def _chat_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        session = self.moderation.lobby.sessions.get(str(args["id"]))
+        if session is None:
+            raise ChannelError(404, f"no such session on node {self.node}")
+        lines = list(session.transcript)[-LIVE_CHAT_LINES:]
+        return {
+            "partner": session.partner.id if session.partner else None,
+            "chat": [{"at": at, "sender": sender, "text": text} for at, sender, text in lines],
         }
 
     async def _thumbnail_here(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ name is in ``request[MODERATOR]``. Every action is written to the audit log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any
@@ -20,10 +21,11 @@ from moderation.channel import ChannelError
 from moderation.events import CLOSED
 from moderation.live import LiveSessions, SessionQuery
 from moderation.recorder import PARTS, extract_part
+from moderation.remote import RemoteFeedError, RemoteMedia
 from moderation.service import BanMade, Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
-from rtc.peer import Peer, PeerError
-from rtc.watcher import Watcher
+from rtc.peer import PeerError
+from rtc.watcher import Watched, Watcher
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,6 @@ DASHBOARD_FILES = frozenset(
 )
 
 MAX_REASON = 500
-# Chat lines the watch view shows.
-LIVE_CHAT_LINES = 100
 # Seconds between keep-alive comments on the dashboard's event stream.
 HEARTBEAT = 15.0
 # Report decisions a moderator can resolve with (a ban resolves as "banned" itself).
@@ -122,6 +122,41 @@ def _session_ids(body: dict[str, Any]) -> list[str]:
     return ids
 
 
+def _nodes(body: dict[str, Any], ids: list[str], here: str) -> list[str | None]:
+    """Per session id, the node holding it when that is another node (None: this one).
+
+    `node` is one node id for every id, or a list of one per id (a pair across nodes);
+    absent, every id is on this node.
+    """
+    node = body.get("node")
+    nodes = node if isinstance(node, list) else [node] * len(ids)
+    if len(nodes) != len(ids) or not all(
+        n is None or (isinstance(n, str) and 0 < len(n) <= 200) for n in nodes
+    ):
+        raise web.HTTPBadRequest(
+            text="node: the id of the node holding the session (a string), or one per session"
+        )
+    return [None if n == here else n for n in nodes]
+
+
+def _remote(request: web.Request) -> RemoteMedia:
+    remote = request.app[MODERATION].remote
+    if remote is None:
+        raise web.HTTPNotFound(text="this server is not part of a cluster")
+    return remote
+
+
+def _refused(exc: RemoteFeedError) -> web.HTTPException:
+    """The answer for a person on another node who cannot be reached; says why."""
+    if exc.code == "timeout":
+        return web.HTTPGatewayTimeout(text=exc.message)
+    if exc.code == "busy":
+        return web.HTTPServiceUnavailable(text=exc.message)
+    if exc.code in ("bad_request", "bad_answer"):
+        return web.HTTPBadGateway(text=exc.message)
+    return web.HTTPNotFound(text=exc.message)  # no such node, session or media
+
+
 # -- pages ---------------------------------------------------------------
 
 
@@ -187,17 +222,15 @@ async def thumbnail(request: web.Request) -> web.Response:
 
 
 async def live_chat(request: web.Request) -> web.Response:
-    """The current pair's chat of a session on this node (the watch view shows it live)."""
-    session = request.app[MODERATION].lobby.sessions.get(request.match_info["id"])
-    if session is None:
-        raise web.HTTPNotFound(text="no such session")
-    lines = list(session.transcript)[-LIVE_CHAT_LINES:]
-    return web.json_response(
-        {
-            "partner": session.partner.id if session.partner else None,
-            "chat": [{"at": at, "sender": sender, "text": text} for at, sender, text in lines],
-        }
-    )
+    """The current pair's chat of a session on any node (`?node=`; the watch view shows it)."""
+    live = request.app[LIVE]
+    try:
+        chat = await live.chat(_node(request) or live.node, request.match_info["id"])
+    except ChannelError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(text="no such session") from None
+        return _failed(exc)
+    return web.json_response(chat)
 
 
 # -- kick and ban ------------------------------------------------------------
@@ -463,26 +496,42 @@ async def recordings(request: web.Request) -> web.Response:
 
 
 async def start_recording(request: web.Request) -> web.Response:
+    """Record `sessionIds`; a person on another node (`node`) is recorded into a file here."""
     moderation = request.app[MODERATION]
+    body = await _json(request)
+    ids = _session_ids(body)
     started = []
-    for session_id in _session_ids(await _json(request)):
+    for session_id, node in zip(ids, _nodes(body, ids, moderation.lobby.node), strict=True):
         try:
-            recording = moderation.start_recording(session_id, _who(request))
+            if node is None:
+                recording = moderation.start_recording(session_id, _who(request))
+            else:
+                recording = await _remote(request).record(
+                    node, session_id, _who(request), moderation.recordings_dir
+                )
         except KeyError:
             raise web.HTTPNotFound(text=f"no media from session {session_id}") from None
+        except RemoteFeedError as exc:
+            raise _refused(exc) from None
         except ValueError as exc:
             raise web.HTTPConflict(text=str(exc)) from None
         name = recording.recorder.path.name
-        await _audit(request, "record", f"session:{session_id}", name)
+        target = f"session:{session_id}" + (f"@{node}" if node else "")
+        await _audit(request, "record", target, name)
         started.append({"sessionId": session_id, "name": name})
     return web.json_response({"recording": started})
 
 
 async def stop_recording(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
+    body = await _json(request)
+    ids = _session_ids(body)
     stopped = []
-    for session_id in _session_ids(await _json(request)):
-        path = await asyncio.to_thread(moderation.stop_recording, session_id)
+    for session_id, node in zip(ids, _nodes(body, ids, moderation.lobby.node), strict=True):
+        if node is None:
+            path = await asyncio.to_thread(moderation.stop_recording, session_id)
+        else:
+            path = await _remote(request).stop_recording(node, session_id)
         name = path.name if path is not None else None
         await _audit(request, "stop_recording", f"session:{session_id}", name or "")
         stopped.append({"sessionId": session_id, "name": name})
@@ -520,19 +569,32 @@ async def watch(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
     body = await _json(request)
     ids = _session_ids(body)
+    nodes = _nodes(body, ids, moderation.lobby.node)
     sdp = body.get("sdp")
     if not isinstance(sdp, str):
         raise web.HTTPBadRequest(text="sdp: the offer")
-    peers: list[Peer] = []
-    for session_id in ids:
-        session = moderation.lobby.sessions.get(session_id)
-        if session is None or session.peer is None:
+    watched: list[Watched] = []
+    for session_id, node in zip(ids, nodes, strict=True):
+        session = moderation.lobby.sessions.get(session_id) if node is None else None
+        if node is None and (session is None or session.peer is None):
             raise web.HTTPNotFound(text=f"no media from session {session_id}")
-        peers.append(session.peer)
+        if session is not None and session.peer is not None:
+            watched.append(session.peer)
     # Gathered like the users' own connections: same ICE servers, same addresses.
     watcher = Watcher(_who(request), moderation.lobby.relay.settings)
     try:
-        answer = await watcher.answer(sdp, peers)
+        for index, (session_id, node) in enumerate(zip(ids, nodes, strict=True)):
+            if node is not None:
+                # Someone on another node: their media comes here through the pipe,
+                # until the watcher closes (however it closes).
+                remote = _remote(request)
+                feed = await remote.open(node, session_id, "watch")
+                watcher.on_close(functools.partial(remote.release, feed))
+                watched.insert(index, feed)
+        answer = await watcher.answer(sdp, watched)
+    except RemoteFeedError as exc:
+        await watcher.close()
+        raise _refused(exc) from None
     except PeerError as exc:
         await watcher.close()
         raise web.HTTPBadRequest(text=exc.message) from None
@@ -540,7 +602,8 @@ async def watch(request: web.Request) -> web.Response:
         await watcher.close()
         raise
     request.app[WATCHERS][watcher.id] = watcher
-    await _audit(request, "watch", ",".join(f"session:{i}" for i in ids), watcher.id)
+    targets = (f"session:{i}" + (f"@{n}" if n else "") for i, n in zip(ids, nodes, strict=True))
+    await _audit(request, "watch", ",".join(targets), watcher.id)
     logger.info("%r started", watcher)
     return web.json_response({"watchId": watcher.id, "sdp": answer})
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import cv2
@@ -58,11 +58,15 @@ from moderation.store import (
 from moderation.store_protocol import ModerationStoreProtocol
 from rtc.media import EncodedFrame
 from rtc.peer import KINDS, Peer
+from rtc.pipe import PipePublisher
 from rtc.publisher import Publisher
 from signalling.lobby import Lobby
 from signalling.protocol import error_message
 from signalling.recent import PERSON_TAG, RecentPartner
 from signalling.session import Session, State
+
+if TYPE_CHECKING:
+    from moderation.remote import RemoteMedia
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +149,10 @@ class Followed:
         # a moderator releases it (--nudity-blur); it outlives the flag itself.
         self.held: Flag | None = None
         self._listeners: dict[str, Any] = {}
+        # A partner on another node: their last seconds as this node receives them
+        # through the pipe, so evidence of a pair across nodes holds both people.
+        self.partner_buffers: dict[str, RingBuffer] = {}
+        self._piped: dict[str, tuple[PipePublisher, Any]] = {}
 
     def listen(self, on_frame: Any) -> None:
         for kind, publisher in self.peer.publishers.items():
@@ -157,6 +165,35 @@ class Followed:
         for publisher, listener in self._listeners.values():
             publisher.remove_frame_listener(listener)
         self._listeners.clear()
+        self.unlisten_partner()
+
+    def listen_to_partner(self, evidence_seconds: float) -> None:
+        """Buffer what the peer receives from a partner on another node (a PipePublisher)."""
+        for kind, subscriber in self.peer.subscribers.items():
+            source = subscriber.source
+            if not isinstance(source, PipePublisher):
+                continue
+            old = self._piped.get(kind)
+            if old is not None and old[0] is source:
+                continue
+            if old is not None:  # a stream of an earlier partner
+                old[0].remove_frame_listener(old[1])
+            buffer = RingBuffer(
+                max_seconds=evidence_seconds, on_keyframe_needed=source.request_keyframe
+            )
+
+            def on_frame(frame: EncodedFrame, buffer: RingBuffer = buffer) -> None:
+                buffer.push(frame, time.monotonic())
+
+            source.add_frame_listener(on_frame)
+            self._piped[kind] = (source, on_frame)
+            self.partner_buffers[kind] = buffer
+
+    def unlisten_partner(self) -> None:
+        for source, listener in self._piped.values():
+            source.remove_frame_listener(listener)
+        self._piped.clear()
+        self.partner_buffers.clear()
 
     @property
     def flags(self) -> list[Flag]:
@@ -197,6 +234,8 @@ class Moderation:
         self._retention_task: asyncio.Task[None] | None = None
         # Loaded in start(): one model and one rate limit shared by every stream.
         self._nudity: tuple[Any, Any] | None = None
+        # People held by other nodes, watched and recorded here (set by app.py).
+        self.remote: RemoteMedia | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -308,9 +347,13 @@ class Moderation:
                             max_seconds=self.settings.evidence_seconds,
                             on_keyframe_needed=publisher.request_keyframe,
                         )
-            elif followed.buffers:
+                partner = session.partner
+                if partner is not None and partner.node != self.lobby.node:
+                    followed.listen_to_partner(self.settings.evidence_seconds)
+            elif followed.buffers or followed.partner_buffers:
                 # Not paired: nobody to report, nothing to keep.
                 followed.buffers.clear()
+                followed.unlisten_partner()
 
     def _analyzers(self) -> list[Analyzer]:
         analyzers = default_analyzers()
@@ -353,16 +396,25 @@ class Moderation:
             self.events.publish("sessions")
 
     def _on_pair_end(self, session: Session, pair: RecentPartner) -> None:
-        """Keep this person's last seconds of the pair for the report window."""
+        """Keep this person's last seconds of the pair for the report window, and their
+        partner's too when that partner is on another node (as the pipe brought them)."""
         followed = self.followed.get(session.id)
         if followed is None:
             return
         buffers, followed.buffers = followed.buffers, {}
+        self._retain(pair.pair_id, session.id, buffers)
+        if pair.partner.node != self.lobby.node:
+            # The partner's side, as it came through the pipe: their node keeps its own
+            # copy, but a late report is made here, where the reporter is.
+            self._retain(pair.pair_id, pair.partner.id, dict(followed.partner_buffers))
+        followed.unlisten_partner()
+
+    def _retain(self, pair_id: str, session_id: str, buffers: dict[str, RingBuffer]) -> None:
         frames = {kind: b.snapshot() for kind, b in buffers.items() if len(b)}
         if not frames:
             return
         size = sum(len(f.frame.data) for kept in frames.values() for f in kept)
-        key = (pair.pair_id, session.id)
+        key = (pair_id, session_id)
         old = self.retained.pop(key, None)
         self.retained_total -= old.bytes if old else 0
         self.retained[key] = Retained(frames, size)
@@ -531,13 +583,24 @@ class Moderation:
         if kept is not None:
             return kept.frames
         followed = self.followed.get(session_id)
+        buffers = followed.buffers if followed is not None else {}
         pair = followed.session.pair if followed is not None else None
-        if followed is None or pair is None or pair.pair_id != pair_id:
-            return {}
+        if pair is None or pair.pair_id != pair_id:
+            # Someone on another node: a local partner of theirs received them by pipe.
+            buffers = next(
+                (
+                    f.partner_buffers
+                    for f in self.followed.values()
+                    if (p := f.session.pair) is not None
+                    and p.pair_id == pair_id
+                    and p.partner.id == session_id
+                ),
+                {},
+            )
         return {
             kind: buffer.snapshot()
             for kind in KINDS
-            if (buffer := followed.buffers.get(kind)) is not None and len(buffer)
+            if (buffer := buffers.get(kind)) is not None and len(buffer)
         }
 
     async def on_block(self, blocker: Session, pair: RecentPartner) -> None:
@@ -657,6 +720,8 @@ class Moderation:
             for f in self.followed.values()
             if f.recording is not None
         }
+        if self.remote is not None:
+            live |= self.remote.live_recordings()
         out: list[dict[str, Any]] = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.recordings_dir):

@@ -86,8 +86,9 @@ async function stopWatching() {
 
 // The watched pair's chat, live (the first watched person's pair: both directions).
 async function showChat(ids, nodes) {
-  const node = nodeOf(nodes).node;
-  const { chat } = await api(`/sessions/${encodeURIComponent(ids[0])}/chat${node ? `?node=${encodeURIComponent(node)}` : ""}`);
+  // The first watched person's pair chat, asked of the node holding them.
+  const node = nodes?.[0] && nodes[0] !== live.here ? `?node=${encodeURIComponent(nodes[0])}` : "";
+  const { chat } = await api(`/sessions/${encodeURIComponent(ids[0])}/chat${node}`);
   $("#watch-chat").innerHTML = chat.map((l) => `<li><time>${new Date(l.at * 1000).toLocaleTimeString()}</time>
     <b>${esc(l.sender)}</b> ${esc(l.text)}</li>`).join("") || '<li class="meta">no chat yet</li>';
 }
@@ -101,10 +102,11 @@ function play(name) {
 
 // ---------- actions ----------
 
-// `{node}` for a request about a person on another node; nothing for this node's own.
+// `{node}` for a request about people of which some are on another node: one node id
+// per session id (a pair may span two nodes); nothing when all are this node's own.
 function nodeOf(nodes) {
-  const node = nodes?.[0];
-  return node && node !== live.here ? { node, nodes } : {};
+  if (!nodes?.some((node) => node && node !== live.here)) return {};
+  return { node: nodes.length === 1 ? nodes[0] : nodes };
 }
 
 document.addEventListener("click", async (event) => {
