@@ -180,6 +180,12 @@ async def test_each_node_lists_everyone_with_their_node_and_kicks_across(
         assert page["total"] == 2 and page["missing"] == []
         assert {n["node"]: n["online"] for n in page["nodes"]} == {node_a: 1, node_b: 1}
 
+    # The watch view's chat of the person on node two, read through node one.
+    await a.chat("hello across")
+    await b.wait_for("chat", timeout=TIMEOUT)
+    chat = await api(one, "GET", f"/sessions/{b.id}/chat", params={"node": node_b})
+    assert chat["partner"] == a.id and [c["text"] for c in chat["chat"]] == ["hello across"]
+
     # Node one's dashboard kicks the person held by node two.
     started = time.monotonic()
     kicked = await api(
