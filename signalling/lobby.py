@@ -20,7 +20,7 @@ from rtc.relay import Relay
 from signalling import protocol as p
 from signalling.limits import AddressLimits, LimitExceeded, LimitSettings, Slot
 from signalling.recent import DEFAULT_WINDOW, RecentPartner, new_pair_id
-from signalling.resume import Resumer, ResumeSettings
+from signalling.resume import HANDOVER_MESSAGES, Resumer, ResumeSettings
 from signalling.session import (
     CLOSE_FLOOD,
     CLOSE_GOING_AWAY,
@@ -393,15 +393,9 @@ class Lobby:
         if new is None:
             return
         old = session.peer
-        if (
-            old is not None
-            and session.state == State.PAIRED
-            and self._local_partner(session) is None
-        ):
-            # The bridge to a partner on another node is built on the old connection
-            # and is not moved: that pair ends (docs/protocol.md, "Resume").
-            await self._go_idle(session, "disconnect")
-            session.send({"type": "partner_left", "reason": "disconnect"})
+        if old is not None and session.partner is not None and session.partner.node != self.node:
+            # The bridge to a partner on another node is built anew on the new connection.
+            await self.relay.bridge.disconnect(old)
         if session.incoming is not new:
             return
         session.incoming = None
@@ -424,12 +418,9 @@ class Lobby:
             return
         partner = self._local_partner(session)
         if partner is None:
-            # A partner on another node: the bridge was built on the old connection
-            # and is not moved; the pair ends (docs/protocol.md, "Resume").
-            await self._go_idle(session, "disconnect")
-            session.send({"type": "partner_left", "reason": "disconnect"})
-            return
-        if session.peer is not None and partner.peer is not None:
+            # A partner on another node (or one that moved there): bridged anew.
+            await self.resumer.rebridge(session)
+        elif session.peer is not None and partner.peer is not None:
             self.relay.pair(session.peer, partner.peer)
         self.resumer.maybe_back(session)
 
@@ -801,7 +792,9 @@ class Lobby:
         """A message for one of this node's sessions, from a session on any node."""
         session = self.sessions.get(to)
         kind = message.get("t")
-        if kind == "propose":
+        if kind in HANDOVER_MESSAGES:
+            self.resumer.on_bus(to, sender, message)  # a session moving between nodes
+        elif kind == "propose":
             if session is None:
                 self.bus.send(sender, SessionRef(to, self.node), {"t": "refuse"})
                 return
