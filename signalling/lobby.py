@@ -433,12 +433,10 @@ class Lobby:
     async def _media_lost(self, session: Session, peer: Peer, why: str) -> None:
         if session.peer is not peer:
             return
-        if (
-            session.state == State.PAIRED
-            and self.resume.grace > 0
-            and self._local_partner(session) is not None
-        ):
-            # Likely a network change: the pair is held while the client sends a new offer.
+        if session.state == State.PAIRED and self.resume.grace > 0:
+            # Likely a network change: the pair is held while the client sends a new offer
+            # (a partner on another node is bridged to the new connection: `_media_back`).
+            await self.relay.bridge.disconnect(peer)
             await self._drop_peer(session)
             self.resumer.hold(session)
             if session.incoming is not None:

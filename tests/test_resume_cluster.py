@@ -69,17 +69,18 @@ async def chat_both_ways(a: ChatClient, b: ChatClient, text: str) -> None:
 
 
 async def move(a: ChatClient, b: ChatClient, to: RelayServer) -> float:
-    """Cut A's socket, resume on `to` with a new media connection there; B keeps A.
-    Answers when the socket was cut."""
+    """Cut A's socket, resume on `to` (another node, or A's own) with a new media
+    connection there; B keeps A. Answers when the socket was cut."""
     cut_at = time.time()
     await a.drop_socket()
     await b.wait_for("partner_reconnecting", timeout=TIMEOUT)
-    token = a.resume_token
+    token, moving = a.resume_token, a.url != to.ws_url
     a.url = to.ws_url
     resumed = await a.resume()
     assert resumed["state"] == "paired" and resumed["id"] == a.id
     # A new node, a new media connection: the page sees media false and offers anew.
-    assert resumed["media"] is False and resumed["resumeToken"] != token
+    assert resumed["media"] is not moving and resumed["resumeToken"] != token
+    # A network change kills the media path too: a new connection (the old closed first).
     await a.negotiate()
     await b.wait_for("partner_back", timeout=TIMEOUT)
     after = time.time()
@@ -110,9 +111,12 @@ async def test_a_resume_on_another_node_moves_the_session_and_keeps_the_partner(
     print(
         f"resume moved ({partner_on}): B's largest gap in A's video {missing} frames, {ms:.0f} ms"
     )
-    # The moved session ends like any other: B is told, and nothing stays anywhere.
+    # The pair moved with the session: A can still block it by its pairId, which ends it.
+    pair_id = next(m for m in a.messages if m["type"] == "matched")["pairId"]
+    await a.send({"type": "block", "pairId": pair_id})
+    assert (await a.wait_for("blocked", timeout=TIMEOUT))["pairId"] == pair_id
+    assert (await b.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "next"
     await a.close()
-    assert (await b.wait_for("partner_left", timeout=TIMEOUT))["reason"] == "disconnect"
     if third is not new:
         await holds_nothing(new)
 
@@ -151,3 +155,34 @@ async def test_a_resume_cannot_move_a_session_off_a_dead_node(nodes, clients) ->
     assert "gone" in refused.value.message["message"]
     # The socket stays open with a visit of its own (the page shows its held-back hello).
     assert a.messages[-2]["type"] == "hello" and a.messages[-2]["id"] != a.id
+
+
+async def test_a_text_only_pair_moves_and_chats_on(nodes, clients) -> None:
+    old, new = nodes("--resume-grace", GRACE), nodes("--resume-grace", GRACE)
+    a, b = ChatClient(old.ws_url, tag=1), ChatClient(new.ws_url, tag=2)
+    clients.extend((a, b))
+    for client in (a, b):
+        await client.connect_signalling()
+        await client.start(mode="text")
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await b.wait_for("matched", timeout=TIMEOUT)
+    await a.drop_socket()
+    await b.wait_for("partner_reconnecting", timeout=TIMEOUT)
+    a.url = new.ws_url
+    resumed = await a.resume()
+    assert resumed["state"] == "paired" and resumed["mode"] == "text"
+    # Nothing to set up: the partner hears partner_back at once, and now shares A's node.
+    await b.wait_for("partner_back", timeout=TIMEOUT)
+    await chat_both_ways(a, b, "text moved")
+    await holds_nothing(old)
+
+
+async def test_a_network_change_on_its_own_node_keeps_a_pair_across_nodes(nodes, clients) -> None:
+    """The socket and the media both die; the resume stays on A's node, and the new media
+    connection there is bridged to B's node anew (it used to end the pair)."""
+    one, two = nodes("--resume-grace", GRACE), nodes("--resume-grace", GRACE)
+    a, b = await paired(one, two, clients)
+    cut_at = await move(a, b, one)
+    await chat_both_ways(a, b, "same node")
+    missing, ms = b.largest_gap(1, cut_at)
+    print(f"network change, pair across nodes: B's largest gap {missing} frames, {ms:.0f} ms")
