@@ -19,7 +19,8 @@ first, and one more event is measured:
 - `moved`: a network change whose resume reaches the other node (a balancer without
   affinity): the session moves there and A's new media connection is made there. A
   goes back and forth, so the pair is a cross-node one after odd rounds and a local one
-  after even rounds. `network_change` is then measured wherever A is at the time.
+  after even rounds. Every event but `baseline` is reported by the kind of pair it
+  leaves, "(across nodes)" or "(same node)".
 """
 
 from __future__ import annotations
@@ -108,10 +109,15 @@ async def measure(
                 }
                 if cluster:
                     events["moved"] = moved
-                gaps: dict[str, list[dict[str, float]]] = {name: [] for name in events}
+                gaps: dict[str, list[dict[str, float]]] = {}
                 for _ in range(rounds):
                     for name, event in events.items():
-                        gaps[name].append(await _gap(a, b, event, settle))
+                        gap = await _gap(a, b, event, settle)
+                        if cluster and name != "baseline":
+                            # B stays on the first node: is the pair (now) across nodes?
+                            across = a.url != servers[0].ws_url
+                            name += " (across nodes)" if across else " (same node)"
+                        gaps.setdefault(name, []).append(gap)
                 partner_left = [m for m in a.messages + b.messages if m["type"] == "partner_left"]
         finally:
             for server in servers:

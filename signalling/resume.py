@@ -23,6 +23,7 @@ import hmac
 import logging
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -109,6 +110,9 @@ class Resumer:
         self.resumes = 0
         # Resumes waiting for another node's answer to their claim, by the new socket's id.
         self._claims: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Sessions whose `rebridge` awaits the partner's `rebridged` (weak: one that ends
+        # meanwhile leaves no trace).
+        self._rebridging: weakref.WeakSet[Session] = weakref.WeakSet()
 
     async def disconnected(self, session: Session, ws: web.WebSocketResponse) -> None:
         """`ws`, which carried `session`, has closed: hold the session for a resume, or end it.
@@ -345,13 +349,15 @@ class Resumer:
                     f"rebridge {session.id}",
                 )
             elif kind == "rebridged" and session.partner == sender and session.peer is not None:
+                if session not in self._rebridging:
+                    return  # ours was given up for the partner's (see _rebridged)
+                self._rebridging.discard(session)
                 media = message.get("media")
-                self.lobby._spawn(
-                    self.lobby.relay.bridge.connect(
-                        session.peer, media if isinstance(media, dict) else {}
-                    ),
-                    f"bridge {session.id}",
-                )
+                if isinstance(media, dict) and media:  # empty: the partner is away itself
+                    self.lobby._spawn(
+                        self.lobby.relay.bridge.connect(session.peer, media),
+                        f"bridge {session.id}",
+                    )
 
     def _on_claim(self, to: str, claimant: SessionRef, secret: str) -> None:
         """Another node has this session's token: check it, then let the session go there.
@@ -460,6 +466,7 @@ class Resumer:
         if session.partner != partner or session.peer is not peer:
             await lobby.relay.bridge.disconnect(peer)
             return
+        self._rebridging.add(session)
         lobby.bus.send(partner, session.ref, {"t": "rebridge", "media": media})
 
     async def _rebridged(self, session: Session, media: dict[str, Any]) -> None:
@@ -468,13 +475,24 @@ class Resumer:
         partner, peer = session.partner, session.peer
         if partner is None:
             return
-        mine: dict[str, Any] = {}
-        if peer is not None:  # away itself: its own rebridge follows its new media
+        if peer is None:
+            # Away itself: its own rebridge follows its new media. Answered all the same,
+            # so the partner is not left waiting for an answer that would win a tie.
+            lobby.bus.send(partner, session.ref, {"t": "rebridged", "media": {}})
+            return
+        if session in self._rebridging:
+            # Both sides' media came back at once and each offered: one offer is answered,
+            # the same one on both nodes (the side with the smaller session id's).
+            if session.id < partner.id:
+                return
+            self._rebridging.discard(session)
+        await lobby.relay.bridge.disconnect(peer)
+        mine = await lobby.relay.bridge.offer_streams(peer)
+        if session.partner != partner or session.peer is not peer:
             await lobby.relay.bridge.disconnect(peer)
-            mine = await lobby.relay.bridge.offer_streams(peer)
+            return
         lobby.bus.send(partner, session.ref, {"t": "rebridged", "media": mine})
-        if peer is not None:
-            await lobby.relay.bridge.connect(peer, media)
+        await lobby.relay.bridge.connect(peer, media)
 
 
 def _refused() -> p.ProtocolError:

@@ -186,3 +186,16 @@ async def test_a_network_change_on_its_own_node_keeps_a_pair_across_nodes(nodes,
     await chat_both_ways(a, b, "same node")
     missing, ms = b.largest_gap(1, cut_at)
     print(f"network change, pair across nodes: B's largest gap {missing} frames, {ms:.0f} ms")
+
+
+async def test_both_sides_of_a_pair_across_nodes_replace_their_media_at_once(
+    nodes, clients
+) -> None:
+    """Each node offers the other a new bridge at the same moment; one offer is taken."""
+    one, two = nodes("--resume-grace", GRACE), nodes("--resume-grace", GRACE)
+    a, b = await paired(one, two, clients)
+    await asyncio.gather(a.negotiate(keep_old=True), b.negotiate(keep_old=True))
+    after = time.time()
+    await b.wait_frames(tag=1, count=15, after=after, timeout=TIMEOUT)
+    await a.wait_frames(tag=2, count=15, after=after, timeout=TIMEOUT)
+    assert not [m for m in a.messages + b.messages if m["type"] == "partner_left"]
