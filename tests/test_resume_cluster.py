@@ -199,3 +199,23 @@ async def test_both_sides_of_a_pair_across_nodes_replace_their_media_at_once(
     await b.wait_frames(tag=1, count=15, after=after, timeout=TIMEOUT)
     await a.wait_frames(tag=2, count=15, after=after, timeout=TIMEOUT)
     assert not [m for m in a.messages + b.messages if m["type"] == "partner_left"]
+
+
+async def test_a_waiting_visitor_moves_and_is_matched_from_the_new_node(nodes, clients) -> None:
+    old, new = nodes("--resume-grace", GRACE), nodes("--resume-grace", GRACE)
+    a = await connected(old, clients, 1)
+    await a.start(["chess"])
+    await a.wait_for("waiting", timeout=TIMEOUT)
+    await a.drop_socket()
+    a.url = new.ws_url
+    resumed = await a.resume()
+    assert resumed["state"] == "waiting" and resumed["interests"] == ["chess"]
+    await a.negotiate()
+    # Queued again from its new node once its media is up; a newcomer on the old one meets it.
+    c = await connected(old, clients, 3)
+    await c.start(["chess"])
+    assert (await c.wait_for("matched", timeout=TIMEOUT))["interests"] == ["chess"]
+    await a.wait_for("matched", timeout=TIMEOUT)
+    await c.wait_frames(tag=1, count=5, timeout=TIMEOUT)
+    await a.wait_frames(tag=3, count=5, timeout=TIMEOUT)
+    assert metric(old, "relay_users_connected") == 1  # only C
