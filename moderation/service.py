@@ -37,6 +37,7 @@ from moderation.analyzers import (
 )
 from moderation.auth import Moderators
 from moderation.ban_terms import BanScope, BanTermError
+from moderation.channel import LocalChannel, ModerationChannel
 from moderation.events import EventHub
 from moderation.pseudonyms import Pseudonyms
 from moderation.recorder import (
@@ -98,6 +99,17 @@ class ModerationSettings:
     nudity_threshold: float = 0.5
     nudity_rate: float = 4.0
     nudity_blur: bool = False
+
+
+@dataclass
+class BanMade:
+    """A stored ban and what it did now: visits ended, and nodes it could not reach."""
+
+    ban: Ban
+    ended: int = 0
+    # Node -> why it was not reached (its visits the ban covers go on until they
+    # reconnect, when they are refused).
+    missed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -197,8 +209,14 @@ class Moderation:
         store: ModerationStoreProtocol,
         moderators: Moderators,
         settings: ModerationSettings,
+        channel: ModerationChannel | None = None,
     ) -> None:
         self.lobby = lobby
+        # How a request reaches the node holding a session (moderation/channel.py).
+        self.channel: ModerationChannel = channel or LocalChannel(lobby.node)
+        self.channel.handle("enforce", self._enforce_here)
+        self.channel.handle("presence", self._presence_here)
+        self.channel.on_notice(self._on_notice)
         self.store = store
         self.moderators = moderators
         self.settings = settings
@@ -349,8 +367,9 @@ class Moderation:
         return analyzers
 
     def _publish_session_changes(self) -> None:
-        """Tell listening dashboards when anyone arrived, left, or changed pair."""
-        if not len(self.events):
+        """Tell listening dashboards, here and on the other nodes (whose dashboards list
+        this node's people too), when anyone arrived, left, or changed pair."""
+        if not len(self.events) and isinstance(self.channel, LocalChannel):
             return
         seen = hash(
             frozenset(
@@ -368,6 +387,12 @@ class Moderation:
         )
         if seen != self._sessions_seen:
             self._sessions_seen = seen
+            self.events.publish("sessions")
+            self.channel.notify("sessions")
+
+    def _on_notice(self, name: str) -> None:
+        """Another node's sessions changed: dashboards here list them too."""
+        if name == "sessions":
             self.events.publish("sessions")
 
     def _on_pair_end(self, session: Session, pair: RecentPartner) -> None:
@@ -744,8 +769,8 @@ class Moderation:
         seconds: float | None,
         reason: str,
         report_id: int | None = None,
-    ) -> Ban:
-        """Store a ban and end every visit it reaches now (here: this node's)."""
+    ) -> BanMade:
+        """Store a ban and end every visit it reaches now, on every node."""
         expires = None if seconds is None else time.time() + seconds
         ban = await asyncio.to_thread(
             lambda: self.store.add_ban(
@@ -760,11 +785,23 @@ class Moderation:
             )
         )
         self.events.publish("queue")
+        # Every node ends the visits it holds that the ban covers (this one included).
+        answers, missed = await self.channel.call_all("enforce", {"ban": ban_json(ban)})
+        ended = sum(int(a.get("ended", 0)) for a in answers.values())
+        if missed:
+            logger.warning("ban %d did not reach %s", ban.id, missed)
+        return BanMade(ban, ended, missed)
+
+    async def _enforce_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A ban made on any node: end the visits of this node it covers."""
+        ban = ban_from_json(args["ban"])
         refusal = self.refusal(ban)
+        ended = 0
         for session in list(self.lobby.sessions.values()):
             if _reaches(ban, session):
                 self.lobby.kick(session.id, refusal["message"], code="banned", **_extra(refusal))
-        return ban
+                ended += 1
+        return {"ended": ended}
 
     async def ban_from_report(
         self,
@@ -774,7 +811,7 @@ class Moderation:
         scope: BanScope,
         seconds: float | None,
         reason: str,
-    ) -> Ban:
+    ) -> BanMade:
         """Ban the person a report is about, from what the report kept (they may be gone);
         the report is resolved as `banned` in the same step."""
         report = await asyncio.to_thread(self.store.report, report_id)
@@ -798,12 +835,6 @@ class Moderation:
             report_id=report_id,
         )
 
-    def online_at_address(self, address: str | None) -> int:
-        """How many people online now share this address key (before an address ban)."""
-        if address is None:
-            return 0
-        return sum(1 for s in self.lobby.sessions.values() if s.address == address)
-
     async def queue(self, *, limit: int = 200) -> list[dict[str, Any]]:
         """Open reports, most urgent first, with what deciding on each needs."""
         open_reports = await asyncio.to_thread(
@@ -811,21 +842,51 @@ class Moderation:
         )
         since = time.time() - queue.DAY
         reporters = await asyncio.to_thread(self.store.reporters_since, since)
-        online = {s.person for s in self.lobby.sessions.values() if s.person is not None}
-        online |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        # Who of them is online, flagged now, and how many share their address: on any node.
+        answers, _ = await self.channel.call_all(
+            "presence",
+            {
+                "subjects": sorted({r.subject for r in open_reports}),
+                "addresses": sorted({a for r in open_reports if (a := r.reported_address)}),
+            },
+        )
+        online: set[str] = set()
+        flagged: set[str] = set()
+        sharing: dict[str, int] = {}
+        for answer in answers.values():
+            online.update(answer["online"])
+            flagged.update(answer["flagged"])
+            for address, count in answer["sharing"].items():
+                sharing[address] = sharing.get(address, 0) + int(count)
         out = []
-        flagged = self.flagged_subjects()
         for report in queue.order(open_reports, reporters, flagged)[:limit]:
+            address = report.reported_address
             out.append(
                 report_json(report)
                 | {
                     "reporters24h": reporters.get(report.subject, 1),
                     "flaggedNow": report.subject in flagged,
                     "online": report.subject in online,
-                    "sharingAddress": self.online_at_address(report.reported_address),
+                    "sharingAddress": sharing.get(address, 0) if address else 0,
                 }
             )
         return out
+
+    async def _presence_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Which of these report subjects are online on this node, which are flagged
+        now, and how many here are at each of these addresses (for the queue)."""
+        here = {s.person for s in self.lobby.sessions.values() if s.person is not None}
+        here |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        wanted = {str(a) for a in args.get("addresses") or ()}
+        sharing: dict[str, int] = {}
+        for session in self.lobby.sessions.values():
+            if session.address in wanted:
+                sharing[session.address] = sharing.get(session.address, 0) + 1
+        return {
+            "online": sorted(here.intersection(str(x) for x in args.get("subjects") or ())),
+            "flagged": sorted(self.flagged_subjects()),
+            "sharing": sharing,
+        }
 
     def flagged_subjects(self) -> set[str]:
         """Report subjects of the people the nudity analyzer flags now (or holds)."""
@@ -843,45 +904,6 @@ class Moderation:
             "reports": [report_json(r) for r in reports],
             "bans": [ban_json(b) for b in bans],
         }
-
-    # -- the live view -----------------------------------------------------
-
-    async def live_view(self) -> list[dict[str, Any]]:
-        reports = await asyncio.to_thread(
-            self.store.reports, status=ReportStatus.OPEN, limit=10_000
-        )
-        open_reports: dict[str, int] = {}
-        for report in reports:
-            open_reports[report.reported_id] = open_reports.get(report.reported_id, 0) + 1
-        loop_now = asyncio.get_running_loop().time()
-        out: list[dict[str, Any]] = []
-        for session in self.lobby.sessions.values():
-            followed = self.followed.get(session.id)
-            out.append(
-                {
-                    "id": session.id,
-                    "state": session.state.value,
-                    "partner": session.partner.id if session.partner is not None else None,
-                    "onlineSeconds": round(loop_now - session.connected_at, 1),
-                    "interests": list(session.interests),
-                    "identity": session.identity,
-                    "ip": session.ip,
-                    "media": session.media_ready,
-                    "openReports": open_reports.get(session.id, 0),
-                    "flags": [
-                        {"name": f.name, "detail": f.detail, "score": f.score}
-                        for f in (followed.flags if followed else [])
-                    ],
-                    # The flag that holds their video back from partners (--nudity-blur).
-                    "held": None
-                    if followed is None or followed.held is None
-                    else {"name": followed.held.name, "detail": followed.held.detail},
-                    "thumbnailAt": followed.thumbnail_at if followed else None,
-                    "recording": bool(followed and followed.recording),
-                }
-            )
-        out.sort(key=lambda s: float(s["onlineSeconds"]), reverse=True)
-        return out
 
 
 class FlagCollector:
@@ -947,6 +969,22 @@ def ban_json(ban: Ban) -> dict[str, Any]:
         "expiresAt": ban_until(ban),
         "createdBy": ban.created_by,
     }
+
+
+def ban_from_json(data: dict[str, Any]) -> Ban:
+    """The Ban `ban_json` described (a ban made on another node, to enforce here)."""
+    expires = data.get("expiresAt")
+    return Ban(
+        id=int(data["id"]),
+        identity=data.get("identity"),
+        ip=data.get("ip"),
+        reason=str(data["reason"]),
+        created_at=float(data["createdAt"]),
+        expires_at=None if expires is None else float(expires),
+        created_by=str(data["createdBy"]),
+        person=data.get("person"),
+        address=data.get("address"),
+    )
 
 
 def report_json(report: Report) -> dict[str, Any]:
