@@ -23,7 +23,10 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, setup_routes
+from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
+from moderation.live import LiveSessions
+from moderation.remote import RemoteFeedCollector, RemoteMedia
+from moderation.routes import LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
@@ -198,6 +201,9 @@ async def _open_media(settings: Settings, hosts: host_addresses.HostAddresses) -
 async def _moderation_metrics(app: web.Application) -> None:
     # After setup_metrics' own on_startup handler has made the registry.
     app[METRICS].registry.register(FlagCollector(app[MODERATION]))
+    remote = app[MODERATION].remote
+    if remote is not None:
+        app[METRICS].registry.register(RemoteFeedCollector(remote))
 
 
 def _ice_servers(settings: Settings) -> IceServers:
@@ -215,8 +221,16 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Blocking (connecting, migrating): off the event loop like every store call.
     store = await asyncio.to_thread(open_store, settings.db)
+    lobby = app[LOBBY]
+    # In a cluster a moderator's request reaches the node holding the session over Redis.
+    channel: ModerationChannel = (
+        RedisChannel(app[REDIS], lobby.node, lobby.registry)
+        if REDIS in app and lobby.registry is not None
+        else LocalChannel(lobby.node)
+    )
+    await channel.start()
     moderation = Moderation(
-        app[LOBBY],
+        lobby,
         store,
         app[auth.MODERATORS],
         ModerationSettings(
@@ -232,14 +246,25 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             nudity_rate=settings.nudity_rate,
             nudity_blur=settings.nudity_blur,
         ),
+        channel,
     )
     await moderation.start()
     app[MODERATION] = moderation
+    app[LIVE] = LiveSessions(moderation)
+    # Watching and recording people held by other nodes: their media through the pipe,
+    # negotiated on a bus of its own on Redis (moderation/remote.py).
+    remote_bus = (
+        RedisBus(app[REDIS], lobby.node, key_prefix="rr:moderation") if REDIS in app else None
+    )
+    moderation.remote = RemoteMedia(lobby, remote_bus)
+    await moderation.remote.start()
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)
     yield
     throttle.audit = None
+    await moderation.remote.close()
     await moderation.close()
+    await channel.close()
 
 
 def _audit_logins(store: ModerationStoreProtocol) -> LoginThrottleAudit:

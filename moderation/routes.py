@@ -8,6 +8,7 @@ name is in ``request[MODERATOR]``. Every action is written to the audit log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any
@@ -16,22 +17,27 @@ from aiohttp import web
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
+from moderation.channel import ChannelError
 from moderation.events import CLOSED
+from moderation.live import LiveSessions, SessionQuery
 from moderation.recorder import PARTS, extract_part
-from moderation.service import Moderation, ban_json, report_json
+from moderation.remote import RemoteFeedError, RemoteMedia
+from moderation.service import BanMade, Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
-from rtc.peer import Peer, PeerError
-from rtc.watcher import Watcher
+from rtc.peer import PeerError
+from rtc.watcher import Watched, Watcher
 
 logger = logging.getLogger(__name__)
 
 MODERATION = web.AppKey("moderation", Moderation)
+LIVE = web.AppKey("live", LiveSessions)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
+DASHBOARD_FILES = frozenset(
+    ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js", "live.js")
+)
 
 MAX_REASON = 500
-# Chat lines the watch view shows.
-LIVE_CHAT_LINES = 100
 # Seconds between keep-alive comments on the dashboard's event stream.
 HEARTBEAT = 15.0
 # Report decisions a moderator can resolve with (a ban resolves as "banned" itself).
@@ -90,6 +96,21 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _node(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
+    """The `node` a request names (body or query): where the session it acts on lives."""
+    node = (body or {}).get("node", request.query.get("node"))
+    if node is None or node == "":
+        return None
+    if not isinstance(node, str) or len(node) > 200:
+        raise web.HTTPBadRequest(text="node: the node id the sessions list gave")
+    return node
+
+
+def _failed(exc: ChannelError) -> web.Response:
+    """A request another node refused, or could not be asked: its status and its words."""
+    return web.Response(status=exc.status, text=exc.message)
+
+
 def _session_ids(body: dict[str, Any]) -> list[str]:
     ids = body.get("sessionIds")
     if (
@@ -99,6 +120,41 @@ def _session_ids(body: dict[str, Any]) -> list[str]:
     ):
         raise web.HTTPBadRequest(text="sessionIds: a list of one or two session ids")
     return ids
+
+
+def _nodes(body: dict[str, Any], ids: list[str], here: str) -> list[str | None]:
+    """Per session id, the node holding it when that is another node (None: this one).
+
+    `node` is one node id for every id, or a list of one per id (a pair across nodes);
+    absent, every id is on this node.
+    """
+    node = body.get("node")
+    nodes = node if isinstance(node, list) else [node] * len(ids)
+    if len(nodes) != len(ids) or not all(
+        n is None or (isinstance(n, str) and 0 < len(n) <= 200) for n in nodes
+    ):
+        raise web.HTTPBadRequest(
+            text="node: the id of the node holding the session (a string), or one per session"
+        )
+    return [None if n == here else n for n in nodes]
+
+
+def _remote(request: web.Request) -> RemoteMedia:
+    remote = request.app[MODERATION].remote
+    if remote is None:
+        raise web.HTTPNotFound(text="this server is not part of a cluster")
+    return remote
+
+
+def _refused(exc: RemoteFeedError) -> web.HTTPException:
+    """The answer for a person on another node who cannot be reached; says why."""
+    if exc.code == "timeout":
+        return web.HTTPGatewayTimeout(text=exc.message)
+    if exc.code == "busy":
+        return web.HTTPServiceUnavailable(text=exc.message)
+    if exc.code in ("bad_request", "bad_answer"):
+        return web.HTTPBadGateway(text=exc.message)
+    return web.HTTPNotFound(text=exc.message)  # no such node, session or media
 
 
 # -- pages ---------------------------------------------------------------
@@ -116,7 +172,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js"):
+    if name not in DASHBOARD_FILES:
         raise web.HTTPNotFound()
     path = os.path.join(request.app[DASHBOARD_DIR], name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
@@ -126,14 +182,20 @@ async def dashboard_file(request: web.Request) -> web.StreamResponse:
 
 
 async def sessions(request: web.Request) -> web.Response:
-    moderation = request.app[MODERATION]
+    """A page of everyone online on every node (moderation/live.py), and who is watched."""
+    try:
+        query = SessionQuery.parse(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
     watchers = request.app[WATCHERS]
     for watch_id, watcher in list(watchers.items()):
         if watcher.closed:  # its connection failed or closed
             del watchers[watch_id]
+    page = await request.app[LIVE].page(query)
     return web.json_response(
-        {
-            "sessions": await moderation.live_view(),
+        page
+        | {
+            "node": request.app[LIVE].node,
             "watching": [
                 {"id": w.id, "sessionIds": w.watched, "moderator": w.moderator}
                 for w in watchers.values()
@@ -143,48 +205,66 @@ async def sessions(request: web.Request) -> web.Response:
 
 
 async def thumbnail(request: web.Request) -> web.Response:
-    followed = request.app[MODERATION].followed.get(request.match_info["id"])
-    if followed is None or followed.thumbnail is None:
-        raise web.HTTPNotFound()
-    return web.Response(
-        body=followed.thumbnail, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
-    )
+    session_id = request.match_info["id"]
+    node = _node(request)
+    live = request.app[LIVE]
+    if node is not None and node != live.node:
+        try:
+            jpeg = await live.thumbnail(node, session_id)
+        except ChannelError as exc:
+            return _failed(exc)
+    else:
+        followed = request.app[MODERATION].followed.get(session_id)
+        if followed is None or followed.thumbnail is None:
+            raise web.HTTPNotFound()
+        jpeg = followed.thumbnail
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 async def live_chat(request: web.Request) -> web.Response:
-    """The current pair's chat of a session on this node (the watch view shows it live)."""
-    session = request.app[MODERATION].lobby.sessions.get(request.match_info["id"])
-    if session is None:
-        raise web.HTTPNotFound(text="no such session")
-    lines = list(session.transcript)[-LIVE_CHAT_LINES:]
-    return web.json_response(
-        {
-            "partner": session.partner.id if session.partner else None,
-            "chat": [{"at": at, "sender": sender, "text": text} for at, sender, text in lines],
-        }
-    )
+    """The current pair's chat of a session on any node (`?node=`; the watch view shows it)."""
+    live = request.app[LIVE]
+    try:
+        chat = await live.chat(_node(request) or live.node, request.match_info["id"])
+    except ChannelError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(text="no such session") from None
+        return _failed(exc)
+    return web.json_response(chat)
 
 
 # -- kick and ban ------------------------------------------------------------
 
 
 async def kick(request: web.Request) -> web.Response:
+    """End a visit on whichever node holds it (`node` from the sessions list, or found)."""
     session_id = request.match_info["id"]
     body = await _json(request)
     message = str(body.get("message") or "a moderator ended your session")[:MAX_REASON]
-    if not request.app[MODERATION].lobby.kick(session_id, message):
-        raise web.HTTPNotFound(text="no such session")
-    await _audit(request, "kick", f"session:{session_id}", message)
-    return web.json_response({"kicked": session_id})
+    live = request.app[LIVE]
+    try:
+        node = await live.locate(session_id, _node(request, body))
+        await live.kick(node, session_id, message)
+    except ChannelError as exc:
+        return _failed(exc)
+    await _audit(request, "kick", f"session:{session_id}", f"{message} (node {node})")
+    return web.json_response({"kicked": session_id, "node": node})
 
 
 async def release(request: web.Request) -> web.Response:
     """A moderator looked at a stream held back by --nudity-blur: partners see it again."""
     session_id = request.match_info["id"]
-    if not request.app[MODERATION].release(session_id):
-        raise web.HTTPNotFound(text="no such session with held video")
-    await _audit(request, "release", f"session:{session_id}")
-    return web.json_response({"released": session_id})
+    body = await _json(request) if request.can_read_body else {}
+    live = request.app[LIVE]
+    try:
+        node = await live.locate(session_id, _node(request, body))
+        await live.release(node, session_id)
+    except ChannelError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(text="no such session with held video") from None
+        return _failed(exc)
+    await _audit(request, "release", f"session:{session_id}", f"node {node}")
+    return web.json_response({"released": session_id, "node": node})
 
 
 async def bans(request: web.Request) -> web.Response:
@@ -217,16 +297,22 @@ async def ban(request: web.Request) -> web.Response:
     identity, ip = body.get("identity"), body.get("ip")
     person = address = None
     if isinstance(body.get("sessionId"), str):
-        session = moderation.lobby.sessions.get(body["sessionId"])
-        if session is None:
-            raise web.HTTPNotFound(text="no such session")
+        # What the ban keeps comes from the node holding the session, wherever it is.
+        live = request.app[LIVE]
+        try:
+            node = await live.locate(body["sessionId"], _node(request, body))
+            session = await live.describe(node, body["sessionId"])
+        except ChannelError as exc:
+            if exc.status == 404:
+                raise web.HTTPNotFound(text="no such session") from None
+            return _failed(exc)
         try:
             scope = parse_scope(body.get("scope"))
         except BanTermError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        identity = session.identity if scope.by_identity else None
-        ip = session.ip if scope.by_address else None
-        person = session.person if scope.by_identity else None
+        identity = session["identity"] if scope.by_identity else None
+        ip = session["ip"] if scope.by_address else None
+        person = session["person"] if scope.by_identity else None
         # A scope names what the ban must hold; a ban that quietly covers less than asked
         # (say "identity+address" stored without the address) would let them back in.
         if scope.by_identity and identity is None:
@@ -252,7 +338,15 @@ async def ban(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    return web.json_response(ban_json(made))
+    return web.json_response(_made_json(made))
+
+
+def _made_json(made: BanMade) -> dict[str, Any]:
+    """The ban, how many live visits it ended, and the nodes it could not reach (why)."""
+    return ban_json(made.ban) | {
+        "ended": made.ended,
+        "missed": [{"node": node, "error": error} for node, error in sorted(made.missed.items())],
+    }
 
 
 async def lift_ban(request: web.Request) -> web.Response:
@@ -344,7 +438,7 @@ async def ban_from_report(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such report") from None
     except BanTermError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    return web.json_response(ban_json(made))
+    return web.json_response(_made_json(made))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -402,26 +496,42 @@ async def recordings(request: web.Request) -> web.Response:
 
 
 async def start_recording(request: web.Request) -> web.Response:
+    """Record `sessionIds`; a person on another node (`node`) is recorded into a file here."""
     moderation = request.app[MODERATION]
+    body = await _json(request)
+    ids = _session_ids(body)
     started = []
-    for session_id in _session_ids(await _json(request)):
+    for session_id, node in zip(ids, _nodes(body, ids, moderation.lobby.node), strict=True):
         try:
-            recording = moderation.start_recording(session_id, _who(request))
+            if node is None:
+                recording = moderation.start_recording(session_id, _who(request))
+            else:
+                recording = await _remote(request).record(
+                    node, session_id, _who(request), moderation.recordings_dir
+                )
         except KeyError:
             raise web.HTTPNotFound(text=f"no media from session {session_id}") from None
+        except RemoteFeedError as exc:
+            raise _refused(exc) from None
         except ValueError as exc:
             raise web.HTTPConflict(text=str(exc)) from None
         name = recording.recorder.path.name
-        await _audit(request, "record", f"session:{session_id}", name)
+        target = f"session:{session_id}" + (f"@{node}" if node else "")
+        await _audit(request, "record", target, name)
         started.append({"sessionId": session_id, "name": name})
     return web.json_response({"recording": started})
 
 
 async def stop_recording(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
+    body = await _json(request)
+    ids = _session_ids(body)
     stopped = []
-    for session_id in _session_ids(await _json(request)):
-        path = await asyncio.to_thread(moderation.stop_recording, session_id)
+    for session_id, node in zip(ids, _nodes(body, ids, moderation.lobby.node), strict=True):
+        if node is None:
+            path = await asyncio.to_thread(moderation.stop_recording, session_id)
+        else:
+            path = await _remote(request).stop_recording(node, session_id)
         name = path.name if path is not None else None
         await _audit(request, "stop_recording", f"session:{session_id}", name or "")
         stopped.append({"sessionId": session_id, "name": name})
@@ -459,19 +569,32 @@ async def watch(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
     body = await _json(request)
     ids = _session_ids(body)
+    nodes = _nodes(body, ids, moderation.lobby.node)
     sdp = body.get("sdp")
     if not isinstance(sdp, str):
         raise web.HTTPBadRequest(text="sdp: the offer")
-    peers: list[Peer] = []
-    for session_id in ids:
-        session = moderation.lobby.sessions.get(session_id)
-        if session is None or session.peer is None:
+    watched: list[Watched] = []
+    for session_id, node in zip(ids, nodes, strict=True):
+        session = moderation.lobby.sessions.get(session_id) if node is None else None
+        if node is None and (session is None or session.peer is None):
             raise web.HTTPNotFound(text=f"no media from session {session_id}")
-        peers.append(session.peer)
+        if session is not None and session.peer is not None:
+            watched.append(session.peer)
     # Gathered like the users' own connections: same ICE servers, same addresses.
     watcher = Watcher(_who(request), moderation.lobby.relay.settings)
     try:
-        answer = await watcher.answer(sdp, peers)
+        for index, (session_id, node) in enumerate(zip(ids, nodes, strict=True)):
+            if node is not None:
+                # Someone on another node: their media comes here through the pipe,
+                # until the watcher closes (however it closes).
+                remote = _remote(request)
+                feed = await remote.open(node, session_id, "watch")
+                watcher.on_close(functools.partial(remote.release, feed))
+                watched.insert(index, feed)
+        answer = await watcher.answer(sdp, watched)
+    except RemoteFeedError as exc:
+        await watcher.close()
+        raise _refused(exc) from None
     except PeerError as exc:
         await watcher.close()
         raise web.HTTPBadRequest(text=exc.message) from None
@@ -479,7 +602,8 @@ async def watch(request: web.Request) -> web.Response:
         await watcher.close()
         raise
     request.app[WATCHERS][watcher.id] = watcher
-    await _audit(request, "watch", ",".join(f"session:{i}" for i in ids), watcher.id)
+    targets = (f"session:{i}" + (f"@{n}" if n else "") for i, n in zip(ids, nodes, strict=True))
+    await _audit(request, "watch", ",".join(targets), watcher.id)
     logger.info("%r started", watcher)
     return web.json_response({"watchId": watcher.id, "sdp": answer})
 

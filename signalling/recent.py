@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -75,6 +76,10 @@ class RecentPartners:
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+    def __iter__(self) -> Iterator[RecentPartner]:
+        """Oldest first, including pairs past the window not yet pushed out."""
+        return iter(self._pairs)
 
     def add(self, partner: RecentPartner) -> None:
         self._pairs.append(partner)
