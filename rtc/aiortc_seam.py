@@ -33,7 +33,7 @@ import queue
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pylibsrtp
 from aioice import Candidate, Connection, stun
@@ -62,7 +62,10 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 
-from rtc import mux, rtp
+from rtc import mux, packet_path, rtp
+
+if TYPE_CHECKING:
+    from rtc._fastpath import HeaderWriter, SrtpContext
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,10 @@ _NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
 _PROTOCOLS = "_protocols"  # aioice.Connection: one StunProtocol per local socket
 _GATHERING_STARTED = "_local_candidates_start"  # aioice.Connection
 _DTLS_STATE = "_state"
+# What aiortc's `_setup_srtp` derives the SRTP keys from (see `srtp_key_material`).
+_DTLS_SSL = "_ssl"
+_DTLS_ROLE = "_role"
+_DTLS_SRTP_PROFILES = "_srtp_profiles"
 _RX_SRTP = "_rx_srtp"
 _TX_SRTP = "_tx_srtp"
 _ROUTER = "_rtp_router"
@@ -323,6 +330,48 @@ def _send_datagram(connection: Any, data: bytes) -> bool:
     return True
 
 
+def srtp_key_material(dtls: RTCDtlsTransport) -> tuple[int, bytes, bytes] | None:
+    """(libsrtp profile number, our key+salt, the remote's key+salt) of a connected transport.
+
+    The same derivation as aiortc's private `RTCDtlsTransport._setup_srtp`
+    (RFC 5764 section 4.2: the DTLS exporter, client's key first), which builds
+    its pylibsrtp sessions from it and keeps the keys to itself. The native
+    packet path (rtc/_fastpath.c) needs them for its own SRTP contexts. None
+    before the handshake has finished.
+    """
+    for name in (_DTLS_SSL, _DTLS_ROLE, _DTLS_SRTP_PROFILES):
+        _require(dtls, name)
+    if getattr(dtls, _RX_SRTP) is None:
+        return None
+    ssl = getattr(dtls, _DTLS_SSL)
+    selected = ssl.get_selected_srtp_profile()
+    for profile in getattr(dtls, _DTLS_SRTP_PROFILES):
+        for name in ("openssl_profile", "libsrtp_profile", "key_length", "salt_length"):
+            _require(profile, name)
+        if profile.openssl_profile == selected:
+            break
+    else:
+        return None
+    material = ssl.export_keying_material(
+        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length)
+    )
+    client = profile.get_key_and_salt(material, 0)
+    server = profile.get_key_and_salt(material, 1)
+    ours, theirs = (server, client) if getattr(dtls, _DTLS_ROLE) == "server" else (client, server)
+    return int(profile.libsrtp_profile), ours, theirs
+
+
+def _native_srtp(dtls: RTCDtlsTransport, outbound: bool) -> SrtpContext | None:
+    """A native SRTP context for one direction of `dtls`, if the native path is on."""
+    if not packet_path.enabled():
+        return None
+    keys = srtp_key_material(dtls)
+    if keys is None:
+        return None
+    profile, ours, theirs = keys
+    return packet_path.srtp_context(profile, ours if outbound else theirs, outbound)
+
+
 def _is_rtp(data: bytes) -> bool:
     """RTP rather than RTCP, DTLS or STUN (RFC 7983; RTCP has payload types 192-208)."""
     return len(data) >= 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208
@@ -422,6 +471,11 @@ class _Inbound:
         self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
         self._streams: dict[int, _InboundStream] = {}
         self._abs_send_time_id: int | None = None
+        # The native path's decryption (rtc/_fastpath.c), made from the same keys
+        # as the pylibsrtp session it stands in for, and remade if that changes.
+        self._native = packet_path.enabled()
+        self._native_rx: SrtpContext | None = None
+        self._native_for: pylibsrtp.Session | None = None
         self.unreadable = 0
         self.ignored = 0
 
@@ -448,11 +502,26 @@ class _Inbound:
             self._pass_on(data, component)
 
     def _receive(self, srtp: pylibsrtp.Session, data: bytes) -> None:
+        if self._native:
+            if srtp is not self._native_for:
+                self._native_for = srtp
+                self._native_rx = _native_srtp(self._dtls, outbound=False)
+            native = self._native_rx
+            if native is not None:
+                plain = native.unprotect(data)
+                if plain is None:
+                    self.unreadable += 1
+                    return
+                self._forward(plain)
+                return
         try:
             plain = srtp.unprotect(data)
         except pylibsrtp.Error:
             self.unreadable += 1
             return
+        self._forward(plain)
+
+    def _forward(self, plain: bytes) -> None:
         view = rtp.parse(plain, self._abs_send_time_id)
         if view is None:
             self.unreadable += 1
@@ -592,9 +661,14 @@ class PacketSender:
         self.retransmitted = 0
         self._rtx_sequence_number = random.getrandbits(16)
         self._rtx_payload_type: int | None = None
-        self._history: list[tuple[int, int, bool, bytes] | None] = [None] * SEND_HISTORY
+        # (sequence number, timestamp, marker, payload, VP8 picture id or -1)
+        self._history: list[tuple[int, int, bool, bytes, int] | None] = [None] * SEND_HISTORY
         self._writer: rtp.HeaderWriter | None = None
         self._rtx_writer: rtp.HeaderWriter | None = None
+        # The native path: header writing and SRTP in one C call per packet.
+        self._native_tx: SrtpContext | None = None
+        self._native_writer: HeaderWriter | None = None
+        self._native_rtx_writer: HeaderWriter | None = None
         self._dtls: RTCDtlsTransport | None = None
         self._connection: Any = None
         setattr(sender, _RUN_RTP, self._run)
@@ -620,6 +694,14 @@ class PacketSender:
         )
         self._rtx_payload_type = state[_SENDER_RTX_PT]
         self._dtls = self._sender.transport
+        self._native_tx = _native_srtp(self._dtls, outbound=True)
+        if self._native_tx is not None:
+            self._native_writer = packet_path.header_writer(
+                self._sender._ssrc, mid, ids.mid, ids.abs_send_time
+            )
+            self._native_rtx_writer = packet_path.header_writer(
+                getattr(self._sender, _RTX_SSRC_OUT), mid, ids.mid, ids.abs_send_time
+            )
         self._connection = getattr(self._dtls.transport, _ICE_CONNECTION)
         self.codec = codec
         assert codec.payloadType is not None
@@ -660,8 +742,12 @@ class PacketSender:
         marker: bool,
         timestamp: int,
         sequence_number: int | None = None,
+        picture_id: int = -1,
     ) -> bool:
-        """Send one packet now; False if it could not go (not connected, or the socket is full)."""
+        """Send one packet now; False if it could not go (not connected, or the socket is full).
+
+        `picture_id` (0 or more) replaces the VP8 picture id in `payload`'s descriptor.
+        """
         if not self.ready:
             return False
         if sequence_number is None:
@@ -669,9 +755,26 @@ class PacketSender:
         if (sequence_number - self.sequence_number) & 0xFFFF < 0x8000:
             self.sequence_number = (sequence_number + 1) & 0xFFFF
         ntp = rtp.ntp_now()
-        assert self._writer is not None
-        header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
-        if not self._transmit(header + payload):
+        native, tx = self._native_writer, self._native_tx
+        if native is not None and tx is not None:
+            sent = self._transmit_native(
+                native.seal(
+                    tx,
+                    self.payload_type,
+                    sequence_number,
+                    timestamp,
+                    marker,
+                    ntp,
+                    payload,
+                    picture_id,
+                )
+            )
+        else:
+            assert self._writer is not None
+            header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
+            body = payload if picture_id < 0 else rtp.with_vp8_picture_id(payload, picture_id)
+            sent = self._transmit(header + body)
+        if not sent:
             self.dropped += 1
             return False
         self._history[sequence_number % SEND_HISTORY] = (
@@ -679,6 +782,7 @@ class PacketSender:
             timestamp,
             marker,
             payload,
+            picture_id,
         )
         self.packets += 1
         state = self._state
@@ -699,13 +803,26 @@ class PacketSender:
             return False
         return _send_datagram(self._connection, data)
 
+    def _transmit_native(self, data: builtins.bytes | None) -> bool:
+        dtls = self._dtls
+        if data is None or dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return False
+        return _send_datagram(self._connection, data)
+
     async def _retransmit(self, sequence_number: int) -> None:
         """aiortc's NACK handling calls this for each lost packet the browser reports."""
         entry = self._history[sequence_number % SEND_HISTORY]
         if entry is None or entry[0] != sequence_number:
             return
-        _, timestamp, marker, payload = entry
+        _, timestamp, marker, payload, picture_id = entry
         ntp = rtp.ntp_now()
+        if self._native_tx is not None:
+            self._retransmit_native(
+                self._native_tx, sequence_number, timestamp, marker, payload, picture_id, ntp
+            )
+            return
+        if picture_id >= 0:
+            payload = rtp.with_vp8_picture_id(payload, picture_id)
         if self._rtx_payload_type is not None and self._rtx_writer is not None:
             # RFC 4588: its own SSRC and numbering, the original number up front.
             rtx_sequence_number = self._rtx_sequence_number
@@ -720,6 +837,45 @@ class PacketSender:
                 + payload
             )
         if self._transmit(plain):
+            self.retransmitted += 1
+
+    def _retransmit_native(
+        self,
+        tx: SrtpContext,
+        sequence_number: int,
+        timestamp: int,
+        marker: bool,
+        payload: builtins.bytes,
+        picture_id: int,
+        ntp: int,
+    ) -> None:
+        if self._rtx_payload_type is not None and self._native_rtx_writer is not None:
+            rtx_sequence_number = self._rtx_sequence_number
+            self._rtx_sequence_number = (rtx_sequence_number + 1) & 0xFFFF
+            data = self._native_rtx_writer.seal(
+                tx,
+                self._rtx_payload_type,
+                rtx_sequence_number,
+                timestamp,
+                marker,
+                ntp,
+                payload,
+                picture_id,
+                sequence_number,
+            )
+        else:
+            assert self._native_writer is not None
+            data = self._native_writer.seal(
+                tx,
+                self.payload_type,
+                sequence_number,
+                timestamp,
+                marker,
+                ntp,
+                payload,
+                picture_id,
+            )
+        if self._transmit_native(data):
             self.retransmitted += 1
 
 
