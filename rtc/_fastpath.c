@@ -22,6 +22,10 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <string.h>
+#include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #define PROFILE_AES128_CM_SHA1_80 1
 #define PROFILE_AEAD_AES_128_GCM 7
@@ -224,15 +228,15 @@ static int seal(SrtpObject *self, uint8_t *packet, size_t hsize, size_t size, ui
     return cm_tag(self, packet, size, (uint32_t)(index >> 16), packet + size);
 }
 
-/* Protects a plaintext packet already laid out in a new bytes object of size + tag. */
-static PyObject *protect_into(SrtpObject *self, PyObject *out, size_t size) {
-    uint8_t *packet = (uint8_t *)PyBytes_AS_STRING(out);
+/* Protects a plaintext packet of `size` bytes in place; `packet` has room for the tag.
+ * 0 when there is nothing to protect (not RTP, too many SSRCs, OpenSSL failed). */
+static int protect_buffer(SrtpObject *self, uint8_t *packet, size_t size) {
     size_t hsize = header_size(packet, size);
-    if (hsize == 0) goto refuse;
+    if (hsize == 0) return 0;
     uint32_t ssrc = read32(packet + 8);
     uint16_t seq = (uint16_t)((packet[2] << 8) | packet[3]);
     StreamState *s = stream_for(self, ssrc);
-    if (s == NULL) goto refuse;
+    if (s == NULL) return 0;
     if (!s->used) {
         memset(s, 0, sizeof *s);
         s->used = 1;
@@ -242,10 +246,14 @@ static PyObject *protect_into(SrtpObject *self, PyObject *out, size_t size) {
     uint64_t index = estimate_index(s, seq);
     /* The sender's own packets: a repeat (a retransmission without RTX) is allowed,
      * as aiortc allows it (allow_repeat_tx). */
-    if (!seal(self, packet, hsize, size, ssrc, index)) goto refuse;
+    if (!seal(self, packet, hsize, size, ssrc, index)) return 0;
     advance(s, index);
-    return out;
-refuse:
+    return 1;
+}
+
+/* Protects a plaintext packet already laid out in a new bytes object of size + tag. */
+static PyObject *protect_into(SrtpObject *self, PyObject *out, size_t size) {
+    if (protect_buffer(self, (uint8_t *)PyBytes_AS_STRING(out), size)) return out;
     Py_DECREF(out);
     Py_RETURN_NONE;
 }
@@ -440,6 +448,55 @@ static PyTypeObject SrtpType = {
     .tp_methods = Srtp_methods,
 };
 
+/* -- Destination ------------------------------------------------------------------- */
+
+/* A socket (the nominated ICE pair's, or the media port's) and the remote address,
+ * resolved once rather than per packet. */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    struct sockaddr_storage address;
+    socklen_t address_size;
+} DestinationObject;
+
+static int Destination_init(DestinationObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"fd", "host", "port", NULL};
+    int fd, port;
+    const char *host;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "isi", keywords, &fd, &host, &port))
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_Format(PyExc_ValueError, "port %d out of range", port);
+        return -1;
+    }
+    memset(&self->address, 0, sizeof self->address);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&self->address;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&self->address;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        self->address_size = sizeof *v4;
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        self->address_size = sizeof *v6;
+    } else {
+        PyErr_Format(PyExc_ValueError, "not a numeric IPv4 or IPv6 address: %s", host);
+        return -1;
+    }
+    self->fd = fd;
+    return 0;
+}
+
+static PyTypeObject DestinationType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtc._fastpath.Destination",
+    .tp_basicsize = sizeof(DestinationObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Destination(fd, host, port): where HeaderWriter.send sends.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Destination_init,
+};
+
 /* -- HeaderWriter ------------------------------------------------------------------ */
 
 typedef struct {
@@ -501,85 +558,134 @@ static int vp8_picture_id_bits(const uint8_t *payload, size_t size) {
     return 7;
 }
 
-/* seal(srtp, payload_type, sequence_number, timestamp, marker, ntp, payload,
- *      picture_id=-1, original_sequence_number=-1) -> bytes | None */
-static PyObject *Writer_seal(WriterObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* The arguments of seal() and send(), checked. */
+typedef struct {
+    SrtpObject *srtp;
+    long payload_type, sequence_number, picture_id, original;
+    unsigned long timestamp;
+    unsigned long long ntp;
+    int marker;
+} SealArgs;
+
+static int parse_seal_args(PyObject *const *args, Py_ssize_t nargs, SealArgs *a, Py_buffer *payload) {
     if (nargs < 7 || nargs > 9) {
         PyErr_SetString(PyExc_TypeError, "seal() takes 7 to 9 arguments");
-        return NULL;
+        return 0;
     }
     if (!PyObject_TypeCheck(args[0], &SrtpType)) {
         PyErr_SetString(PyExc_TypeError, "seal() needs an SrtpContext");
-        return NULL;
+        return 0;
     }
-    SrtpObject *srtp = (SrtpObject *)args[0];
-    if (!srtp->outbound) {
+    a->srtp = (SrtpObject *)args[0];
+    if (!a->srtp->outbound) {
         PyErr_SetString(PyExc_ValueError, "an inbound SRTP context cannot protect");
-        return NULL;
+        return 0;
     }
-    long payload_type = PyLong_AsLong(args[1]);
-    long sequence_number = PyLong_AsLong(args[2]);
-    unsigned long timestamp = PyLong_AsUnsignedLongMask(args[3]);
-    int marker = PyObject_IsTrue(args[4]);
-    unsigned long long ntp = PyLong_AsUnsignedLongLongMask(args[5]);
-    long picture_id = nargs > 7 ? PyLong_AsLong(args[7]) : -1;
-    long original = nargs > 8 ? PyLong_AsLong(args[8]) : -1;
-    if (PyErr_Occurred() || marker < 0) return NULL;
-    Py_buffer payload;
-    if (PyObject_GetBuffer(args[6], &payload, PyBUF_SIMPLE) < 0) return NULL;
-    size_t hsize = 12 + self->prefix_size + (self->with_abs ? 3 : 0) + self->suffix_size;
-    size_t extra = original >= 0 ? 2 : 0;
-    size_t size = hsize + extra + (size_t)payload.len;
-    if (size > MAX_PACKET) {
-        PyBuffer_Release(&payload);
-        Py_RETURN_NONE;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(size + srtp->tag_size));
-    if (out == NULL) {
-        PyBuffer_Release(&payload);
-        return NULL;
-    }
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    a->payload_type = PyLong_AsLong(args[1]);
+    a->sequence_number = PyLong_AsLong(args[2]);
+    a->timestamp = PyLong_AsUnsignedLongMask(args[3]);
+    a->marker = PyObject_IsTrue(args[4]);
+    a->ntp = PyLong_AsUnsignedLongLongMask(args[5]);
+    a->picture_id = nargs > 7 ? PyLong_AsLong(args[7]) : -1;
+    a->original = nargs > 8 ? PyLong_AsLong(args[8]) : -1;
+    if (PyErr_Occurred() || a->marker < 0) return 0;
+    return PyObject_GetBuffer(args[6], payload, PyBUF_SIMPLE) == 0;
+}
+
+static size_t sealed_size(WriterObject *self, const SealArgs *a, const Py_buffer *payload) {
+    return 12 + self->prefix_size + (self->with_abs ? 3 : 0) + self->suffix_size +
+           (a->original >= 0 ? 2 : 0) + (size_t)payload->len + a->srtp->tag_size;
+}
+
+/* Writes the plaintext packet into `p` (sealed_size bytes of room) and protects it. */
+static int build(WriterObject *self, const SealArgs *a, const Py_buffer *payload, uint8_t *p) {
     p[0] = self->first;
-    p[1] = (uint8_t)((marker ? 0x80 : 0) | (payload_type & 0x7F));
-    p[2] = (uint8_t)(sequence_number >> 8);
-    p[3] = (uint8_t)sequence_number;
-    write32(p + 4, (uint32_t)timestamp);
+    p[1] = (uint8_t)((a->marker ? 0x80 : 0) | (a->payload_type & 0x7F));
+    p[2] = (uint8_t)(a->sequence_number >> 8);
+    p[3] = (uint8_t)a->sequence_number;
+    write32(p + 4, (uint32_t)a->timestamp);
     write32(p + 8, self->ssrc);
     size_t at = 12;
     memcpy(p + at, self->prefix, self->prefix_size);
     at += self->prefix_size;
     if (self->with_abs) {
-        uint32_t abs = (uint32_t)((ntp >> 14) & 0xFFFFFF);
+        uint32_t abs = (uint32_t)((a->ntp >> 14) & 0xFFFFFF);
         p[at++] = (uint8_t)(abs >> 16);
         p[at++] = (uint8_t)(abs >> 8);
         p[at++] = (uint8_t)abs;
     }
     memset(p + at, 0, self->suffix_size);
     at += self->suffix_size;
-    if (extra) {
-        p[at++] = (uint8_t)(original >> 8);
-        p[at++] = (uint8_t)original;
+    if (a->original >= 0) {
+        p[at++] = (uint8_t)(a->original >> 8);
+        p[at++] = (uint8_t)a->original;
     }
     uint8_t *body = p + at;
-    memcpy(body, payload.buf, (size_t)payload.len);
-    if (picture_id >= 0) {
-        int bits = vp8_picture_id_bits(body, (size_t)payload.len);
+    memcpy(body, payload->buf, (size_t)payload->len);
+    if (a->picture_id >= 0) {
+        int bits = vp8_picture_id_bits(body, (size_t)payload->len);
         if (bits == 15) {
-            body[2] = (uint8_t)(0x80 | ((picture_id >> 8) & 0x7F));
-            body[3] = (uint8_t)picture_id;
+            body[2] = (uint8_t)(0x80 | ((a->picture_id >> 8) & 0x7F));
+            body[3] = (uint8_t)a->picture_id;
         } else if (bits == 7) {
-            body[2] = (uint8_t)(picture_id & 0x7F);
+            body[2] = (uint8_t)(a->picture_id & 0x7F);
         }
     }
+    return protect_buffer(a->srtp, p, at + (size_t)payload->len);
+}
+
+/* seal(srtp, payload_type, sequence_number, timestamp, marker, ntp, payload,
+ *      picture_id=-1, original_sequence_number=-1) -> bytes | None */
+static PyObject *Writer_seal(WriterObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    SealArgs a;
+    Py_buffer payload;
+    if (!parse_seal_args(args, nargs, &a, &payload)) return NULL;
+    size_t size = sealed_size(self, &a, &payload);
+    if (size > MAX_PACKET) {
+        PyBuffer_Release(&payload);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out == NULL) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    int ok = build(self, &a, &payload, (uint8_t *)PyBytes_AS_STRING(out));
     PyBuffer_Release(&payload);
-    return protect_into(srtp, out, size);
+    if (ok) return out;
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
+/* send(destination, srtp, ...the rest as seal()) -> int: writes, protects and sends the
+ * packet with one sendto(2) on the destination's socket, with no Python object made.
+ * 0: sent; an errno (EAGAIN: the kernel's queue is full); -1: nothing to send. */
+static PyObject *Writer_send(WriterObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || !PyObject_TypeCheck(args[0], &DestinationType)) {
+        PyErr_SetString(PyExc_TypeError, "send() needs a Destination first");
+        return NULL;
+    }
+    DestinationObject *dest = (DestinationObject *)args[0];
+    SealArgs a;
+    Py_buffer payload;
+    if (!parse_seal_args(args + 1, nargs - 1, &a, &payload)) return NULL;
+    uint8_t packet[MAX_PACKET];
+    size_t size = sealed_size(self, &a, &payload);
+    int ok = size <= sizeof packet && build(self, &a, &payload, packet);
+    PyBuffer_Release(&payload);
+    if (!ok) return PyLong_FromLong(-1);
+    ssize_t sent = sendto(dest->fd, packet, size, 0, (struct sockaddr *)&dest->address,
+                          dest->address_size);
+    return PyLong_FromLong(sent < 0 ? errno : 0);
 }
 
 static PyMethodDef Writer_methods[] = {
     {"seal", (PyCFunction)(void (*)(void))Writer_seal, METH_FASTCALL,
      "seal(srtp, payload_type, sequence_number, timestamp, marker, ntp, payload, "
      "picture_id=-1, original_sequence_number=-1) -> bytes | None: the SRTP packet."},
+    {"send", (PyCFunction)(void (*)(void))Writer_send, METH_FASTCALL,
+     "send(destination, srtp, ...as seal()) -> int: seal and sendto(2) at once; 0 when "
+     "sent, else the errno (EAGAIN: kernel queue full), -1 when there was nothing to send."},
     {NULL}};
 
 static PyTypeObject WriterType = {
@@ -600,13 +706,18 @@ static struct PyModuleDef module = {
     NULL};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    if (PyType_Ready(&SrtpType) < 0 || PyType_Ready(&WriterType) < 0) return NULL;
+    if (PyType_Ready(&SrtpType) < 0 || PyType_Ready(&WriterType) < 0 ||
+        PyType_Ready(&DestinationType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&SrtpType);
     Py_INCREF(&WriterType);
+    Py_INCREF(&DestinationType);
     if (PyModule_AddObject(m, "SrtpContext", (PyObject *)&SrtpType) < 0 ||
         PyModule_AddObject(m, "HeaderWriter", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddObject(m, "Destination", (PyObject *)&DestinationType) < 0 ||
+        PyModule_AddIntConstant(m, "EAGAIN", EAGAIN) < 0 ||
         PyModule_AddIntConstant(m, "PROFILE_AES128_CM_SHA1_80", PROFILE_AES128_CM_SHA1_80) < 0 ||
         PyModule_AddIntConstant(m, "PROFILE_AEAD_AES_128_GCM", PROFILE_AEAD_AES_128_GCM) < 0 ||
         PyModule_AddIntConstant(m, "PROFILE_AEAD_AES_256_GCM", PROFILE_AEAD_AES_256_GCM) < 0) {

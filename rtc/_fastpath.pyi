@@ -9,6 +9,11 @@ class SrtpContext:
     def protect(self, packet: bytes) -> bytes | None: ...
     def unprotect(self, packet: bytes) -> bytes | None: ...
 
+EAGAIN: int
+
+class Destination:
+    def __init__(self, fd: int, host: str, port: int) -> None: ...
+
 class HeaderWriter:
     def __init__(
         self, ssrc: int, mid: str | bytes | None, mid_id: int | None, abs_id: int | None
@@ -26,3 +31,17 @@ class HeaderWriter:
         original_sequence_number: int = -1,
         /,
     ) -> bytes | None: ...
+    def send(
+        self,
+        destination: Destination,
+        srtp: SrtpContext,
+        payload_type: int,
+        sequence_number: int,
+        timestamp: int,
+        marker: bool,
+        ntp: int,
+        payload: bytes,
+        picture_id: int = -1,
+        original_sequence_number: int = -1,
+        /,
+    ) -> int: ...

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import logging
 import queue
 import random
 import time
 from collections.abc import Callable, Sequence
+from socket import SOCK_DGRAM
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pylibsrtp
@@ -65,7 +67,7 @@ from av.frame import Frame
 from rtc import mux, packet_path, rtp
 
 if TYPE_CHECKING:
-    from rtc._fastpath import HeaderWriter, SrtpContext
+    from rtc._fastpath import Destination, HeaderWriter, SrtpContext
 
 logger = logging.getLogger(__name__)
 
@@ -622,6 +624,19 @@ def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
     inbound.add(receiver, handler)
 
 
+def _destination(pair: Any) -> Destination | None:
+    """A native send destination for an ICE pair on a UDP socket (aioice's or the media port's)."""
+    transport = pair.protocol.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.type != SOCK_DGRAM:
+        return None
+    host, port = pair.remote_addr[:2]
+    try:
+        return packet_path.destination(sock.fileno(), host, port)
+    except ValueError:
+        return None
+
+
 class PacketSender:
     """Sends the RTP of one RTCRtpSender: forwarded packets, or frames aiortc encoded.
 
@@ -669,6 +684,10 @@ class PacketSender:
         self._native_tx: SrtpContext | None = None
         self._native_writer: HeaderWriter | None = None
         self._native_rtx_writer: HeaderWriter | None = None
+        # Where the native path sends with its own sendto(2): the nominated pair it was
+        # made for, and None where it cannot (ICE-TCP, an address it cannot parse).
+        self._destination_pair: Any = None
+        self._destination: Destination | None = None
         self._dtls: RTCDtlsTransport | None = None
         self._connection: Any = None
         setattr(sender, _RUN_RTP, self._run)
@@ -757,8 +776,11 @@ class PacketSender:
         ntp = rtp.ntp_now()
         native, tx = self._native_writer, self._native_tx
         if native is not None and tx is not None:
-            sent = self._transmit_native(
-                native.seal(
+            destination = self._direct_destination()
+            if destination is not None:
+                # Header, SRTP and sendto(2) in one C call: no bytes object, no asyncio.
+                error = native.send(
+                    destination,
                     tx,
                     self.payload_type,
                     sequence_number,
@@ -768,7 +790,22 @@ class PacketSender:
                     payload,
                     picture_id,
                 )
-            )
+                sent = error == 0
+                if not sent:
+                    self._send_failed(error)
+            else:
+                sent = self._transmit_native(
+                    native.seal(
+                        tx,
+                        self.payload_type,
+                        sequence_number,
+                        timestamp,
+                        marker,
+                        ntp,
+                        payload,
+                        picture_id,
+                    )
+                )
         else:
             assert self._writer is not None
             header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
@@ -802,6 +839,33 @@ class PacketSender:
         except pylibsrtp.Error:
             return False
         return _send_datagram(self._connection, data)
+
+    def _direct_destination(self) -> Destination | None:
+        """The nominated pair's UDP socket and address, for the native path's own sendto(2).
+
+        None (send through the transport instead) before DTLS is up, on ICE-TCP,
+        and while asyncio holds unsent data for the socket (order is kept).
+        """
+        dtls = self._dtls
+        if dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return None
+        pair = getattr(self._connection, _NOMINATED).get(1)
+        if pair is not self._destination_pair:
+            self._destination_pair = pair
+            self._destination = None if pair is None else _destination(pair)
+        if self._destination is None:
+            return None
+        buffered = getattr(pair.protocol.transport, "get_write_buffer_size", None)
+        if buffered is not None and buffered():
+            return None
+        return self._destination
+
+    def _send_failed(self, error: int) -> None:
+        transport = self._destination_pair.protocol.transport
+        if isinstance(transport, mux.UdpMux):
+            transport.send_failures += 1
+        if error > 0 and error not in (errno.EAGAIN, errno.ENOBUFS):
+            logger.debug("sending to %s failed: %s", self._destination_pair.remote_addr, error)
 
     def _transmit_native(self, data: builtins.bytes | None) -> bool:
         dtls = self._dtls

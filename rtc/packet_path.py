@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from rtc._fastpath import HeaderWriter, SrtpContext
+    from rtc._fastpath import Destination, HeaderWriter, SrtpContext
 
 Mode = Literal["auto", "native", "python"]
 MODES: tuple[Mode, ...] = ("auto", "native", "python")
@@ -73,6 +73,15 @@ def header_writer(
 def enabled() -> bool:
     """Whether connections starting now use the native path."""
     return _native is not None
+
+
+def destination(fd: int, host: str, port: int) -> Destination | None:
+    """Where the native path sends itself (a UDP socket and a numeric address), or None
+    on the Python path. ValueError for an address it cannot parse."""
+    if _native is None:
+        return None
+    made: Destination = _native.Destination(fd, host, port)
+    return made
 
 
 def name() -> str:

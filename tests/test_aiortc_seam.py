@@ -259,6 +259,8 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
         finally:
             pumping.cancel()
         assert (frame.width, frame.height) == (640, 480)
+        # The native path sent them itself (one sendto(2) per packet from C).
+        assert (packets._destination is not None) == native
         # aiortc's sender reports count the forwarded packets, and so does
         # PacketSender itself (what /metrics reads, without awaiting getStats()).
         out_stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]

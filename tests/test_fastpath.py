@@ -9,16 +9,35 @@ against a build with AddressSanitizer.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import struct
+from types import ModuleType
 
 import pylibsrtp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtc import _fastpath, rtp
+from rtc import rtp
+
+
+def _load() -> ModuleType:
+    """The built module, or the one RR_FASTPATH_MODULE names (`make asan`'s own build)."""
+    path = os.environ.get("RR_FASTPATH_MODULE")
+    if not path:
+        from rtc import _fastpath
+
+        return _fastpath
+    spec = importlib.util.spec_from_file_location("rtc._fastpath", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fastpath = _load()
 
 PROFILES = {
     "aes-256-gcm": (_fastpath.PROFILE_AEAD_AES_256_GCM, 44),
@@ -282,3 +301,37 @@ def test_any_arguments_make_a_packet_or_a_clear_error(
         if plain is not None:  # a repeated sequence number is a replay to the receiver
             view = rtp.parse(plain)
             assert view is not None and view.ssrc == 5
+
+
+@pytest.mark.parametrize("family", ["127.0.0.1", "::1"])
+def test_send_puts_on_the_wire_what_seal_returns(family: str) -> None:
+    """HeaderWriter.send (seal and sendto(2) in one call) sends the bytes seal() makes."""
+    import socket
+
+    key = os.urandom(44)
+    profile = _fastpath.PROFILE_AEAD_AES_256_GCM
+    receiver = socket.socket(
+        socket.AF_INET6 if ":" in family else socket.AF_INET, socket.SOCK_DGRAM
+    )
+    sender = socket.socket(receiver.family, socket.SOCK_DGRAM)
+    try:
+        receiver.bind((family, 0))
+        receiver.settimeout(5)
+        destination = _fastpath.Destination(sender.fileno(), family, receiver.getsockname()[1])
+        writer = _fastpath.HeaderWriter(77, "1", 4, 2)
+        by_seal = _fastpath.SrtpContext(profile, key, True)
+        by_send = _fastpath.SrtpContext(profile, key, True)
+        for seq in range(20):
+            payload = bytes([0x90, 0x80, 0x80, seq]) + os.urandom(seq * 50)
+            args = (96, seq, seq * 3000, seq % 3 == 0, seq << 20, payload, 1000 + seq)
+            assert writer.send(destination, by_send, *args) == 0
+            assert receiver.recv(2048) == writer.seal(by_seal, *args)
+        # Nothing protectable (too large): nothing sent, and said so.
+        assert writer.send(destination, by_send, 96, 1, 1, False, 0, bytes(20000)) == -1
+    finally:
+        receiver.close()
+        sender.close()
+    with pytest.raises(ValueError, match="not a numeric"):
+        _fastpath.Destination(0, "example.org", 1)
+    with pytest.raises(ValueError, match="out of range"):
+        _fastpath.Destination(0, "127.0.0.1", 70000)
