@@ -627,7 +627,11 @@ def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
 def _destination(pair: Any) -> Destination | None:
     """A native send destination for an ICE pair on a UDP socket (aioice's or the media port's)."""
     transport = pair.protocol.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    # A datagram transport with a UDP socket of its own: never TURN's (which must
+    # wrap each packet; it has no "socket" anyway) nor ICE-TCP's framing.
+    if not isinstance(transport, asyncio.DatagramTransport):
+        return None
+    sock = transport.get_extra_info("socket")
     if sock is None or sock.type != SOCK_DGRAM:
         return None
     host, port = pair.remote_addr[:2]

@@ -265,7 +265,7 @@ def test_headers_that_lie_about_their_length_are_refused(
         assert rx.unprotect(sealed) in (None, packet)
 
 
-@FUZZ
+@settings(FUZZ, max_examples=120)
 @given(
     payload=st.binary(max_size=2000),
     payload_type=st.integers(-5, 300),
