@@ -629,7 +629,8 @@ def _destination(pair: Any) -> Destination | None:
     transport = pair.protocol.transport
     # A datagram transport with a UDP socket of its own: never TURN's (which must
     # wrap each packet; it has no "socket" anyway) nor ICE-TCP's framing.
-    if not isinstance(transport, asyncio.DatagramTransport):
+    # (asyncio's own UDP transport is a BaseTransport, not a DatagramTransport.)
+    if not isinstance(transport, asyncio.BaseTransport):
         return None
     sock = transport.get_extra_info("socket")
     if sock is None or sock.type != SOCK_DGRAM:
