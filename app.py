@@ -24,9 +24,10 @@ from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
 from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
+from moderation.files import RemoteFiles
 from moderation.live import LiveSessions
 from moderation.remote import RemoteFeedCollector, RemoteMedia
-from moderation.routes import LIVE, MODERATION, setup_routes
+from moderation.routes import FILES, LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
@@ -224,7 +225,12 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     lobby = app[LOBBY]
     # In a cluster a moderator's request reaches the node holding the session over Redis.
     channel: ModerationChannel = (
-        RedisChannel(app[REDIS], lobby.node, lobby.registry)
+        RedisChannel(
+            app[REDIS],
+            lobby.node,
+            lobby.registry,
+            secret=(settings.cluster_secret or "").encode() or None,
+        )
         if REDIS in app and lobby.registry is not None
         else LocalChannel(lobby.node)
     )
@@ -251,6 +257,7 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.start()
     app[MODERATION] = moderation
     app[LIVE] = LiveSessions(moderation)
+    app[FILES] = RemoteFiles(moderation)
     # Watching and recording people held by other nodes: their media through the pipe,
     # negotiated on a bus of its own on Redis (moderation/remote.py).
     remote_bus = (

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from crowd import UNLIMITED, crowd
 
 from rtc.client import ChatClient, SignallingError
+from rtc.stamp import read_stamp
 
 TIMEOUT = 20.0
 # The kicked socket's close code (signalling/session.py CLOSE_KICKED).
@@ -420,3 +422,62 @@ async def test_a_thousand_people_on_two_nodes_are_paged_and_searched_on_the_serv
 
         status, text = await raw_api(one, "GET", "/sessions", params={"limit": "5000"})
         assert status == 400 and "limit" in text
+
+
+# -- evidence written by another node -------------------------------------------------
+
+
+def stamp_tags(path: Path, track: str) -> list[int]:
+    """The stamp tags (which client sent it) of every decodable frame of `track`."""
+    with av.open(str(path)) as container:
+        stream = next(s for s in container.streams if s.metadata.get("title") == track)
+        stamps = [read_stamp(f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+    return [s.tag for s in stamps if s is not None]
+
+
+async def test_evidence_written_by_one_node_plays_through_the_other(
+    nodes, clients, moderated_args, tmp_path: Path
+) -> None:
+    # Each node its own recordings folder: node two must fetch node one's file from it.
+    one = nodes(*moderated_args, "--recordings-dir", str(tmp_path / "rec1"))
+    two = nodes(*moderated_args, "--recordings-dir", str(tmp_path / "rec2"))
+    a, b = await cross_pair(one, two, clients)
+    await a.wait_frames(tag=2, count=30, timeout=TIMEOUT)
+    await b.wait_frames(tag=1, count=30, timeout=TIMEOUT)
+    await a.send({"type": "report", "reason": "nudity", "moveOn": False})
+    reported = await a.wait_for("reported", timeout=TIMEOUT)
+
+    report = next(
+        r for r in (await api(two, "GET", "/reports"))["reports"] if r["id"] == reported["reportId"]
+    )
+    name = report["evidence"]
+    assert not (tmp_path / "rec2").joinpath(name).exists()
+    listed = {r["name"]: r for r in (await api(two, "GET", "/recordings"))["recordings"]}
+    assert listed[name]["node"] == a.hello["node"]
+
+    whole = await raw_bytes(two, f"/recordings/{name}?download=1")
+    assert whole == (tmp_path / "rec1" / name).read_bytes()
+    copy = tmp_path / "through-two.webm"
+    copy.write_bytes(whole)
+    assert 2 in stamp_tags(copy, "video") and set(stamp_tags(copy, "video")) == {2}
+    assert set(stamp_tags(copy, "reporter_video")) == {1}
+    # Seeking (a byte range) and one person's part, as the evidence player asks for them.
+    tail = await raw_bytes(two, f"/recordings/{name}", headers={"Range": "bytes=100-"}, status=206)
+    assert tail == whole[100:]
+    part = tmp_path / "reporter-through-two.webm"
+    part.write_bytes(await raw_bytes(two, f"/recordings/{name}?part=reporter"))
+    assert set(stamp_tags(part, "video")) == {1}
+
+    # The writing node gone, the moderator is told so (not a bare 404).
+    one.stop()
+    status, text = await raw_api(two, "GET", f"/recordings/{name}")
+    assert status == 404 and "not in the cluster" in text, (status, text)
+
+
+async def raw_bytes(server: Any, path: str, *, status: int = 200, **kwargs: Any) -> bytes:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.get(server.http_url + "/api/moderate" + path, **kwargs) as response,
+    ):
+        assert response.status == status, await response.text()
+        return await response.read()
