@@ -9,6 +9,7 @@ node holding the person (moderation/channel.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -467,6 +468,24 @@ async def test_evidence_written_by_one_node_plays_through_the_other(
     part = tmp_path / "reporter-through-two.webm"
     part.write_bytes(await raw_bytes(two, f"/recordings/{name}?part=reporter"))
     assert set(stamp_tags(part, "video")) == {1}
+
+    # The pair handshake carried b's address hash to a's node: the report can ban the
+    # address, and the ban then refuses that address (all of 127.0.0.1 here) everywhere.
+    assert report["hasAddress"] is True
+    made = await api(
+        two,
+        "POST",
+        f"/reports/{reported['reportId']}/ban",
+        json={"duration": "1h", "scope": "address", "reason": "nudity"},
+    )
+    assert made["address"] and made["person"] is None and made["ended"] == 2, made
+    for client in (a, b):
+        await client.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "banned")
+        # The hash went node to node only: no page ever received it.
+        assert made["address"] not in json.dumps(client.messages)
+    for server in (one, two):
+        message = await refused(server, "a-new-browser-abcdef")
+        assert message["type"] == "error" and message["code"] == "banned", message
 
     # The writing node gone, the moderator is told so (not a bare 404).
     one.stop()
