@@ -246,7 +246,7 @@ async def kick(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     try:
         node = await live.locate(session_id, _node(request, body))
-        await live.kick(node, session_id, message)
+        node = await live.kick(node, session_id, message)
     except ChannelError as exc:
         return _failed(exc)
     await _audit(request, "kick", f"session:{session_id}", f"{message} (node {node})")
@@ -260,7 +260,7 @@ async def release(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     try:
         node = await live.locate(session_id, _node(request, body))
-        await live.release(node, session_id)
+        node = await live.release(node, session_id)
     except ChannelError as exc:
         if exc.status == 404:
             raise web.HTTPNotFound(text="no such session with held video") from None

@@ -500,3 +500,29 @@ async def raw_bytes(server: Any, path: str, *, status: int = 200, **kwargs: Any)
     ):
         assert response.status == status, await response.text()
         return await response.read()
+
+
+async def test_a_kick_naming_the_node_a_resume_moved_the_person_from_still_reaches_them(
+    nodes, clients, moderated_args
+) -> None:
+    # A dashboard row drawn before the move names node one; the person is on node two now.
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    a = await connected(one, clients, 1, "browser-a-abcdef")
+    old_node = a.hello["node"]
+    await a.drop_socket()
+    a.url = two.ws_url
+    resumed = await a.resume()
+    assert resumed["id"] == a.id
+    new_node = (await listed(two))["node"]
+    assert new_node != old_node
+
+    status, text = await raw_api(
+        one, "POST", f"/sessions/{a.id}/kick", json={"message": "moved?", "node": old_node}
+    )
+    assert status == 200, text
+    assert json.loads(text) == {"kicked": a.id, "node": new_node}
+    error = await a.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "kicked")
+    assert error["message"] == "moved?"
+    # Nobody anywhere: still a plain 404.
+    status, text = await raw_api(one, "POST", "/sessions/nobody/kick", json={"node": old_node})
+    assert status == 404 and "no such session" in text, text
