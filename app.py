@@ -260,10 +260,8 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     app[FILES] = RemoteFiles(moderation)
     # Watching and recording people held by other nodes: their media through the pipe,
     # negotiated on a bus of its own on Redis (moderation/remote.py).
-    remote_bus = (
-        RedisBus(app[REDIS], lobby.node, key_prefix="rr:moderation") if REDIS in app else None
-    )
-    moderation.remote = RemoteMedia(lobby, remote_bus)
+    # Watching and recording across nodes ride the same channel (None: no other node).
+    moderation.remote = RemoteMedia(lobby, channel if REDIS in app else None)
     await moderation.remote.start()
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)

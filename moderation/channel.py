@@ -25,7 +25,8 @@ a kick, a ban's enforcement or a read of an evidence file (moderation/files.py) 
 only from a node of this cluster.
 
 Watching and recording someone on another node (moderation/remote.py) are streams
-with a lifetime and leases, not questions, and keep their own protocol on their own bus.
+with a lifetime and leases; their opening, renewals and endings are requests here too
+(feed_open, feed_renew, feed_close, feed_ended), so moderation has one path between nodes.
 """
 
 from __future__ import annotations
