@@ -31,7 +31,7 @@ from moderation.routes import FILES, LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
-from moderation.throttle import LoginThrottle
+from moderation.throttle import LoginThrottle, SharedFailures
 from rtc import aiortc_seam, host_addresses
 from rtc.ice_servers import IceServers
 from rtc.mux import MediaMux
@@ -265,8 +265,12 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.remote.start()
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)
+    if REDIS in app:
+        # Failures counted for the whole cluster: N nodes do not give a guesser N times the tries.
+        throttle.shared = SharedFailures(app[REDIS])
     yield
     throttle.audit = None
+    throttle.shared = None
     await moderation.remote.close()
     await moderation.close()
     await channel.close()

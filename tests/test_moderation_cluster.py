@@ -526,3 +526,33 @@ async def test_a_kick_naming_the_node_a_resume_moved_the_person_from_still_reach
     # Nobody anywhere: still a plain 404.
     status, text = await raw_api(one, "POST", "/sessions/nobody/kick", json={"node": old_node})
     assert status == 404 and "no such session" in text, text
+
+
+async def test_failed_logins_are_counted_across_nodes(nodes, moderated_args) -> None:
+    # Four free failures per address and name in the whole cluster: guesses spread over
+    # two nodes (two on one, three on the other) lock out as they would on one node.
+    args = [*moderated_args, "--login-throttle-after", "4"]
+    one, two = nodes(*args), nodes(*args)
+    wrong = {"Authorization": aiohttp.encode_basic_auth("alice", "not-the-secret")}
+    for server in (one, two, one, two):
+        status, _ = await raw_api(server, "GET", "/bans", headers=wrong)
+        assert status == 403
+    status, _ = await raw_api(two, "GET", "/bans", headers=wrong)
+    assert status == 403  # the fifth: counted, and it earns the lock-out
+    # Locked on both nodes, right credentials included (the lock-out tells nothing).
+    for server in (one, two):
+        status, text = await raw_api(server, "GET", "/bans")
+        assert status == 429 and "too many failed logins" in text, (status, text)
+    audit = (await api_after_lockout(one))["audit"]
+    assert any(e["action"] == "login_locked" for e in audit), audit
+
+
+async def api_after_lockout(server: Any) -> Any:
+    """An API answer once the 2 s lock-out is over."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        status, text = await raw_api(server, "GET", "/audit")
+        if status == 200:
+            return json.loads(text)
+        assert status == 429 and asyncio.get_running_loop().time() < deadline, (status, text)
+        await asyncio.sleep(0.25)
