@@ -456,7 +456,10 @@ async def test_evidence_written_by_one_node_plays_through_the_other(
     listed = {r["name"]: r for r in (await api(two, "GET", "/recordings"))["recordings"]}
     assert listed[name]["node"] == a.hello["node"]
 
+    started = time.monotonic()
     whole = await raw_bytes(two, f"/recordings/{name}?download=1")
+    took = time.monotonic() - started
+    print(f"evidence through the other node: {len(whole)} bytes in {took * 1000:.0f} ms")
     assert whole == (tmp_path / "rec1" / name).read_bytes()
     copy = tmp_path / "through-two.webm"
     copy.write_bytes(whole)
