@@ -629,6 +629,8 @@ async def _stream_remote(
         if request.transport is not None:
             request.transport.close()
         return response
+    except ConnectionResetError:
+        return response  # the player went away (seeking, closing): nothing to send to
     finally:
         await chunks.aclose()
     await response.write_eof()
