@@ -23,11 +23,15 @@ from matcher.base import MatcherSettings, MatchHandler
 from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
-from moderation.routes import MODERATION, setup_routes
+from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
+from moderation.files import RemoteFiles
+from moderation.live import LiveSessions
+from moderation.remote import RemoteFeedCollector, RemoteMedia
+from moderation.routes import FILES, LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
-from moderation.throttle import LoginThrottle
+from moderation.throttle import LoginThrottle, SharedFailures
 from rtc import aiortc_seam, host_addresses, packet_path
 from rtc.ice_servers import IceServers
 from rtc.mux import MediaMux
@@ -198,6 +202,9 @@ async def _open_media(settings: Settings, hosts: host_addresses.HostAddresses) -
 async def _moderation_metrics(app: web.Application) -> None:
     # After setup_metrics' own on_startup handler has made the registry.
     app[METRICS].registry.register(FlagCollector(app[MODERATION]))
+    remote = app[MODERATION].remote
+    if remote is not None:
+        app[METRICS].registry.register(RemoteFeedCollector(remote))
 
 
 def _ice_servers(settings: Settings) -> IceServers:
@@ -215,8 +222,21 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Blocking (connecting, migrating): off the event loop like every store call.
     store = await asyncio.to_thread(open_store, settings.db)
+    lobby = app[LOBBY]
+    # In a cluster a moderator's request reaches the node holding the session over Redis.
+    channel: ModerationChannel = (
+        RedisChannel(
+            app[REDIS],
+            lobby.node,
+            lobby.registry,
+            secret=(settings.cluster_secret or "").encode() or None,
+        )
+        if REDIS in app and lobby.registry is not None
+        else LocalChannel(lobby.node)
+    )
+    await channel.start()
     moderation = Moderation(
-        app[LOBBY],
+        lobby,
         store,
         app[auth.MODERATORS],
         ModerationSettings(
@@ -232,14 +252,28 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
             nudity_rate=settings.nudity_rate,
             nudity_blur=settings.nudity_blur,
         ),
+        channel,
     )
     await moderation.start()
     app[MODERATION] = moderation
+    app[LIVE] = LiveSessions(moderation)
+    app[FILES] = RemoteFiles(moderation)
+    # Watching and recording people held by other nodes: their media through the pipe,
+    # negotiated on a bus of its own on Redis (moderation/remote.py).
+    # Watching and recording across nodes ride the same channel (None: no other node).
+    moderation.remote = RemoteMedia(lobby, channel if REDIS in app else None)
+    await moderation.remote.start()
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)
+    if REDIS in app:
+        # Failures counted for the whole cluster: N nodes do not give a guesser N times the tries.
+        throttle.shared = SharedFailures(app[REDIS])
     yield
     throttle.audit = None
+    throttle.shared = None
+    await moderation.remote.close()
     await moderation.close()
+    await channel.close()
 
 
 def _audit_logins(store: ModerationStoreProtocol) -> LoginThrottleAudit:

@@ -1,5 +1,5 @@
 """How long the partner's video pauses when a visitor's connection is cut and comes back:
-`python -m bench.resume [--rounds N] [--fps F]`.
+`python -m bench.resume [--rounds N] [--fps F] [--cluster]`.
 
 A real server and two headless clients (stamped video at F fps) on loopback. Each round
 measures, in the stream each side receives, the largest gap (stamped frames that never
@@ -12,6 +12,15 @@ arrived, and milliseconds between two arrivals) around three events:
   connection is closed first), then A resumes and offers a new connection.
 
 `baseline` is the largest gap in a quiet window of the same length, for comparison.
+
+With `--cluster` there are two nodes on one redis-server, both clients start on the
+first, and one more event is measured:
+
+- `moved`: a network change whose resume reaches the other node (a balancer without
+  affinity): the session moves there and A's new media connection is made there. A
+  goes back and forth, so the pair is a cross-node one after odd rounds and a local one
+  after even rounds. Every event but `baseline` is reported by the kind of pair it
+  leaves, "(across nodes)" or "(same node)".
 """
 
 from __future__ import annotations
@@ -26,11 +35,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bench.redis_server import RedisServer
 from bench.target import RelayServer
 from rtc.client import ChatClient
 
 # Frames to wait for after each event before the gap is read (--settle).
 SETTLE_FRAMES = 30
+CLUSTER_SECRET = "bench-cluster-secret-0123456789"
 
 
 async def _gap(
@@ -45,14 +56,24 @@ async def _gap(
     return {"frames": max(a_frames, b_frames), "ms": max(a_ms, b_ms)}
 
 
-async def measure(rounds: int, fps: int, settle: int = SETTLE_FRAMES) -> dict[str, Any]:
+async def measure(
+    rounds: int, fps: int, settle: int = SETTLE_FRAMES, *, cluster: bool = False
+) -> dict[str, Any]:
+    redis = RedisServer() if cluster else None
+    args: tuple[str, ...] = ("--resume-grace", "20")
+    if redis is not None:
+        args += ("--redis", redis.url, "--cluster-secret", CLUSTER_SECRET)
     with tempfile.TemporaryDirectory() as tmp:
-        server = RelayServer("passthrough", Path(tmp) / "server.log", ("--resume-grace", "20"))
-        await server.start()
+        servers = [
+            RelayServer("passthrough", Path(tmp) / f"server{i}.log", args)
+            for i in range(2 if cluster else 1)
+        ]
         try:
+            for server in servers:
+                await server.start()
             async with (
-                ChatClient(server.ws_url, tag=1, fps=fps) as a,
-                ChatClient(server.ws_url, tag=2, fps=fps) as b,
+                ChatClient(servers[0].ws_url, tag=1, fps=fps) as a,
+                ChatClient(servers[0].ws_url, tag=2, fps=fps) as b,
             ):
                 await a.start()
                 await b.start()
@@ -74,22 +95,39 @@ async def measure(rounds: int, fps: int, settle: int = SETTLE_FRAMES) -> dict[st
                     await a.resume()
                     await a.negotiate()
 
+                async def moved() -> None:
+                    await a.drop_socket()
+                    a.url = servers[1].ws_url if a.url == servers[0].ws_url else servers[0].ws_url
+                    await a.resume()
+                    await a.negotiate()
+
                 events = {
                     "baseline": quiet,
                     "websocket": websocket,
                     "media": media,
                     "network_change": network_change,
                 }
-                gaps: dict[str, list[dict[str, float]]] = {name: [] for name in events}
+                if cluster:
+                    events["moved"] = moved
+                gaps: dict[str, list[dict[str, float]]] = {}
                 for _ in range(rounds):
                     for name, event in events.items():
-                        gaps[name].append(await _gap(a, b, event, settle))
+                        gap = await _gap(a, b, event, settle)
+                        if cluster and name != "baseline":
+                            # B stays on the first node: is the pair (now) across nodes?
+                            across = a.url != servers[0].ws_url
+                            name += " (across nodes)" if across else " (same node)"
+                        gaps.setdefault(name, []).append(gap)
                 partner_left = [m for m in a.messages + b.messages if m["type"] == "partner_left"]
         finally:
-            await server.stop()
+            for server in servers:
+                await server.stop()
+            if redis is not None:
+                redis.stop()
     return {
         "rounds": rounds,
         "fps": fps,
+        "cluster": cluster,
         "partner_left": len(partner_left),
         **{
             name: {
@@ -110,8 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle", type=int, default=SETTLE_FRAMES, help="frames to wait for after each event"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="two nodes on one redis-server; adds `moved`, a resume on the other node",
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(asyncio.run(measure(args.rounds, args.fps, args.settle)), indent=2))
+    result = asyncio.run(measure(args.rounds, args.fps, args.settle, cluster=args.cluster))
+    print(json.dumps(result, indent=2))
     return 0
 
 

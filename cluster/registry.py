@@ -129,6 +129,11 @@ class NodeRegistry:
         values = await self._redis.mget([self.key(n) for n in wanted])
         return {n for n, v in zip(wanted, values, strict=True) if v is not None}
 
+    async def live_nodes(self) -> set[str]:
+        """Every node alive now, this one included (from the members the beats keep)."""
+        members = {_text(n) for n in await self._redis.smembers(self._members)}
+        return await self.alive(members | {self.node_id})
+
     async def _beat_forever(self) -> None:
         # redis-py can swallow the CancelledError of a command cancelled mid-way (it
         # drops the connection, then returns or raises something else): without this

@@ -8,6 +8,7 @@ name is in ``request[MODERATOR]``. Every action is written to the audit log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any
@@ -16,22 +17,29 @@ from aiohttp import web
 
 from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
+from moderation.channel import ChannelError
 from moderation.events import CLOSED
-from moderation.recorder import PARTS, extract_part
-from moderation.service import Moderation, ban_json, report_json
+from moderation.files import RemoteFile, RemoteFiles
+from moderation.live import LiveSessions, SessionQuery
+from moderation.recorder import PARTS, RECORDING_NAME, extract_part
+from moderation.remote import RemoteFeedError, RemoteMedia
+from moderation.service import BanMade, Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
-from rtc.peer import Peer, PeerError
-from rtc.watcher import Watcher
+from rtc.peer import PeerError
+from rtc.watcher import Watched, Watcher
 
 logger = logging.getLogger(__name__)
 
 MODERATION = web.AppKey("moderation", Moderation)
+LIVE = web.AppKey("live", LiveSessions)
+FILES = web.AppKey("files", RemoteFiles)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
+DASHBOARD_FILES = frozenset(
+    ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js", "live.js")
+)
 
 MAX_REASON = 500
-# Chat lines the watch view shows.
-LIVE_CHAT_LINES = 100
 # Seconds between keep-alive comments on the dashboard's event stream.
 HEARTBEAT = 15.0
 # Report decisions a moderator can resolve with (a ban resolves as "banned" itself).
@@ -90,6 +98,21 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _node(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
+    """The `node` a request names (body or query): where the session it acts on lives."""
+    node = (body or {}).get("node", request.query.get("node"))
+    if node is None or node == "":
+        return None
+    if not isinstance(node, str) or len(node) > 200:
+        raise web.HTTPBadRequest(text="node: the node id the sessions list gave")
+    return node
+
+
+def _failed(exc: ChannelError) -> web.Response:
+    """A request another node refused, or could not be asked: its status and its words."""
+    return web.Response(status=exc.status, text=exc.message)
+
+
 def _session_ids(body: dict[str, Any]) -> list[str]:
     ids = body.get("sessionIds")
     if (
@@ -99,6 +122,41 @@ def _session_ids(body: dict[str, Any]) -> list[str]:
     ):
         raise web.HTTPBadRequest(text="sessionIds: a list of one or two session ids")
     return ids
+
+
+def _nodes(body: dict[str, Any], ids: list[str], here: str) -> list[str | None]:
+    """Per session id, the node holding it when that is another node (None: this one).
+
+    `node` is one node id for every id, or a list of one per id (a pair across nodes);
+    absent, every id is on this node.
+    """
+    node = body.get("node")
+    nodes = node if isinstance(node, list) else [node] * len(ids)
+    if len(nodes) != len(ids) or not all(
+        n is None or (isinstance(n, str) and 0 < len(n) <= 200) for n in nodes
+    ):
+        raise web.HTTPBadRequest(
+            text="node: the id of the node holding the session (a string), or one per session"
+        )
+    return [None if n == here else n for n in nodes]
+
+
+def _remote(request: web.Request) -> RemoteMedia:
+    remote = request.app[MODERATION].remote
+    if remote is None:
+        raise web.HTTPNotFound(text="this server is not part of a cluster")
+    return remote
+
+
+def _refused(exc: RemoteFeedError) -> web.HTTPException:
+    """The answer for a person on another node who cannot be reached; says why."""
+    if exc.code == "timeout":
+        return web.HTTPGatewayTimeout(text=exc.message)
+    if exc.code == "busy":
+        return web.HTTPServiceUnavailable(text=exc.message)
+    if exc.code in ("bad_request", "bad_answer"):
+        return web.HTTPBadGateway(text=exc.message)
+    return web.HTTPNotFound(text=exc.message)  # no such node, session or media
 
 
 # -- pages ---------------------------------------------------------------
@@ -116,7 +174,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
 
 async def dashboard_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    if name not in ("dashboard.js", "dashboard.css", "queue.js", "bandialog.js", "api.js"):
+    if name not in DASHBOARD_FILES:
         raise web.HTTPNotFound()
     path = os.path.join(request.app[DASHBOARD_DIR], name)
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
@@ -126,14 +184,20 @@ async def dashboard_file(request: web.Request) -> web.StreamResponse:
 
 
 async def sessions(request: web.Request) -> web.Response:
-    moderation = request.app[MODERATION]
+    """A page of everyone online on every node (moderation/live.py), and who is watched."""
+    try:
+        query = SessionQuery.parse(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
     watchers = request.app[WATCHERS]
     for watch_id, watcher in list(watchers.items()):
         if watcher.closed:  # its connection failed or closed
             del watchers[watch_id]
+    page = await request.app[LIVE].page(query)
     return web.json_response(
-        {
-            "sessions": await moderation.live_view(),
+        page
+        | {
+            "node": request.app[LIVE].node,
             "watching": [
                 {"id": w.id, "sessionIds": w.watched, "moderator": w.moderator}
                 for w in watchers.values()
@@ -143,48 +207,66 @@ async def sessions(request: web.Request) -> web.Response:
 
 
 async def thumbnail(request: web.Request) -> web.Response:
-    followed = request.app[MODERATION].followed.get(request.match_info["id"])
-    if followed is None or followed.thumbnail is None:
-        raise web.HTTPNotFound()
-    return web.Response(
-        body=followed.thumbnail, content_type="image/jpeg", headers={"Cache-Control": "no-store"}
-    )
+    session_id = request.match_info["id"]
+    node = _node(request)
+    live = request.app[LIVE]
+    if node is not None and node != live.node:
+        try:
+            jpeg = await live.thumbnail(node, session_id)
+        except ChannelError as exc:
+            return _failed(exc)
+    else:
+        followed = request.app[MODERATION].followed.get(session_id)
+        if followed is None or followed.thumbnail is None:
+            raise web.HTTPNotFound()
+        jpeg = followed.thumbnail
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 async def live_chat(request: web.Request) -> web.Response:
-    """The current pair's chat of a session on this node (the watch view shows it live)."""
-    session = request.app[MODERATION].lobby.sessions.get(request.match_info["id"])
-    if session is None:
-        raise web.HTTPNotFound(text="no such session")
-    lines = list(session.transcript)[-LIVE_CHAT_LINES:]
-    return web.json_response(
-        {
-            "partner": session.partner.id if session.partner else None,
-            "chat": [{"at": at, "sender": sender, "text": text} for at, sender, text in lines],
-        }
-    )
+    """The current pair's chat of a session on any node (`?node=`; the watch view shows it)."""
+    live = request.app[LIVE]
+    try:
+        chat = await live.chat(_node(request) or live.node, request.match_info["id"])
+    except ChannelError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(text="no such session") from None
+        return _failed(exc)
+    return web.json_response(chat)
 
 
 # -- kick and ban ------------------------------------------------------------
 
 
 async def kick(request: web.Request) -> web.Response:
+    """End a visit on whichever node holds it (`node` from the sessions list, or found)."""
     session_id = request.match_info["id"]
     body = await _json(request)
     message = str(body.get("message") or "a moderator ended your session")[:MAX_REASON]
-    if not request.app[MODERATION].lobby.kick(session_id, message):
-        raise web.HTTPNotFound(text="no such session")
-    await _audit(request, "kick", f"session:{session_id}", message)
-    return web.json_response({"kicked": session_id})
+    live = request.app[LIVE]
+    try:
+        node = await live.locate(session_id, _node(request, body))
+        node = await live.kick(node, session_id, message)
+    except ChannelError as exc:
+        return _failed(exc)
+    await _audit(request, "kick", f"session:{session_id}", f"{message} (node {node})")
+    return web.json_response({"kicked": session_id, "node": node})
 
 
 async def release(request: web.Request) -> web.Response:
     """A moderator looked at a stream held back by --nudity-blur: partners see it again."""
     session_id = request.match_info["id"]
-    if not request.app[MODERATION].release(session_id):
-        raise web.HTTPNotFound(text="no such session with held video")
-    await _audit(request, "release", f"session:{session_id}")
-    return web.json_response({"released": session_id})
+    body = await _json(request) if request.can_read_body else {}
+    live = request.app[LIVE]
+    try:
+        node = await live.locate(session_id, _node(request, body))
+        node = await live.release(node, session_id)
+    except ChannelError as exc:
+        if exc.status == 404:
+            raise web.HTTPNotFound(text="no such session with held video") from None
+        return _failed(exc)
+    await _audit(request, "release", f"session:{session_id}", f"node {node}")
+    return web.json_response({"released": session_id, "node": node})
 
 
 async def bans(request: web.Request) -> web.Response:
@@ -217,16 +299,22 @@ async def ban(request: web.Request) -> web.Response:
     identity, ip = body.get("identity"), body.get("ip")
     person = address = None
     if isinstance(body.get("sessionId"), str):
-        session = moderation.lobby.sessions.get(body["sessionId"])
-        if session is None:
-            raise web.HTTPNotFound(text="no such session")
+        # What the ban keeps comes from the node holding the session, wherever it is.
+        live = request.app[LIVE]
+        try:
+            node = await live.locate(body["sessionId"], _node(request, body))
+            session = await live.describe(node, body["sessionId"])
+        except ChannelError as exc:
+            if exc.status == 404:
+                raise web.HTTPNotFound(text="no such session") from None
+            return _failed(exc)
         try:
             scope = parse_scope(body.get("scope"))
         except BanTermError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
-        identity = session.identity if scope.by_identity else None
-        ip = session.ip if scope.by_address else None
-        person = session.person if scope.by_identity else None
+        identity = session["identity"] if scope.by_identity else None
+        ip = session["ip"] if scope.by_address else None
+        person = session["person"] if scope.by_identity else None
         # A scope names what the ban must hold; a ban that quietly covers less than asked
         # (say "identity+address" stored without the address) would let them back in.
         if scope.by_identity and identity is None:
@@ -252,7 +340,15 @@ async def ban(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    return web.json_response(ban_json(made))
+    return web.json_response(_made_json(made))
+
+
+def _made_json(made: BanMade) -> dict[str, Any]:
+    """The ban, how many live visits it ended, and the nodes it could not reach (why)."""
+    return ban_json(made.ban) | {
+        "ended": made.ended,
+        "missed": [{"node": node, "error": error} for node, error in sorted(made.missed.items())],
+    }
 
 
 async def lift_ban(request: web.Request) -> web.Response:
@@ -344,7 +440,7 @@ async def ban_from_report(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such report") from None
     except BanTermError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    return web.json_response(ban_json(made))
+    return web.json_response(_made_json(made))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -397,31 +493,49 @@ async def history(request: web.Request) -> web.Response:
 
 
 async def recordings(request: web.Request) -> web.Response:
-    moderation = request.app[MODERATION]
-    return web.json_response({"recordings": await asyncio.to_thread(moderation.recordings)})
+    """Every node's recordings and evidence files, each with the `node` holding it."""
+    rows, missed = await request.app[FILES].recordings()
+    missing = [{"node": node, "error": error} for node, error in sorted(missed.items())]
+    return web.json_response({"recordings": rows, "missing": missing})
 
 
 async def start_recording(request: web.Request) -> web.Response:
+    """Record `sessionIds`; a person on another node (`node`) is recorded into a file here."""
     moderation = request.app[MODERATION]
+    body = await _json(request)
+    ids = _session_ids(body)
     started = []
-    for session_id in _session_ids(await _json(request)):
+    for session_id, node in zip(ids, _nodes(body, ids, moderation.lobby.node), strict=True):
         try:
-            recording = moderation.start_recording(session_id, _who(request))
+            if node is None:
+                recording = moderation.start_recording(session_id, _who(request))
+            else:
+                recording = await _remote(request).record(
+                    node, session_id, _who(request), moderation.recordings_dir
+                )
         except KeyError:
             raise web.HTTPNotFound(text=f"no media from session {session_id}") from None
+        except RemoteFeedError as exc:
+            raise _refused(exc) from None
         except ValueError as exc:
             raise web.HTTPConflict(text=str(exc)) from None
         name = recording.recorder.path.name
-        await _audit(request, "record", f"session:{session_id}", name)
+        target = f"session:{session_id}" + (f"@{node}" if node else "")
+        await _audit(request, "record", target, name)
         started.append({"sessionId": session_id, "name": name})
     return web.json_response({"recording": started})
 
 
 async def stop_recording(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
+    body = await _json(request)
+    ids = _session_ids(body)
     stopped = []
-    for session_id in _session_ids(await _json(request)):
-        path = await asyncio.to_thread(moderation.stop_recording, session_id)
+    for session_id, node in zip(ids, _nodes(body, ids, moderation.lobby.node), strict=True):
+        if node is None:
+            path = await asyncio.to_thread(moderation.stop_recording, session_id)
+        else:
+            path = await _remote(request).stop_recording(node, session_id)
         name = path.name if path is not None else None
         await _audit(request, "stop_recording", f"session:{session_id}", name or "")
         stopped.append({"sessionId": session_id, "name": name})
@@ -429,26 +543,98 @@ async def stop_recording(request: web.Request) -> web.Response:
 
 
 async def recording_file(request: web.Request) -> web.StreamResponse:
-    """One recording, by its unguessable name; never a static route."""
+    """One recording, by its unguessable name; never a static route.
+
+    A file written by another node (a report filed there, a recording made there) is
+    read from that node through the moderation channel (moderation/files.py).
+    """
     name = request.match_info["name"]
-    path = request.app[MODERATION].recording_path(name)
-    if path is None:
-        raise web.HTTPNotFound()
+    moderation = request.app[MODERATION]
     download = request.query.get("download") == "1"
     part = request.query.get("part")
-    await _audit(request, "download" if download else "play", f"recording:{name}", part or "")
+    if part is not None and part not in PARTS:
+        raise web.HTTPBadRequest(text=f"part: one of {', '.join(PARTS)}")
+    path = moderation.recording_path(name)
+    remote: RemoteFile | None = None
+    if path is None:
+        if moderation.remote is None or not RECORDING_NAME.fullmatch(name):
+            raise web.HTTPNotFound()
+        try:
+            remote = await request.app[FILES].find(name, _node(request))
+        except ChannelError as exc:
+            return _failed(exc)
+    where = "" if remote is None else f" (node {remote.node})"
+    await _audit(
+        request, "download" if download else "play", f"recording:{name}", (part or "") + where
+    )
     headers = {"Cache-Control": "no-store", "Content-Type": "video/webm"}
     if part is not None:
         # One person of an evidence file, so the dashboard can show both side by side.
-        if part not in PARTS:
-            raise web.HTTPBadRequest(text=f"part: one of {', '.join(PARTS)}")
-        body = await asyncio.to_thread(extract_part, path, part)
+        try:
+            if path is not None:
+                body = await asyncio.to_thread(extract_part, path, part)
+            else:
+                assert remote is not None
+                async with request.app[FILES].local_copy(remote) as copy:
+                    body = await asyncio.to_thread(extract_part, copy, part)
+        except ChannelError as exc:
+            return _failed(exc)
         if body is None:
             raise web.HTTPNotFound(text=f"this recording has no {part} tracks")
         return web.Response(body=body, headers=headers)
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return web.FileResponse(path, headers=headers)
+    if path is not None:
+        return web.FileResponse(path, headers=headers)
+    assert remote is not None
+    return await _stream_remote(request, remote, headers)
+
+
+async def _stream_remote(
+    request: web.Request, file: RemoteFile, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A file on another node, chunk by chunk, honouring one byte range (for seeking)."""
+    try:
+        wanted = request.http_range
+    except ValueError:
+        unsatisfiable = {"Content-Range": f"bytes */{file.size}"}
+        raise web.HTTPRequestRangeNotSatisfiable(headers=unsatisfiable) from None
+    start, stop = wanted.start or 0, file.size if wanted.stop is None else wanted.stop
+    if start < 0:  # "bytes=-N": the last N bytes
+        start, stop = max(0, file.size + start), file.size
+    stop = min(stop, file.size)
+    ranged = request.headers.get("Range") is not None
+    if ranged and start >= stop:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{file.size}"})
+    headers["Accept-Ranges"] = "bytes"
+    if ranged:
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{file.size}"
+    chunks = request.app[FILES].chunks(file, start, stop)
+    try:
+        # The first chunk before any header: a holder that cannot answer is a clear error.
+        first = await anext(chunks, b"")
+    except ChannelError as exc:
+        await chunks.aclose()
+        return _failed(exc)
+    response = web.StreamResponse(status=206 if ranged else 200, headers=headers)
+    response.content_length = stop - start
+    await response.prepare(request)
+    try:
+        await response.write(first)
+        async for data in chunks:
+            await response.write(data)
+    except ChannelError as exc:
+        # Headers are sent: all that is left is to cut the download short, visibly.
+        logger.warning("stopped sending %s from node %s: %s", file.name, file.node, exc.message)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except ConnectionResetError:
+        return response  # the player went away (seeking, closing): nothing to send to
+    finally:
+        await chunks.aclose()
+    await response.write_eof()
+    return response
 
 
 # -- watching live -----------------------------------------------------------
@@ -459,19 +645,32 @@ async def watch(request: web.Request) -> web.Response:
     moderation = request.app[MODERATION]
     body = await _json(request)
     ids = _session_ids(body)
+    nodes = _nodes(body, ids, moderation.lobby.node)
     sdp = body.get("sdp")
     if not isinstance(sdp, str):
         raise web.HTTPBadRequest(text="sdp: the offer")
-    peers: list[Peer] = []
-    for session_id in ids:
-        session = moderation.lobby.sessions.get(session_id)
-        if session is None or session.peer is None:
+    watched: list[Watched] = []
+    for session_id, node in zip(ids, nodes, strict=True):
+        session = moderation.lobby.sessions.get(session_id) if node is None else None
+        if node is None and (session is None or session.peer is None):
             raise web.HTTPNotFound(text=f"no media from session {session_id}")
-        peers.append(session.peer)
+        if session is not None and session.peer is not None:
+            watched.append(session.peer)
     # Gathered like the users' own connections: same ICE servers, same addresses.
     watcher = Watcher(_who(request), moderation.lobby.relay.settings)
     try:
-        answer = await watcher.answer(sdp, peers)
+        for index, (session_id, node) in enumerate(zip(ids, nodes, strict=True)):
+            if node is not None:
+                # Someone on another node: their media comes here through the pipe,
+                # until the watcher closes (however it closes).
+                remote = _remote(request)
+                feed = await remote.open(node, session_id, "watch")
+                watcher.on_close(functools.partial(remote.release, feed))
+                watched.insert(index, feed)
+        answer = await watcher.answer(sdp, watched)
+    except RemoteFeedError as exc:
+        await watcher.close()
+        raise _refused(exc) from None
     except PeerError as exc:
         await watcher.close()
         raise web.HTTPBadRequest(text=exc.message) from None
@@ -479,7 +678,8 @@ async def watch(request: web.Request) -> web.Response:
         await watcher.close()
         raise
     request.app[WATCHERS][watcher.id] = watcher
-    await _audit(request, "watch", ",".join(f"session:{i}" for i in ids), watcher.id)
+    targets = (f"session:{i}" + (f"@{n}" if n else "") for i, n in zip(ids, nodes, strict=True))
+    await _audit(request, "watch", ",".join(targets), watcher.id)
     logger.info("%r started", watcher)
     return web.json_response({"watchId": watcher.id, "sdp": answer})
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import cv2
@@ -37,6 +37,7 @@ from moderation.analyzers import (
 )
 from moderation.auth import Moderators
 from moderation.ban_terms import BanScope, BanTermError
+from moderation.channel import LocalChannel, ModerationChannel
 from moderation.events import EventHub
 from moderation.pseudonyms import Pseudonyms
 from moderation.recorder import (
@@ -57,11 +58,15 @@ from moderation.store import (
 from moderation.store_protocol import ModerationStoreProtocol
 from rtc.media import EncodedFrame
 from rtc.peer import KINDS, Peer
+from rtc.pipe import PipePublisher
 from rtc.publisher import Publisher
 from signalling.lobby import Lobby
 from signalling.protocol import error_message
 from signalling.recent import PERSON_TAG, RecentPartner
 from signalling.session import Session, State
+
+if TYPE_CHECKING:
+    from moderation.remote import RemoteMedia
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +99,17 @@ class ModerationSettings:
     nudity_threshold: float = 0.5
     nudity_rate: float = 4.0
     nudity_blur: bool = False
+
+
+@dataclass
+class BanMade:
+    """A stored ban and what it did now: visits ended, and nodes it could not reach."""
+
+    ban: Ban
+    ended: int = 0
+    # Node -> why it was not reached (its visits the ban covers go on until they
+    # reconnect, when they are refused).
+    missed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +149,10 @@ class Followed:
         # a moderator releases it (--nudity-blur); it outlives the flag itself.
         self.held: Flag | None = None
         self._listeners: dict[str, Any] = {}
+        # A partner on another node: their last seconds as this node receives them
+        # through the pipe, so evidence of a pair across nodes holds both people.
+        self.partner_buffers: dict[str, RingBuffer] = {}
+        self._piped: dict[str, tuple[PipePublisher, Any]] = {}
 
     def listen(self, on_frame: Any) -> None:
         for kind, publisher in self.peer.publishers.items():
@@ -145,6 +165,35 @@ class Followed:
         for publisher, listener in self._listeners.values():
             publisher.remove_frame_listener(listener)
         self._listeners.clear()
+        self.unlisten_partner()
+
+    def listen_to_partner(self, evidence_seconds: float) -> None:
+        """Buffer what the peer receives from a partner on another node (a PipePublisher)."""
+        for kind, subscriber in self.peer.subscribers.items():
+            source = subscriber.source
+            if not isinstance(source, PipePublisher):
+                continue
+            old = self._piped.get(kind)
+            if old is not None and old[0] is source:
+                continue
+            if old is not None:  # a stream of an earlier partner
+                old[0].remove_frame_listener(old[1])
+            buffer = RingBuffer(
+                max_seconds=evidence_seconds, on_keyframe_needed=source.request_keyframe
+            )
+
+            def on_frame(frame: EncodedFrame, buffer: RingBuffer = buffer) -> None:
+                buffer.push(frame, time.monotonic())
+
+            source.add_frame_listener(on_frame)
+            self._piped[kind] = (source, on_frame)
+            self.partner_buffers[kind] = buffer
+
+    def unlisten_partner(self) -> None:
+        for source, listener in self._piped.values():
+            source.remove_frame_listener(listener)
+        self._piped.clear()
+        self.partner_buffers.clear()
 
     @property
     def flags(self) -> list[Flag]:
@@ -160,8 +209,14 @@ class Moderation:
         store: ModerationStoreProtocol,
         moderators: Moderators,
         settings: ModerationSettings,
+        channel: ModerationChannel | None = None,
     ) -> None:
         self.lobby = lobby
+        # How a request reaches the node holding a session (moderation/channel.py).
+        self.channel: ModerationChannel = channel or LocalChannel(lobby.node)
+        self.channel.handle("enforce", self._enforce_here)
+        self.channel.handle("presence", self._presence_here)
+        self.channel.on_notice(self._on_notice)
         self.store = store
         self.moderators = moderators
         self.settings = settings
@@ -179,6 +234,8 @@ class Moderation:
         self._retention_task: asyncio.Task[None] | None = None
         # Loaded in start(): one model and one rate limit shared by every stream.
         self._nudity: tuple[Any, Any] | None = None
+        # People held by other nodes, watched and recorded here (set by app.py).
+        self.remote: RemoteMedia | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -290,9 +347,13 @@ class Moderation:
                             max_seconds=self.settings.evidence_seconds,
                             on_keyframe_needed=publisher.request_keyframe,
                         )
-            elif followed.buffers:
+                partner = session.partner
+                if partner is not None and partner.node != self.lobby.node:
+                    followed.listen_to_partner(self.settings.evidence_seconds)
+            elif followed.buffers or followed.partner_buffers:
                 # Not paired: nobody to report, nothing to keep.
                 followed.buffers.clear()
+                followed.unlisten_partner()
 
     def _analyzers(self) -> list[Analyzer]:
         analyzers = default_analyzers()
@@ -306,8 +367,9 @@ class Moderation:
         return analyzers
 
     def _publish_session_changes(self) -> None:
-        """Tell listening dashboards when anyone arrived, left, or changed pair."""
-        if not len(self.events):
+        """Tell listening dashboards, here and on the other nodes (whose dashboards list
+        this node's people too), when anyone arrived, left, or changed pair."""
+        if not len(self.events) and isinstance(self.channel, LocalChannel):
             return
         seen = hash(
             frozenset(
@@ -326,18 +388,33 @@ class Moderation:
         if seen != self._sessions_seen:
             self._sessions_seen = seen
             self.events.publish("sessions")
+            self.channel.notify("sessions")
+
+    def _on_notice(self, name: str) -> None:
+        """Another node's sessions changed: dashboards here list them too."""
+        if name == "sessions":
+            self.events.publish("sessions")
 
     def _on_pair_end(self, session: Session, pair: RecentPartner) -> None:
-        """Keep this person's last seconds of the pair for the report window."""
+        """Keep this person's last seconds of the pair for the report window, and their
+        partner's too when that partner is on another node (as the pipe brought them)."""
         followed = self.followed.get(session.id)
         if followed is None:
             return
         buffers, followed.buffers = followed.buffers, {}
+        self._retain(pair.pair_id, session.id, buffers)
+        if pair.partner.node != self.lobby.node:
+            # The partner's side, as it came through the pipe: their node keeps its own
+            # copy, but a late report is made here, where the reporter is.
+            self._retain(pair.pair_id, pair.partner.id, dict(followed.partner_buffers))
+        followed.unlisten_partner()
+
+    def _retain(self, pair_id: str, session_id: str, buffers: dict[str, RingBuffer]) -> None:
         frames = {kind: b.snapshot() for kind, b in buffers.items() if len(b)}
         if not frames:
             return
         size = sum(len(f.frame.data) for kept in frames.values() for f in kept)
-        key = (pair.pair_id, session.id)
+        key = (pair_id, session_id)
         old = self.retained.pop(key, None)
         self.retained_total -= old.bytes if old else 0
         self.retained[key] = Retained(frames, size)
@@ -506,13 +583,24 @@ class Moderation:
         if kept is not None:
             return kept.frames
         followed = self.followed.get(session_id)
+        buffers = followed.buffers if followed is not None else {}
         pair = followed.session.pair if followed is not None else None
-        if followed is None or pair is None or pair.pair_id != pair_id:
-            return {}
+        if pair is None or pair.pair_id != pair_id:
+            # Someone on another node: a local partner of theirs received them by pipe.
+            buffers = next(
+                (
+                    f.partner_buffers
+                    for f in self.followed.values()
+                    if (p := f.session.pair) is not None
+                    and p.pair_id == pair_id
+                    and p.partner.id == session_id
+                ),
+                {},
+            )
         return {
             kind: buffer.snapshot()
             for kind in KINDS
-            if (buffer := followed.buffers.get(kind)) is not None and len(buffer)
+            if (buffer := buffers.get(kind)) is not None and len(buffer)
         }
 
     async def on_block(self, blocker: Session, pair: RecentPartner) -> None:
@@ -632,6 +720,8 @@ class Moderation:
             for f in self.followed.values()
             if f.recording is not None
         }
+        if self.remote is not None:
+            live |= self.remote.live_recordings()
         out: list[dict[str, Any]] = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.recordings_dir):
@@ -679,8 +769,8 @@ class Moderation:
         seconds: float | None,
         reason: str,
         report_id: int | None = None,
-    ) -> Ban:
-        """Store a ban and end every visit it reaches now (here: this node's)."""
+    ) -> BanMade:
+        """Store a ban and end every visit it reaches now, on every node."""
         expires = None if seconds is None else time.time() + seconds
         ban = await asyncio.to_thread(
             lambda: self.store.add_ban(
@@ -695,11 +785,23 @@ class Moderation:
             )
         )
         self.events.publish("queue")
+        # Every node ends the visits it holds that the ban covers (this one included).
+        answers, missed = await self.channel.call_all("enforce", {"ban": ban_json(ban)})
+        ended = sum(int(a.get("ended", 0)) for a in answers.values())
+        if missed:
+            logger.warning("ban %d did not reach %s", ban.id, missed)
+        return BanMade(ban, ended, missed)
+
+    async def _enforce_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A ban made on any node: end the visits of this node it covers."""
+        ban = ban_from_json(args["ban"])
         refusal = self.refusal(ban)
+        ended = 0
         for session in list(self.lobby.sessions.values()):
             if _reaches(ban, session):
                 self.lobby.kick(session.id, refusal["message"], code="banned", **_extra(refusal))
-        return ban
+                ended += 1
+        return {"ended": ended}
 
     async def ban_from_report(
         self,
@@ -709,7 +811,7 @@ class Moderation:
         scope: BanScope,
         seconds: float | None,
         reason: str,
-    ) -> Ban:
+    ) -> BanMade:
         """Ban the person a report is about, from what the report kept (they may be gone);
         the report is resolved as `banned` in the same step."""
         report = await asyncio.to_thread(self.store.report, report_id)
@@ -733,12 +835,6 @@ class Moderation:
             report_id=report_id,
         )
 
-    def online_at_address(self, address: str | None) -> int:
-        """How many people online now share this address key (before an address ban)."""
-        if address is None:
-            return 0
-        return sum(1 for s in self.lobby.sessions.values() if s.address == address)
-
     async def queue(self, *, limit: int = 200) -> list[dict[str, Any]]:
         """Open reports, most urgent first, with what deciding on each needs."""
         open_reports = await asyncio.to_thread(
@@ -746,21 +842,51 @@ class Moderation:
         )
         since = time.time() - queue.DAY
         reporters = await asyncio.to_thread(self.store.reporters_since, since)
-        online = {s.person for s in self.lobby.sessions.values() if s.person is not None}
-        online |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        # Who of them is online, flagged now, and how many share their address: on any node.
+        answers, _ = await self.channel.call_all(
+            "presence",
+            {
+                "subjects": sorted({r.subject for r in open_reports}),
+                "addresses": sorted({a for r in open_reports if (a := r.reported_address)}),
+            },
+        )
+        online: set[str] = set()
+        flagged: set[str] = set()
+        sharing: dict[str, int] = {}
+        for answer in answers.values():
+            online.update(answer["online"])
+            flagged.update(answer["flagged"])
+            for address, count in answer["sharing"].items():
+                sharing[address] = sharing.get(address, 0) + int(count)
         out = []
-        flagged = self.flagged_subjects()
         for report in queue.order(open_reports, reporters, flagged)[:limit]:
+            address = report.reported_address
             out.append(
                 report_json(report)
                 | {
                     "reporters24h": reporters.get(report.subject, 1),
                     "flaggedNow": report.subject in flagged,
                     "online": report.subject in online,
-                    "sharingAddress": self.online_at_address(report.reported_address),
+                    "sharingAddress": sharing.get(address, 0) if address else 0,
                 }
             )
         return out
+
+    async def _presence_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Which of these report subjects are online on this node, which are flagged
+        now, and how many here are at each of these addresses (for the queue)."""
+        here = {s.person for s in self.lobby.sessions.values() if s.person is not None}
+        here |= {f"s:{session_id}" for session_id in self.lobby.sessions}
+        wanted = {str(a) for a in args.get("addresses") or ()}
+        sharing: dict[str, int] = {}
+        for session in self.lobby.sessions.values():
+            if session.address in wanted:
+                sharing[session.address] = sharing.get(session.address, 0) + 1
+        return {
+            "online": sorted(here.intersection(str(x) for x in args.get("subjects") or ())),
+            "flagged": sorted(self.flagged_subjects()),
+            "sharing": sharing,
+        }
 
     def flagged_subjects(self) -> set[str]:
         """Report subjects of the people the nudity analyzer flags now (or holds)."""
@@ -778,45 +904,6 @@ class Moderation:
             "reports": [report_json(r) for r in reports],
             "bans": [ban_json(b) for b in bans],
         }
-
-    # -- the live view -----------------------------------------------------
-
-    async def live_view(self) -> list[dict[str, Any]]:
-        reports = await asyncio.to_thread(
-            self.store.reports, status=ReportStatus.OPEN, limit=10_000
-        )
-        open_reports: dict[str, int] = {}
-        for report in reports:
-            open_reports[report.reported_id] = open_reports.get(report.reported_id, 0) + 1
-        loop_now = asyncio.get_running_loop().time()
-        out: list[dict[str, Any]] = []
-        for session in self.lobby.sessions.values():
-            followed = self.followed.get(session.id)
-            out.append(
-                {
-                    "id": session.id,
-                    "state": session.state.value,
-                    "partner": session.partner.id if session.partner is not None else None,
-                    "onlineSeconds": round(loop_now - session.connected_at, 1),
-                    "interests": list(session.interests),
-                    "identity": session.identity,
-                    "ip": session.ip,
-                    "media": session.media_ready,
-                    "openReports": open_reports.get(session.id, 0),
-                    "flags": [
-                        {"name": f.name, "detail": f.detail, "score": f.score}
-                        for f in (followed.flags if followed else [])
-                    ],
-                    # The flag that holds their video back from partners (--nudity-blur).
-                    "held": None
-                    if followed is None or followed.held is None
-                    else {"name": followed.held.name, "detail": followed.held.detail},
-                    "thumbnailAt": followed.thumbnail_at if followed else None,
-                    "recording": bool(followed and followed.recording),
-                }
-            )
-        out.sort(key=lambda s: float(s["onlineSeconds"]), reverse=True)
-        return out
 
 
 class FlagCollector:
@@ -882,6 +969,22 @@ def ban_json(ban: Ban) -> dict[str, Any]:
         "expiresAt": ban_until(ban),
         "createdBy": ban.created_by,
     }
+
+
+def ban_from_json(data: dict[str, Any]) -> Ban:
+    """The Ban `ban_json` described (a ban made on another node, to enforce here)."""
+    expires = data.get("expiresAt")
+    return Ban(
+        id=int(data["id"]),
+        identity=data.get("identity"),
+        ip=data.get("ip"),
+        reason=str(data["reason"]),
+        created_at=float(data["createdAt"]),
+        expires_at=None if expires is None else float(expires),
+        created_by=str(data["createdBy"]),
+        person=data.get("person"),
+        address=data.get("address"),
+    )
 
 
 def report_json(report: Report) -> dict[str, Any]:

@@ -995,6 +995,14 @@ async def _resume_test(client: ChatClient, seconds: float) -> dict[str, Any]:
     if not result["ok"]:
         result["error"] = f"resumed, but the partner was lost (state {resumed.get('state')})"
         return result
+    if resumed.get("media") is False:
+        # The balancer sent the resume to another node of a cluster: the session moved
+        # there, and a new media connection is made there, as the page does.
+        result["moved"] = True
+        try:
+            await client.negotiate()
+        except (SignallingError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+            return result | {"ok": False, "error": f"resumed, but no new media connection: {exc}"}
     try:
         await client.wait_frames(tag=tag, count=10, after=time.time(), timeout=10)
     except TimeoutError:

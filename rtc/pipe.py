@@ -301,14 +301,24 @@ class _OutgoingStream:
         "_restarting",
         "_sequence_offset",
         "publisher",
+        "sees_held",
         "stream_id",
         "to",
     )
 
     def __init__(
-        self, endpoint: PipeEndpoint, publisher: PacketSource, to: Address, stream_id: int
+        self,
+        endpoint: PipeEndpoint,
+        publisher: PacketSource,
+        to: Address,
+        stream_id: int,
+        *,
+        sees_held: bool = False,
     ) -> None:
         self._endpoint = endpoint
+        # A stream to a moderator's watcher on another node goes on while the publisher
+        # is held for review (PacketSource.hold), as a local watcher's does.
+        self.sees_held = sees_held
         self.publisher = publisher
         self.to = to
         self.stream_id = stream_id
@@ -500,16 +510,19 @@ class PipeEndpoint:
 
     # -- sending ---------------------------------------------------------
 
-    def send_stream(self, publisher: PacketSource, to: Address, stream_id: int) -> None:
+    def send_stream(
+        self, publisher: PacketSource, to: Address, stream_id: int, *, sees_held: bool = False
+    ) -> None:
         """Send every packet of `publisher` to the endpoint at `to`, as stream `stream_id`.
 
         Stream ids are this endpoint's to allocate (unique among its streams out).
+        `sees_held`: for a moderator, so it flows while the publisher is held for review.
         """
         if not 0 <= stream_id <= _MAX_STREAM_ID:
             raise ValueError(f"stream id {stream_id} is not a 32-bit number")
         if stream_id in self._outgoing:
             raise ValueError(f"stream {stream_id} is already being sent")
-        stream = _OutgoingStream(self, publisher, _address(to), stream_id)
+        stream = _OutgoingStream(self, publisher, _address(to), stream_id, sees_held=sees_held)
         self._outgoing[stream_id] = stream
         publisher.add_subscriber(stream)
         stream.send_codec()

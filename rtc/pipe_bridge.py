@@ -102,17 +102,8 @@ class PipeBridge:
 
 def _parse(description: dict[str, Any]) -> tuple[Address, dict[str, int]] | None:
     """The pipe address and stream ids another node sent, or None if they are not usable."""
-    pipe, streams = description.get("pipe"), description.get("streams")
-    if not (isinstance(pipe, list) and len(pipe) == 2 and isinstance(streams, dict)):
-        return None
-    host, port = pipe
-    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
-        return None
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if not 0 < port < 65536:
+    address, streams = parse_address(description.get("pipe")), description.get("streams")
+    if address is None or not isinstance(streams, dict):
         return None
     ids = {
         kind: value
@@ -122,4 +113,18 @@ def _parse(description: dict[str, Any]) -> tuple[Address, dict[str, int]] | None
         and not isinstance(value, bool)
         and 0 <= value < 1 << 32
     }
-    return (host, port), ids
+    return address, ids
+
+
+def parse_address(value: Any) -> Address | None:
+    """A pipe address another node sent (`[ip, port]`), or None if it is not one."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return None
+    host, port = value
+    if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int):
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (host, port) if 0 < port < 65536 else None

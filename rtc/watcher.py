@@ -2,7 +2,9 @@
 
 It is a third partner that sends nothing: its Subscribers attach to the
 watched peers' Publishers like any partner's, so frames are forwarded as they
-arrive (no decoding) and the watched pair's own streams are not touched.
+arrive (no decoding) and the watched pair's own streams are not touched. A
+person on another node is watched the same way, through the sources the pipe
+brings (moderation/remote.py): anything `Watched`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 from aiortc import (
     RTCBundlePolicy,
@@ -21,10 +24,21 @@ from aiortc import (
 from aiortc.sdp import SessionDescription
 
 from rtc import aiortc_seam
-from rtc.peer import KINDS, Peer, PeerError, PeerSettings
+from rtc.peer import KINDS, PeerError, PeerSettings
+from rtc.source import Source
 from rtc.subscriber import Subscriber
 
 logger = logging.getLogger(__name__)
+
+
+class Watched(Protocol):
+    """Someone to watch: a local Peer, or another node's person arriving by pipe."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def publishers(self) -> Mapping[str, Source]: ...
 
 
 class Watcher:
@@ -43,11 +57,17 @@ class Watcher:
         self._pc: RTCPeerConnection | None = None
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
+        # Run once at close, whatever closes it (feeds from other nodes to release).
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         return f"<Watcher {self.id} by {self.moderator} of {self.watched}>"
 
-    async def answer(self, offer_sdp: str, peers: Sequence[Peer]) -> str:
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await `callback()` when the watcher closes (stopped, or its connection ended)."""
+        self._on_close.append(callback)
+
+    async def answer(self, offer_sdp: str, peers: Sequence[Watched]) -> str:
         try:
             parsed = SessionDescription.parse(offer_sdp)
         except Exception as exc:
@@ -119,3 +139,8 @@ class Watcher:
         pc, self._pc = self._pc, None
         if pc is not None:
             await pc.close()
+        for callback in self._on_close:
+            try:
+                await callback()
+            except Exception:
+                logger.exception("%r: a close callback failed", self)

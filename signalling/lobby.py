@@ -20,18 +20,11 @@ from rtc.relay import Relay
 from signalling import protocol as p
 from signalling.limits import AddressLimits, LimitExceeded, LimitSettings, Slot
 from signalling.recent import DEFAULT_WINDOW, RecentPartner, new_pair_id
-from signalling.resume import (
-    ResumeSettings,
-    make_token,
-    new_secret,
-    secret_matches,
-    split_token,
-)
+from signalling.resume import HANDOVER_MESSAGES, Resumer, ResumeSettings
 from signalling.session import (
     CLOSE_FLOOD,
     CLOSE_GOING_AWAY,
     CLOSE_SERVICE_RESTART,
-    DELIBERATE_CLOSES,
     Session,
     State,
 )
@@ -90,9 +83,8 @@ class Lobby:
     ) -> None:
         self.relay = relay
         self.resume = resume or ResumeSettings()
-        # Ids of sessions whose socket dropped, held for a resume (at most resume.max_held).
-        self.held: set[str] = set()
-        self.resumes = 0
+        # Dropped sessions held for a resume, and resumes (signalling/resume.py).
+        self.resumer = Resumer(self, self.resume)
         # Per-address counts: a slot is taken in join/_offer and released in
         # leave/_drop_peer, the only ways a session or a peer ends.
         self.limits = limits or AddressLimits(LimitSettings(0, 0, 0))
@@ -217,44 +209,29 @@ class Lobby:
         if self._announce_node:
             hello["node"] = self.node
         if self.resume.grace > 0:
-            hello["resumeToken"] = self._new_token(session)
+            hello["resumeToken"] = self.resumer.new_token(session)
         session.send(hello | self._online())
         logger.info("%r joined (%d online)", session, len(self.sessions))
         return session
 
     async def disconnected(self, session: Session, ws: web.WebSocketResponse) -> None:
-        """`ws`, which carried `session`, has closed: hold the session for a resume, or end it.
+        """`ws`, which carried `session`, has closed: held for a resume, or ended."""
+        await self.resumer.disconnected(session, ws)
 
-        A client that closed with 1000/1001 (it left), a socket the server closed
-        (kick, ban, flood, drain) and a node over `max_held` end at once.
-        """
-        if session.ws is not ws:
-            return  # a resumed socket carries the session now
-        if (
-            self.resume.grace <= 0
-            or session.ended_by_server
-            or session.close_code in DELIBERATE_CLOSES
-            or self.draining
-            or len(self.held) >= self.resume.max_held
-            or self.sessions.get(session.id) is not session
-        ):
-            await self.leave(session)
-            return
-        session.detach()
-        self.held.add(session.id)
-        logger.info("%r: socket dropped (code %s); held for a resume", session, session.close_code)
-        self._hold(session)
-        if session.queued:
-            # Nobody is matched with a visitor who is not there; back in the queue on resume
-            # (a resume during this await finds `queued` False and enqueues after it).
-            session.queued = False
-            await self.matcher.dequeue(session.id)
+    @property
+    def held(self) -> set[str]:
+        """Ids of the sessions whose socket dropped, held for a resume."""
+        return self.resumer.held
+
+    @property
+    def resumes(self) -> int:
+        return self.resumer.resumes
 
     async def leave(self, session: Session) -> None:
         """The session ends: end everything it held."""
         if self.sessions.pop(session.id, None) is None:
             return
-        self.held.discard(session.id)
+        self.resumer.held.discard(session.id)
         session.end_hold()
         session.resume_secret = None
         session.session_slot.release()
@@ -292,7 +269,7 @@ class Lobby:
             message = p.parse_message(data)
             kind = p.message_type(message)
             if isinstance(message, p.Resume):
-                return await self._resume(session, message, first=first)
+                return await self.resumer.resume(session, message, first=first)
             await self._dispatch(session, message)
         except p.ProtocolError as exc:
             session.send(exc.to_json())
@@ -416,15 +393,9 @@ class Lobby:
         if new is None:
             return
         old = session.peer
-        if (
-            old is not None
-            and session.state == State.PAIRED
-            and self._local_partner(session) is None
-        ):
-            # The bridge to a partner on another node is built on the old connection
-            # and is not moved: that pair ends (docs/protocol.md, "Resume").
-            await self._go_idle(session, "disconnect")
-            session.send({"type": "partner_left", "reason": "disconnect"})
+        if old is not None and session.partner is not None and session.partner.node != self.node:
+            # The bridge to a partner on another node is built anew on the new connection.
+            await self.relay.bridge.disconnect(old)
         if session.incoming is not new:
             return
         session.incoming = None
@@ -447,14 +418,11 @@ class Lobby:
             return
         partner = self._local_partner(session)
         if partner is None:
-            # A partner on another node: the bridge was built on the old connection
-            # and is not moved; the pair ends (docs/protocol.md, "Resume").
-            await self._go_idle(session, "disconnect")
-            session.send({"type": "partner_left", "reason": "disconnect"})
-            return
-        if session.peer is not None and partner.peer is not None:
+            # A partner on another node (or one that moved there): bridged anew.
+            await self.resumer.rebridge(session)
+        elif session.peer is not None and partner.peer is not None:
             self.relay.pair(session.peer, partner.peer)
-        self._maybe_back(session)
+        self.resumer.maybe_back(session)
 
     def _local_partner(self, session: Session) -> Session | None:
         partner = session.partner
@@ -465,14 +433,12 @@ class Lobby:
     async def _media_lost(self, session: Session, peer: Peer, why: str) -> None:
         if session.peer is not peer:
             return
-        if (
-            session.state == State.PAIRED
-            and self.resume.grace > 0
-            and self._local_partner(session) is not None
-        ):
-            # Likely a network change: the pair is held while the client sends a new offer.
+        if session.state == State.PAIRED and self.resume.grace > 0:
+            # Likely a network change: the pair is held while the client sends a new offer
+            # (a partner on another node is bridged to the new connection: `_media_back`).
+            await self.relay.bridge.disconnect(peer)
             await self._drop_peer(session)
-            self._hold(session)
+            self.resumer.hold(session)
             if session.incoming is not None:
                 return  # the client is on it already: the new connection takes over
             session.send(
@@ -503,119 +469,6 @@ class Lobby:
         session.incoming_slot.release()
         if peer is not None:
             await self.relay.close_peer(peer)
-
-    # -- resume ----------------------------------------------------------
-    #
-    # A session is "away" while its socket is gone (held, see `disconnected`) or, in a
-    # pair, while its media connection is gone. Its partner hears `partner_reconnecting`
-    # once; `partner_back` when the session has its socket and its media again; or, when
-    # the grace ends first, `partner_left` with reason `disconnect`.
-
-    def _new_token(self, session: Session) -> str:
-        session.resume_secret = new_secret()
-        return make_token(session.id, session.resume_secret)
-
-    def _hold(self, session: Session) -> None:
-        """Start the grace (once per absence) and tell the partner."""
-        if session.held_until is not None:
-            return
-        loop = asyncio.get_running_loop()
-        until = session.held_until = loop.time() + self.resume.grace
-        if session.partner is not None:
-            self.bus.send(
-                session.partner,
-                session.ref,
-                {"t": "client", "m": {"type": "partner_reconnecting"}},
-            )
-        # A timer, not a sleeping task: cancelled when the session comes back or ends.
-        session.hold_timer = loop.call_later(
-            self.resume.grace,
-            lambda: self._spawn(self._end_hold(session, until), f"end hold {session.id}"),
-        )
-
-    async def _end_hold(self, session: Session, until: float) -> None:
-        if session.held_until != until or self.sessions.get(session.id) is not session:
-            return  # back in time, or gone another way
-        session.held_until = None
-        session.hold_timer = None
-        if not session.attached:
-            logger.info("%r: not resumed within %g s; ended", session, self.resume.grace)
-            await self.leave(session)
-        elif session.state == State.PAIRED and not session.ready:
-            logger.info("%r: no new media within %g s; pair ended", session, self.resume.grace)
-            await self._go_idle(session, "disconnect")
-            session.send({"type": "partner_left", "reason": "disconnect"})
-
-    def _maybe_back(self, session: Session) -> None:
-        """End the absence once the session has its socket, and its media when paired."""
-        if session.held_until is None or not session.attached:
-            return
-        if session.state == State.PAIRED and not session.ready:
-            return
-        session.end_hold()
-        if session.partner is not None:
-            self.bus.send(
-                session.partner, session.ref, {"t": "client", "m": {"type": "partner_back"}}
-            )
-            logger.info("%r is back with %s", session, session.partner.id)
-
-    async def _resume(self, fresh: Session, resume: p.Resume, *, first: bool) -> Session:
-        """A new socket takes over a session by its token; answers the session it carries."""
-        if not first:
-            raise p.ProtocolError(
-                "bad_state",
-                "resume must be the first message on a new connection",
-                in_reply_to="resume",
-            )
-        held = self._resumable(resume.token)
-        if held is fresh:
-            raise p.ProtocolError(
-                "bad_state", "this connection already carries that session", in_reply_to="resume"
-            )
-        ws = fresh.ws
-        assert ws is not None
-        # The new socket's own session never started: it ends without a trace, and its
-        # place in its address's count (the new network's) passes to the resumed one.
-        self.sessions.pop(fresh.id, None)
-        fresh.release_socket()
-        held.session_slot.release()
-        held.session_slot, fresh.session_slot = fresh.session_slot, Slot(None, None)
-        held.ip = fresh.ip
-        held.identity = fresh.identity or held.identity
-        self.held.discard(held.id)
-        resumed = {
-            "type": "resumed",
-            "id": held.id,
-            "state": held.state.value,
-            "mode": "text" if held.text_only else "video",
-            "media": held.media_ready,
-            "interests": list(held.interests),
-            "shared": list(held.shared),
-            # Fresh TURN credentials: the next media connection may need them after a long visit.
-            "iceServers": self._ice_servers(repr(held)),
-            "resumeToken": self._new_token(held),
-        }
-        held.take_over(ws, resumed)
-        self.resumes += 1
-        logger.info("%r resumed", held)
-        if held.state == State.WAITING:
-            await self._enqueue(held)
-        self._maybe_back(held)
-        return held
-
-    def _resumable(self, token: str) -> Session:
-        parts = split_token(token)
-        session = self.sessions.get(parts[0]) if parts is not None else None
-        if session is None or parts is None or not secret_matches(session.resume_secret, parts[1]):
-            elsewhere = " or is held by another node of this cluster" if self.registry else ""
-            raise p.ProtocolError(
-                "resume_failed",
-                "this session cannot be resumed: the token was used already or is not "
-                f"valid, or the session ended (its grace passed){elsewhere}; "
-                "start a new visit on this connection",
-                in_reply_to="resume",
-            )
-        return session
 
     # -- matching --------------------------------------------------------
 
@@ -857,11 +710,11 @@ class Lobby:
             self._disconnect_bridge(session)
             self.bus.send(remote, session.ref, {"t": "refuse"})
             return
-        # The pair id and each side's person key travel with the handshake (blocks, reports).
+        # The pair id and each side's person and address keys travel with the handshake
+        # (blocks, reports, bans from reports); node to node only, never to a page.
         message = {"t": "propose", "shared": list(shared), "media": media}
-        self.bus.send(
-            remote, session.ref, message | {"pair": new_pair_id(), "person": session.person}
-        )
+        keys = {"person": session.person, "address": session.address}
+        self.bus.send(remote, session.ref, message | {"pair": new_pair_id()} | keys)
 
     async def _alive(self, node: str) -> bool:
         assert self.registry is not None
@@ -904,6 +757,7 @@ class Lobby:
                 "shared": list(shared),
                 "pair": pair.pair_id,
                 "person": session.person,
+                "address": session.address,
             },
         )
         self.matches_made += 1
@@ -937,7 +791,9 @@ class Lobby:
         """A message for one of this node's sessions, from a session on any node."""
         session = self.sessions.get(to)
         kind = message.get("t")
-        if kind == "propose":
+        if kind in HANDOVER_MESSAGES:
+            self.resumer.on_bus(to, sender, message)  # a session moving between nodes
+        elif kind == "propose":
             if session is None:
                 self.bus.send(sender, SessionRef(to, self.node), {"t": "refuse"})
                 return
@@ -1135,13 +991,13 @@ def _avoid(session: Session, tags: Sequence[str]) -> None:
 
 
 def _remote_pair(sender: SessionRef, message: dict[str, Any]) -> RecentPartner:
-    """The pair a cross-node handshake message describes (its address key stays there)."""
-    pair_id, person = message.get("pair"), message.get("person")
+    """The pair a cross-node handshake message describes, with the partner's keyed hashes."""
+    pair_id, person, address = message.get("pair"), message.get("person"), message.get("address")
     return RecentPartner(
         pair_id if isinstance(pair_id, str) and pair_id else new_pair_id(),
         sender,
         person if isinstance(person, str) else None,
-        None,
+        address if isinstance(address, str) else None,
     )
 
 

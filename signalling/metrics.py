@@ -180,6 +180,14 @@ def _pipe_metrics(bridge: PipeBridge) -> Iterator[Any]:
     yield datagrams
     yield messages
     yield dropped
+    streams = GaugeMetricFamily(
+        "relay_pipe_streams",
+        "Streams in the pipe now (partners on other nodes, moderators watching or recording)",
+        labels=["direction"],
+    )
+    streams.add_metric(["out"], len(endpoint.streams_out))
+    streams.add_metric(["in"], len(endpoint.streams_in))
+    yield streams
     yield CounterMetricFamily(
         "relay_pipe_send_errors", "Pipe datagrams the socket would not send", endpoint.errors
     )

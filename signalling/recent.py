@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -47,8 +48,8 @@ class RecentPartner:
 
     pair_id: str
     partner: SessionRef
-    # The partner's keyed identity hash and address hash; None when unknown
-    # (no client id, or a partner on another node for the address).
+    # The partner's keyed identity hash and address hash (from the pair handshake when
+    # the partner is on another node); None when unknown (no client id).
     person: str | None
     address: str | None
     started_at: float = field(default_factory=time.time)
@@ -75,6 +76,10 @@ class RecentPartners:
 
     def __len__(self) -> int:
         return len(self._pairs)
+
+    def __iter__(self) -> Iterator[RecentPartner]:
+        """Oldest first, including pairs past the window not yet pushed out."""
+        return iter(self._pairs)
 
     def add(self, partner: RecentPartner) -> None:
         self._pairs.append(partner)

@@ -12,6 +12,7 @@ The ``nudity`` extra is installed by ``make test``: without it these fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -415,7 +416,14 @@ async def test_a_held_stream_is_held_from_a_partner_on_another_node_too(
         "0.5",
         "--nudity-blur",
     )
-    two = nodes("--db", str(tmp_path / "two.sqlite3"), "--recordings-dir", str(tmp_path / "r2"))
+    two = nodes(
+        "--db",
+        str(tmp_path / "two.sqlite3"),
+        "--recordings-dir",
+        str(tmp_path / "r2"),
+        "--moderators-file",
+        str(moderators),
+    )
     flagged = await connected(one, clients, 1, media_file=positive_clip(tmp_path / "p.webm"))
     partner = await connected(two, clients, 2)
     assert flagged.hello["node"] != partner.hello["node"]
@@ -432,7 +440,10 @@ async def test_a_held_stream_is_held_from_a_partner_on_another_node_too(
     # The other way round nothing is held.
     await flagged.wait_frames(count=3, after=time.time(), tag=2, timeout=TIMEOUT)
 
-    status, body = await _post(one, f"/sessions/{flagged.id}/release")
+    # Released by a moderator on node two, the node that does not hold the flagged
+    # person: the request reaches node one through the moderation channel.
+    status, body = await _post(two, f"/sessions/{flagged.id}/release")
     assert status == 200, body
+    assert json.loads(body) == {"released": flagged.id, "node": flagged.hello["node"]}
     await partner.wait_for("partner_shown", timeout=TIMEOUT)
     await partner.wait_frames(count=3, after=time.time(), timeout=TIMEOUT)

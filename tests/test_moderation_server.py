@@ -442,6 +442,19 @@ async def test_watching_a_pair_receives_both_streams_without_disturbing_them(
             json={"sessionIds": [a.id, b.id], "sdp": pc.localDescription.sdp},
         )
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        # `node` names the node holding a session; this server is in no cluster.
+        for node, status, says in (
+            ("elsewhere", 404, "not part of a cluster"),
+            (7, 400, "node:"),
+            ([None, None], 400, "node:"),
+        ):
+            code, text = await raw_api(
+                relay_server,
+                "POST",
+                "/watch",
+                json={"sessionIds": [a.id], "node": node, "sdp": answer["sdp"]},
+            )
+            assert code == status and says in text, (node, code, text)
 
         async def both() -> bool:
             return seen.get(1, 0) >= 10 and seen.get(2, 0) >= 10

@@ -495,3 +495,22 @@ async def test_close_leaves_no_socket_and_no_task(publisher: Publisher) -> None:
     assert publisher.subscribers == frozenset() and len(sink) == 1
     assert piped.subscribers == frozenset() and node_y.streams_in == ()
     assert asyncio.all_tasks() == tasks_before
+
+
+async def test_a_stream_for_a_moderator_flows_while_the_publisher_is_held(
+    endpoints: tuple[PipeEndpoint, ...], publisher: Publisher
+) -> None:
+    # A partner's stream stops while a stream is held for review (--nudity-blur); a
+    # moderator watching from another node must still see it, as a local watcher does.
+    node_x, node_y, node_z = endpoints
+    node_x.send_stream(publisher, node_y.address, 11)
+    node_x.send_stream(publisher, node_z.address, 12, sees_held=True)
+    partner = node_y.receive_stream(11, "video", node_x.address)
+    moderator = node_z.receive_stream(12, "video", node_x.address)
+    partner.add_frame_listener(lambda frame: None)
+    moderator.add_frame_listener(lambda frame: None)
+    publisher.hold(True)
+    push_frames(publisher, 3)
+    await until(lambda: moderator.frames == 3)
+    await asyncio.sleep(0.05)
+    assert partner.frames == 0

@@ -4,60 +4,21 @@
 
 import { API, api, esc, when } from "./api.js";
 import { askBan } from "./bandialog.js";
+import { LiveList } from "./live.js";
 import { Queue } from "./queue.js";
 
-// Server-sent events say when something changed (moderation/events.py); these slow
-// polls only cover a dropped event stream and the "online for" counters.
+// Server-sent events say when something changed (moderation/events.py, on any node of
+// the cluster); these slow polls only cover a dropped event stream and the
+// "online for" counters.
 const POLL_MS = 10000;
 const QUEUE_MS = 30000;
 const THUMB_MS = 2000;
 
 const $ = (sel) => document.querySelector(sel);
-const duration = (s) => (s < 60 ? `${Math.round(s)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
-let sessionsNow = [];
+const live = new LiveList();
+const refreshSessions = () => live.refresh(true);
 
 let watching = null; // {id, pc, sessionIds}
-let thumbTick = 0;
-
-function sessionCard(s) {
-  const thumb = s.thumbnailAt
-    ? `<img alt="thumbnail of ${esc(s.id)}" data-thumb="${esc(s.id)}" src="${API}/sessions/${encodeURIComponent(s.id)}/thumbnail?t=${thumbTick}">`
-    : `<div class="nothumb">${s.media ? "no picture yet" : "no media"}</div>`;
-  const flags = s.flags
-    .map((f) => `<span class="flag" title="${esc(f.detail)}">${esc(f.name)}${f.score == null ? "" : ` ${Number(f.score).toFixed(2)}`}</span>`)
-    .join("");
-  // --nudity-blur: their video is held back from partners until a moderator releases it.
-  const held = s.held ? `<span class="flag held" title="${esc(s.held.detail)}">video held from partners</span>` : "";
-  const partner = s.partner ? ` with <code>${esc(s.partner)}</code>` : "";
-  const pairIds = s.partner ? [s.id, s.partner] : [s.id];
-  return `<article class="card${s.flags.length ? " flagged" : ""}" data-session="${esc(s.id)}">
-    ${thumb}
-    <h3>${esc(s.id)} ${s.recording ? '<span class="rec">● REC</span>' : ""}</h3>
-    <p class="meta"><span class="state ${esc(s.state)}">${esc(s.state)}</span>${partner}</p>
-    <p class="meta">online ${duration(s.onlineSeconds)} · ${esc(s.ip ?? "?")}</p>
-    <p class="meta">interests: ${esc(s.interests.join(", ") || "none")}</p>
-    <p class="meta">open reports: ${s.openReports}</p>
-    <div>${flags}${held}</div>
-    <div class="actions">
-      <button data-act="watch" data-ids="${esc(pairIds.join(","))}" ${s.media ? "" : "disabled"}>Watch${s.partner ? " pair" : ""}</button>
-      <button data-act="${s.recording ? "stoprec" : "record"}" data-ids="${esc(s.id)}">${s.recording ? "Stop rec" : "Record"}</button>
-      ${s.partner ? `<button data-act="record" data-ids="${esc(pairIds.join(","))}">Record pair</button>` : ""}
-      ${s.held ? `<button data-act="release" data-ids="${esc(s.id)}" title="Looked, and it is fine: partners see the video again">Show to partner</button>` : ""}
-      <button class="danger" data-act="kick" data-ids="${esc(s.id)}">Kick</button>
-      <button class="danger" data-act="ban" data-ids="${esc(s.id)}">Ban</button>
-    </div>
-  </article>`;
-}
-
-async function refreshSessions() {
-  const { sessions } = await api("/sessions");
-  sessionsNow = sessions;
-  const paired = sessions.filter((s) => s.state === "paired").length;
-  const flagged = sessions.filter((s) => s.flags.length).length;
-  const pairs = paired / 2;
-  $("#summary").textContent = `${sessions.length} online · ${pairs} pair${pairs === 1 ? "" : "s"} · ${flagged} flagged`;
-  $("#sessions").innerHTML = sessions.map(sessionCard).join("") || '<p class="meta">nobody online</p>';
-}
 
 async function refreshTables() {
   const [{ recordings }, { bans }, { audit }] = await Promise.all([
@@ -76,7 +37,9 @@ async function refreshTables() {
 
 // ---------- watching a pair ----------
 
-async function watch(ids) {
+// `nodes[i]` holds `ids[i]`; requests name the node of the first (moderation/live.py
+// lists each person with theirs), so a person on another node can be watched through it.
+async function watch(ids, nodes) {
   await stopWatching();
   const pc = new RTCPeerConnection();
   const streams = ids.map(() => new MediaStream());
@@ -102,10 +65,10 @@ async function watch(ids) {
     pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && resolve());
     setTimeout(resolve, 3000);
   });
-  const answer = await api("/watch", { method: "POST", body: { sessionIds: ids, sdp: pc.localDescription.sdp } });
+  const answer = await api("/watch", { method: "POST", body: { sessionIds: ids, sdp: pc.localDescription.sdp, ...nodeOf(nodes) } });
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-  watching = { id: answer.watchId, pc, ids, chat: setInterval(() => showChat(ids).catch(() => {}), 1000) };
-  await showChat(ids);
+  watching = { id: answer.watchId, pc, ids, chat: setInterval(() => showChat(ids, nodes).catch(() => {}), 1000) };
+  await showChat(ids, nodes);
   $("#watch-who").textContent = ids.join(" & ");
   $("#watch").hidden = false;
 }
@@ -122,8 +85,10 @@ async function stopWatching() {
 }
 
 // The watched pair's chat, live (the first watched person's pair: both directions).
-async function showChat(ids) {
-  const { chat } = await api(`/sessions/${encodeURIComponent(ids[0])}/chat`);
+async function showChat(ids, nodes) {
+  // The first watched person's pair chat, asked of the node holding them.
+  const node = nodes?.[0] && nodes[0] !== live.here ? `?node=${encodeURIComponent(nodes[0])}` : "";
+  const { chat } = await api(`/sessions/${encodeURIComponent(ids[0])}/chat${node}`);
   $("#watch-chat").innerHTML = chat.map((l) => `<li><time>${new Date(l.at * 1000).toLocaleTimeString()}</time>
     <b>${esc(l.sender)}</b> ${esc(l.text)}</li>`).join("") || '<li class="meta">no chat yet</li>';
 }
@@ -137,32 +102,45 @@ function play(name) {
 
 // ---------- actions ----------
 
+// `{node}` for a request about people of which some are on another node: one node id
+// per session id (a pair may span two nodes); nothing when all are this node's own.
+function nodeOf(nodes) {
+  if (!nodes?.some((node) => node && node !== live.here)) return {};
+  return { node: nodes.length === 1 ? nodes[0] : nodes };
+}
+
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("button[data-act]");
   if (!button) return;
   const ids = (button.dataset.ids ?? "").split(",").filter(Boolean);
+  const nodes = (button.dataset.nodes ?? "").split(",").filter(Boolean);
+  const where = nodeOf(nodes);
   try {
     switch (button.dataset.act) {
-      case "watch": return await watch(ids);
-      case "record": await api("/recordings", { method: "POST", body: { sessionIds: ids } }); break;
-      case "stoprec": await api("/recordings/stop", { method: "POST", body: { sessionIds: ids } }); break;
+      case "watch": return await watch(ids, nodes);
+      case "record": await api("/recordings", { method: "POST", body: { sessionIds: ids, ...where } }); break;
+      case "stoprec": await api("/recordings/stop", { method: "POST", body: { sessionIds: ids, ...where } }); break;
       case "kick": {
         const message = await askKick(ids[0]);
         if (message === null) return;
-        await api(`/sessions/${encodeURIComponent(ids[0])}/kick`, { method: "POST", body: { message } });
+        await api(`/sessions/${encodeURIComponent(ids[0])}/kick`, { method: "POST", body: { message, node: nodes[0] } });
         break;
       }
       case "ban": {
-        const session = sessionsNow.find((s) => s.id === ids[0]);
-        const sharing = sessionsNow.filter((s) => session && s.ip === session.ip).length;
+        const session = live.row(ids[0]);
+        // Everyone online at that address, on every node (not only this page).
+        const sharing = session?.ip
+          ? (await api(`/sessions?${new URLSearchParams({ ip: session.ip, limit: 0 })}`)).total
+          : 0;
         const made = await askBan(
           { title: ids[0], hasIdentity: Boolean(session?.identity), hasAddress: Boolean(session?.ip), sharing },
-          (terms) => api("/bans", { method: "POST", body: { sessionId: ids[0], ...terms } }),
+          (terms) => api("/bans", { method: "POST", body: { sessionId: ids[0], node: nodes[0], ...terms } }),
         );
         if (!made) return;
+        if (made.missed?.length) alert(`Ban ${made.id} is stored, but: ${made.missed.map((m) => m.error).join("; ")}`);
         break;
       }
-      case "release": await api(`/sessions/${encodeURIComponent(ids[0])}/release`, { method: "POST", body: {} }); break;
+      case "release": await api(`/sessions/${encodeURIComponent(ids[0])}/release`, { method: "POST", body: { node: nodes[0] } }); break;
       case "lift": await api(`/bans/${button.dataset.id}/lift`, { method: "POST", body: {} }); break;
       case "play": return play(button.dataset.name);
     }
@@ -207,16 +185,11 @@ async function loop(fn, ms) {
 
 const queue = new Queue({ onchange: () => refreshTables().catch(() => {}) });
 
-// Thumbnails reload in place; the cards are redrawn only when the sessions change.
-setInterval(() => {
-  thumbTick += 1;
-  for (const img of document.querySelectorAll("img[data-thumb]")) {
-    img.src = `${API}/sessions/${encodeURIComponent(img.dataset.thumb)}/thumbnail?t=${thumbTick}`;
-  }
-}, THUMB_MS);
+// Thumbnails reload in place; a card is rebuilt only when its person changes.
+setInterval(() => live.reloadThumbnails(), THUMB_MS);
 const events = new EventSource(`${API}/events`);
 events.addEventListener("queue", () => queue.refresh().catch((e) => console.warn(e)));
-events.addEventListener("sessions", () => refreshSessions().catch((e) => console.warn(e)));
+events.addEventListener("sessions", () => live.refresh().catch((e) => console.warn(e)));
 loop(() => queue.refresh(), QUEUE_MS);
 loop(refreshSessions, POLL_MS);
 loop(refreshTables, 5000);
