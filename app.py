@@ -32,7 +32,7 @@ from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
 from moderation.throttle import LoginThrottle, SharedFailures
-from rtc import aiortc_seam, host_addresses
+from rtc import aiortc_seam, host_addresses, packet_path
 from rtc.ice_servers import IceServers
 from rtc.mux import MediaMux
 from rtc.peer import PeerSettings
@@ -95,7 +95,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     ice_servers = _ice_servers(settings)
     hosts = host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
-    logger.info("media on %s", hosts.describe())
+    logger.info("media on %s, packet path %s", hosts.describe(), packet_path.name())
     peer_settings = PeerSettings(
         ice_servers=ice_servers.for_server,
         host_addresses=hosts,
