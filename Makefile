@@ -19,7 +19,15 @@ AXE      := tests/browser/axe/node_modules/axe-core/axe.min.js
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT      := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test fuzz bench lint typecheck check clean
+.PHONY: run test fuzz bench lint typecheck check clean asan
+
+# The native packet path, rtc/_fastpath.c (optional at import: rtc/packet_path.py).
+# Built in place, and rebuilt whenever the C changes (an editable install alone
+# would keep the old build). Needs a C compiler, OpenSSL's and Python's headers.
+FASTPATH := rtc/_fastpath$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))' 2>/dev/null || echo .so)
+OPENSSL_H := /usr/include/openssl/evp.h
+PYTHON_H := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("include"))' 2>/dev/null)/Python.h
+CC_BIN   := /usr/bin/gcc
 
 # Debian's python3.11 ships venv separately (python3.11-venv).
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -85,14 +93,32 @@ $(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json | $(N
 	cd tests/browser/axe && $(NPM) ci --no-audit --no-fund --silent
 	touch $@
 
-run: $(VENV)/.installed
+$(OPENSSL_H):
+	$(APT) update -qq
+	$(APT) install -y -qq libssl-dev
+
+$(PYTHON_H):
+	$(APT) update -qq
+	$(APT) install -y -qq $(notdir $(PYTHON))-dev
+
+$(CC_BIN):
+	$(APT) update -qq
+	$(APT) install -y -qq gcc
+
+$(FASTPATH): rtc/_fastpath.c setup.py $(VENV)/.installed | $(OPENSSL_H) $(PYTHON_H) $(CC_BIN)
+	$(PY) setup.py -q build_ext --force --build-lib build/lib --build-temp build/temp
+	# A new file, not rewritten in place: a running server has the old one mapped.
+	cp --remove-destination build/lib/$@ $@
+
+run: $(VENV)/.installed $(FASTPATH)
 	$(PY) server.py --host $(HOST) --port $(PORT)
 
 # Lint and type checks first: they take seconds and are part of "the tests pass".
-test: $(VENV)/.installed-test $(CHROMIUM) $(JANUS) $(REDIS) $(PG_INITDB) $(NGINX) $(NFT) $(IP) $(COTURN) $(AXE)
+test: $(VENV)/.installed-test $(FASTPATH) $(CHROMIUM) $(JANUS) $(REDIS) $(PG_INITDB) $(NGINX) $(NFT) $(IP) $(COTURN) $(AXE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(MAKE) asan
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The protocol fuzzer at length, new random examples each run (make test runs a short fixed pass).
@@ -104,6 +130,16 @@ fuzz: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test $(JANUS)
 	$(PY) -m bench.relay $(BENCH_ARGS)
 
+# rtc/_fastpath.c under AddressSanitizer: the fuzz and differential tests of the
+# native module (tests/test_fastpath.py) against a build of its own in build/asan
+# (the normal in-place build is left alone). About 10 s, so `make test` runs it.
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+asan: $(VENV)/.installed-test | $(OPENSSL_H) $(PYTHON_H) $(CC_BIN)
+	RR_FASTPATH_ASAN=1 $(PY) setup.py -q build_ext --force --build-lib build/asan --build-temp build/asan-temp
+	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0 \
+		RR_FASTPATH_MODULE=build/asan/$(FASTPATH) \
+		$(PY) -m pytest tests/test_fastpath.py -q -p no:cacheprovider
+
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -114,4 +150,4 @@ typecheck: $(VENV)/.installed-test
 check: lint typecheck test
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) build rtc/_fastpath*.so *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -24,14 +24,15 @@ from matcher.memory import MemoryMatcher
 from matcher.redis import RedisMatcher
 from moderation import auth
 from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
+from moderation.files import RemoteFiles
 from moderation.live import LiveSessions
 from moderation.remote import RemoteFeedCollector, RemoteMedia
-from moderation.routes import LIVE, MODERATION, setup_routes
+from moderation.routes import FILES, LIVE, MODERATION, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
-from moderation.throttle import LoginThrottle
-from rtc import aiortc_seam, host_addresses
+from moderation.throttle import LoginThrottle, SharedFailures
+from rtc import aiortc_seam, host_addresses, packet_path
 from rtc.ice_servers import IceServers
 from rtc.mux import MediaMux
 from rtc.peer import PeerSettings
@@ -94,7 +95,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     ice_servers = _ice_servers(settings)
     hosts = host_addresses.choose(settings.ice, aiortc_seam.interface_addresses())
-    logger.info("media on %s", hosts.describe())
+    logger.info("media on %s, packet path %s", hosts.describe(), packet_path.name())
     peer_settings = PeerSettings(
         ice_servers=ice_servers.for_server,
         host_addresses=hosts,
@@ -224,7 +225,12 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     lobby = app[LOBBY]
     # In a cluster a moderator's request reaches the node holding the session over Redis.
     channel: ModerationChannel = (
-        RedisChannel(app[REDIS], lobby.node, lobby.registry)
+        RedisChannel(
+            app[REDIS],
+            lobby.node,
+            lobby.registry,
+            secret=(settings.cluster_secret or "").encode() or None,
+        )
         if REDIS in app and lobby.registry is not None
         else LocalChannel(lobby.node)
     )
@@ -251,17 +257,20 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     await moderation.start()
     app[MODERATION] = moderation
     app[LIVE] = LiveSessions(moderation)
+    app[FILES] = RemoteFiles(moderation)
     # Watching and recording people held by other nodes: their media through the pipe,
     # negotiated on a bus of its own on Redis (moderation/remote.py).
-    remote_bus = (
-        RedisBus(app[REDIS], lobby.node, key_prefix="rr:moderation") if REDIS in app else None
-    )
-    moderation.remote = RemoteMedia(lobby, remote_bus)
+    # Watching and recording across nodes ride the same channel (None: no other node).
+    moderation.remote = RemoteMedia(lobby, channel if REDIS in app else None)
     await moderation.remote.start()
     throttle = app[auth.LOGIN_THROTTLE]
     throttle.audit = _audit_logins(moderation.store)
+    if REDIS in app:
+        # Failures counted for the whole cluster: N nodes do not give a guesser N times the tries.
+        throttle.shared = SharedFailures(app[REDIS])
     yield
     throttle.audit = None
+    throttle.shared = None
     await moderation.remote.close()
     await moderation.close()
     await channel.close()

@@ -247,7 +247,7 @@ LOGIN_THROTTLE: Final = web.AppKey("login_throttle", LoginThrottle)
 _TRUSTED_PROXY: Final = web.AppKey("auth_trusted_proxy", bool)
 
 
-def check(request: web.Request) -> Moderator:
+async def check(request: web.Request) -> Moderator:
     """The moderator making `request`.
 
     Raises `web.HTTPUnauthorized` when it carries no credentials,
@@ -282,7 +282,8 @@ def check(request: web.Request) -> Moderator:
         if token is None:
             logger.info("moderation: %s %s from %s without credentials", *_who(request))
             raise web.HTTPUnauthorized(headers={hdrs.WWW_AUTHENTICATE: _REALM})
-    if throttle is not None and (wait := throttle.retry_after(address, name)) > 0:
+    known = name is not None and name in moderators
+    if throttle is not None and (wait := await throttle.wait(address, name, known=known)) > 0:
         # Checked before the credentials, so a lock-out answers the same to right and wrong.
         logger.warning("moderation: %s %s from %s refused: locked out", *_who(request))
         seconds = math.ceil(wait)
@@ -297,10 +298,11 @@ def check(request: web.Request) -> Moderator:
         moderator = moderators.verify_token(token)
     if moderator is None:
         if throttle is not None:
-            throttle.failed(address, name, shown_name=_shown(name, token, moderators))
+            shown = _shown(name, token, moderators)
+            await throttle.failure(address, name, shown_name=shown, known=known)
         _refuse(request, "wrong credentials" if name or token else "undecodable credentials")
     if throttle is not None and name is not None:
-        throttle.succeeded(address, name)
+        await throttle.success(address, name)
     return moderator
 
 
@@ -381,7 +383,7 @@ def guard(prefixes: Iterable[str] = DEFAULT_PREFIXES, *, trusted_proxy: bool = F
     async def moderation_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _is_guarded(request, guarded):
             return await handler(request)
-        moderator = check(request)
+        moderator = await check(request)
         unsafe = request.method not in _SAFE_METHODS
         upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
         # Only the served origin: pages allowed to embed the chat (--allowed-origin)

@@ -18,17 +18,27 @@ CALL_TIMEOUT, at most MAX_PENDING calls wait at once per node, at most MAX_SERVI
 handlers run at once per node, and each failure is a ChannelError with an HTTP status
 and a sentence a moderator can act on.
 
+Every message is signed with the cluster secret (HMAC-SHA256, with the time it was
+sent): a message from anyone who can publish on Redis but does not hold the secret, or
+one replayed more than MAX_AGE seconds later, is dropped and logged, never served. So
+a kick, a ban's enforcement or a read of an evidence file (moderation/files.py) comes
+only from a node of this cluster.
+
 Watching and recording someone on another node (moderation/remote.py) are streams
-with a lifetime and leases, not questions, and keep their own protocol on their own bus.
+with a lifetime and leases; their opening, renewals and endings are requests here too
+(feed_open, feed_renew, feed_close, feed_ended), so moderation has one path between nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -48,6 +58,9 @@ NoticeHandler = Callable[[str], None]
 CALL_TIMEOUT = 2.0
 MAX_PENDING = 256
 MAX_SERVING = 64
+# Seconds a signed message stays valid (the nodes' clocks are assumed NTP-synchronised).
+MAX_AGE = 60.0
+_MAC_CHARS = 64
 
 
 class ChannelError(Exception):
@@ -142,8 +155,10 @@ class RedisChannel(_Handlers):
         *,
         key_prefix: str = "rr",
         timeout: float = CALL_TIMEOUT,
+        secret: bytes | None = None,
     ) -> None:
         super().__init__(node)
+        self._secret = secret
         self._redis = redis
         self._registry = registry
         self._prefix = "{" + key_prefix + "}:moderation:"
@@ -189,7 +204,7 @@ class RedisChannel(_Handlers):
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            payload = json.dumps({"id": request_id, "from": self.node, "op": op, "args": args})
+            payload = self._seal({"id": request_id, "from": self.node, "op": op, "args": args})
             try:
                 heard = await self._redis.publish(self.channel(node), payload)
             except Exception as exc:
@@ -261,11 +276,35 @@ class RedisChannel(_Handlers):
 
     async def _publish_notice(self, name: str) -> None:
         try:
-            await self._redis.publish(self._notices, json.dumps({"from": self.node, "n": name}))
+            await self._redis.publish(self._notices, self._seal({"from": self.node, "n": name}))
         except Exception as exc:
             logger.debug("could not publish the %s notice (%s)", name, exc)
         finally:
             self._notifying.discard(name)
+
+    # -- signing ---------------------------------------------------------------
+
+    def _seal(self, body: dict[str, Any]) -> str:
+        if self._secret is None:
+            return json.dumps(body)
+        text = json.dumps(body | {"at": time.time()})
+        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest() + text
+
+    def _open(self, raw: str | bytes) -> dict[str, Any] | None:
+        """The message, or None (logged) when it is not signed by a node of this cluster."""
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if self._secret is None:
+            return dict(json.loads(text))
+        mac, text = text[:_MAC_CHARS], text[_MAC_CHARS:]
+        expected = hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(mac, expected):
+            logger.warning("dropped a moderation message not signed with the cluster secret")
+            return None
+        data = dict(json.loads(text))
+        if abs(time.time() - float(data.get("at", 0))) > MAX_AGE:
+            logger.warning("dropped a moderation message older than %g s (replayed?)", MAX_AGE)
+            return None
+        return data
 
     # -- answering -------------------------------------------------------------
 
@@ -291,7 +330,9 @@ class RedisChannel(_Handlers):
             if message is None or message.get("type") != "message":
                 continue
             try:
-                data = json.loads(message["data"])
+                data = self._open(message["data"])
+                if data is None:
+                    continue
                 channel = message.get("channel")
                 if isinstance(channel, bytes):
                     channel = channel.decode()
@@ -344,6 +385,6 @@ class RedisChannel(_Handlers):
 
     async def _reply(self, asker: str, reply: dict[str, Any]) -> None:
         try:
-            await self._redis.publish(self.channel(asker), json.dumps(reply))
+            await self._redis.publish(self.channel(asker), self._seal(reply))
         except Exception as exc:
             logger.warning("could not answer a moderation request from %s (%s)", asker, exc)

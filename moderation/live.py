@@ -168,23 +168,54 @@ class LiveSessions:
             "missing": [{"node": node, "error": error} for node, error in sorted(missed.items())],
         }
 
-    async def kick(self, node: str, session_id: str, message: str) -> None:
-        await self.channel.call(node, "kick", {"id": session_id, "message": message})
+    async def kick(self, node: str, session_id: str, message: str) -> str:
+        """Kick on `node` (or wherever they are now); the node that did it."""
+        done, _ = await self._on_holder(node, "kick", {"id": session_id, "message": message})
+        return done
 
-    async def release(self, node: str, session_id: str) -> None:
-        await self.channel.call(node, "release", {"id": session_id})
+    async def release(self, node: str, session_id: str) -> str:
+        done, _ = await self._on_holder(node, "release", {"id": session_id})
+        return done
 
     async def describe(self, node: str, session_id: str) -> dict[str, Any]:
         """identity, ip, person and address of a live session (what a ban by session keeps)."""
-        return await self.channel.call(node, "describe", {"id": session_id})
+        _, answer = await self._on_holder(node, "describe", {"id": session_id})
+        return answer
 
     async def thumbnail(self, node: str, session_id: str) -> bytes:
+        # Not looked for elsewhere: "no thumbnail yet" is common and the page polls them;
+        # a moved person's row gets its new node at the next listing.
         answer = await self.channel.call(node, "thumbnail", {"id": session_id})
         return base64.b64decode(answer["jpeg"])
 
     async def chat(self, node: str, session_id: str) -> dict[str, Any]:
         """The current pair's chat of a live session: `{"partner", "chat": [...]}`."""
-        return await self.channel.call(node, "chat", {"id": session_id})
+        _, answer = await self._on_holder(node, "chat", {"id": session_id})
+        return answer
+
+    async def _on_holder(
+        self, node: str, op: str, args: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """`op` about session `args["id"]` on `node`, or on the node holding them now.
+
+        A dashboard row names the node that held the person when the page was drawn; a
+        resume on another node moves the session there (signalling/resume.py, same id),
+        and the node named then answers 404 (or 410 when it stopped). The session is
+        then looked for on every node once, and the request sent where it is.
+        """
+        try:
+            return node, await self.channel.call(node, op, args)
+        except ChannelError as exc:
+            if exc.status not in (404, 410):
+                raise
+            first = exc
+        try:
+            found = await self.locate(str(args["id"]), None)
+        except ChannelError:
+            raise first from None
+        if found == node:
+            raise first  # they are there: what failed was the request itself
+        return found, await self.channel.call(found, op, args)
 
     async def locate(self, session_id: str, node: str | None) -> str:
         """The node holding `session_id`: the one named, this one, or found by asking all."""

@@ -7,17 +7,21 @@ through the pipe (rtc/pipe.py); they arrive here as PipePublishers, which a
 Watcher's subscribers and a Recorder take exactly like a local person's
 Publishers. The moderator is never sent to the other node.
 
-The asking and answering travel on a moderation channel of their own: a
-RedisBus (cluster/bus.py) on channels apart from the sessions' bus, so these
-messages never reach the Lobby. Each is about one feed, named by the viewer's
-random id (field "t" says what it is):
+The asking and answering are requests on the moderation channel
+(moderation/channel.py, the one path for moderation between nodes: signed with the
+cluster secret, bounded, every failure a reason). Each is about one feed, named by
+the viewer's random id, and says which node sent it (`from`):
 
-    open     viewer -> holder   {feed, session, pipe: [host, port], purpose}
-    opened   holder -> viewer   {feed, pipe, streams: {kind: stream id}, codecs: {kind: codec}}
-    refused  holder -> viewer   {feed, code, message}
-    renew    viewer -> holder   {feeds: [...]}, every RENEW_INTERVAL: the lease
-    close    viewer -> holder   {feed}
-    ended    holder -> viewer   {feed, reason}: the person left, or the lease ran out
+    feed_open   viewer -> holder  {feed, session, pipe: [host, port], purpose}
+                answered          {t: opened, pipe, streams: {kind: id}, codecs: {kind: codec}}
+                               or {t: refused, code, message}
+    feed_renew  viewer -> holder  {feeds: [...]}, every RENEW_INTERVAL: the lease;
+                answered          {gone: [...]}: feeds not (or no longer) sent, to let go
+    feed_close  viewer -> holder  {feed}
+    feed_ended  holder -> viewer  {feed, reason}: the person left, or the lease ran out
+
+Only feed_open's answer is waited for; the others are sent in the background (a lost
+one is covered by the lease and the registry checks below).
 
 A feed ends on both nodes however the watching ends: the moderator stops (or
 closes the page: the Watcher's connection closes), the person leaves (their
@@ -41,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from prometheus_client.core import GaugeMetricFamily
 
-from cluster.bus import SessionBus
-from cluster.node import SessionRef
+from moderation.channel import ChannelError, ModerationChannel
 from moderation.recorder import Recorder, Track, new_recording_path
 from rtc.media import EncodedFrame
 from rtc.peer import KINDS, Peer
@@ -57,9 +60,8 @@ logger = logging.getLogger(__name__)
 
 # Feeds one node asks for, and feeds one node sends, at most.
 MAX_FEEDS = 32
-# How long the viewer waits for the holder's answer. Over a live bus it takes
-# milliseconds; a node that is gone is normally caught before, by the registry.
-REQUEST_TIMEOUT = 5.0
+# Seconds closing waits for the last feed_close/feed_ended to go out.
+CLOSE_GRACE = 1.0
 # The viewer renews its feeds this often; the holder stops a feed not renewed for LEASE
 # (a viewer node that died, or a lost `close`). LEASE covers a few lost renewals.
 RENEW_INTERVAL = 2.0
@@ -121,17 +123,20 @@ class _RemoteRecording:
 class RemoteMedia:
     """This node's side of both: feeds it asks other nodes for, and feeds it sends them."""
 
-    def __init__(self, lobby: Lobby, bus: SessionBus | None) -> None:
+    def __init__(self, lobby: Lobby, channel: ModerationChannel | None) -> None:
+        """`channel` None: this server is not part of a cluster (no other node to ask)."""
         self._lobby = lobby
-        self._bus = bus
+        self._channel = channel
         # Requests waiting for their answer: feed id -> (the node asked, the answer).
-        self._pending: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._pending: dict[str, str] = {}
         # Viewer side, by feed id; and the recordings made from feeds, by (node, session).
         self.feeds: dict[str, RemoteFeed] = {}
         self.recordings: dict[tuple[str, str], _RemoteRecording] = {}
         # Holder side, by feed id.
         self.served: dict[str, _Served] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The background requests (close, ended, renew): awaited a moment on closing.
+        self._sends: set[asyncio.Task[Any]] = set()
         self._checker: asyncio.Task[None] | None = None
 
     @property
@@ -143,10 +148,15 @@ class RemoteMedia:
         return bridge if isinstance(bridge, PipeBridge) else None
 
     async def start(self) -> None:
-        if self._bus is None:
+        if self._channel is None:
             return
-        self._bus.set_handler(self._on_message)
-        await self._bus.start()
+        for op, handler in (
+            ("feed_open", self._serve),
+            ("feed_renew", self._renew),
+            ("feed_close", self._close_served),
+            ("feed_ended", self._ended),
+        ):
+            self._channel.handle(op, handler)
         self._checker = asyncio.create_task(self._check_forever(), name="remote feeds")
 
     async def close(self) -> None:
@@ -160,12 +170,31 @@ class RemoteMedia:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._bus is not None:
-            await self._bus.close()  # sends what is queued: the `close`s and `ended`s
+        # The `feed_close`s and `feed_ended`s just sent: the other nodes stop at once
+        # rather than at the lease or the registry's notice.
+        if self._sends:
+            await asyncio.wait(set(self._sends), timeout=CLOSE_GRACE)
+        for task in list(self._sends):
+            task.cancel()
+        await asyncio.gather(*self._sends, return_exceptions=True)
 
-    def _send(self, node: str, feed_id: str, message: dict[str, Any]) -> None:
-        assert self._bus is not None
-        self._bus.send(SessionRef(feed_id, node), SessionRef(feed_id, self.node), message)
+    def _send(self, node: str, op: str, args: dict[str, Any]) -> None:
+        """Send `op` to `node` in the background; its answer (if any use) is handled by op."""
+        assert self._channel is not None
+        task = asyncio.create_task(self._sent(node, op, args), name=f"remote {op}")
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _sent(self, node: str, op: str, args: dict[str, Any]) -> None:
+        assert self._channel is not None
+        try:
+            answer = await self._channel.call(node, op, args | {"from": self.node})
+        except ChannelError as exc:
+            logger.debug("%s to node %s: %s", op, node, exc.message)
+            return
+        if op == "feed_renew":
+            for feed_id in answer.get("gone") or ():
+                await self._ended({"from": node, "feed": feed_id, "reason": "gone"})
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -177,7 +206,7 @@ class RemoteMedia:
     async def open(self, node: str, session_id: str, purpose: str) -> RemoteFeed:
         """Start receiving `session_id`'s media from `node`; RemoteFeedError says why not."""
         bridge = self._bridge()
-        if self._bus is None or bridge is None:
+        if self._channel is None or bridge is None:
             raise RemoteFeedError(
                 "no_node", f"there is no node {node}: this server is not part of a cluster"
             )
@@ -187,38 +216,30 @@ class RemoteMedia:
             )
         feed_id = secrets.token_urlsafe(9)
         # Counted among the pending from here, so requests made meanwhile see the bound.
-        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[feed_id] = (node, answer)
+        self._pending[feed_id] = node
         try:
             if not await self._alive(node):
                 raise RemoteFeedError(
                     "no_node", f"node {node} is not in the cluster (it stopped, or never was)"
                 )
             host, port = bridge.address()
-            self._send(
-                node,
-                feed_id,
-                {
-                    "t": "open",
-                    "feed": feed_id,
-                    "session": session_id,
-                    "pipe": [host, port],
-                    "purpose": purpose,
-                },
+            args = {"feed": feed_id, "session": session_id, "pipe": [host, port]}
+            reply = await self._channel.call(
+                node, "feed_open", args | {"purpose": purpose, "from": self.node}
             )
-            reply = await asyncio.wait_for(answer, REQUEST_TIMEOUT)
-        except TimeoutError:
-            self._send(node, feed_id, {"t": "close", "feed": feed_id})  # if it comes late
-            raise RemoteFeedError(
-                "timeout", f"node {node} did not answer within {REQUEST_TIMEOUT:g} s"
-            ) from None
+        except ChannelError as exc:
+            if exc.status == 504:
+                self._send(node, "feed_close", {"feed": feed_id})  # if it opens late
+                raise RemoteFeedError("timeout", exc.message) from None
+            code = {404: "no_node", 410: "no_node", 503: "busy"}.get(exc.status, "bad_answer")
+            raise RemoteFeedError(code, exc.message) from None
         finally:
             self._pending.pop(feed_id, None)
         if reply.get("t") != "opened":
             raise RemoteFeedError(str(reply.get("code")), str(reply.get("message")))
         pipe, streams = parse_address(reply.get("pipe")), reply.get("streams")
         if pipe is None or not isinstance(streams, dict):
-            self._send(node, feed_id, {"t": "close", "feed": feed_id})
+            self._send(node, "feed_close", {"feed": feed_id})
             raise RemoteFeedError("bad_answer", f"node {node} answered with no usable pipe")
         feed = RemoteFeed(feed_id, node, session_id)
         codecs = reply.get("codecs")
@@ -245,8 +266,8 @@ class RemoteMedia:
 
     async def release(self, feed: RemoteFeed) -> None:
         """Stop receiving `feed` (a moderator stopped, or the watcher closed)."""
-        if feed.ended is None and self._bus is not None:
-            self._send(feed.node, feed.id, {"t": "close", "feed": feed.id})
+        if feed.ended is None and self._channel is not None:
+            self._send(feed.node, "feed_close", {"feed": feed.id})
         await self._end(feed, "stopped")
 
     async def _end(self, feed: RemoteFeed, reason: str) -> None:
@@ -324,28 +345,22 @@ class RemoteMedia:
 
     # -- holder: sending one of ours ----------------------------------------------
 
-    def _on_message(self, to: str, sender: SessionRef, message: dict[str, Any]) -> None:
-        kind = message.get("t")
-        feed_id = str(message.get("feed", to))
-        if kind in ("opened", "refused"):
-            pending = self._pending.get(feed_id)
-            # One that comes too late was closed by the viewer when it gave up.
-            if pending is not None and pending[0] == sender.node and not pending[1].done():
-                pending[1].set_result(message)
-        elif kind == "ended":
-            feed = self.feeds.get(feed_id)
-            if feed is not None and feed.node == sender.node:
-                self._spawn(self._end(feed, str(message.get("reason", "ended"))), "end feed")
-        elif kind == "open":
-            self._serve(sender.node, feed_id, message)
-        elif kind == "renew":
-            self._renew(sender.node, message.get("feeds"))
-        elif kind == "close":
-            served = self.served.get(feed_id)
-            if served is not None and served.viewer == sender.node:
-                self._stop_serving(feed_id, "stopped by the viewer", tell=False)
+    async def _ended(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The holder stopped sending a feed of ours (the person left, the lease ran out)."""
+        feed = self.feeds.get(str(args.get("feed")))
+        if feed is not None and feed.node == args.get("from"):
+            await self._end(feed, str(args.get("reason", "ended")))
+        return {}
 
-    def _serve(self, viewer: str, feed_id: str, message: dict[str, Any]) -> None:
+    async def _close_served(self, args: dict[str, Any]) -> dict[str, Any]:
+        feed_id = str(args.get("feed"))
+        served = self.served.get(feed_id)
+        if served is not None and served.viewer == args.get("from"):
+            self._stop_serving(feed_id, "stopped by the viewer", tell=False)
+        return {}
+
+    async def _serve(self, message: dict[str, Any]) -> dict[str, Any]:
+        viewer, feed_id = str(message.get("from")), str(message.get("feed"))
         session_id = str(message.get("session"))
         bridge = self._bridge()
         session = self._lobby.sessions.get(session_id)
@@ -364,10 +379,7 @@ class RemoteMedia:
             refusal = ("busy", f"node {self.node} already sends {MAX_FEEDS} people to moderators")
         if refusal is not None:
             code, text = refusal
-            self._send(
-                viewer, feed_id, {"t": "refused", "feed": feed_id, "code": code, "message": text}
-            )
-            return
+            return {"t": "refused", "feed": feed_id, "code": code, "message": text}
         assert bridge is not None and peer is not None and pipe is not None
         streams: dict[str, int] = {}
         codecs: dict[str, str] = {}
@@ -380,17 +392,6 @@ class RemoteMedia:
                 codecs[kind] = codec_to_json(publisher.codec).decode()
         self.served[feed_id] = _Served(viewer, session_id, peer, streams)
         host, port = bridge.address()
-        self._send(
-            viewer,
-            feed_id,
-            {
-                "t": "opened",
-                "feed": feed_id,
-                "pipe": [host, port],
-                "streams": streams,
-                "codecs": codecs,
-            },
-        )
         logger.info(
             "sending %s to node %s for a moderator (%s, feed %s)",
             session_id,
@@ -398,18 +399,27 @@ class RemoteMedia:
             message.get("purpose"),
             feed_id,
         )
+        return {
+            "t": "opened",
+            "feed": feed_id,
+            "pipe": [host, port],
+            "streams": streams,
+            "codecs": codecs,
+        }
 
-    def _renew(self, viewer: str, feeds: Any) -> None:
+    async def _renew(self, args: dict[str, Any]) -> dict[str, Any]:
+        viewer, feeds = args.get("from"), args.get("feeds")
         if not isinstance(feeds, list):
-            return
+            return {"gone": []}
         until = time.monotonic() + LEASE
+        gone = []
         for feed_id in feeds[:MAX_FEEDS]:
             served = self.served.get(str(feed_id))
             if served is not None and served.viewer == viewer:
                 served.expires = until
             else:
-                # Not (or no longer) sent from here: the viewer should let it go.
-                self._send(viewer, str(feed_id), {"t": "ended", "feed": feed_id, "reason": "gone"})
+                gone.append(str(feed_id))  # not (or no longer) sent from here: let it go
+        return {"gone": gone}
 
     def _stop_serving(self, feed_id: str, reason: str, *, tell: bool = True) -> None:
         served = self.served.pop(feed_id, None)
@@ -419,8 +429,8 @@ class RemoteMedia:
         if bridge is not None:
             for stream_id in served.streams.values():
                 bridge.endpoint.stop_sending(stream_id)
-        if tell and self._bus is not None:
-            self._send(served.viewer, feed_id, {"t": "ended", "feed": feed_id, "reason": reason})
+        if tell and self._channel is not None:
+            self._send(served.viewer, "feed_ended", {"feed": feed_id, "reason": reason})
         logger.info("stopped sending %s to node %s: %s", served.session_id, served.viewer, reason)
 
     # -- both: checking --------------------------------------------------------------
@@ -483,7 +493,7 @@ class RemoteMedia:
         for feed in self.feeds.values():
             by_node.setdefault(feed.node, []).append(feed.id)
         for node, ids in by_node.items():
-            self._send(node, ids[0], {"t": "renew", "feeds": ids})
+            self._send(node, "feed_renew", {"feeds": ids})
 
 
 class RemoteFeedCollector:

@@ -19,8 +19,9 @@ from moderation.auth import MODERATOR, MODERATORS, set_token_cookie
 from moderation.ban_terms import BanTermError, ban_seconds, parse_scope
 from moderation.channel import ChannelError
 from moderation.events import CLOSED
+from moderation.files import RemoteFile, RemoteFiles
 from moderation.live import LiveSessions, SessionQuery
-from moderation.recorder import PARTS, extract_part
+from moderation.recorder import PARTS, RECORDING_NAME, extract_part
 from moderation.remote import RemoteFeedError, RemoteMedia
 from moderation.service import BanMade, Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MODERATION = web.AppKey("moderation", Moderation)
 LIVE = web.AppKey("live", LiveSessions)
+FILES = web.AppKey("files", RemoteFiles)
 WATCHERS = web.AppKey("watchers", dict[str, Watcher])
 DASHBOARD_DIR = web.AppKey("dashboard_dir", str)
 DASHBOARD_FILES = frozenset(
@@ -244,7 +246,7 @@ async def kick(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     try:
         node = await live.locate(session_id, _node(request, body))
-        await live.kick(node, session_id, message)
+        node = await live.kick(node, session_id, message)
     except ChannelError as exc:
         return _failed(exc)
     await _audit(request, "kick", f"session:{session_id}", f"{message} (node {node})")
@@ -258,7 +260,7 @@ async def release(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     try:
         node = await live.locate(session_id, _node(request, body))
-        await live.release(node, session_id)
+        node = await live.release(node, session_id)
     except ChannelError as exc:
         if exc.status == 404:
             raise web.HTTPNotFound(text="no such session with held video") from None
@@ -491,8 +493,10 @@ async def history(request: web.Request) -> web.Response:
 
 
 async def recordings(request: web.Request) -> web.Response:
-    moderation = request.app[MODERATION]
-    return web.json_response({"recordings": await asyncio.to_thread(moderation.recordings)})
+    """Every node's recordings and evidence files, each with the `node` holding it."""
+    rows, missed = await request.app[FILES].recordings()
+    missing = [{"node": node, "error": error} for node, error in sorted(missed.items())]
+    return web.json_response({"recordings": rows, "missing": missing})
 
 
 async def start_recording(request: web.Request) -> web.Response:
@@ -539,26 +543,98 @@ async def stop_recording(request: web.Request) -> web.Response:
 
 
 async def recording_file(request: web.Request) -> web.StreamResponse:
-    """One recording, by its unguessable name; never a static route."""
+    """One recording, by its unguessable name; never a static route.
+
+    A file written by another node (a report filed there, a recording made there) is
+    read from that node through the moderation channel (moderation/files.py).
+    """
     name = request.match_info["name"]
-    path = request.app[MODERATION].recording_path(name)
-    if path is None:
-        raise web.HTTPNotFound()
+    moderation = request.app[MODERATION]
     download = request.query.get("download") == "1"
     part = request.query.get("part")
-    await _audit(request, "download" if download else "play", f"recording:{name}", part or "")
+    if part is not None and part not in PARTS:
+        raise web.HTTPBadRequest(text=f"part: one of {', '.join(PARTS)}")
+    path = moderation.recording_path(name)
+    remote: RemoteFile | None = None
+    if path is None:
+        if moderation.remote is None or not RECORDING_NAME.fullmatch(name):
+            raise web.HTTPNotFound()
+        try:
+            remote = await request.app[FILES].find(name, _node(request))
+        except ChannelError as exc:
+            return _failed(exc)
+    where = "" if remote is None else f" (node {remote.node})"
+    await _audit(
+        request, "download" if download else "play", f"recording:{name}", (part or "") + where
+    )
     headers = {"Cache-Control": "no-store", "Content-Type": "video/webm"}
     if part is not None:
         # One person of an evidence file, so the dashboard can show both side by side.
-        if part not in PARTS:
-            raise web.HTTPBadRequest(text=f"part: one of {', '.join(PARTS)}")
-        body = await asyncio.to_thread(extract_part, path, part)
+        try:
+            if path is not None:
+                body = await asyncio.to_thread(extract_part, path, part)
+            else:
+                assert remote is not None
+                async with request.app[FILES].local_copy(remote) as copy:
+                    body = await asyncio.to_thread(extract_part, copy, part)
+        except ChannelError as exc:
+            return _failed(exc)
         if body is None:
             raise web.HTTPNotFound(text=f"this recording has no {part} tracks")
         return web.Response(body=body, headers=headers)
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return web.FileResponse(path, headers=headers)
+    if path is not None:
+        return web.FileResponse(path, headers=headers)
+    assert remote is not None
+    return await _stream_remote(request, remote, headers)
+
+
+async def _stream_remote(
+    request: web.Request, file: RemoteFile, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A file on another node, chunk by chunk, honouring one byte range (for seeking)."""
+    try:
+        wanted = request.http_range
+    except ValueError:
+        unsatisfiable = {"Content-Range": f"bytes */{file.size}"}
+        raise web.HTTPRequestRangeNotSatisfiable(headers=unsatisfiable) from None
+    start, stop = wanted.start or 0, file.size if wanted.stop is None else wanted.stop
+    if start < 0:  # "bytes=-N": the last N bytes
+        start, stop = max(0, file.size + start), file.size
+    stop = min(stop, file.size)
+    ranged = request.headers.get("Range") is not None
+    if ranged and start >= stop:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{file.size}"})
+    headers["Accept-Ranges"] = "bytes"
+    if ranged:
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{file.size}"
+    chunks = request.app[FILES].chunks(file, start, stop)
+    try:
+        # The first chunk before any header: a holder that cannot answer is a clear error.
+        first = await anext(chunks, b"")
+    except ChannelError as exc:
+        await chunks.aclose()
+        return _failed(exc)
+    response = web.StreamResponse(status=206 if ranged else 200, headers=headers)
+    response.content_length = stop - start
+    await response.prepare(request)
+    try:
+        await response.write(first)
+        async for data in chunks:
+            await response.write(data)
+    except ChannelError as exc:
+        # Headers are sent: all that is left is to cut the download short, visibly.
+        logger.warning("stopped sending %s from node %s: %s", file.name, file.node, exc.message)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    except ConnectionResetError:
+        return response  # the player went away (seeking, closing): nothing to send to
+    finally:
+        await chunks.aclose()
+    await response.write_eof()
+    return response
 
 
 # -- watching live -----------------------------------------------------------

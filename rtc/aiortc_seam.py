@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import logging
 import queue
 import random
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from socket import SOCK_DGRAM
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pylibsrtp
 from aioice import Candidate, Connection, stun
@@ -64,7 +66,10 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 
-from rtc import mux, rtp
+from rtc import mux, packet_path, rtp
+
+if TYPE_CHECKING:
+    from rtc._fastpath import Destination, HeaderWriter, SrtpContext
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +88,10 @@ _NOMINATED = "_nominated"  # aioice.Connection: component -> CandidatePair
 _PROTOCOLS = "_protocols"  # aioice.Connection: one StunProtocol per local socket
 _GATHERING_STARTED = "_local_candidates_start"  # aioice.Connection
 _DTLS_STATE = "_state"
+# What aiortc's `_setup_srtp` derives the SRTP keys from (see `srtp_key_material`).
+_DTLS_SSL = "_ssl"
+_DTLS_ROLE = "_role"
+_DTLS_SRTP_PROFILES = "_srtp_profiles"
 _RX_SRTP = "_rx_srtp"
 _TX_SRTP = "_tx_srtp"
 _ROUTER = "_rtp_router"
@@ -382,6 +391,48 @@ def _send_datagram(connection: Any, data: bytes) -> bool:
     return True
 
 
+def srtp_key_material(dtls: RTCDtlsTransport) -> tuple[int, bytes, bytes] | None:
+    """(libsrtp profile number, our key+salt, the remote's key+salt) of a connected transport.
+
+    The same derivation as aiortc's private `RTCDtlsTransport._setup_srtp`
+    (RFC 5764 section 4.2: the DTLS exporter, client's key first), which builds
+    its pylibsrtp sessions from it and keeps the keys to itself. The native
+    packet path (rtc/_fastpath.c) needs them for its own SRTP contexts. None
+    before the handshake has finished.
+    """
+    for name in (_DTLS_SSL, _DTLS_ROLE, _DTLS_SRTP_PROFILES):
+        _require(dtls, name)
+    if getattr(dtls, _RX_SRTP) is None:
+        return None
+    ssl = getattr(dtls, _DTLS_SSL)
+    selected = ssl.get_selected_srtp_profile()
+    for profile in getattr(dtls, _DTLS_SRTP_PROFILES):
+        for name in ("openssl_profile", "libsrtp_profile", "key_length", "salt_length"):
+            _require(profile, name)
+        if profile.openssl_profile == selected:
+            break
+    else:
+        return None
+    material = ssl.export_keying_material(
+        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length)
+    )
+    client = profile.get_key_and_salt(material, 0)
+    server = profile.get_key_and_salt(material, 1)
+    ours, theirs = (server, client) if getattr(dtls, _DTLS_ROLE) == "server" else (client, server)
+    return int(profile.libsrtp_profile), ours, theirs
+
+
+def _native_srtp(dtls: RTCDtlsTransport, outbound: bool) -> SrtpContext | None:
+    """A native SRTP context for one direction of `dtls`, if the native path is on."""
+    if not packet_path.enabled():
+        return None
+    keys = srtp_key_material(dtls)
+    if keys is None:
+        return None
+    profile, ours, theirs = keys
+    return packet_path.srtp_context(profile, ours if outbound else theirs, outbound)
+
+
 def _is_rtp(data: bytes) -> bool:
     """RTP rather than RTCP, DTLS or STUN (RFC 7983; RTCP has payload types 192-208)."""
     return len(data) >= 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208
@@ -481,6 +532,11 @@ class _Inbound:
         self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
         self._streams: dict[int, _InboundStream] = {}
         self._abs_send_time_id: int | None = None
+        # The native path's decryption (rtc/_fastpath.c), made from the same keys
+        # as the pylibsrtp session it stands in for, and remade if that changes.
+        self._native = packet_path.enabled()
+        self._native_rx: SrtpContext | None = None
+        self._native_for: pylibsrtp.Session | None = None
         self.unreadable = 0
         self.ignored = 0
 
@@ -507,11 +563,26 @@ class _Inbound:
             self._pass_on(data, component)
 
     def _receive(self, srtp: pylibsrtp.Session, data: bytes) -> None:
+        if self._native:
+            if srtp is not self._native_for:
+                self._native_for = srtp
+                self._native_rx = _native_srtp(self._dtls, outbound=False)
+            native = self._native_rx
+            if native is not None:
+                plain = native.unprotect(data)
+                if plain is None:
+                    self.unreadable += 1
+                    return
+                self._forward(plain)
+                return
         try:
             plain = srtp.unprotect(data)
         except pylibsrtp.Error:
             self.unreadable += 1
             return
+        self._forward(plain)
+
+    def _forward(self, plain: bytes) -> None:
         view = rtp.parse(plain, self._abs_send_time_id)
         if view is None:
             self.unreadable += 1
@@ -612,6 +683,24 @@ def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
     inbound.add(receiver, handler)
 
 
+def _destination(pair: Any) -> Destination | None:
+    """A native send destination for an ICE pair on a UDP socket (aioice's or the media port's)."""
+    transport = pair.protocol.transport
+    # A datagram transport with a UDP socket of its own: never TURN's (which must
+    # wrap each packet; it has no "socket" anyway) nor ICE-TCP's framing.
+    # (asyncio's own UDP transport is a BaseTransport, not a DatagramTransport.)
+    if not isinstance(transport, asyncio.BaseTransport):
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != SOCK_DGRAM:
+        return None
+    host, port = pair.remote_addr[:2]
+    try:
+        return packet_path.destination(sock.fileno(), host, port)
+    except ValueError:
+        return None
+
+
 class PacketSender:
     """Sends the RTP of one RTCRtpSender: forwarded packets, or frames aiortc encoded.
 
@@ -651,9 +740,18 @@ class PacketSender:
         self.retransmitted = 0
         self._rtx_sequence_number = random.getrandbits(16)
         self._rtx_payload_type: int | None = None
-        self._history: list[tuple[int, int, bool, bytes] | None] = [None] * SEND_HISTORY
+        # (sequence number, timestamp, marker, payload, VP8 picture id or -1)
+        self._history: list[tuple[int, int, bool, bytes, int] | None] = [None] * SEND_HISTORY
         self._writer: rtp.HeaderWriter | None = None
         self._rtx_writer: rtp.HeaderWriter | None = None
+        # The native path: header writing and SRTP in one C call per packet.
+        self._native_tx: SrtpContext | None = None
+        self._native_writer: HeaderWriter | None = None
+        self._native_rtx_writer: HeaderWriter | None = None
+        # Where the native path sends with its own sendto(2): the nominated pair it was
+        # made for, and None where it cannot (ICE-TCP, an address it cannot parse).
+        self._destination_pair: Any = None
+        self._destination: Destination | None = None
         self._dtls: RTCDtlsTransport | None = None
         self._connection: Any = None
         setattr(sender, _RUN_RTP, self._run)
@@ -679,6 +777,14 @@ class PacketSender:
         )
         self._rtx_payload_type = state[_SENDER_RTX_PT]
         self._dtls = self._sender.transport
+        self._native_tx = _native_srtp(self._dtls, outbound=True)
+        if self._native_tx is not None:
+            self._native_writer = packet_path.header_writer(
+                self._sender._ssrc, mid, ids.mid, ids.abs_send_time
+            )
+            self._native_rtx_writer = packet_path.header_writer(
+                getattr(self._sender, _RTX_SSRC_OUT), mid, ids.mid, ids.abs_send_time
+            )
         self._connection = getattr(self._dtls.transport, _ICE_CONNECTION)
         self.codec = codec
         assert codec.payloadType is not None
@@ -719,8 +825,12 @@ class PacketSender:
         marker: bool,
         timestamp: int,
         sequence_number: int | None = None,
+        picture_id: int = -1,
     ) -> bool:
-        """Send one packet now; False if it could not go (not connected, or the socket is full)."""
+        """Send one packet now; False if it could not go (not connected, or the socket is full).
+
+        `picture_id` (0 or more) replaces the VP8 picture id in `payload`'s descriptor.
+        """
         if not self.ready:
             return False
         if sequence_number is None:
@@ -728,9 +838,44 @@ class PacketSender:
         if (sequence_number - self.sequence_number) & 0xFFFF < 0x8000:
             self.sequence_number = (sequence_number + 1) & 0xFFFF
         ntp = rtp.ntp_now()
-        assert self._writer is not None
-        header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
-        if not self._transmit(header + payload):
+        native, tx = self._native_writer, self._native_tx
+        if native is not None and tx is not None:
+            destination = self._direct_destination()
+            if destination is not None:
+                # Header, SRTP and sendto(2) in one C call: no bytes object, no asyncio.
+                error = native.send(
+                    destination,
+                    tx,
+                    self.payload_type,
+                    sequence_number,
+                    timestamp,
+                    marker,
+                    ntp,
+                    payload,
+                    picture_id,
+                )
+                sent = error == 0
+                if not sent:
+                    self._send_failed(error)
+            else:
+                sent = self._transmit_native(
+                    native.seal(
+                        tx,
+                        self.payload_type,
+                        sequence_number,
+                        timestamp,
+                        marker,
+                        ntp,
+                        payload,
+                        picture_id,
+                    )
+                )
+        else:
+            assert self._writer is not None
+            header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
+            body = payload if picture_id < 0 else rtp.with_vp8_picture_id(payload, picture_id)
+            sent = self._transmit(header + body)
+        if not sent:
             self.dropped += 1
             return False
         self._history[sequence_number % SEND_HISTORY] = (
@@ -738,6 +883,7 @@ class PacketSender:
             timestamp,
             marker,
             payload,
+            picture_id,
         )
         self.packets += 1
         state = self._state
@@ -758,13 +904,53 @@ class PacketSender:
             return False
         return _send_datagram(self._connection, data)
 
+    def _direct_destination(self) -> Destination | None:
+        """The nominated pair's UDP socket and address, for the native path's own sendto(2).
+
+        None (send through the transport instead) before DTLS is up, on ICE-TCP,
+        and while asyncio holds unsent data for the socket (order is kept).
+        """
+        dtls = self._dtls
+        if dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return None
+        pair = getattr(self._connection, _NOMINATED).get(1)
+        if pair is not self._destination_pair:
+            self._destination_pair = pair
+            self._destination = None if pair is None else _destination(pair)
+        if self._destination is None:
+            return None
+        buffered = getattr(pair.protocol.transport, "get_write_buffer_size", None)
+        if buffered is not None and buffered():
+            return None
+        return self._destination
+
+    def _send_failed(self, error: int) -> None:
+        transport = self._destination_pair.protocol.transport
+        if isinstance(transport, mux.UdpMux):
+            transport.send_failures += 1
+        if error > 0 and error not in (errno.EAGAIN, errno.ENOBUFS):
+            logger.debug("sending to %s failed: %s", self._destination_pair.remote_addr, error)
+
+    def _transmit_native(self, data: builtins.bytes | None) -> bool:
+        dtls = self._dtls
+        if data is None or dtls is None or dtls._state is not DtlsState.CONNECTED:
+            return False
+        return _send_datagram(self._connection, data)
+
     async def _retransmit(self, sequence_number: int) -> None:
         """aiortc's NACK handling calls this for each lost packet the browser reports."""
         entry = self._history[sequence_number % SEND_HISTORY]
         if entry is None or entry[0] != sequence_number:
             return
-        _, timestamp, marker, payload = entry
+        _, timestamp, marker, payload, picture_id = entry
         ntp = rtp.ntp_now()
+        if self._native_tx is not None:
+            self._retransmit_native(
+                self._native_tx, sequence_number, timestamp, marker, payload, picture_id, ntp
+            )
+            return
+        if picture_id >= 0:
+            payload = rtp.with_vp8_picture_id(payload, picture_id)
         if self._rtx_payload_type is not None and self._rtx_writer is not None:
             # RFC 4588: its own SSRC and numbering, the original number up front.
             rtx_sequence_number = self._rtx_sequence_number
@@ -779,6 +965,45 @@ class PacketSender:
                 + payload
             )
         if self._transmit(plain):
+            self.retransmitted += 1
+
+    def _retransmit_native(
+        self,
+        tx: SrtpContext,
+        sequence_number: int,
+        timestamp: int,
+        marker: bool,
+        payload: builtins.bytes,
+        picture_id: int,
+        ntp: int,
+    ) -> None:
+        if self._rtx_payload_type is not None and self._native_rtx_writer is not None:
+            rtx_sequence_number = self._rtx_sequence_number
+            self._rtx_sequence_number = (rtx_sequence_number + 1) & 0xFFFF
+            data = self._native_rtx_writer.seal(
+                tx,
+                self._rtx_payload_type,
+                rtx_sequence_number,
+                timestamp,
+                marker,
+                ntp,
+                payload,
+                picture_id,
+                sequence_number,
+            )
+        else:
+            assert self._native_writer is not None
+            data = self._native_writer.seal(
+                tx,
+                self.payload_type,
+                sequence_number,
+                timestamp,
+                marker,
+                ntp,
+                payload,
+                picture_id,
+            )
+        if self._transmit_native(data):
             self.retransmitted += 1
 
 

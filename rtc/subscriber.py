@@ -25,7 +25,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av.frame import Frame
 
 from rtc.media import same_codec
-from rtc.rtp import RtpView, read_vp8_picture_id, with_vp8_picture_id
+from rtc.rtp import RtpView, read_vp8_picture_id
 from rtc.source import Source
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,12 @@ class PacketOutput(Protocol):
     sequence_number: int
 
     def send(
-        self, payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+        self,
+        payload: bytes,
+        marker: bool,
+        timestamp: int,
+        sequence_number: int | None = None,
+        picture_id: int = -1,
     ) -> bool: ...
 
 
@@ -172,9 +177,9 @@ class Subscriber(MediaStreamTrack):
         sequence_number = (view.sequence_number + self._sequence_offset) & 0xFFFF
         timestamp = self._timestamp(view.timestamp)
         payload = view.payload
-        if self._vp8:
-            payload = self._renumber_picture(payload)
-        if output.send(payload, view.marker, timestamp & _U32, sequence_number):
+        # The output writes the new picture id as it copies the payload (-1: as it is).
+        picture_id = self._renumber_picture(payload) if self._vp8 else -1
+        if output.send(payload, view.marker, timestamp & _U32, sequence_number, picture_id):
             if view.marker or not self._video:
                 self.forwarded += 1
         elif self._video:
@@ -214,10 +219,11 @@ class Subscriber(MediaStreamTrack):
             self._last_out_at = self._event_loop.time()
         return out
 
-    def _renumber_picture(self, payload: bytes) -> bytes:
+    def _renumber_picture(self, payload: bytes) -> int:
+        """The picture id this packet leaves with, or -1 to leave the payload as it is."""
         picture_id = read_vp8_picture_id(payload)
         if picture_id is None:
-            return payload
+            return -1
         offset = self._picture_id_offset
         if offset is None:
             # The first source keeps its own numbering; later ones continue it.
@@ -228,7 +234,7 @@ class Subscriber(MediaStreamTrack):
         following = self._next_picture_id
         if following is None or (out - following) & 0x7FFF < 0x4000:
             self._next_picture_id = (out + 1) & 0x7FFF
-        return payload if offset == 0 else with_vp8_picture_id(payload, out)
+        return -1 if offset == 0 else out
 
     # -- decoded frames in (codecs differ) -------------------------------
 

@@ -710,11 +710,11 @@ class Lobby:
             self._disconnect_bridge(session)
             self.bus.send(remote, session.ref, {"t": "refuse"})
             return
-        # The pair id and each side's person key travel with the handshake (blocks, reports).
+        # The pair id and each side's person and address keys travel with the handshake
+        # (blocks, reports, bans from reports); node to node only, never to a page.
         message = {"t": "propose", "shared": list(shared), "media": media}
-        self.bus.send(
-            remote, session.ref, message | {"pair": new_pair_id(), "person": session.person}
-        )
+        keys = {"person": session.person, "address": session.address}
+        self.bus.send(remote, session.ref, message | {"pair": new_pair_id()} | keys)
 
     async def _alive(self, node: str) -> bool:
         assert self.registry is not None
@@ -757,6 +757,7 @@ class Lobby:
                 "shared": list(shared),
                 "pair": pair.pair_id,
                 "person": session.person,
+                "address": session.address,
             },
         )
         self.matches_made += 1
@@ -990,13 +991,13 @@ def _avoid(session: Session, tags: Sequence[str]) -> None:
 
 
 def _remote_pair(sender: SessionRef, message: dict[str, Any]) -> RecentPartner:
-    """The pair a cross-node handshake message describes (its address key stays there)."""
-    pair_id, person = message.get("pair"), message.get("person")
+    """The pair a cross-node handshake message describes, with the partner's keyed hashes."""
+    pair_id, person, address = message.get("pair"), message.get("person"), message.get("address")
     return RecentPartner(
         pair_id if isinstance(pair_id, str) and pair_id else new_pair_id(),
         sender,
         person if isinstance(person, str) else None,
-        None,
+        address if isinstance(address, str) else None,
     )
 
 

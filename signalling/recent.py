@@ -48,8 +48,8 @@ class RecentPartner:
 
     pair_id: str
     partner: SessionRef
-    # The partner's keyed identity hash and address hash; None when unknown
-    # (no client id, or a partner on another node for the address).
+    # The partner's keyed identity hash and address hash (from the pair handshake when
+    # the partner is on another node); None when unknown (no client id).
     person: str | None
     address: str | None
     started_at: float = field(default_factory=time.time)

@@ -21,6 +21,7 @@ from redis import Redis
 from app import create_app
 from bench.target import free_port
 from config import Settings
+from rtc import packet_path
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -192,6 +193,26 @@ async def local_server() -> AsyncIterator[Callable[[Settings], Awaitable[LocalSe
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+# --- packet path ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["python", "native"])
+def packet_path_mode(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Runs a test once per packet path (rtc/packet_path.py): in this process, and in
+    the servers it starts (they inherit RR_PACKET_PATH). `native` fails, never skips,
+    where rtc/_fastpath.c was not built."""
+    mode: str = request.param
+    previous = packet_path.name()
+    monkeypatch.setenv("RR_PACKET_PATH", mode)
+    packet_path.select(mode)
+    try:
+        yield mode
+    finally:
+        packet_path.select(previous)
 
 
 # --- Redis --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamT
 from aiortc.rate import RateCounter
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from rtc import aiortc_seam, rtp
+from rtc import _fastpath, aiortc_seam, rtp
 from rtc.media import is_keyframe
 from rtc.mux import MediaMux, UdpMux
 
@@ -216,8 +216,9 @@ class _Silent(MediaStreamTrack):
         await asyncio.Event().wait()
 
 
-async def test_packets_forwarded_through_the_seam_decode_at_the_far_end() -> None:
-    """Browser A -> server (receive_packets) -> server (PacketSender) -> browser B, all real."""
+async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_path_mode) -> None:
+    """Browser A -> server (receive_packets) -> server (PacketSender) -> browser B, all real,
+    through each packet path."""
     a, server_in = RTCPeerConnection(), RTCPeerConnection()
     server_out, b = RTCPeerConnection(), RTCPeerConnection()
     try:
@@ -235,6 +236,11 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end() -> Non
         await a.setRemoteDescription(server_in.localDescription)
 
         await _until(lambda: packets.ready and len(views) >= 30)
+        # The path asked for is the one that runs, both ways.
+        native = packet_path_mode == "native"
+        inbound = receiver.transport.__dict__["relay_inbound"]
+        assert (inbound._native_rx is not None) == native
+        assert (packets._native_tx is not None) == native
         # Decrypted, parsed, in order, VP8 from the start.
         first = views[0]
         codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
@@ -282,6 +288,8 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end() -> Non
         finally:
             pumping.cancel()
         assert (frame.width, frame.height) == (640, 480)
+        # The native path sent them itself (one sendto(2) per packet from C).
+        assert (packets._destination is not None) == native
         # aiortc's sender reports count the forwarded packets, and so does
         # PacketSender itself (what /metrics reads, without awaiting getStats()).
         out_stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
@@ -441,3 +449,35 @@ async def test_offer_addresses_gathers_on_the_chosen_address_and_announces_anoth
     finally:
         await offerer.close()
         await answerer.close()
+
+
+async def test_srtp_key_material_matches_the_sessions_aiortc_built(pair) -> None:
+    """srtp_key_material re-derives aiortc's SRTP keys (its `_setup_srtp` keeps them private):
+    native contexts made from them read what aiortc's sessions wrote, both ways, on the
+    profile aiortc negotiated (AES-256-GCM between two aiortc peers, as with Chromium)."""
+    sender_pc, receiver_pc = pair
+    sender_pc.addTrack(VideoStreamTrack())
+    await _connect(sender_pc, receiver_pc)
+    ours = sender_pc.getTransceivers()[0].sender.transport
+    theirs = receiver_pc.getTransceivers()[0].receiver.transport
+    await _until(lambda: ours._tx_srtp is not None and theirs._rx_srtp is not None)
+    mine = aiortc_seam.srtp_key_material(ours)
+    remote = aiortc_seam.srtp_key_material(theirs)
+    assert mine is not None and remote is not None
+    profile, tx, rx = mine
+    assert profile == _fastpath.PROFILE_AEAD_AES_256_GCM
+    assert (tx, rx) == (remote[2], remote[1]), "one side's sending key is the other's receiving key"
+    plain = bytes([0x80, 96, 0, 7]) + bytes(4) + (4321).to_bytes(4, "big") + b"payload" * 20
+    native_rx = _fastpath.SrtpContext(profile, rx, False)
+    native_tx = _fastpath.SrtpContext(profile, tx, True)
+    # aiortc's receiving session on the other side is the check, not a copy of ours.
+    assert theirs._rx_srtp.unprotect(native_tx.protect(plain)) == plain
+    assert native_rx.unprotect(theirs._tx_srtp.protect(plain)) == plain
+
+
+def test_srtp_key_material_names_are_checked() -> None:
+    class NotATransport:
+        _rx_srtp = object()
+
+    with pytest.raises(aiortc_seam.SeamError, match="_ssl"):
+        aiortc_seam.srtp_key_material(NotATransport())  # type: ignore[arg-type]

@@ -44,7 +44,11 @@ def relay_server_args(media_port: int) -> list[str]:
     return ["--media-timeout", "3", "--media-port", str(media_port)]
 
 
-async def test_a_pair_talks_through_the_one_media_port(relay_server, clients, media_port) -> None:
+async def test_a_pair_talks_through_the_one_media_port(
+    packet_path_mode, relay_server, clients, media_port
+) -> None:
+    # The server runs the packet path this test is for.
+    assert f"packet path {packet_path_mode}" in relay_server.log()
     a = ChatClient(relay_server.ws_url, tag=1)
     b = ChatClient(relay_server.ws_url, tag=2)
     clients += [a, b]

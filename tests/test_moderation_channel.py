@@ -7,6 +7,7 @@ What a moderator waits for must answer or fail with the reason, within bounds.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from moderation import channel as channel_module
 from moderation.channel import ChannelError, LocalChannel, RedisChannel
 
 Node = tuple[RedisChannel, NodeRegistry, Redis]
+CLUSTER_SECRET = b"test-cluster-secret-0123"
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ async def pair(redis_url: str) -> AsyncIterator[list[Node]]:
         registry = NodeRegistry(redis, name)
         registry.count = lambda: 0  # members are kept only with a count, as the Lobby sets
         await registry.start()
-        channel = RedisChannel(redis, name, registry, timeout=0.5)
+        channel = RedisChannel(redis, name, registry, timeout=0.5, secret=CLUSTER_SECRET)
         await channel.start()
         made.append((channel, registry, redis))
     try:
@@ -62,6 +64,33 @@ async def test_a_request_runs_on_the_node_named_and_its_refusal_comes_back(pair)
     # This node's own requests are calls, not Redis round trips.
     a.handle("kick", kick)
     assert await a.call("A", "kick", {"id": "y"}) == {"kicked": True, "node": "B"}
+
+
+async def test_only_messages_signed_with_the_cluster_secret_are_served(pair) -> None:
+    # Anyone who can publish on Redis could otherwise kick, ban or read evidence.
+    (a, _, redis), (b, _, _) = pair
+    served: list[dict[str, Any]] = []
+
+    async def kick(args: dict[str, Any]) -> dict[str, Any]:
+        served.append(args)
+        return {"kicked": True}
+
+    b.handle("kick", kick)
+    forged = json.dumps({"id": "1", "from": "A", "op": "kick", "args": {"id": "x"}})
+    assert await redis.publish(b.channel("B"), "0" * 64 + forged) == 1
+    assert await redis.publish(b.channel("B"), forged) == 1
+    # A node with another secret is not heard either: its call goes unanswered.
+    stranger = RedisChannel(redis, "A", pair[0][1], timeout=0.5, secret=b"another-secret-0123456")
+    await stranger.start()
+    try:
+        with pytest.raises(ChannelError) as unanswered:
+            await stranger.call("B", "kick", {"id": "y"})
+        assert unanswered.value.status == 504
+    finally:
+        await stranger.close()
+    assert served == []
+    assert await a.call("B", "kick", {"id": "z"}) == {"kicked": True}
+    assert served == [{"id": "z"}]
 
 
 async def test_every_live_node_answers_and_a_silent_one_is_named(pair) -> None:

@@ -9,16 +9,19 @@ node holding the person (moderation/channel.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from crowd import UNLIMITED, crowd
 
 from rtc.client import ChatClient, SignallingError
+from rtc.stamp import read_stamp
 
 TIMEOUT = 20.0
 # The kicked socket's close code (signalling/session.py CLOSE_KICKED).
@@ -420,3 +423,139 @@ async def test_a_thousand_people_on_two_nodes_are_paged_and_searched_on_the_serv
 
         status, text = await raw_api(one, "GET", "/sessions", params={"limit": "5000"})
         assert status == 400 and "limit" in text
+
+
+# -- evidence written by another node -------------------------------------------------
+
+
+def stamp_tags(path: Path, track: str) -> list[int]:
+    """The stamp tags (which client sent it) of every decodable frame of `track`."""
+    with av.open(str(path)) as container:
+        stream = next(s for s in container.streams if s.metadata.get("title") == track)
+        stamps = [read_stamp(f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+    return [s.tag for s in stamps if s is not None]
+
+
+async def test_evidence_written_by_one_node_plays_through_the_other(
+    nodes, clients, moderated_args, tmp_path: Path
+) -> None:
+    # Each node its own recordings folder: node two must fetch node one's file from it.
+    one = nodes(*moderated_args, "--recordings-dir", str(tmp_path / "rec1"))
+    two = nodes(*moderated_args, "--recordings-dir", str(tmp_path / "rec2"))
+    a, b = await cross_pair(one, two, clients)
+    await a.wait_frames(tag=2, count=30, timeout=TIMEOUT)
+    await b.wait_frames(tag=1, count=30, timeout=TIMEOUT)
+    await a.send({"type": "report", "reason": "nudity", "moveOn": False})
+    reported = await a.wait_for("reported", timeout=TIMEOUT)
+
+    report = next(
+        r for r in (await api(two, "GET", "/reports"))["reports"] if r["id"] == reported["reportId"]
+    )
+    name = report["evidence"]
+    assert not (tmp_path / "rec2").joinpath(name).exists()
+    listed = {r["name"]: r for r in (await api(two, "GET", "/recordings"))["recordings"]}
+    assert listed[name]["node"] == a.hello["node"]
+
+    started = time.monotonic()
+    whole = await raw_bytes(two, f"/recordings/{name}?download=1")
+    took = time.monotonic() - started
+    print(f"evidence through the other node: {len(whole)} bytes in {took * 1000:.0f} ms")
+    assert whole == (tmp_path / "rec1" / name).read_bytes()
+    copy = tmp_path / "through-two.webm"
+    copy.write_bytes(whole)
+    assert 2 in stamp_tags(copy, "video") and set(stamp_tags(copy, "video")) == {2}
+    assert set(stamp_tags(copy, "reporter_video")) == {1}
+    # Seeking (a byte range) and one person's part, as the evidence player asks for them.
+    tail = await raw_bytes(two, f"/recordings/{name}", headers={"Range": "bytes=100-"}, status=206)
+    assert tail == whole[100:]
+    part = tmp_path / "reporter-through-two.webm"
+    part.write_bytes(await raw_bytes(two, f"/recordings/{name}?part=reporter"))
+    assert set(stamp_tags(part, "video")) == {1}
+
+    # The pair handshake carried b's address hash to a's node: the report can ban the
+    # address, and the ban then refuses that address (all of 127.0.0.1 here) everywhere.
+    assert report["hasAddress"] is True
+    made = await api(
+        two,
+        "POST",
+        f"/reports/{reported['reportId']}/ban",
+        json={"duration": "1h", "scope": "address", "reason": "nudity"},
+    )
+    assert made["address"] and made["person"] is None and made["ended"] == 2, made
+    for client in (a, b):
+        await client.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "banned")
+        # The hash went node to node only: no page ever received it.
+        assert made["address"] not in json.dumps(client.messages)
+    for server in (one, two):
+        message = await refused(server, "a-new-browser-abcdef")
+        assert message["type"] == "error" and message["code"] == "banned", message
+
+    # The writing node gone, the moderator is told so (not a bare 404).
+    one.stop()
+    status, text = await raw_api(two, "GET", f"/recordings/{name}")
+    assert status == 404 and "not in the cluster" in text, (status, text)
+
+
+async def raw_bytes(server: Any, path: str, *, status: int = 200, **kwargs: Any) -> bytes:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.get(server.http_url + "/api/moderate" + path, **kwargs) as response,
+    ):
+        assert response.status == status, await response.text()
+        return await response.read()
+
+
+async def test_a_kick_naming_the_node_a_resume_moved_the_person_from_still_reaches_them(
+    nodes, clients, moderated_args
+) -> None:
+    # A dashboard row drawn before the move names node one; the person is on node two now.
+    one, two = nodes(*moderated_args), nodes(*moderated_args)
+    a = await connected(one, clients, 1, "browser-a-abcdef")
+    old_node = a.hello["node"]
+    await a.drop_socket()
+    a.url = two.ws_url
+    resumed = await a.resume()
+    assert resumed["id"] == a.id
+    new_node = (await listed(two))["node"]
+    assert new_node != old_node
+
+    status, text = await raw_api(
+        one, "POST", f"/sessions/{a.id}/kick", json={"message": "moved?", "node": old_node}
+    )
+    assert status == 200, text
+    assert json.loads(text) == {"kicked": a.id, "node": new_node}
+    error = await a.wait_for("error", timeout=TIMEOUT, predicate=lambda m: m["code"] == "kicked")
+    assert error["message"] == "moved?"
+    # Nobody anywhere: still a plain 404.
+    status, text = await raw_api(one, "POST", "/sessions/nobody/kick", json={"node": old_node})
+    assert status == 404 and "no such session" in text, text
+
+
+async def test_failed_logins_are_counted_across_nodes(nodes, moderated_args) -> None:
+    # Four free failures per address and name in the whole cluster: guesses spread over
+    # two nodes (two on one, three on the other) lock out as they would on one node.
+    args = [*moderated_args, "--login-throttle-after", "4"]
+    one, two = nodes(*args), nodes(*args)
+    wrong = {"Authorization": aiohttp.encode_basic_auth("alice", "not-the-secret")}
+    for server in (one, two, one, two):
+        status, _ = await raw_api(server, "GET", "/bans", headers=wrong)
+        assert status == 403
+    status, _ = await raw_api(two, "GET", "/bans", headers=wrong)
+    assert status == 403  # the fifth: counted, and it earns the lock-out
+    # Locked on both nodes, right credentials included (the lock-out tells nothing).
+    for server in (one, two):
+        status, text = await raw_api(server, "GET", "/bans")
+        assert status == 429 and "too many failed logins" in text, (status, text)
+    audit = (await api_after_lockout(one))["audit"]
+    assert any(e["action"] == "login_locked" for e in audit), audit
+
+
+async def api_after_lockout(server: Any) -> Any:
+    """An API answer once the 2 s lock-out is over."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        status, text = await raw_api(server, "GET", "/audit")
+        if status == 200:
+            return json.loads(text)
+        assert status == 429 and asyncio.get_running_loop().time() < deadline, (status, text)
+        await asyncio.sleep(0.25)

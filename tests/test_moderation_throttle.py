@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from moderation.throttle import AUDIT_PER_MINUTE, LoginThrottle
+from redis.asyncio import Redis
+
+from moderation.throttle import AUDIT_PER_MINUTE, LoginThrottle, SharedFailures
 
 
 class Clock:
@@ -87,3 +89,43 @@ def test_zero_free_failures_turns_it_off() -> None:
         t.failed("192.0.2.1", "alice", shown_name="alice")
     assert t.retry_after("192.0.2.1", "alice") == 0
     assert len(t) == 0
+
+
+async def test_two_nodes_share_one_count_in_redis(redis_url: str) -> None:
+    # Two throttles (two nodes) on one real redis-server: failures add up, the cluster's
+    # lock-out doubles like a node's, a success clears it, and only moderators' names
+    # get a record there (invented names cannot grow Redis).
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    one, two = LoginThrottle(free_failures=2), LoginThrottle(free_failures=2)
+    for node in (one, two):
+        node.shared = SharedFailures(redis, key_prefix="throttle-test")
+    try:
+        await one.failure("192.0.2.9", "alice", shown_name="alice", known=True)
+        await two.failure("192.0.2.9", "alice", shown_name="alice", known=True)
+        assert await one.wait("192.0.2.9", "alice", known=True) == 0
+        await two.failure("192.0.2.9", "alice", shown_name="alice", known=True)
+        # Node one saw one failure of the three, yet refuses, by address and by name.
+        assert 1.5 < await one.wait("192.0.2.9", None, known=False) <= 2
+        assert 1.5 < await one.wait("198.51.100.1", "alice", known=True) <= 2
+        await one.failure("192.0.2.9", "alice", shown_name="alice", known=True)
+        assert 3.5 < await two.wait("192.0.2.9", None, known=False) <= 4
+        await one.success("192.0.2.9", "alice")
+        assert await two.wait("192.0.2.9", "alice", known=True) == 0
+
+        await one.failure("192.0.2.10", "mallory", shown_name="an unknown name", known=False)
+        assert await redis.keys("{throttle-test}:login:name:*") == []
+    finally:
+        await redis.delete(*await redis.keys("{throttle-test}:*") or ["none"])
+        await redis.aclose()
+
+
+async def test_without_redis_each_node_still_counts_its_own() -> None:
+    gone = Redis.from_url("redis://127.0.0.1:9", socket_connect_timeout=0.2)
+    node = LoginThrottle(free_failures=1)
+    node.shared = SharedFailures(gone)
+    try:
+        for _ in range(2):
+            await node.failure("192.0.2.9", None, shown_name="a token", known=False)
+        assert await node.wait("192.0.2.9", None, known=False) > 0
+    finally:
+        await gone.aclose()

@@ -156,7 +156,7 @@ class Client:
 
 @pytest.mark.parametrize("endpoints", [False, True], ids=["hmac", "aead"], indirect=True)
 async def test_a_partner_on_another_node_is_seen_and_the_stream_stays_continuous(
-    endpoints: tuple[PipeEndpoint, ...],
+    packet_path_mode: str, endpoints: tuple[PipeEndpoint, ...]
 ) -> None:
     node_x, node_y, _ = endpoints
     settings = PeerSettings(keyframe_interval=0.2)
@@ -171,11 +171,15 @@ async def test_a_partner_on_another_node_is_seen_and_the_stream_stays_continuous
         original_send = output.send
 
         def recording_send(
-            payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+            payload: bytes,
+            marker: bool,
+            timestamp: int,
+            sequence_number: int | None = None,
+            picture_id: int = -1,
         ) -> bool:
             assert sequence_number is not None
             sent.append((sequence_number, timestamp))
-            return original_send(payload, marker, timestamp, sequence_number)
+            return original_send(payload, marker, timestamp, sequence_number, picture_id)
 
         output.send = recording_send  # type: ignore[method-assign]
 

@@ -93,7 +93,9 @@ async def test_lone_surrogates_in_chat_and_reports_are_replaced(relay_server, cl
     assert not [m for m in a.messages if m["type"] == "error"]
 
 
-async def test_next_moves_on_to_a_third_user(relay_server, clients) -> None:
+async def test_next_moves_on_to_a_third_user(packet_path_mode, relay_server, clients) -> None:
+    # The server runs the packet path this test is for.
+    assert f"packet path {packet_path_mode}" in relay_server.log()
     a, b = await paired(relay_server, clients)
     await a.wait_frames(tag=2, count=5, timeout=TIMEOUT)
     c = await connected(relay_server, clients, 3)

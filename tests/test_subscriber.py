@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from collections.abc import AsyncIterator
 from fractions import Fraction
 
@@ -20,6 +21,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from rtc import _fastpath, packet_path, rtp
 from rtc.publisher import Publisher
 from rtc.rtp import RtpView, read_vp8_picture_id, starts_keyframe
 from rtc.subscriber import MAX_QUEUED, Subscriber
@@ -29,6 +31,9 @@ H264 = RTCRtpCodecParameters(
     mimeType="video/H264", clockRate=90000, payloadType=102, parameters={"packetization-mode": "1"}
 )
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+
+# Every test once per packet path: what leaves the subscriber is written by either.
+pytestmark = pytest.mark.usefixtures("packet_path_mode")
 
 
 @pytest.fixture
@@ -68,22 +73,49 @@ class Sent:
 
 
 class RecordingOutput:
-    """Stands where PacketSender does; `accept` False plays a full socket."""
+    """Stands where PacketSender does; `accept` False plays a full socket.
+
+    On the native packet path what it records went through rtc/_fastpath.c as
+    PacketSender sends it (header, picture id, SRTP) and was decrypted back.
+    """
 
     def __init__(self, first_sequence_number: int = 65530) -> None:
         self.ready = True
         self.sequence_number = first_sequence_number
         self.accept = True
         self.sent: list[Sent] = []
+        key = os.urandom(44)
+        profile = _fastpath.PROFILE_AEAD_AES_256_GCM
+        self._tx = packet_path.srtp_context(profile, key, True)
+        self._rx = packet_path.srtp_context(profile, key, False)
+        self._writer = packet_path.header_writer(4242, "1", 4, 2)
 
     def send(
-        self, payload: bytes, marker: bool, timestamp: int, sequence_number: int | None = None
+        self,
+        payload: bytes,
+        marker: bool,
+        timestamp: int,
+        sequence_number: int | None = None,
+        picture_id: int = -1,
     ) -> bool:
         if not self.accept:
             return False
         if sequence_number is None:
             sequence_number = self.sequence_number
         self.sequence_number = (sequence_number + 1) & 0xFFFF
+        if self._writer is not None and self._tx is not None and self._rx is not None:
+            data = self._writer.seal(
+                self._tx, 96, sequence_number, timestamp, marker, 0, payload, picture_id
+            )
+            assert data is not None
+            plain = self._rx.unprotect(data)
+            assert plain is not None
+            view = rtp.parse(plain)
+            assert view is not None
+            assert (view.sequence_number, view.timestamp) == (sequence_number, timestamp)
+            payload = view.payload
+        elif picture_id >= 0:
+            payload = rtp.with_vp8_picture_id(payload, picture_id)
         self.sent.append(Sent(payload, marker, timestamp, sequence_number))
         return True
 

@@ -1,0 +1,92 @@
+"""Which packet path forwards RTP: the C module (rtc/_fastpath.c) or pure Python.
+
+Both do the same thing with the same bytes on the wire (tests/test_fastpath.py
+compares them); the native one does SRTP and header writing in C. It is
+optional: where it was not built the relay runs the Python path.
+
+RR_PACKET_PATH chooses: `native` (fail at start if the module is missing),
+`python`, or `auto` (the default: native when built). Connections read the
+choice when they start; `select` changes it for the ones after (tests run
+every packet-path test both ways).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from rtc._fastpath import Destination, HeaderWriter, SrtpContext
+
+Mode = Literal["auto", "native", "python"]
+MODES: tuple[Mode, ...] = ("auto", "native", "python")
+
+
+class PacketPathError(RuntimeError):
+    """RR_PACKET_PATH asks for something this install cannot do."""
+
+
+def _load() -> ModuleType | None:
+    try:
+        from rtc import _fastpath
+    except ImportError:
+        return None
+    return _fastpath
+
+
+_MODULE = _load()
+_native: ModuleType | None = None
+
+
+def select(mode: str) -> None:
+    """Use `mode` for connections that start from now on."""
+    global _native
+    if mode not in MODES:
+        raise PacketPathError(f"RR_PACKET_PATH={mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "native" and _MODULE is None:
+        raise PacketPathError(
+            "RR_PACKET_PATH=native but rtc/_fastpath.c is not built "
+            "(make builds it; it needs a C compiler and libssl-dev)"
+        )
+    _native = _MODULE if mode != "python" else None
+
+
+def srtp_context(profile: int, key_and_salt: bytes, outbound: bool) -> SrtpContext | None:
+    """A native SRTP context for one direction, or None on the Python path."""
+    if _native is None:
+        return None
+    context: SrtpContext = _native.SrtpContext(profile, key_and_salt, outbound)
+    return context
+
+
+def header_writer(
+    ssrc: int, mid: str | None, mid_id: int | None, abs_id: int | None
+) -> HeaderWriter | None:
+    """A native header writer for one outgoing stream, or None on the Python path."""
+    if _native is None:
+        return None
+    writer: HeaderWriter = _native.HeaderWriter(ssrc, mid, mid_id, abs_id)
+    return writer
+
+
+def enabled() -> bool:
+    """Whether connections starting now use the native path."""
+    return _native is not None
+
+
+def destination(fd: int, host: str, port: int) -> Destination | None:
+    """Where the native path sends itself (a UDP socket and a numeric address), or None
+    on the Python path. ValueError for an address it cannot parse."""
+    if _native is None:
+        return None
+    made: Destination = _native.Destination(fd, host, port)
+    return made
+
+
+def name() -> str:
+    """What forwards now, for logs and the benchmark: "native" or "python"."""
+    return "native" if _native is not None else "python"
+
+
+select(os.environ.get("RR_PACKET_PATH", "auto"))

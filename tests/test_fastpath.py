@@ -1,0 +1,337 @@
+"""rtc/_fastpath.c against what the Python path does, byte for byte, and under garbage.
+
+The reference is the Python packet path itself: pylibsrtp (libsrtp, the
+library aiortc's own sessions use) for SRTP, and rtc.rtp's header writer, VP8
+picture-id rewrite and RTX payload for the rest. Same keys, same packets: the
+two must send the same bytes and read each other's. `make asan` runs this file
+against a build with AddressSanitizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import struct
+from types import ModuleType
+
+import pylibsrtp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rtc import rtp
+
+
+def _load() -> ModuleType:
+    """The built module, or the one RR_FASTPATH_MODULE names (`make asan`'s own build)."""
+    path = os.environ.get("RR_FASTPATH_MODULE")
+    if not path:
+        from rtc import _fastpath
+
+        return _fastpath
+    spec = importlib.util.spec_from_file_location("rtc._fastpath", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_fastpath = _load()
+
+PROFILES = {
+    "aes-256-gcm": (_fastpath.PROFILE_AEAD_AES_256_GCM, 44),
+    "aes-128-gcm": (_fastpath.PROFILE_AEAD_AES_128_GCM, 28),
+    "aes-cm-hmac-sha1-80": (_fastpath.PROFILE_AES128_CM_SHA1_80, 30),
+}
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def libsrtp(profile: int, key: bytes, outbound: bool) -> pylibsrtp.Session:
+    """A pylibsrtp session configured exactly as aiortc's `_setup_srtp` does."""
+    policy = pylibsrtp.Policy(
+        key=key,
+        ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+        if outbound
+        else pylibsrtp.Policy.SSRC_ANY_INBOUND,
+        srtp_profile=profile,
+    )
+    policy.allow_repeat_tx = True
+    policy.window_size = 1024
+    return pylibsrtp.Session(policy)
+
+
+def rtp_packet(rng: random.Random, ssrc: int, seq: int, timestamp: int) -> bytes:
+    """A plaintext RTP packet with what browsers put in: CSRCs, one-byte and two-byte
+    extensions, padding, a marker, payloads from empty to MTU-sized."""
+    csrcs = rng.choice([0, 0, 0, 1, 3])
+    extension = b""
+    if rng.random() < 0.7:
+        profile = rng.choice([0xBEDE, 0x1000])
+        body = bytes(rng.randrange(256) for _ in range(4 * rng.randrange(0, 4)))
+        extension = struct.pack("!HH", profile, len(body) // 4) + body
+    padding = rng.choice([0, 0, 0, 1, 4, 17])
+    first = 0x80 | csrcs | (0x10 if extension else 0) | (0x20 if padding else 0)
+    second = (0x80 if rng.random() < 0.2 else 0) | rng.choice([96, 97, 111])
+    payload = os.urandom(rng.choice([0, 1, 13, 200, 1100]))
+    tail = bytes(padding - 1) + bytes([padding]) if padding else b""
+    return (
+        struct.pack("!BBHII", first, second, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc)
+        + os.urandom(4 * csrcs)
+        + extension
+        + payload
+        + tail
+    )
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_srtp_is_the_same_bytes_as_libsrtp_both_ways(name: str) -> None:
+    """Several SSRCs (media and RTX), sequence numbers across the 16-bit wrap (the
+    rollover counter), retransmissions of a sequence number already sent."""
+    profile, size = PROFILES[name]
+    rng = random.Random(name)
+    key = os.urandom(size)
+    ours_tx, ours_rx = (
+        _fastpath.SrtpContext(profile, key, True),
+        _fastpath.SrtpContext(profile, key, False),
+    )
+    ref_tx, ref_rx = libsrtp(profile, key, True), libsrtp(profile, key, False)
+    streams = {ssrc: rng.randrange(65536 - 300, 65536) for ssrc in (11, 22, 33)}
+    for count in range(1500):
+        ssrc = rng.choice(list(streams))
+        seq = streams[ssrc]
+        first_sending = rng.random() >= 0.05
+        if first_sending:
+            streams[ssrc] += 1
+        else:
+            seq -= rng.randrange(1, 200)  # a retransmission without RTX: sent again
+        plain = rtp_packet(rng, ssrc, seq, count * 3000)
+        sealed = ours_tx.protect(plain)
+        assert sealed == ref_tx.protect(plain), f"packet {count} differs"
+        assert sealed is not None
+        if first_sending:  # both receivers take it (a repeat is a replay to them)
+            assert ours_rx.unprotect(sealed) == plain
+            assert ref_rx.unprotect(sealed) == plain
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_the_replay_window_takes_what_libsrtp_takes(name: str) -> None:
+    """Duplicates, late packets within 1024, and ones older than that: accepted and
+    refused exactly where libsrtp (as aiortc configures it) accepts and refuses."""
+    profile, size = PROFILES[name]
+    rng = random.Random(1)
+    key = os.urandom(size)
+    tx = libsrtp(profile, key, True)
+    ours, ref = _fastpath.SrtpContext(profile, key, False), libsrtp(profile, key, False)
+    sent = []
+    for seq in range(3000):
+        sent.append(tx.protect(rtp_packet(rng, 5, (60000 + seq), seq)))
+    order = list(range(3000))
+    for _ in range(400):  # swap neighbours, and throw in old and repeated ones
+        i = rng.randrange(2999)
+        order[i], order[i + 1] = order[i + 1], order[i]
+    for _ in range(300):
+        at = rng.randrange(len(order))
+        order.insert(at, max(0, order[at] - rng.choice([1, 5, 600, 1023, 1024, 1025, 2000])))
+    for index in order:
+        try:
+            expected: bytes | None = ref.unprotect(sent[index])
+        except pylibsrtp.Error:
+            expected = None
+        assert ours.unprotect(sent[index]) == expected, f"packet {index}"
+
+
+@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize(
+    "extensions", [(None, None, None), ("0", 4, 2), ("video", 1, 14), ("a" * 17, 15, 3)]
+)
+def test_a_sealed_packet_is_what_the_python_path_sends(
+    name: str, extensions: tuple[str | None, int | None, int | None]
+) -> None:
+    """HeaderWriter.seal == rtc.rtp.HeaderWriter + picture id rewrite + RTX payload + libsrtp:
+    the same datagram, for VP8 with 7- and 15-bit picture ids, without one, and Opus."""
+    profile, size = PROFILES[name]
+    mid, mid_id, abs_id = extensions
+    rng = random.Random(f"{name}{extensions}")
+    key = os.urandom(size)
+    ours_tx = _fastpath.SrtpContext(profile, key, True)
+    ref_tx = libsrtp(profile, key, True)
+    native = _fastpath.HeaderWriter(1234, mid, mid_id, abs_id)
+    python = rtp.HeaderWriter(1234, mid, mid_id, abs_id)
+    payloads = [
+        bytes([0x90, 0x80, 0x80 | 0x12, 0x34]) + os.urandom(900),  # 15-bit picture id
+        bytes([0x90, 0x80, 0x45]) + os.urandom(300),  # 7-bit picture id
+        bytes([0x10]) + os.urandom(50),  # no extensions
+        bytes([0x90, 0x80, 0x80]),  # 15-bit id cut short: left alone
+        b"",
+        os.urandom(120),  # Opus
+    ]
+    for seq in range(65500, 65500 + 200):
+        payload = rng.choice(payloads)
+        picture_id = rng.choice([-1, 0, 127, 300, 0x7FFF])
+        rtx = rng.choice([-1, -1, rng.randrange(65536)])
+        marker = rng.random() < 0.3
+        ntp = rng.getrandbits(64)
+        timestamp = rng.getrandbits(32)
+        body = payload if picture_id < 0 else rtp.with_vp8_picture_id(payload, picture_id)
+        if rtx >= 0:
+            body = rtp.rtx_payload(rtx, body)
+        expected = ref_tx.protect(python.header(97, seq & 0xFFFF, timestamp, marker, ntp) + body)
+        got = native.seal(
+            ours_tx, 97, seq & 0xFFFF, timestamp, marker, ntp, payload, picture_id, rtx
+        )
+        assert got == expected
+
+
+def test_bad_setup_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="unknown SRTP profile 99"):
+        _fastpath.SrtpContext(99, bytes(30), True)
+    with pytest.raises(ValueError, match="needs 44 bytes"):
+        _fastpath.SrtpContext(_fastpath.PROFILE_AEAD_AES_256_GCM, bytes(30), True)
+    inbound = _fastpath.SrtpContext(_fastpath.PROFILE_AES128_CM_SHA1_80, bytes(30), False)
+    outbound = _fastpath.SrtpContext(_fastpath.PROFILE_AES128_CM_SHA1_80, bytes(30), True)
+    with pytest.raises(ValueError, match="cannot protect"):
+        inbound.protect(bytes(20))
+    with pytest.raises(ValueError, match="cannot unprotect"):
+        outbound.unprotect(bytes(40))
+    writer = _fastpath.HeaderWriter(1, None, None, None)
+    with pytest.raises(TypeError, match="SrtpContext"):
+        writer.seal(object(), 96, 1, 1, False, 0, b"")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot protect"):
+        writer.seal(inbound, 96, 1, 1, False, 0, b"")
+
+
+def test_more_ssrcs_than_a_connection_has_are_refused_not_remembered() -> None:
+    key = os.urandom(44)
+    profile = _fastpath.PROFILE_AEAD_AES_256_GCM
+    tx, rx = _fastpath.SrtpContext(profile, key, True), _fastpath.SrtpContext(profile, key, False)
+    packets = [tx.protect(struct.pack("!BBHII", 0x80, 96, 1, 0, ssrc) + b"x") for ssrc in range(40)]
+    assert all(packet is not None for packet in packets[:32])
+    assert all(packet is None for packet in packets[32:])
+    assert [rx.unprotect(packet) is not None for packet in packets[:32]] == [True] * 32
+
+
+# -- fuzz: nothing malformed crashes or reads out of bounds (see `make asan`) ------------
+
+
+@pytest.fixture(scope="module")
+def contexts() -> dict[str, tuple[_fastpath.SrtpContext, _fastpath.SrtpContext]]:
+    made = {}
+    for name, (profile, size) in PROFILES.items():
+        key = bytes(range(size))
+        made[name] = (
+            _fastpath.SrtpContext(profile, key, True),
+            _fastpath.SrtpContext(profile, key, False),
+        )
+    return made
+
+
+@FUZZ
+@given(data=st.binary(max_size=1600))
+def test_garbage_is_refused(contexts, data: bytes) -> None:
+    for tx, rx in contexts.values():
+        assert rx.unprotect(data) is None, "random bytes never authenticate"
+        tx.protect(data)
+
+
+@FUZZ
+@given(
+    first=st.integers(0, 255),
+    second=st.integers(0, 255),
+    seq=st.integers(0, 65535),
+    extension_words=st.integers(0, 0xFFFF),
+    body=st.binary(max_size=300),
+    flip=st.integers(0, 2000),
+)
+def test_headers_that_lie_about_their_length_are_refused(
+    contexts, first: int, second: int, seq: int, extension_words: int, body: bytes, flip: int
+) -> None:
+    """RTP-looking packets whose CSRC count or extension length run past the end, sealed
+    for real (so authentication passes where the header is sound) and then damaged."""
+    header = struct.pack("!BBHII", first, second, seq, 7, 99)
+    packet = header + struct.pack("!HH", 0xBEDE, extension_words) + body
+    for tx, rx in contexts.values():
+        sealed = tx.protect(packet)
+        if sealed is None:  # not RTP, or the header runs past the end: nothing to protect
+            continue
+        damaged = bytearray(sealed)
+        damaged[flip % len(damaged)] ^= 0x01
+        assert rx.unprotect(bytes(damaged)) is None, "a damaged packet never authenticates"
+        assert rx.unprotect(sealed) in (None, packet)
+
+
+@settings(FUZZ, max_examples=120)
+@given(
+    payload=st.binary(max_size=2000),
+    payload_type=st.integers(-5, 300),
+    seq=st.integers(-70000, 70000),
+    timestamp=st.integers(-(2**40), 2**40),
+    ntp=st.integers(0, 2**64 - 1),
+    picture_id=st.integers(-3, 0x10000),
+    original=st.integers(-3, 0x10000),
+    mid=st.one_of(st.none(), st.text(max_size=20)),
+    ids=st.tuples(
+        st.one_of(st.none(), st.integers(-1, 20)), st.one_of(st.none(), st.integers(-1, 20))
+    ),
+)
+def test_any_arguments_make_a_packet_or_a_clear_error(
+    contexts,
+    payload: bytes,
+    payload_type: int,
+    seq: int,
+    timestamp: int,
+    ntp: int,
+    picture_id: int,
+    original: int,
+    mid: str | None,
+    ids: tuple[int | None, int | None],
+) -> None:
+    writer = _fastpath.HeaderWriter(5, mid, *ids)
+    for tx, rx in contexts.values():
+        sealed = writer.seal(
+            tx, payload_type, seq, timestamp, False, ntp, payload, picture_id, original
+        )
+        assert sealed is not None
+        plain = rx.unprotect(sealed)
+        if plain is not None:  # a repeated sequence number is a replay to the receiver
+            view = rtp.parse(plain)
+            assert view is not None and view.ssrc == 5
+
+
+@pytest.mark.parametrize("family", ["127.0.0.1", "::1"])
+def test_send_puts_on_the_wire_what_seal_returns(family: str) -> None:
+    """HeaderWriter.send (seal and sendto(2) in one call) sends the bytes seal() makes."""
+    import socket
+
+    key = os.urandom(44)
+    profile = _fastpath.PROFILE_AEAD_AES_256_GCM
+    receiver = socket.socket(
+        socket.AF_INET6 if ":" in family else socket.AF_INET, socket.SOCK_DGRAM
+    )
+    sender = socket.socket(receiver.family, socket.SOCK_DGRAM)
+    try:
+        receiver.bind((family, 0))
+        receiver.settimeout(5)
+        destination = _fastpath.Destination(sender.fileno(), family, receiver.getsockname()[1])
+        writer = _fastpath.HeaderWriter(77, "1", 4, 2)
+        by_seal = _fastpath.SrtpContext(profile, key, True)
+        by_send = _fastpath.SrtpContext(profile, key, True)
+        for seq in range(20):
+            payload = bytes([0x90, 0x80, 0x80, seq]) + os.urandom(seq * 50)
+            args = (96, seq, seq * 3000, seq % 3 == 0, seq << 20, payload, 1000 + seq)
+            assert writer.send(destination, by_send, *args) == 0
+            assert receiver.recv(2048) == writer.seal(by_seal, *args)
+        # Nothing protectable (too large): nothing sent, and said so.
+        assert writer.send(destination, by_send, 96, 1, 1, False, 0, bytes(20000)) == -1
+    finally:
+        receiver.close()
+        sender.close()
+    with pytest.raises(ValueError, match="not a numeric"):
+        _fastpath.Destination(0, "example.org", 1)
+    with pytest.raises(ValueError, match="out of range"):
+        _fastpath.Destination(0, "127.0.0.1", 70000)
