@@ -211,7 +211,7 @@ async def measure(args: argparse.Namespace, log_dir: Path, media_path: Path) -> 
 def describe(result: dict[str, Any]) -> str:
     share = result["per_pair"]
     rows = [f"{result['pairs']} pairs, {result['seconds']:.0f} s streaming; per pair:"]
-    rows += [f"  {key:<28}{value}" for key, value in share.items()]
+    rows += [f"  {key:<32}{value}" for key, value in share.items()]
     if result["python_heap_by_file"]:
         rows.append("Python heap growth per pair by file (MB):")
         rows += [
