@@ -251,29 +251,7 @@ async def relay_phase(
 
     waited = await _quiet(load, meter, progress, label)
     progress(f"{label}: connecting {2 * load.pairs} load clients to {len(nodes)} node(s)")
-    await asyncio.gather(
-        *(
-            pool.call(
-                w,
-                "relay_users",
-                urls=[
-                    nodes[node_of[n]].ws_url for p in pairs[w :: pool.count] for n in (p[0], p[2])
-                ],
-                names=[n for p in pairs[w :: pool.count] for n in (p[0], p[2])],
-                tags=[t for p in pairs[w :: pool.count] for t in (p[1], p[3])],
-            )
-            for w in range(pool.count)
-        )
-    )
-    # One pair at a time, so the bench knows who is with whom.
-    for a, _, b, _ in pairs:
-        w = where[a]
-        await pool.call(w, "start", name=a)
-        await pool.call(w, "start", name=b)
-        await asyncio.gather(
-            pool.call(w, "wait", name=a, type="matched", timeout=SIGNAL_TIMEOUT),
-            pool.call(w, "wait", name=b, type="matched", timeout=SIGNAL_TIMEOUT),
-        )
+    await connect_pairs(pool, nodes, pairs, where, node_of)
     progress(f"{label}: {load.pairs} pairs matched; warming up")
     await asyncio.sleep(WARMUP)
 
@@ -314,7 +292,17 @@ async def relay_phase(
     )
     events = result.pop("_events")
     metrics = _deltas(before, after, end.at - start.at)
-    result |= {"server_metrics": metrics, "switch_error": switch_error}
+    evidence = after.get("relay_moderation_evidence_allocated_bytes")
+    result |= {
+        "server_metrics": metrics,
+        # What moderation's evidence buffers took at the window's end: RSS per pair is
+        # this and the rest (docs/performance.md, issue 14).
+        "server_evidence_mb_per_pair": None
+        if evidence is None
+        else round(evidence / load.pairs / 2**20, 2),
+        "server_pauses": pauses(before, after),
+        "switch_error": switch_error,
+    }
     if cluster is not None:
         seconds = {b for _, _, b, _ in pairs}
         result |= _cluster_numbers(cluster, result, metrics, node_of, partners_at_start)
@@ -329,6 +317,44 @@ async def relay_phase(
             "time_to_match_samples": len(ttm),
         }
     return result
+
+
+def relay_pairs(pairs: int) -> list[tuple[str, int, str, int]]:
+    """The load's pairs through a relay: (name, tag, name, tag) each."""
+    return _pairs("relay", pairs)
+
+
+async def connect_pairs(
+    pool: WorkerPool,
+    nodes: Sequence[RelayServer],
+    pairs: Sequence[tuple[str, int, str, int]],
+    where: dict[str, int],
+    node_of: dict[str, int],
+) -> None:
+    """Connect both people of every pair (to ``nodes[node_of[name]]``) and pair them up."""
+    await asyncio.gather(
+        *(
+            pool.call(
+                w,
+                "relay_users",
+                urls=[
+                    nodes[node_of[n]].ws_url for p in pairs[w :: pool.count] for n in (p[0], p[2])
+                ],
+                names=[n for p in pairs[w :: pool.count] for n in (p[0], p[2])],
+                tags=[t for p in pairs[w :: pool.count] for t in (p[1], p[3])],
+            )
+            for w in range(pool.count)
+        )
+    )
+    # One pair at a time, so the bench knows who is with whom.
+    for a, _, b, _ in pairs:
+        w = where[a]
+        await pool.call(w, "start", name=a)
+        await pool.call(w, "start", name=b)
+        await asyncio.gather(
+            pool.call(w, "wait", name=a, type="matched", timeout=SIGNAL_TIMEOUT),
+            pool.call(w, "wait", name=b, type="matched", timeout=SIGNAL_TIMEOUT),
+        )
 
 
 async def _scrape(nodes: Sequence[RelayServer]) -> dict[str, float]:
@@ -526,6 +552,39 @@ def dump_logs(clients: dict[str, Any], path: Path | None) -> None:
     """Keep the raw client logs (for bench.analysis by hand) when a log folder was given."""
     if path is not None:
         path.write_text(json.dumps(clients))
+
+
+def pauses(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The server's event loop over the window, from /metrics (signalling/pauses.py).
+
+    Garbage collections per generation (how many, their total and longest
+    time), and how late its 20 ms lag probe ran (p99 as the bucket bound it
+    falls in, and the longest). Longest figures cover the last 30-60 s,
+    which holds a 20-30 s window. Summed over nodes in a cluster.
+    """
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    out: dict[str, Any] = {}
+    for generation in (0, 1, 2):
+        label = f'{{generation="{generation}"}}'
+        out[f"gc{generation}_collections"] = int(delta(f"relay_gc_pause_seconds_count{label}"))
+        out[f"gc{generation}_ms_total"] = round(
+            delta(f"relay_gc_pause_seconds_sum{label}") * 1e3, 1
+        )
+        out[f"gc{generation}_ms_max"] = _ms(after.get(f"relay_gc_pause_max_seconds{label}"))
+    buckets = sorted(
+        (float(key.split('le="')[1].rstrip('"}')), delta(key))
+        for key in after
+        if key.startswith("relay_event_loop_lag_seconds_bucket")
+    )
+    total = delta("relay_event_loop_lag_seconds_count")
+    out["loop_lag_ms_p99_bucket"] = next(
+        (_ms(bound) for bound, count in buckets if total and count >= 0.99 * total), None
+    )
+    out["loop_lag_ms_max"] = _ms(after.get("relay_event_loop_lag_max_seconds"))
+    return out
 
 
 def _deltas(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:

@@ -489,6 +489,21 @@ def describe(result: dict[str, Any]) -> str:
             f"{_fmt(run.get('added_latency_ms')):>7}{_fmt(run.get('next_first_frame_ms_p50')):>9}"
             f"{_fmt(run['server_rss_mb_per_pair']):>9}"
         )
+    for run in runs:
+        evidence = run.get("server_evidence_mb_per_pair")
+        if evidence is not None:
+            rows.append(
+                f"{run['relay']} RSS per pair {run['server_rss_mb_per_pair']} MB, of which "
+                f"moderation's evidence buffers {evidence} MB"
+            )
+        loop = run.get("server_pauses")
+        if loop:
+            rows.append(
+                f"{run['relay']} event loop: longest lag {_fmt(loop['loop_lag_ms_max'])} ms; "
+                f"full collections {loop['gc2_collections']}, longest "
+                f"{_fmt(loop['gc2_ms_max'])} ms; gen 0/1 longest {_fmt(loop['gc0_ms_max'])}/"
+                f"{_fmt(loop['gc1_ms_max'])} ms"
+            )
     if result.get("cpu_ratio") is not None:
         rows.append(
             f"cpu ratio transcode/passthrough: {result['cpu_ratio']} "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,10 +46,16 @@ class ServiceProcess:
         assert self._proc is not None
         return self._proc.pid
 
-    async def _spawn(self, *argv: str, cwd: Path | None = None) -> asyncio.subprocess.Process:
+    async def _spawn(
+        self, *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
         self._log = open(self.log_path, "wb")  # noqa: SIM115, ASYNC230 - closed in _terminate()
         self._proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+            *argv,
+            cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
         )
         return self._proc
 
@@ -67,9 +74,15 @@ class ServiceProcess:
 
 
 class RelayServer(ServiceProcess):
-    """One `server.py --relay MODE` on a free loopback port."""
+    """One `server.py --relay MODE` on a free loopback port (``env`` added to its environment)."""
 
-    def __init__(self, mode: str, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        mode: str,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(log_path)
         self.mode = mode
         self.http_url = f"http://127.0.0.1:{self.port}"
@@ -77,6 +90,7 @@ class RelayServer(ServiceProcess):
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self._args = extra_args
+        self._env = env
 
     async def start(self) -> None:
         proc = await self._spawn(
@@ -101,6 +115,7 @@ class RelayServer(ServiceProcess):
             "0",
             *self._args,
             cwd=ROOT,
+            env=self._env,
         )
         async with aiohttp.ClientSession() as http, asyncio.timeout(START_TIMEOUT):
             while True:
@@ -124,6 +139,27 @@ class RelayServer(ServiceProcess):
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
                 samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
         return samples
+
+    async def memory(self, top: int = 25, *, collect: bool = False) -> dict[str, Any]:
+        """`GET /debug/memory` (on the metrics listener): see signalling/memory_report.py."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                self.metrics_url.replace("/metrics", "/debug/memory"),
+                params={"top": str(top), "collect": "1" if collect else "0"},
+            ) as r,
+        ):
+            r.raise_for_status()
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def memory_baseline(self) -> None:
+        """Keep a tracemalloc snapshot in the server; later `memory()` answers diff against it."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(self.metrics_url.replace("/metrics", "/debug/memory/baseline")) as r,
+        ):
+            r.raise_for_status()
 
     async def stop(self) -> int | None:
         return await self._terminate(20)

@@ -17,6 +17,7 @@ import os
 import stat
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ import av
 import cv2
 import numpy as np
 import numpy.typing as npt
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from prometheus_client.core import GaugeMetricFamily
 
 from moderation import queue
@@ -116,7 +118,9 @@ class BanMade:
 class Retained:
     """One person's last seconds of a pair that has ended, kept for a late report."""
 
-    frames: dict[str, list[BufferedFrame]]
+    # The pair's ring buffers themselves, no longer fed: their frames stay compact
+    # (no objects for the garbage collector) until a report takes a snapshot.
+    buffers: dict[str, RingBuffer]
     bytes: int
     ended_at: float = field(default_factory=time.monotonic)
 
@@ -234,6 +238,12 @@ class Moderation:
         self._retention_task: asyncio.Task[None] | None = None
         # Loaded in start(): one model and one rate limit shared by every stream.
         self._nudity: tuple[Any, Any] | None = None
+        # Every sample is decoded and analysed on this one thread, not asyncio's
+        # default pool: each pool thread kept a face cascade and a glibc arena of
+        # freed decode buffers of its own, about 18 MB over six threads that
+        # showed up as RSS per pair (issue 14). One thread does 20 streams' samples
+        # (4 a second, a few milliseconds each) with room to spare.
+        self._sampler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moderation-sampler")
         # People held by other nodes, watched and recorded here (set by app.py).
         self.remote: RemoteMedia | None = None
 
@@ -247,6 +257,10 @@ class Moderation:
 
             model = await asyncio.to_thread(NudityModel)
             self._nudity = (model, RateLimit(self.settings.nudity_rate))
+        # What the first sample would load (the cascade, the decoder's and the JPEG
+        # encoder's code), loaded now: the first pair does not wait for it, and it
+        # shows in the server's size at start, not as if each pair cost it.
+        await asyncio.get_running_loop().run_in_executor(self._sampler, _warm_up)
         self.lobby.report_handler = self.on_report
         self.lobby.block_handler = self.on_block
         self.lobby.report_window = self.settings.report_window
@@ -272,6 +286,7 @@ class Moderation:
         with contextlib.suppress(ValueError):
             self.lobby.pair_end_listeners.remove(self._on_pair_end)
         self.retained.clear()
+        self._sampler.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.store.close)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -410,10 +425,12 @@ class Moderation:
         followed.unlisten_partner()
 
     def _retain(self, pair_id: str, session_id: str, buffers: dict[str, RingBuffer]) -> None:
-        frames = {kind: b.snapshot() for kind, b in buffers.items() if len(b)}
+        frames = {kind: b for kind, b in buffers.items() if len(b)}
         if not frames:
             return
-        size = sum(len(f.frame.data) for kept in frames.values() for f in kept)
+        for buffer in frames.values():
+            buffer.on_keyframe_needed = None  # nor keep the closed peer's publisher alive
+        size = sum(b.bytes for b in frames.values())
         key = (pair_id, session_id)
         old = self.retained.pop(key, None)
         self.retained_total -= old.bytes if old else 0
@@ -482,7 +499,9 @@ class Moderation:
             # milliseconds) run off the event loop, which forwards everyone's media.
             # `followed.decoding` keeps one sample per stream in flight, so
             # its analysis is never fed from two threads at once.
-            result = await asyncio.to_thread(_sample, frame, followed.analysis)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._sampler, _sample, frame, followed.analysis
+            )
             if result is None:
                 return
             jpeg, changes = result
@@ -581,7 +600,7 @@ class Moderation:
         """One person's last seconds of one pair: kept since it ended, or live."""
         kept = self.retained.get((pair_id, session_id))
         if kept is not None:
-            return kept.frames
+            return {kind: buffer.snapshot() for kind, buffer in kept.buffers.items()}
         followed = self.followed.get(session_id)
         buffers = followed.buffers if followed is not None else {}
         pair = followed.session.pair if followed is not None else None
@@ -907,7 +926,13 @@ class Moderation:
 
 
 class FlagCollector:
-    """`relay_moderation_flags{flag=...}`: streams with each analyzer flag raised now."""
+    """Moderation's gauges: streams with each analyzer flag raised now, and evidence held.
+
+    `relay_moderation_evidence_bytes{pairs="live"}` is the media payload in
+    paired people's ring buffers, `{pairs="ended"}` what ended pairs keep for a
+    late report; the process's memory is that plus what each frame's record
+    costs (see moderation/ringbuffer.py) plus everything else.
+    """
 
     def __init__(self, moderation: Moderation) -> None:
         self._moderation = moderation
@@ -923,6 +948,39 @@ class FlagCollector:
         for name, count in sorted(counts.items()):
             gauge.add_metric([name], count)
         yield gauge
+        evidence = GaugeMetricFamily(
+            "relay_moderation_evidence_bytes",
+            "Media payload held for reports: in paired people's ring buffers (live) and "
+            "kept from ended pairs for late reports (ended)",
+            labels=["pairs"],
+        )
+        live = sum(
+            buffer.bytes
+            for followed in self._moderation.followed.values()
+            for buffer in (*followed.buffers.values(), *followed.partner_buffers.values())
+        )
+        evidence.add_metric(["live"], live)
+        evidence.add_metric(["ended"], self._moderation.retained_total)
+        yield evidence
+        yield GaugeMetricFamily(
+            "relay_moderation_evidence_allocated_bytes",
+            "Memory the live ring buffers take: payload, chunk ends and per-frame records",
+            sum(
+                buffer.allocated
+                for followed in self._moderation.followed.values()
+                for buffer in (*followed.buffers.values(), *followed.partner_buffers.values())
+            ),
+        )
+        seconds = [
+            buffer.seconds
+            for followed in self._moderation.followed.values()
+            for buffer in followed.buffers.values()
+        ]
+        yield GaugeMetricFamily(
+            "relay_moderation_evidence_seconds_mean",
+            "Seconds of media the live ring buffers hold, on average over streams",
+            sum(seconds) / len(seconds) if seconds else 0.0,
+        )
 
 
 # 9999-12-31 23:59:59 UTC: the last second gmtime and every JSON reader can show.
@@ -1042,6 +1100,20 @@ def _sample(frame: EncodedFrame, analysis: StreamAnalysis) -> tuple[bytes, FlagC
         return None
     image, jpeg = result
     return jpeg, analysis.feed(image, time.monotonic())
+
+
+def _warm_up() -> None:
+    """In the sampler thread: sample one VP8 keyframe, to load what sampling uses.
+
+    Camera-sized, so the cascade and the scaler take the code paths real samples take.
+    """
+    encoder: Any = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 640, 480, "yuv420p"
+    picture = av.VideoFrame.from_ndarray(np.zeros((480, 640, 3), np.uint8), format="rgb24")
+    packets = encoder.encode(picture.reformat(format="yuv420p")) + encoder.encode(None)
+    codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    data = bytes(packets[0])
+    _sample(EncodedFrame(codec, data, 0, True), StreamAnalysis(default_analyzers()))
 
 
 def _decode_and_thumbnail(

@@ -33,6 +33,8 @@ from rtc.peer import COUNTER_NAMES
 from rtc.pipe_bridge import PipeBridge
 from signalling.limits import LIMIT_CODES
 from signalling.lobby import Lobby
+from signalling.memory_report import add_memory_routes
+from signalling.pauses import LoopPauses
 from signalling.session import Session, State
 
 logger = logging.getLogger(__name__)
@@ -207,6 +209,8 @@ class RelayMetrics:
         )
         ProcessCollector(registry=self.registry)
         self.registry.register(_LobbyCollector(lobby, mode))
+        self.pauses = LoopPauses()
+        self.registry.register(self.pauses)
         lobby.pair_listeners.append(self.on_pair)
 
     def on_pair(self, session: Session) -> None:
@@ -242,6 +246,11 @@ def setup_metrics(
     async def attach(app: web.Application) -> None:
         # on_startup handlers run after the cleanup contexts have started.
         app[METRICS] = RelayMetrics(app[lobby_key], mode)
+        app[METRICS].pauses.start()
+
+    async def detach(app: web.Application) -> None:
+        if METRICS in app:
+            await app[METRICS].pauses.stop()
 
     async def render(request: web.Request) -> web.Response:
         body = app[METRICS].render()
@@ -260,6 +269,8 @@ def setup_metrics(
     async def start_listener(app: web.Application) -> None:
         listener = web.Application()
         listener.router.add_get("/metrics", render)
+        # Operators' memory breakdown: on this (loopback by default) listener only.
+        add_memory_routes(listener)
         runner = web.AppRunner(listener, access_log=None)
         await runner.setup()
         app[_LISTENER] = runner
@@ -271,6 +282,7 @@ def setup_metrics(
             await app[_LISTENER].cleanup()
 
     app.on_startup.append(attach)
+    app.on_cleanup.append(detach)
     if port:
         app.on_startup.append(start_listener)
         app.on_cleanup.append(stop_listener)

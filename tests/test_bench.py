@@ -145,6 +145,10 @@ def test_a_tiny_run_writes_every_field(tmp_path) -> None:
     metrics = result["server_metrics"]
     assert metrics['relay_forwarded_frames_total{kind="video"}'] > 0
     assert metrics["relay_users_paired"] == 2
+    # And its event loop's pauses over the window (signalling/pauses.py).
+    loop = result["server_pauses"]
+    assert loop["loop_lag_ms_max"] is not None and loop["loop_lag_ms_p99_bucket"] is not None
+    assert all(loop[f"gc{g}_collections"] >= 0 for g in (0, 1, 2))
 
     transcode = result["transcode"]
     assert transcode["relay"] == "transcode"
@@ -291,3 +295,28 @@ def test_the_pipe_bench_packs_the_packets_of_a_turn_together() -> None:
         assert result["loopback_delivered"] == 1.0
         # Two turns of three packets share a datagram (see rtc/pipe.py).
         assert result["datagrams"] < 300 / 3
+
+
+@pytest.mark.timeout(300)
+def test_the_memory_probe_reports_what_one_pair_is_made_of(tmp_path) -> None:
+    """`python -m bench.memory`: one pair's RSS, its evidence buffers and where the heap grew."""
+    out = tmp_path / "memory.json"
+    command = [sys.executable, "-m", "bench.memory", "--pairs", "1", "--seconds", "4"]
+    command += ["--loop-seconds", "2"]
+    command += ["--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "per pair" in done.stdout
+    result = json.loads(out.read_text())
+    share = result["per_pair"]
+    assert result["pairs"] == 1 and result["tracemalloc"] is True
+    assert share["rss_mb"] > 0 and share["python_heap_mb"] > 0
+    # Both people's last seconds are in moderation's buffers, and the probe says how much.
+    assert share["evidence_payload_mb"] > 0.1
+    assert share["evidence_allocated_mb"] >= share["evidence_payload_mb"]
+    assert 2 <= share["evidence_seconds_mean"] <= 30
+    files = [f["file"] for f in result["python_heap_by_file"]]
+    assert "moderation/ringbuffer.py" in files
+    assert {"heap", "thread_arenas", "anonymous", "files"} <= {
+        k.removeprefix("rss_").removesuffix("_mb") for k in share
+    }

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
 
 import pytest
 from aiortc import RTCPeerConnection
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import METRICS_PORT, Settings, parse_settings
 from rtc.client import ChatClient
 from rtc.peer import Peer
 from signalling.metrics import METRICS
+from signalling.pauses import LoopPauses
 from signalling.web import LOBBY
 
 TIMEOUT = 20.0
@@ -46,6 +50,12 @@ NAMES = (
     "relay_event_loop_cpu_seconds_total",
     "process_cpu_seconds_total",
     "relay_mode_info",
+    "relay_gc_pause_seconds_count",
+    "relay_gc_pause_max_seconds",
+    "relay_event_loop_lag_seconds_count",
+    "relay_event_loop_lag_max_seconds",
+    "relay_moderation_evidence_bytes",
+    "relay_moderation_evidence_allocated_bytes",
 )
 
 
@@ -87,6 +97,13 @@ async def test_metrics_follow_a_pair_that_forwards_media(relay_server, clients) 
     for kind in ("audio", "video"):
         for name in FLOWING:
             assert first[f"{name}{{kind={kind}}}"] > 0, (name, kind)
+    # Moderation's evidence buffers hold the pair's media, and say so.
+    assert first["relay_moderation_evidence_bytes{pairs=live}"] > 0
+    assert (
+        first["relay_moderation_evidence_allocated_bytes"]
+        >= first["relay_moderation_evidence_bytes{pairs=live}"]
+    )
+    assert first["relay_event_loop_lag_seconds_count"] > idle["relay_event_loop_lag_seconds_count"]
 
     await a.wait_frames(tag=2, count=10, after=a.frames[-1].recv_time, timeout=TIMEOUT)
     second = await asyncio.to_thread(scrape, relay_server)
@@ -123,6 +140,50 @@ def test_metrics_are_not_on_the_public_port(relay_server) -> None:
         "relay_users_connected"
         in urllib.request.urlopen(relay_server.metrics_url, timeout=10).read().decode()
     )
+
+
+def test_the_memory_breakdown_is_on_the_metrics_listener_only(relay_server) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(relay_server.http_url + "/debug/memory", timeout=10)
+    assert refused.value.code == 404
+    url = relay_server.metrics_url.replace("/metrics", "/debug/memory")
+    with urllib.request.urlopen(url + "?top=5", timeout=10) as response:
+        memory = json.loads(response.read())
+    assert memory["rss"] > 10 * 2**20
+    assert memory["threads"] >= 2 and "MainThread" in memory["python_threads"]
+    # The kernel's RSS, split by kind of mapping, adds up to about the whole.
+    assert sum(memory["mappings"].values()) == pytest.approx(memory["rss"], rel=0.1)
+    assert memory["c_heap"]["in_use"] > 0
+    # The test server runs without tracemalloc: no sites, and a baseline explains why.
+    assert memory["tracemalloc"] is False and memory["python_heap"] is None
+    request = urllib.request.Request(url + "/baseline", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as conflict:
+        urllib.request.urlopen(request, timeout=10)
+    assert conflict.value.code == 409
+    assert "PYTHONTRACEMALLOC=1" in conflict.value.read().decode()
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(url + "?top=many", timeout=10)
+    assert bad.value.code == 400
+
+
+async def test_a_stalled_loop_and_a_full_collection_show_in_the_pause_metrics() -> None:
+    pauses = LoopPauses()
+    pauses.start()
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.12)  # noqa: ASYNC251 - the point: the loop's thread busy, as under a long callback
+        await asyncio.sleep(0.05)
+        gc.collect()
+        registry = CollectorRegistry()
+        registry.register(pauses)
+        values = _parse(generate_latest(registry))
+    finally:
+        await pauses.stop()
+    assert values["relay_event_loop_lag_max_seconds"] >= 0.09
+    assert values["relay_event_loop_lag_seconds_bucket{le=0.25}"] >= 1
+    assert values["relay_gc_pause_seconds_count{generation=2}"] >= 1
+    assert values["relay_gc_pause_max_seconds{generation=2}"] > 0
+    assert pauses._on_gc not in gc.callbacks  # stopped: nothing left behind
 
 
 @pytest.mark.parametrize("relay_server_args", [["--metrics-token", "scrape-me-0123"]])
