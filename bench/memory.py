@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import pickle
 import sys
 import tempfile
@@ -109,6 +110,9 @@ def per_pair(idle: dict[str, Any], loaded: dict[str, Any], pairs: int) -> dict[s
     return out
 
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def by_file(sites: list[dict[str, Any]], pairs: int) -> list[dict[str, Any]]:
     """Growth of the Python heap per pair, summed by source file, largest first."""
     totals: dict[str, int] = defaultdict(int)
@@ -119,7 +123,9 @@ def by_file(sites: list[dict[str, Any]], pairs: int) -> list[dict[str, Any]]:
                 path = path.split(marker, 1)[1]
                 break
         else:
-            path = path.split("/wt-", 1)[-1].split("/", 1)[-1] if "/wt-" in path else path
+            # Our own files, named from the checkout's root wherever it is cloned.
+            if path.startswith(_REPO_ROOT):
+                path = path[len(_REPO_ROOT) :]
         totals[path] += site["size_diff"]
     return [
         {"file": path, "mb_per_pair": round(size / pairs / MB, 3)}
