@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from .node import SessionRef
+from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class RedisBus:
         self._held: dict[str, deque[tuple[float, str]]] = {}
         self._held_count = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._pubsub: Any = None
+        self._subscription: Subscription | None = None
         self.dropped = 0
 
     def channel(self, node: str) -> str:
@@ -111,7 +112,8 @@ class RedisBus:
 
     async def start(self) -> None:
         # Subscribed before start returns, so nothing sent once we are known is missed.
-        self._pubsub = await self._subscribe()
+        self._subscription = Subscription(self._redis, [self.channel(self.node)], "bus")
+        await self._subscription.open()
         self._tasks = [
             asyncio.create_task(self._read(), name="bus reader"),
             asyncio.create_task(self._write(), name="bus writer"),
@@ -128,9 +130,8 @@ class RedisBus:
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._tasks = []
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+        if self._subscription is not None:
+            await self._subscription.close()
 
     def send(self, to: SessionRef, sender: SessionRef, message: dict[str, Any]) -> None:
         if to.node == self.node:
@@ -145,28 +146,9 @@ class RedisBus:
             self.dropped += 1
             logger.warning("bus outbox full; dropped a %s for %s", message.get("t"), to)
 
-    async def _subscribe(self) -> Any:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.channel(self.node))
-        return pubsub
-
     async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Redis went away: subscribe again once it is back.
-                logger.warning("bus subscription lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()
-                with contextlib.suppress(Exception):
-                    self._pubsub = await self._subscribe()
-                continue
-            if message is None or message.get("type") != "message":
-                continue
+        assert self._subscription is not None
+        async for message in self._subscription.messages():
             try:
                 data = json.loads(message["data"])
                 sender = SessionRef(str(data["from"]), str(data["node"]))

@@ -32,7 +32,6 @@ with a lifetime and leases; their opening, renewals and endings are requests her
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -45,6 +44,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from cluster.registry import NodeRegistry
+from cluster.subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -168,14 +168,17 @@ class RedisChannel(_Handlers):
         self._serving: set[asyncio.Task[None]] = set()
         self._notifying: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
-        self._pubsub: Any = None
+        self._subscription: Subscription | None = None
 
     def channel(self, node: str) -> str:
         return self._prefix + node
 
     async def start(self) -> None:
         # Subscribed before start returns: a request sent once this node beats is heard.
-        self._pubsub = await self._subscribe()
+        self._subscription = Subscription(
+            self._redis, [self.channel(self.node), self._notices], "moderation channel"
+        )
+        await self._subscription.open()
         self._reader = asyncio.create_task(self._read(), name="moderation channel")
 
     async def close(self) -> None:
@@ -189,9 +192,8 @@ class RedisChannel(_Handlers):
             if not future.done():
                 future.set_exception(ChannelError(503, f"node {self.node} is stopping"))
         self._pending.clear()
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+        if self._subscription is not None:
+            await self._subscription.close()
 
     # -- asking ----------------------------------------------------------------
 
@@ -308,27 +310,9 @@ class RedisChannel(_Handlers):
 
     # -- answering -------------------------------------------------------------
 
-    async def _subscribe(self) -> Any:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.channel(self.node), self._notices)
-        return pubsub
-
     async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("moderation channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(0.5)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()
-                with contextlib.suppress(Exception):
-                    self._pubsub = await self._subscribe()
-                continue
-            if message is None or message.get("type") != "message":
-                continue
+        assert self._subscription is not None
+        async for message in self._subscription.messages():
             try:
                 data = self._open(message["data"])
                 if data is None:
