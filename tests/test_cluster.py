@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
 
 from rtc.client import ChatClient
+from tests.visits import connected, matched, metric
 
 TIMEOUT = 20.0
 # The promise: a dead node's partners are told within 5 s (3 s heartbeat TTL + 1 s
@@ -27,30 +27,12 @@ NODE_DEATH_TIMEOUT = 8.0
 RelayServer = Any
 
 
-async def connected(server: RelayServer, clients: list, tag: int) -> ChatClient:
-    client = ChatClient(server.ws_url, tag=tag)
-    clients.append(client)
-    await client.connect()
-    return client
-
-
 async def cross_pair(one: RelayServer, two: RelayServer, clients: list):
     a = await connected(one, clients, 1)
     b = await connected(two, clients, 2)
     assert a.hello["node"] != b.hello["node"]
-    await a.start()
-    await b.start()
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
+    await matched(a, b)
     return a, b
-
-
-def scrape(server: RelayServer, name: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def waiting_in_redis(url: str) -> int:
@@ -65,8 +47,8 @@ async def test_a_pair_across_nodes_chats_and_parts(nodes, clients) -> None:
     one, two = nodes(), nodes()
     a, b = await cross_pair(one, two, clients)
     assert (
-        scrape(one, "relay_matches_cross_node_total")
-        + scrape(two, "relay_matches_cross_node_total")
+        metric(one, "relay_matches_cross_node_total")
+        + metric(two, "relay_matches_cross_node_total")
         == 1
     )
 
@@ -210,12 +192,12 @@ async def test_a_pair_across_nodes_sees_and_hears_each_other(nodes, clients) -> 
     await asyncio.wait_for(
         _until(lambda: a.audio_peak_hz is not None and b.audio_peak_hz is not None), TIMEOUT
     )
-    assert scrape(one, 'relay_forwarded_packets_total{kind="video"}') > 0
+    assert metric(one, 'relay_forwarded_packets_total{kind="video"}') > 0
     # The media crossed in the pipe, none of it refused by the socket.
     for node in (one, two):
-        datagrams = scrape(node, 'relay_pipe_datagrams_total{direction="received"}')
-        assert scrape(node, 'relay_pipe_messages_total{direction="received"}') >= datagrams > 0
-        assert scrape(node, "relay_pipe_send_errors_total") == 0
+        datagrams = metric(node, 'relay_pipe_datagrams_total{direction="received"}')
+        assert metric(node, 'relay_pipe_messages_total{direction="received"}') >= datagrams > 0
+        assert metric(node, "relay_pipe_send_errors_total") == 0
 
 
 async def test_next_between_a_remote_and_a_local_partner_keeps_one_stream(nodes, clients) -> None:

@@ -22,6 +22,7 @@ from crowd import UNLIMITED, crowd
 
 from rtc.client import ChatClient, SignallingError
 from rtc.stamp import read_stamp
+from tests.visits import connected, matched
 
 TIMEOUT = 20.0
 # The kicked socket's close code (signalling/session.py CLOSE_KICKED).
@@ -45,13 +46,6 @@ async def api(server: Any, method: str, path: str, **kwargs: Any) -> Any:
     ):
         assert response.status == 200, await response.text()
         return await response.json()
-
-
-async def connected(server: Any, clients: list, tag: int, client_id: str) -> ChatClient:
-    client = ChatClient(f"{server.ws_url}?clientId={client_id}", tag=tag)
-    clients.append(client)
-    await client.connect()
-    return client
 
 
 async def refused(server: Any, client_id: str) -> dict[str, Any]:
@@ -155,10 +149,7 @@ async def cross_pair(one: Any, two: Any, clients: list) -> tuple[ChatClient, Cha
     a = await connected(one, clients, 1, "browser-a-abcdef")
     b = await connected(two, clients, 2, "browser-b-abcdef")
     assert a.hello["node"] != b.hello["node"]
-    await a.start()
-    await b.start()
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
+    await matched(a, b)
     return a, b
 
 

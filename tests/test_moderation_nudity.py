@@ -49,10 +49,10 @@ from tests.test_moderation_server import (
     SECRET,
     TIMEOUT,
     api,
-    connected,
     session_view,
     until,
 )
+from tests.visits import connected
 from tools.make_nudity_positive import vp8_round_trip
 
 ROOT = Path(__file__).resolve().parent.parent

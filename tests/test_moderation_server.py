@@ -28,8 +28,8 @@ from app import create_app
 from config import Settings
 from moderation.service import ban_message, ban_until
 from moderation.store import Ban
-from rtc.client import ChatClient
 from rtc.stamp import read_stamp
+from tests.visits import connected, matched
 
 TIMEOUT = 20.0
 SECRET = "s3cret-token-for-tests-0123456789"
@@ -62,21 +62,10 @@ def relay_server_args(tmp_path: Path) -> list[str]:
     ]
 
 
-async def connected(server, clients: list, tag: int, client_id: str | None = None, **kwargs):
-    url = server.ws_url + (f"?clientId={client_id}" if client_id else "")
-    client = ChatClient(url, tag=tag, **kwargs)
-    clients.append(client)
-    await client.connect()
-    return client
-
-
 async def paired(server, clients: list):
     a = await connected(server, clients, 1)
     b = await connected(server, clients, 2)
-    await a.start()
-    await b.start()
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
+    await matched(a, b)
     return a, b
 
 

@@ -20,6 +20,7 @@ from rtc.client import ChatClient, ReceivedFrame, SignallingError
 from rtc.peer import Peer
 from signalling.session import Session
 from signalling.web import LOBBY
+from tests.visits import connected, matched
 
 TIMEOUT = 20.0
 GRACE = 4.0
@@ -30,22 +31,10 @@ def relay_server_args() -> list[str]:
     return ["--media-timeout", "3", "--resume-grace", str(GRACE)]
 
 
-async def connected(url: str, clients: list, tag: int) -> ChatClient:
-    client = ChatClient(url, tag=tag)
-    clients.append(client)
-    await client.connect()
-    return client
-
-
 async def paired(url_a: str, url_b: str, clients: list) -> tuple[ChatClient, ChatClient]:
     a = await connected(url_a, clients, 1)
     b = await connected(url_b, clients, 2)
-    await a.start()
-    await b.start()
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
-    await a.wait_frames(tag=2, count=5, timeout=TIMEOUT)
-    await b.wait_frames(tag=1, count=5, timeout=TIMEOUT)
+    await matched(a, b, frames=5)
     return a, b
 
 

@@ -11,12 +11,12 @@ import asyncio
 import os
 import signal
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
 from rtc.client import ChatClient, SignallingError
+from tests.visits import connected, matched, metric
 
 TIMEOUT = 20.0
 GRACE = "6"
@@ -25,31 +25,11 @@ GRACE = "6"
 RelayServer = Any
 
 
-async def connected(server: RelayServer, clients: list, tag: int) -> ChatClient:
-    client = ChatClient(server.ws_url, tag=tag)
-    clients.append(client)
-    await client.connect()
-    return client
-
-
 async def paired(a_on: RelayServer, b_on: RelayServer, clients: list):
     a = await connected(a_on, clients, 1)
     b = await connected(b_on, clients, 2)
-    await a.start()
-    await b.start()
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
-    await a.wait_frames(tag=2, count=5, timeout=TIMEOUT)
-    await b.wait_frames(tag=1, count=5, timeout=TIMEOUT)
+    await matched(a, b, frames=5)
     return a, b
-
-
-def metric(server: RelayServer, name: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 async def holds_nothing(server: RelayServer) -> None:

@@ -19,24 +19,15 @@ import aiohttp
 import pytest
 
 from rtc.client import ChatClient
+from tests.visits import connected, matched
 
 TIMEOUT = 20.0
-
-
-async def connected(server, clients: list, tag: int, **kwargs) -> ChatClient:
-    client = ChatClient(server.ws_url, tag=tag, **kwargs)
-    clients.append(client)
-    await client.connect()
-    return client
 
 
 async def paired(server, clients: list, tag_a: int = 1, tag_b: int = 2, **kwargs):
     a = await connected(server, clients, tag_a, **kwargs)
     b = await connected(server, clients, tag_b, **kwargs)
-    await a.start()
-    await b.start()
-    await a.wait_for("matched", timeout=TIMEOUT)
-    await b.wait_for("matched", timeout=TIMEOUT)
+    await matched(a, b)
     return a, b
 
 
