@@ -17,19 +17,31 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 
 
+# Ports this process has handed out. The kernel may give one port to two bind(0)
+# calls in a row once the first socket is closed, and a server then got the same
+# port for its HTTP and its metrics listener ("address already in use" in CI).
+_HANDED_OUT: set[tuple[int, int]] = set()
+
+
+def _unused_port(kind: int, host: str) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if (kind, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((kind, port))
+            return port
+    raise RuntimeError("no free port that this process has not handed out already")
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1, never one this process handed out before."""
+    return _unused_port(socket.SOCK_STREAM, "127.0.0.1")
 
 
 def free_udp_port() -> int:
-    """A UDP port free on every address (for --media-port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("0.0.0.0", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A UDP port free on every address (for --media-port), never handed out before."""
+    return _unused_port(socket.SOCK_DGRAM, "0.0.0.0")
 
 
 class ServiceProcess:

@@ -138,6 +138,9 @@ async def test_touch_wording_and_the_keyboard_keeps_the_newest_message(
     await expect(desk.page.locator("#next-button kbd")).to_be_visible()
     for i in range(40):
         await desk.send_chat(f"line {i}")
+        # A person's pace, not a script's: each line is also typing on/off, and the
+        # server allows 20 messages a second after a burst of 60 (rate_limited beyond).
+        await asyncio.sleep(0.12)
     await phone.expect_chat_line("line 39")
 
     # The on-screen keyboard takes half the window (interactive-widget=resizes-content).
