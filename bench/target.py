@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import sys
@@ -17,31 +18,54 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 
 
-# Ports this process has handed out. The kernel may give one port to two bind(0)
-# calls in a row once the first socket is closed, and a server then got the same
-# port for its HTTP and its metrics listener ("address already in use" in CI).
+# Test and benchmark ports come from below the kernel's ephemeral range: a port the
+# kernel picks for bind(0) or an outgoing connection (aioice's sockets, clients)
+# can never take one of ours between our check and the server's bind, and a port
+# next to ours (worker i's metrics listener is --metrics-port + i) stays ours.
+# Ports are also never handed out twice in one process: the kernel once gave one
+# port to two bind(0) calls in a row, and a server got it for HTTP and metrics.
+_LOWEST = 10_000
 _HANDED_OUT: set[tuple[int, int]] = set()
 
 
-def _unused_port(kind: int, host: str) -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind((host, 0))
-            port: int = s.getsockname()[1]
-        if (kind, port) not in _HANDED_OUT:
-            _HANDED_OUT.add((kind, port))
-            return port
-    raise RuntimeError("no free port that this process has not handed out already")
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1, never one this process handed out before."""
-    return _unused_port(socket.SOCK_STREAM, "127.0.0.1")
+def _bindable(kind: int, host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
-def free_udp_port() -> int:
-    """A UDP port free on every address (for --media-port), never handed out before."""
-    return _unused_port(socket.SOCK_DGRAM, "0.0.0.0")
+def _unused_ports(kind: int, host: str, span: int) -> int:
+    high = max(_ephemeral_low(), _LOWEST + 1_000) - span
+    for _ in range(500):
+        first = random.randrange(_LOWEST, high)
+        ports = range(first, first + span)
+        if any((kind, port) in _HANDED_OUT for port in ports):
+            continue
+        if all(_bindable(kind, host, port) for port in ports):
+            _HANDED_OUT.update((kind, port) for port in ports)
+            return first
+    raise RuntimeError(f"no {span} free consecutive ports below the ephemeral range")
+
+
+def free_port(span: int = 1) -> int:
+    """A TCP port free on 127.0.0.1 (the first of `span` consecutive ones)."""
+    return _unused_ports(socket.SOCK_STREAM, "127.0.0.1", span)
+
+
+def free_udp_port(span: int = 1) -> int:
+    """A UDP port free on every address (for --media-port; the first of `span`)."""
+    return _unused_ports(socket.SOCK_DGRAM, "0.0.0.0", span)
 
 
 class ServiceProcess:

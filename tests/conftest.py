@@ -35,7 +35,8 @@ class RelayServer:
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         # /metrics has a listener of its own (the main port answers 404 without a token).
-        self.metrics_port = free_port()
+        # Worker i of --workers listens on metrics_port + i: four kept free.
+        self.metrics_port = free_port(span=4)
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path
         self._args = extra_args
