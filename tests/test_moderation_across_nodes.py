@@ -21,8 +21,8 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from moderators import moderators_file
 
-from rtc.client import ChatClient
 from rtc.stamp import read_stamp
+from tests.visits import connected
 
 TIMEOUT = 20.0
 SECRET = "s3cret-token-for-tests-0123456789"
@@ -67,13 +67,6 @@ async def api(server, method: str, path: str, *, status: int = 200, **kwargs: An
         return await response.read()
 
 
-async def visitor(server, clients: list, tag: int) -> ChatClient:
-    client = ChatClient(server.ws_url, tag=tag)
-    clients.append(client)
-    await client.connect()
-    return client
-
-
 def stamps_of(path: Path, track: str) -> list[Any]:
     with av.open(str(path)) as container:
         stream = next(s for s in container.streams if s.metadata.get("title") == track)
@@ -102,8 +95,8 @@ async def test_evidence_of_a_pair_across_nodes_holds_both_people_live_and_late(
     node, clients, tmp_path: Path
 ) -> None:
     one, two = node(), node()
-    a = await visitor(one, clients, 1)
-    b = await visitor(two, clients, 2)
+    a = await connected(one, clients, 1)
+    b = await connected(two, clients, 2)
     await a.start()
     await b.start()
     matched = await a.wait_for("matched", timeout=TIMEOUT)
@@ -228,8 +221,8 @@ async def test_a_moderator_watches_and_records_a_person_on_another_node_through_
 ) -> None:
     one, two = node(), node()
     # A pair on node two; the moderator's dashboard is served by node one.
-    b = await visitor(two, clients, 3)
-    c = await visitor(two, clients, 4)
+    b = await connected(two, clients, 3)
+    c = await connected(two, clients, 4)
     await b.start()
     await c.start()
     await b.wait_for("matched", timeout=TIMEOUT)
@@ -316,7 +309,7 @@ async def test_a_moderator_watches_and_records_a_person_on_another_node_through_
 
 async def test_a_moderators_node_that_dies_stops_the_stream_it_was_watching(node, clients) -> None:
     one, two = node(), node()
-    b = await visitor(two, clients, 3)
+    b = await connected(two, clients, 3)
     await b.start()  # waiting alone: watched all the same
     watching = Watching()
     try:
