@@ -105,7 +105,7 @@ $(CC_BIN):
 	$(APT) update -qq
 	$(APT) install -y -qq gcc
 
-$(FASTPATH): rtc/_fastpath.c setup.py $(VENV)/.installed | $(OPENSSL_H) $(PYTHON_H) $(CC_BIN)
+$(FASTPATH): rtc/_fastpath.c $(wildcard rtc/native/*.c rtc/native/*.h) setup.py $(VENV)/.installed | $(OPENSSL_H) $(PYTHON_H) $(CC_BIN)
 	$(PY) setup.py -q build_ext --force --build-lib build/lib --build-temp build/temp
 	# A new file, not rewritten in place: a running server has the old one mapped.
 	cp --remove-destination build/lib/$@ $@

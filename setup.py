@@ -1,4 +1,4 @@
-"""The one thing setup.cfg cannot say: the optional C module rtc/_fastpath.c.
+"""The one thing setup.cfg cannot say: the optional C module rtc/_fastpath.c (with rtc/native/*.c).
 
 `optional=True`: where it cannot be built (no compiler, no OpenSSL headers)
 the install still succeeds and the relay runs its pure-Python packet path
@@ -6,6 +6,7 @@ the install still succeeds and the relay runs its pure-Python packet path
 packages and rebuilds the module when the C changes.
 """
 
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -19,7 +20,8 @@ setup(
     ext_modules=[
         Extension(
             "rtc._fastpath",
-            sources=["rtc/_fastpath.c"],
+            sources=["rtc/_fastpath.c", *sorted(glob.glob("rtc/native/*.c"))],
+            depends=sorted(glob.glob("rtc/native/*.h")),
             libraries=["crypto"],
             extra_compile_args=_FLAGS,
             extra_link_args=["-fsanitize=address"] if _SANITIZE else [],

@@ -27,6 +27,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "native/rr.h"
+
 #define PROFILE_AES128_CM_SHA1_80 1
 #define PROFILE_AEAD_AES_128_GCM 7
 #define PROFILE_AEAD_AES_256_GCM 8
@@ -357,24 +359,18 @@ static PyObject *Srtp_protect(SrtpObject *self, PyObject *arg) {
     return protect_into(self, out, size);
 }
 
-static PyObject *Srtp_unprotect(SrtpObject *self, PyObject *arg) {
-    Py_buffer in;
-    if (self->outbound) {
-        PyErr_SetString(PyExc_ValueError, "an outbound SRTP context cannot unprotect");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) return NULL;
-    const uint8_t *data = in.buf;
-    size_t size = (size_t)in.len;
-    PyObject *out = NULL;
-    if (size > MAX_PACKET || size < self->tag_size) goto refuse;
+/* Checks and decrypts one SRTP packet into `plain` (room for `size` bytes; not `data`).
+ * The plaintext size, or -1 if it is refused: malformed, not authentic, or a replay. */
+static Py_ssize_t unprotect_into(SrtpObject *self, const uint8_t *data, size_t size,
+                                 uint8_t *plain) {
+    if (self->outbound || size > MAX_PACKET || size < self->tag_size) return -1;
     size_t plain_size = size - self->tag_size;
     size_t hsize = header_size(data, plain_size);
-    if (hsize == 0) goto refuse;
+    if (hsize == 0) return -1;
     uint32_t ssrc = read32(data + 8);
     uint16_t seq = (uint16_t)((data[2] << 8) | data[3]);
     StreamState *s = stream_for(self, ssrc);
-    if (s == NULL) goto refuse;
+    if (s == NULL) return -1;
     StreamState fresh;
     StreamState *state = s;
     if (!s->used) {
@@ -386,13 +382,7 @@ static PyObject *Srtp_unprotect(SrtpObject *self, PyObject *arg) {
         state = &fresh;
     }
     uint64_t index = estimate_index(state, seq);
-    if (state->used && state != &fresh && replay_check(state, index) != 0) goto refuse;
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)plain_size);
-    if (out == NULL) {
-        PyBuffer_Release(&in);
-        return NULL;
-    }
-    uint8_t *plain = (uint8_t *)PyBytes_AS_STRING(out);
+    if (state->used && state != &fresh && replay_check(state, index) != 0) return -1;
     int written = 0;
     if (self->gcm) {
         uint8_t iv[12], tag[16];
@@ -406,27 +396,49 @@ static PyObject *Srtp_unprotect(SrtpObject *self, PyObject *arg) {
                                (int)(plain_size - hsize)) != 1) ||
             EVP_CIPHER_CTX_ctrl(self->cipher, EVP_CTRL_GCM_SET_TAG, 16, tag) != 1 ||
             EVP_DecryptFinal_ex(self->cipher, plain + plain_size, &written) != 1)
-            goto refuse;
+            return -1;
     } else {
         uint8_t tag[10], iv[16];
         if (!cm_tag(self, data, plain_size, (uint32_t)(index >> 16), tag) ||
             CRYPTO_memcmp(tag, data + plain_size, 10) != 0)
-            goto refuse;
+            return -1;
         memcpy(plain, data, hsize);
         ctr_iv(self, ssrc, index, iv);
         if (EVP_EncryptInit_ex(self->cipher, NULL, NULL, NULL, iv) != 1 ||
             (plain_size > hsize && EVP_EncryptUpdate(self->cipher, plain + hsize, &written,
                                                      data + hsize, (int)(plain_size - hsize)) != 1))
-            goto refuse;
+            return -1;
     }
     if (state == &fresh) *s = fresh;
     advance(s, index);
+    return (Py_ssize_t)plain_size;
+}
+
+static PyObject *Srtp_unprotect(SrtpObject *self, PyObject *arg) {
+    Py_buffer in;
+    if (self->outbound) {
+        PyErr_SetString(PyExc_ValueError, "an outbound SRTP context cannot unprotect");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) return NULL;
+    size_t size = (size_t)in.len;
+    if (size > MAX_PACKET || size < self->tag_size) {
+        PyBuffer_Release(&in);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(size - self->tag_size));
+    if (out == NULL) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    Py_ssize_t plain_size =
+        unprotect_into(self, in.buf, size, (uint8_t *)PyBytes_AS_STRING(out));
     PyBuffer_Release(&in);
+    if (plain_size < 0) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
     return out;
-refuse:
-    Py_XDECREF(out);
-    PyBuffer_Release(&in);
-    Py_RETURN_NONE;
 }
 
 static PyMethodDef Srtp_methods[] = {
@@ -447,6 +459,14 @@ static PyTypeObject SrtpType = {
     .tp_dealloc = (destructor)Srtp_dealloc,
     .tp_methods = Srtp_methods,
 };
+
+/* For the other files of the module (rtc/native/rr.h). */
+int rr_is_srtp_context(PyObject *o) { return PyObject_TypeCheck(o, &SrtpType); }
+
+Py_ssize_t rr_srtp_unprotect(PyObject *context, const uint8_t *data, size_t size,
+                             uint8_t *plain) {
+    return unprotect_into((SrtpObject *)context, data, size, plain);
+}
 
 /* -- Destination ------------------------------------------------------------------- */
 
@@ -711,6 +731,11 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    /* The other files' types (rtc/native/): the fan-out, REMB, the inbound path. */
+    if (rr_register_fanout(m) < 0 || rr_register_remb(m) < 0 || rr_register_inbound(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&SrtpType);
     Py_INCREF(&WriterType);
     Py_INCREF(&DestinationType);

@@ -1,0 +1,74 @@
+/* What the files of the native module (rtc._fastpath) share with each other.
+ *
+ * The module is one extension built from rtc/_fastpath.c (SRTP, header
+ * writing, sending) and the files here:
+ *   fanout.c  - a source's fan-out to its subscribers' lanes (rewrite, seal, send);
+ *   remb.c    - the receive-side bandwidth estimate (aiortc.rate's, in C);
+ *   inbound.c - a connection's inbound RTP: decrypt, parse, statistics, NACK, REMB.
+ * Each registers its Python types with rr_register_*; the C entry points below
+ * are how one hands packets to another without a Python object per packet.
+ */
+#ifndef RR_NATIVE_H
+#define RR_NATIVE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+/* -- SRTP (rtc/_fastpath.c) --------------------------------------------------- */
+
+/* 1 if `o` is a rtc._fastpath.SrtpContext. */
+int rr_is_srtp_context(PyObject *o);
+
+/* Checks and decrypts one SRTP packet (`size` bytes at `data`) into `plain`, which
+ * has room for `size` bytes and is not `data`. Returns the plaintext's size, or -1
+ * if the packet is refused (malformed, not authentic, a replay, or the context is
+ * an outbound one). Sets no Python exception. */
+Py_ssize_t rr_srtp_unprotect(PyObject *context, const uint8_t *data, size_t size,
+                             uint8_t *plain);
+
+/* -- one decrypted RTP packet, as the receive side hands it on ------------------ */
+
+typedef struct {
+    const uint8_t *payload; /* the codec payload: no header, CSRCs, extensions, padding */
+    size_t payload_size;
+    uint32_t ssrc;
+    uint32_t timestamp;
+    uint16_t sequence_number;
+    uint8_t payload_type;
+    uint8_t marker;
+} rr_packet;
+
+/* -- fan-out (rtc/native/fanout.c) ------------------------------------------- */
+
+/* 1 if `o` is a rtc._fastpath.Fanout. */
+int rr_is_fanout(PyObject *o);
+
+/* Hands `packet` (valid only during the call) to every native lane of `fanout` and
+ * counts it. Returns 0 when that is all, 1 when Python must also see this packet
+ * (Python sinks are attached, or frames are wanted that the C does not assemble),
+ * -1 with a Python exception set. */
+int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
+
+/* -- REMB estimator (rtc/native/remb.c) -------------------------------------- */
+
+typedef struct rr_remb rr_remb;
+
+/* A new estimator, as aiortc.rate.RemoteBitrateEstimator(); NULL when out of memory. */
+rr_remb *rr_remb_new(void);
+void rr_remb_free(rr_remb *remb);
+
+/* aiortc.rate.RemoteBitrateEstimator.add(abs_send_time, arrival_time_ms,
+ * payload_size, ssrc): returns 1 and fills *bitrate and ssrcs[0 .. *count) (at most
+ * `capacity`) when a REMB should be sent now, 0 when not. */
+int rr_remb_add(rr_remb *remb, uint32_t abs_send_time, int64_t arrival_time_ms,
+                uint32_t payload_size, uint32_t ssrc, uint64_t *bitrate, uint32_t *ssrcs,
+                int *count, int capacity);
+
+/* -- registration: each file adds its Python types to the module ------------- */
+
+int rr_register_fanout(PyObject *module);
+int rr_register_remb(PyObject *module);
+int rr_register_inbound(PyObject *module);
+
+#endif
