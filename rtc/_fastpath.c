@@ -731,8 +731,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    /* The other files' types (rtc/native/): the fan-out, REMB, the inbound path. */
-    if (rr_register_fanout(m) < 0 || rr_register_remb(m) < 0 || rr_register_inbound(m) < 0) {
+    /* The other files' types (rtc/native/): fan-out, REMB, inbound path, frames. */
+    if (rr_register_fanout(m) < 0 || rr_register_remb(m) < 0 || rr_register_inbound(m) < 0 ||
+        rr_register_frames(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -4,7 +4,8 @@
  * writing, sending) and the files here:
  *   fanout.c  - a source's fan-out to its subscribers' lanes (rewrite, seal, send);
  *   remb.c    - the receive-side bandwidth estimate (aiortc.rate's, in C);
- *   inbound.c - a connection's inbound RTP: decrypt, parse, statistics, NACK, REMB.
+ *   inbound.c - a connection's inbound RTP: decrypt, parse, statistics, NACK, REMB;
+ *   frames.c  - whole frames out of a stream's packets, for moderation (rtc.media's rules).
  * Each registers its Python types with rr_register_*; the C entry points below
  * are how one hands packets to another without a Python object per packet.
  */
@@ -65,10 +66,31 @@ int rr_remb_add(rr_remb *remb, uint32_t abs_send_time, int64_t arrival_time_ms,
                 uint32_t payload_size, uint32_t ssrc, uint64_t *bitrate, uint32_t *ssrcs,
                 int *count, int capacity);
 
+/* -- frame assembly (rtc/native/frames.c) ------------------------------------ */
+
+typedef struct rr_frames rr_frames;
+
+/* An assembler of one stream's frames with rtc.media.FrameAssembler's rules, or NULL
+ * when this codec is not assembled in C (then Python assembles it: any video codec but
+ * VP8) or memory ran out. `video`: a video stream; `vp8`: its codec is VP8. */
+rr_frames *rr_frames_new(int video, int vp8);
+void rr_frames_free(rr_frames *frames);
+
+/* Adds one packet. Returns 1 when it completes a frame: *data and *size are the
+ * frame's bytes (valid until the next call on `frames`), *timestamp the packet's RTP
+ * timestamp (not mapped: Python's TimestampMapper does that), *keyframe whether a
+ * decoder can start from it (rtc.media.is_keyframe); 0 otherwise. */
+int rr_frames_add(rr_frames *frames, const rr_packet *packet, const uint8_t **data,
+                  size_t *size, uint32_t *timestamp, int *keyframe);
+
+/* Frames given up as incomplete so far (FrameAssembler.incomplete). */
+uint64_t rr_frames_incomplete(const rr_frames *frames);
+
 /* -- registration: each file adds its Python types to the module ------------- */
 
 int rr_register_fanout(PyObject *module);
 int rr_register_remb(PyObject *module);
 int rr_register_inbound(PyObject *module);
+int rr_register_frames(PyObject *module);
 
 #endif
