@@ -40,7 +40,13 @@ class Publisher(PacketSource):
 
     def start_receiving(self) -> None:
         """Take packets straight from the connection (once the local description is set)."""
-        self._tap.receive_packets(self._on_packet)
+        # With a native fan-out (rtc/native/fanout.c) packets reach it from C, and
+        # Python only sees the ones its own sinks need.
+        self._tap.receive_packets(
+            self._on_packet,
+            getattr(self, "native_fanout", None),
+            getattr(self, "_on_python_packet", None),
+        )
 
     def _on_assembled(self, frame: EncodedFrame) -> None:
         self._tap.decode_frame(frame.codec, frame.data, frame.timestamp)

@@ -239,7 +239,8 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
         # The path asked for is the one that runs, both ways.
         native = packet_path_mode == "native"
         inbound = receiver.transport.__dict__["relay_inbound"]
-        assert (inbound._native_rx is not None) == native
+        # (natively: rtc/native/inbound.c decrypts, with the connection's keys)
+        assert (inbound._inbound is not None and inbound._inbound.srtp is not None) == native
         assert (packets._native_tx is not None) == native
         # Decrypted, parsed, in order, VP8 from the start.
         first = views[0]
@@ -252,6 +253,11 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
         stats = await receiver.getStats()
         inbound = [s for s in stats.values() if s.type == "inbound-rtp"]
         assert inbound and inbound[0].packetsReceived >= 30
+        # (natively, from the C stream that stands in for aiortc's StreamStatistics)
+        remote = getattr(receiver, aiortc_seam._REMOTE_STREAMS)
+        assert {type(s).__name__ for s in remote.values()} == (
+            {"Stream"} if native else {"StreamStatistics"}
+        )
         # ...and decodes nothing.
         assert receiver.track._queue.qsize() == 0  # type: ignore[attr-defined]
 
