@@ -326,6 +326,85 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
             await pc.close()
 
 
+async def test_a_lost_packet_is_nacked_and_resent_and_reports_count_the_loss(
+    packet_path_mode,
+) -> None:
+    """The network loses one of the publisher's packets on its way to the server: the
+    server NACKs it, the publisher's aiortc resends it over RTX and the server's handler
+    gets the original back; the receiver reports that reach the publisher say how far the
+    stream got and that one packet is lost from it (the resend counts on the RTX SSRC)."""
+    a, server_in = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        sender = a.addTrack(VideoStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await server_in.setRemoteDescription(a.localDescription)
+        receiver = server_in.getTransceivers()[0].receiver
+        await server_in.setLocalDescription(await server_in.createAnswer())
+        views: list[rtp.RtpView] = []
+        aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+        transceiver = server_in.getTransceivers()[0]
+        media = aiortc_seam.negotiated_codec(transceiver)
+        assert media is not None and media.mimeType == "video/VP8"
+        media_pt = media.payloadType
+        assert any(c.mimeType == "video/rtx" for c in transceiver._codecs)  # type: ignore[attr-defined]
+
+        # The lossy network: in front of what receive_packets hooked, on each socket.
+        lost: list[int] = []
+
+        def lossy(original):  # type: ignore[no-untyped-def]
+            def datagram_received(data: bytes, addr: object) -> None:
+                # The SRTP header is in the clear: drop one media packet once 40 went by.
+                is_media = len(data) > 12 and 128 <= data[0] < 192 and data[1] & 0x7F == media_pt
+                if is_media and len(views) >= 40 and not lost:
+                    lost.append(int.from_bytes(data[2:4], "big"))
+                    return
+                original(data, addr)
+
+            return datagram_received
+
+        connection = receiver.transport.transport._connection  # type: ignore[attr-defined]
+        for protocol in connection._protocols:
+            protocol.datagram_received = lossy(protocol.datagram_received)
+        reports: list[object] = []
+        handle_rtcp = sender._handle_rtcp_packet
+
+        async def record_rtcp(packet):  # type: ignore[no-untyped-def]
+            reports.extend(getattr(packet, "reports", ()))
+            await handle_rtcp(packet)
+
+        sender._handle_rtcp_packet = record_rtcp  # type: ignore[method-assign]
+        await a.setRemoteDescription(server_in.localDescription)
+
+        def resent() -> bool:
+            return bool(lost) and any(v.sequence_number == lost[0] for v in views)
+
+        await _until(resent)
+        index = next(i for i, v in enumerate(views) if v.sequence_number == lost[0])
+        resend = views[index]
+        # It came back late (after later packets), whole, as the original stream's packet.
+        assert any(v.sequence_number == (lost[0] + 1) & 0xFFFF for v in views[:index])
+        assert resend.payload_type == media_pt and len(resend.payload) > 0
+        assert [v.ssrc for v in views] == [sender._ssrc] * len(views)
+
+        def reported() -> bool:
+            return any(
+                r.ssrc == sender._ssrc and r.packets_lost == 1 and r.highest_sequence > lost[0]
+                for r in reports  # type: ignore[attr-defined]
+            )
+
+        await _until(reported)
+        report = next(r for r in reversed(reports) if r.ssrc == sender._ssrc)  # type: ignore[attr-defined]
+        seen = {v.sequence_number for v in views}
+        assert report.highest_sequence in seen  # type: ignore[attr-defined]
+        assert report.packets_lost == 1  # type: ignore[attr-defined]
+        # (natively, the report is read from the C stream that stands in for aiortc's)
+        remote = getattr(receiver, aiortc_seam._REMOTE_STREAMS)[sender._ssrc]
+        assert (type(remote).__name__ == "Stream") == (packet_path_mode == "native")
+    finally:
+        for pc in (a, server_in):
+            await pc.close()
+
+
 def test_packet_path_names_are_checked() -> None:
     class NotASender:
         pass
