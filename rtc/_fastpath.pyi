@@ -111,6 +111,8 @@ class Inbound:
     abs_send_time_id: int | None
     unreadable: int
     ignored: int
+    truncated: int
+    drained: int
     @property
     def streams(self) -> dict[int, Stream]: ...
     def __init__(
@@ -119,4 +121,11 @@ class Inbound:
     def datagram(self, data: bytes, /) -> int: ...
     def datagram_received(
         self, original: Callable[[bytes, Any], object], data: bytes, addr: Any, /
+    ) -> None: ...
+    def drain(
+        self,
+        fd: int,
+        original: Callable[[bytes, Any], object],
+        error_received: Callable[[OSError], object],
+        /,
     ) -> None: ...

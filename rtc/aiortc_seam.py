@@ -35,6 +35,7 @@ import queue
 import random
 import time
 from array import array
+from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Callable, Sequence
 from socket import SOCK_DGRAM
 from typing import TYPE_CHECKING, Any, Protocol
@@ -101,6 +102,12 @@ _EXTENSION_IDS = "_HeaderExtensionsMap__ids"
 _RECEIVER_CODECS = "_RTCRtpReceiver__codecs"
 _NACK_GENERATOR = "_RTCRtpReceiver__nack_generator"
 _BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+# asyncio's UDP transport, whose reader the native path replaces (see `_Inbound._take_reader`).
+_TRANSPORT_LOOP = "_loop"
+_TRANSPORT_FD = "_sock_fd"
+_TRANSPORT_CLOSED = "_conn_lost"
+_LOOP_ADD_READER = "_add_reader"  # without add_reader's check that no transport owns the fd
+_LOOP_REMOVE_READER = "_remove_reader"
 # StreamStatistics' state, carried onto the native Stream that replaces one.
 _STREAM_STATISTICS_FIELDS = (
     "base_seq",
@@ -553,6 +560,7 @@ class _Inbound:
         )
         for protocol in getattr(self._connection, _PROTOCOLS):
             if self._inbound is not None:
+                self._take_reader(protocol, protocol.datagram_received)
                 protocol.datagram_received = functools.partial(
                     self._inbound.datagram_received, protocol.datagram_received
                 )
@@ -603,6 +611,28 @@ class _Inbound:
             functools.partial(self._send_remb, receiver)
             if getattr(receiver, _BITRATE_ESTIMATOR) is not None
             else None,
+        )
+
+    def _take_reader(self, protocol: Any, original: Callable[[bytes, Any], None]) -> None:
+        """Read an aioice socket of this connection from C, every datagram waiting per
+        wake-up (recvmmsg(2)), where asyncio reads one per event-loop turn.
+
+        Only a plain UDP socket asyncio reads with its selector: the media port's
+        shared socket, TURN and ICE-TCP keep their readers. The transport still owns
+        the socket: closing it (or pausing reading) removes this reader by its fd.
+        """
+        assert self._inbound is not None
+        transport = protocol.transport
+        if type(protocol) is not StunProtocol or type(transport) is not _SelectorDatagramTransport:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.type != SOCK_DGRAM or getattr(transport, _TRANSPORT_CLOSED):
+            return
+        loop = getattr(transport, _TRANSPORT_LOOP)
+        fd = getattr(transport, _TRANSPORT_FD)
+        getattr(loop, _LOOP_REMOVE_READER)(fd)
+        getattr(loop, _LOOP_ADD_READER)(
+            fd, self._inbound.drain, fd, original, protocol.error_received
         )
 
     def _native_ready(self) -> bool:

@@ -241,6 +241,8 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
         inbound = receiver.transport.__dict__["relay_inbound"]
         # (natively: rtc/native/inbound.c decrypts, with the connection's keys)
         assert (inbound._inbound is not None and inbound._inbound.srtp is not None) == native
+        # (natively, reading aioice's socket itself: every datagram waiting per wake-up)
+        assert (inbound._inbound is not None and inbound._inbound.drained >= 30) == native
         assert (packets._native_tx is not None) == native
         # Decrypted, parsed, in order, VP8 from the start.
         first = views[0]
@@ -348,23 +350,18 @@ async def test_a_lost_packet_is_nacked_and_resent_and_reports_count_the_loss(
         media_pt = media.payloadType
         assert any(c.mimeType == "video/rtx" for c in transceiver._codecs)  # type: ignore[attr-defined]
 
-        # The lossy network: in front of what receive_packets hooked, on each socket.
+        # The lossy network: one media packet A sends never arrives (A keeps it in its
+        # history as sent, as when a router drops it).
         lost: list[int] = []
+        send_rtp = sender.transport._send_rtp
 
-        def lossy(original):  # type: ignore[no-untyped-def]
-            def datagram_received(data: bytes, addr: object) -> None:
-                # The SRTP header is in the clear: drop one media packet once 40 went by.
-                is_media = len(data) > 12 and 128 <= data[0] < 192 and data[1] & 0x7F == media_pt
-                if is_media and len(views) >= 40 and not lost:
-                    lost.append(int.from_bytes(data[2:4], "big"))
-                    return
-                original(data, addr)
+        async def lossy(data: bytes) -> None:
+            if data[1] & 0x7F == media_pt and len(views) >= 40 and not lost:
+                lost.append(int.from_bytes(data[2:4], "big"))
+                return
+            await send_rtp(data)
 
-            return datagram_received
-
-        connection = receiver.transport.transport._connection  # type: ignore[attr-defined]
-        for protocol in connection._protocols:
-            protocol.datagram_received = lossy(protocol.datagram_received)
+        sender.transport._send_rtp = lossy  # type: ignore[method-assign]
         reports: list[object] = []
         handle_rtcp = sender._handle_rtcp_packet
 

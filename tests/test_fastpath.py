@@ -9,9 +9,11 @@ against a build with AddressSanitizer.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import random
+import socket
 import struct
 from types import ModuleType
 
@@ -654,3 +656,50 @@ def test_inbound_objects_are_collected() -> None:
         del holder, inbound, receiver
     gc.collect()
     assert all(ref() is None for ref in refs)
+
+
+def test_drain_reads_every_datagram_waiting_and_passes_on_the_rest() -> None:
+    """As an event-loop reader on a real UDP socket: RTP handed on from C, DTLS/STUN to
+    the original with the address recvfrom gives, too-long datagrams counted and
+    dropped, a read error to error_received."""
+    peer = _Peer()
+    views: list[rtp.RtpView] = []
+    receiver = _fastpath.Receiver(lambda codec, view: views.append(view))
+    inbound = _fastpath.Inbound(4, lambda plain: _fastpath.Stream(receiver, 5, 90000, "c"), bool)
+    inbound.srtp = peer.rx
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        passed: list[tuple[bytes, object]] = []
+        errors: list[OSError] = []
+        stun = b"\x00\x01\x00\x00" + bytes(16)
+        sent = 0
+        for seq in range(100):  # more than one recvmmsg batch
+            packet = struct.pack("!BBHII", 0x80, 96, seq, 0, 5) + bytes([seq]) * 50
+            client.sendto(peer.seal(packet), server.getsockname())
+            sent += 1
+            if seq % 10 == 0:
+                client.sendto(stun, server.getsockname())
+                sent += 1
+        client.sendto(b"\x16" + bytes(5000), server.getsockname())  # longer than drain reads
+        sent += 1
+        while inbound.drained < sent:
+            before = inbound.drained
+            inbound.drain(server.fileno(), lambda d, a: passed.append((d, a)), errors.append)
+            assert inbound.drained > before
+        assert [(v.sequence_number, v.payload) for v in views] == [
+            (seq, bytes([seq]) * 50) for seq in range(100)
+        ]
+        assert passed == [(stun, client.getsockname())] * 10
+        assert inbound.truncated == 1 and not errors
+        inbound.drain(server.fileno(), passed.append, errors.append)  # nothing waiting
+        assert not errors
+    finally:
+        server.close()
+        client.close()
+    with open(os.devnull, "rb") as not_a_socket:
+        inbound.drain(not_a_socket.fileno(), passed.append, errors.append)
+    assert [error.errno for error in errors] == [errno.ENOTSOCK]

@@ -15,7 +15,12 @@
  */
 #include "rr.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "structmember.h"
@@ -32,6 +37,13 @@
 /* Packets up to this size are decrypted on the stack. */
 #define STACK_PACKET 2048
 #define ONE_BYTE_PROFILE 0xBEDE
+/* Reading a socket: datagrams per recvmmsg(2), and calls per wake-up (so one busy
+ * socket leaves the event loop its turn, as asyncio's one datagram per turn does). */
+#define DRAIN_BATCH 32
+#define DRAIN_ROUNDS 4
+/* Bytes per datagram read: a browser's packets fit its MTU; DTLS and STUN are smaller.
+ * A longer datagram is counted (truncated) and dropped. */
+#define DRAIN_SLOT 4096
 
 enum { INBOUND_HANDLED = 0, INBOUND_PASS = 1, INBOUND_UNREADABLE = 2, INBOUND_IGNORED = 3 };
 
@@ -703,7 +715,7 @@ typedef struct {
     int max_streams;
     int count;
     StreamObject **streams;
-    unsigned long long unreadable, ignored;
+    unsigned long long unreadable, ignored, truncated, drained;
 } InboundObject;
 
 static int Inbound_init(InboundObject *self, PyObject *args, PyObject *kwargs) {
@@ -864,6 +876,118 @@ static PyObject *Inbound_datagram_received(InboundObject *self, PyObject *const 
     Py_RETURN_NONE;
 }
 
+/* A datagram's source as socket.recvfrom gives it (CPython's makesockaddr). */
+static PyObject *make_address(const struct sockaddr_storage *address) {
+    char host[INET6_ADDRSTRLEN + IF_NAMESIZE + 2];
+    if (address->ss_family == AF_INET) {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)address;
+        if (inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host) == NULL) Py_RETURN_NONE;
+        return Py_BuildValue("(si)", host, (int)ntohs(v4->sin_port));
+    }
+    if (address->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)address;
+        if (inet_ntop(AF_INET6, &v6->sin6_addr, host, INET6_ADDRSTRLEN) == NULL) Py_RETURN_NONE;
+        if (v6->sin6_scope_id != 0) {
+            char name[IF_NAMESIZE];
+            size_t used = strlen(host);
+            if (if_indextoname(v6->sin6_scope_id, name) != NULL)
+                snprintf(host + used, sizeof host - used, "%%%s", name);
+            else
+                snprintf(host + used, sizeof host - used, "%%%u", v6->sin6_scope_id);
+        }
+        return Py_BuildValue("(siII)", host, (int)ntohs(v6->sin6_port),
+                             (unsigned)ntohl(v6->sin6_flowinfo), (unsigned)v6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Where drain reads to: one set for the process (the GIL serialises the readers). */
+static uint8_t drain_slots[DRAIN_BATCH][DRAIN_SLOT];
+static int draining = 0;
+
+/* An event loop reader for a UDP socket: every datagram waiting (up to DRAIN_ROUNDS
+ * batches), RTP taken here, the rest to original(data, addr) as the transport's own
+ * reader would hand them to its protocol, read errors to error_received(exc). */
+static PyObject *Inbound_drain(InboundObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "drain(fd, original, error_received)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fd out of range");
+        return NULL;
+    }
+    if (draining) Py_RETURN_NONE; /* re-entered from a callback: the next wake-up reads */
+    draining = 1;
+    PyObject *failed_type = NULL, *failed_value = NULL, *failed_traceback = NULL;
+    struct mmsghdr messages[DRAIN_BATCH];
+    struct iovec vectors[DRAIN_BATCH];
+    struct sockaddr_storage addresses[DRAIN_BATCH];
+    for (int round = 0; round < DRAIN_ROUNDS; round++) {
+        memset(messages, 0, sizeof messages);
+        for (int i = 0; i < DRAIN_BATCH; i++) {
+            vectors[i].iov_base = drain_slots[i];
+            vectors[i].iov_len = DRAIN_SLOT;
+            messages[i].msg_hdr.msg_iov = &vectors[i];
+            messages[i].msg_hdr.msg_iovlen = 1;
+            messages[i].msg_hdr.msg_name = &addresses[i];
+            messages[i].msg_hdr.msg_namelen = sizeof addresses[i];
+        }
+        int count = recvmmsg((int)fd, messages, DRAIN_BATCH, MSG_DONTWAIT, NULL);
+        if (count < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && failed_type == NULL) {
+                PyObject *error = PyObject_CallFunction(PyExc_OSError, "is", errno,
+                                                        strerror(errno));
+                PyObject *result =
+                    error != NULL ? PyObject_CallOneArg(args[2], error) : NULL;
+                Py_XDECREF(error);
+                if (result == NULL)
+                    PyErr_Fetch(&failed_type, &failed_value, &failed_traceback);
+                Py_XDECREF(result);
+            }
+            break;
+        }
+        for (int i = 0; i < count; i++) {
+            const uint8_t *data = drain_slots[i];
+            size_t size = messages[i].msg_len;
+            self->drained++;
+            if (messages[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                self->truncated++;
+                continue;
+            }
+            int code = inbound_datagram(self, data, size);
+            if (code == INBOUND_PASS) {
+                PyObject *bytes = PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)size);
+                PyObject *address = bytes != NULL ? make_address(&addresses[i]) : NULL;
+                PyObject *result = address != NULL ? PyObject_CallFunctionObjArgs(
+                                                         args[1], bytes, address, NULL)
+                                                   : NULL;
+                Py_XDECREF(bytes);
+                Py_XDECREF(address);
+                code = result == NULL ? -1 : 0;
+                Py_XDECREF(result);
+            }
+            /* One failing packet does not lose the rest of the batch: the first error
+             * is raised (and logged by the event loop) once all are handed on. */
+            if (code < 0) {
+                if (failed_type == NULL)
+                    PyErr_Fetch(&failed_type, &failed_value, &failed_traceback);
+                else
+                    PyErr_Clear();
+            }
+        }
+        if (count < DRAIN_BATCH) break;
+    }
+    draining = 0;
+    if (failed_type != NULL) {
+        PyErr_Restore(failed_type, failed_value, failed_traceback);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Inbound_get_srtp(InboundObject *self, void *closure) {
     (void)closure;
     return Py_NewRef(self->srtp != NULL ? self->srtp : Py_None);
@@ -921,6 +1045,10 @@ static PyMemberDef Inbound_members[] = {
      "RTP datagrams refused by SRTP or the parser."},
     {"ignored", T_ULONGLONG, offsetof(InboundObject, ignored), 0,
      "RTP packets of SSRCs no receiver takes, or beyond max_streams."},
+    {"truncated", T_ULONGLONG, offsetof(InboundObject, truncated), 0,
+     "Datagrams drain dropped for being longer than it reads."},
+    {"drained", T_ULONGLONG, offsetof(InboundObject, drained), 0,
+     "Datagrams drain read (all kinds)."},
     {NULL}};
 
 static PyGetSetDef Inbound_getset[] = {
@@ -939,6 +1067,10 @@ static PyMethodDef Inbound_methods[] = {
      METH_FASTCALL,
      "datagram_received(original, data, addr): datagram(data), and original(data, addr) "
      "for what it passes on."},
+    {"drain", (PyCFunction)(void (*)(void))Inbound_drain, METH_FASTCALL,
+     "drain(fd, original, error_received): an event-loop reader for a UDP socket: read "
+     "every datagram waiting with recvmmsg(2), RTP taken here, the rest to "
+     "original(data, addr), read errors to error_received(exc)."},
     {NULL}};
 
 static PyTypeObject InboundType = {
