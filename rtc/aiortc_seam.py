@@ -102,6 +102,22 @@ _EXTENSION_IDS = "_HeaderExtensionsMap__ids"
 _RECEIVER_CODECS = "_RTCRtpReceiver__codecs"
 _NACK_GENERATOR = "_RTCRtpReceiver__nack_generator"
 _BITRATE_ESTIMATOR = "_RTCRtpReceiver__remote_bitrate_estimator"
+_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
+_RUN_RTP = "_run_rtp"
+_RETRANSMIT = "_retransmit"
+_NEXT_ENCODED_FRAME = "_next_encoded_frame"
+_RTX_SSRC_OUT = "_rtx_ssrc"
+_SENDER_MID = "_RTCRtpSender__mid"
+_SENDER_EXTENSIONS_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_SENDER_RTX_PT = "_RTCRtpSender__rtx_payload_type"
+_SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
+_SENDER_RTP_EXITED = "_RTCRtpSender__rtp_exited"
+_SENDER_ENCODER = "_RTCRtpSender__encoder"
+# What aiortc's RTCP sender reports are built from.
+_SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
+_SENDER_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
+_SENDER_OCTETS = "_RTCRtpSender__octet_count"
+_SENDER_PACKETS = "_RTCRtpSender__packet_count"
 # asyncio's UDP transport, whose reader the native path replaces (see `_Inbound._take_reader`).
 _TRANSPORT_LOOP = "_loop"
 _TRANSPORT_FD = "_sock_fd"
@@ -120,22 +136,6 @@ _STREAM_STATISTICS_FIELDS = (
     "_expected_prior",
     "_received_prior",
 )
-_RTCP_SSRC = "_RTCRtpReceiver__rtcp_ssrc"
-_RUN_RTP = "_run_rtp"
-_RETRANSMIT = "_retransmit"
-_NEXT_ENCODED_FRAME = "_next_encoded_frame"
-_RTX_SSRC_OUT = "_rtx_ssrc"
-_SENDER_MID = "_RTCRtpSender__mid"
-_SENDER_EXTENSIONS_MAP = "_RTCRtpSender__rtp_header_extensions_map"
-_SENDER_RTX_PT = "_RTCRtpSender__rtx_payload_type"
-_SENDER_RTP_STARTED = "_RTCRtpSender__rtp_started"
-_SENDER_RTP_EXITED = "_RTCRtpSender__rtp_exited"
-_SENDER_ENCODER = "_RTCRtpSender__encoder"
-# What aiortc's RTCP sender reports are built from.
-_SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
-_SENDER_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
-_SENDER_OCTETS = "_RTCRtpSender__octet_count"
-_SENDER_PACKETS = "_RTCRtpSender__packet_count"
 
 # Decoded-on-demand frames waiting for aiortc's decoder thread. Beyond this the
 # decoder is behind; dropping is better than growing.
@@ -540,6 +540,11 @@ class _Inbound:
     a jitter buffer and a depacketizer before anyone saw it. Here a packet is
     decrypted and handed to its receiver's handler in the same call that read
     it from the socket. DTLS, STUN and RTCP still go aiortc's way.
+
+    Two implementations of the same steps: the Python path (`_InboundStream`,
+    one Python call chain per packet) and the native one (rtc/native/inbound.c:
+    the socket is read, packets decrypted, parsed, counted and handed on in C,
+    with aiortc's receiver reading its statistics from the C `Stream`s).
     """
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -550,14 +555,14 @@ class _Inbound:
         self._pass_on: Callable[[bytes, int], None] = self._connection.data_received
         # Packets from sockets not hooked below still arrive here.
         self._connection.data_received = self._data_received
-        # aioice tries to parse every datagram as STUN before handing it on;
-        # RTP cannot be STUN (RFC 7983 section 7), so skip that on each socket.
         # On the native path (rtc/native/inbound.c) a datagram goes from the socket
         # to its source's fan-out in one C call; Python hears only of new SSRCs,
         # NACKs and REMBs to send, and packets a Python sink must see.
         self._inbound = packet_path.inbound(
             MAX_STREAMS_PER_TRANSPORT, self._learn_native, self._native_ready
         )
+        # aioice tries to parse every datagram as STUN before handing it on;
+        # RTP cannot be STUN (RFC 7983 section 7), so skip that on each socket.
         for protocol in getattr(self._connection, _PROTOCOLS):
             if self._inbound is not None:
                 self._take_reader(protocol, protocol.datagram_received)
