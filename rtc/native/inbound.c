@@ -794,9 +794,8 @@ static int inbound_plain(InboundObject *self, const uint8_t *plain, size_t size)
         PyObject *learnt =
             PyObject_CallFunction(self->learn, "y#", (const char *)plain, (Py_ssize_t)size);
         if (learnt == NULL) return -1;
-        if (learnt == Py_None) {
+        if (learnt == Py_None) { /* learn counted why */
             Py_DECREF(learnt);
-            self->ignored++;
             return INBOUND_IGNORED;
         }
         if (!PyObject_TypeCheck(learnt, &StreamType) ||
@@ -1044,7 +1043,7 @@ static PyMemberDef Inbound_members[] = {
     {"unreadable", T_ULONGLONG, offsetof(InboundObject, unreadable), 0,
      "RTP datagrams refused by SRTP or the parser."},
     {"ignored", T_ULONGLONG, offsetof(InboundObject, ignored), 0,
-     "RTP packets of SSRCs no receiver takes, or beyond max_streams."},
+     "RTP packets of new SSRCs beyond max_streams (learn counts the ones it refuses)."},
     {"truncated", T_ULONGLONG, offsetof(InboundObject, truncated), 0,
      "Datagrams drain dropped for being longer than it reads."},
     {"drained", T_ULONGLONG, offsetof(InboundObject, drained), 0,
