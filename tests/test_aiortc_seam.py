@@ -563,3 +563,24 @@ def test_srtp_key_material_names_are_checked() -> None:
 
     with pytest.raises(aiortc_seam.SeamError, match="_ssl"):
         aiortc_seam.srtp_key_material(NotATransport())  # type: ignore[arg-type]
+
+
+def test_a_native_stream_carries_on_the_counts_of_the_statistics_it_replaces() -> None:
+    """Packets aiortc counted before the native path took over are not forgotten: the
+    C Stream that replaces a StreamStatistics starts from its state (the same names)."""
+    from aiortc.rtcrtpreceiver import StreamStatistics
+
+    theirs = StreamStatistics(90000)
+    for seq in (65530, 65531, 65533, 2, 1, 5):
+        theirs.add(rtp.RtpView(1, 96, seq, seq * 3000, False, b"x"))  # type: ignore[arg-type]
+    theirs.fraction_lost  # noqa: B018 (a report was sent: the interval restarts)
+    ours = _fastpath.Stream(_fastpath.Receiver(lambda codec, view: None), 1, 90000, None)
+    for name in aiortc_seam._STREAM_STATISTICS_FIELDS:
+        setattr(ours, name, getattr(theirs, name))
+    for seq in (6, 9, 8):
+        view = rtp.RtpView(1, 96, seq, seq * 3000, False, b"x")
+        theirs.add(view)  # type: ignore[arg-type]
+        ours.add(view)
+    for name in ("packets_received", "packets_expected", "packets_lost", "fraction_lost"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert (ours.max_seq, ours.cycles, ours.base_seq) == (9, 1 << 16, 65530)
