@@ -568,6 +568,10 @@ def test_a_frame_over_the_cap_is_given_up_and_the_next_comes_through() -> None:
     small = frame(500, sequence, 12000)
     assert native.add(*small[0]) == (small[0][0][1:], 12000, True)
     assert native.incomplete == 3
+    # Audio too (RTP cannot carry such a packet; a Python caller could).
+    audio = _fastpath.FrameAssembler(False, False)
+    assert audio.add(bytes(cap + 1), 1, 1, True) is None and audio.incomplete == 1
+    assert audio.add(bytes(cap), 2, 2, True) == (bytes(cap), 2, True)
 
 
 VP8_DESCRIPTOR_BYTES = st.sampled_from([0x00, 0x10, 0x80, 0x90, 0x91, 0x08, 0x17])
