@@ -45,3 +45,14 @@ class HeaderWriter:
         original_sequence_number: int = -1,
         /,
     ) -> int: ...
+
+# rtc/native/frames.c
+FRAME_MAX_SIZE: int
+
+class FrameAssembler:
+    @property
+    def incomplete(self) -> int: ...
+    def __init__(self, video: bool, vp8: bool) -> None: ...
+    def add(
+        self, payload: bytes, sequence_number: int, timestamp: int, marker: bool, /
+    ) -> tuple[bytes, int, bool] | None: ...

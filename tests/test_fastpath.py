@@ -9,18 +9,27 @@ against a build with AddressSanitizer.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 import random
 import struct
+from fractions import Fraction
 from types import ModuleType
 
+import av
+import numpy as np
 import pylibsrtp
 import pytest
+from aiortc.codecs import depayload, get_encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import TimestampMapper
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtc import rtp
+from rtc.media import FrameAssembler
 
 
 def _load() -> ModuleType:
@@ -335,3 +344,288 @@ def test_send_puts_on_the_wire_what_seal_returns(family: str) -> None:
         _fastpath.Destination(0, "example.org", 1)
     with pytest.raises(ValueError, match="out of range"):
         _fastpath.Destination(0, "127.0.0.1", 70000)
+
+
+# -- frame assembly (rtc/native/frames.c) against rtc.media.FrameAssembler -------------
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+# (payload, sequence number, RTP timestamp, marker): one packet as the relay receives it.
+Packet = tuple[bytes, int, int, bool]
+Frame = tuple[int, bytes, int, bool]  # the packet that completed it, bytes, timestamp, keyframe
+
+
+def assemble_both(packets: list[Packet], video: bool) -> list[Frame]:
+    """Feeds the Python and the C assembler the same packets: the same frames must come
+    out at the same packets, with the same incomplete count. The C returns the RTP
+    timestamp; mapped here once per frame, as the Python caller of the C would."""
+    codec = VP8 if video else OPUS
+    python = FrameAssembler(video)
+    native = _fastpath.FrameAssembler(video, True)
+    mapper = TimestampMapper()
+    expected: list[Frame] = []
+    got: list[Frame] = []
+    for index, (payload, sequence, timestamp, marker) in enumerate(packets):
+        view = rtp.RtpView(1, codec.payloadType, sequence, timestamp, marker, payload)
+        frame = python.add(codec, view)
+        if frame is not None:
+            expected.append((index, frame.data, frame.timestamp, frame.keyframe))
+        built = native.add(payload, sequence, timestamp, marker)
+        if built is not None:
+            data, rtp_timestamp, keyframe = built
+            assert len(data) <= _fastpath.FRAME_MAX_SIZE
+            got.append((index, data, mapper.map(rtp_timestamp), keyframe))
+    assert got == expected
+    assert native.incomplete == python.incomplete
+    return got
+
+
+@functools.cache
+def vp8_frames() -> list[list[bytes]]:
+    """Real VP8 from aiortc's encoder (libvpx through PyAV), packetized as aiortc sends it:
+    descriptors with 15-bit picture ids. Noise takes several packets per frame, a still
+    picture's inter frames one; frame 7 is a forced keyframe."""
+    encoder = get_encoder(VP8)
+    rng = np.random.default_rng(14)
+    still = np.full((240, 320, 3), 90, dtype=np.uint8)
+    out = []
+    for index in range(12):
+        noisy = index < 3 or index in (7, 10)
+        picture = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) if noisy else still
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts = index * 3000
+        frame.time_base = Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame, force_keyframe=index == 7)
+        out.append(payloads)
+    return out
+
+
+def vp8_stream(
+    first_sequence: int = 65500, first_timestamp: int = 2**32 - 4 * 3000
+) -> list[Packet]:
+    """The frames as packets, across the 16-bit sequence wrap and the 32-bit timestamp wrap."""
+    packets = []
+    sequence = first_sequence
+    for index, payloads in enumerate(vp8_frames()):
+        timestamp = (first_timestamp + index * 3000) & 0xFFFFFFFF
+        for position, payload in enumerate(payloads):
+            packets.append((payload, sequence & 0xFFFF, timestamp, position == len(payloads) - 1))
+            sequence += 1
+    return packets
+
+
+def opus_stream(rng: random.Random, count: int = 120) -> list[Packet]:
+    """Opus-like packets: 20 ms each (960 ticks), 3 to 250 bytes, marker on the first."""
+    return [
+        (
+            os.urandom(rng.randrange(3, 250)),
+            (65480 + i) & 0xFFFF,
+            (2**32 - 960 * 50 + 960 * i) & 0xFFFFFFFF,
+            i == 0,
+        )
+        for i in range(count)
+    ]
+
+
+MALFORMED_VP8 = [
+    b"",
+    b"\x80",  # X set, no extension byte
+    b"\x80\x80",  # I set, no picture id
+    b"\x80\x80\x80",  # 15-bit picture id cut short
+    b"\x80\xf0\x80\x01\x02",  # every extension, nothing behind them
+    b"\x90",  # a descriptor only
+    b"\x10\x00",  # one byte of a keyframe's frame tag
+    b"\x10\x01",  # one byte of an inter frame's
+]
+
+
+def damage(packets: list[Packet], rng: random.Random, kind: str) -> list[Packet]:
+    """What the network and hostile publishers do to a stream."""
+    out: list[Packet] = []
+    for packet in packets:
+        payload, sequence, timestamp, marker = packet
+        if kind in ("loss", "all") and rng.random() < 0.1:
+            continue
+        if kind in ("no-marker", "all") and marker and rng.random() < 0.3:
+            packet = (payload, sequence, timestamp, False)
+        if kind in ("timestamp", "all") and rng.random() < 0.05:
+            packet = (payload, sequence, (timestamp + 1500) & 0xFFFFFFFF, marker)
+        if kind in ("malformed", "all") and rng.random() < 0.1:
+            packet = (rng.choice(MALFORMED_VP8), sequence, timestamp, marker)
+        out.append(packet)
+        if kind in ("duplicates", "all") and rng.random() < 0.1:
+            out.append(packet)
+        if kind in ("reorder", "all") and len(out) > 2 and rng.random() < 0.1:
+            out[-1], out[-2] = out[-2], out[-1]
+        if kind in ("late", "all") and len(out) > 20 and rng.random() < 0.05:
+            out.append(out[-rng.randrange(2, 20)])  # a retransmission, after the fact
+    if kind == "jump" and len(out) > 10:  # the publisher's sequence numbers restart elsewhere
+        cut = len(out) // 2
+        out[cut:] = [(p, (s + 0x9000) & 0xFFFF, t, m) for p, s, t, m in out[cut:]]
+    return out
+
+
+def test_real_vp8_frames_come_out_whole_and_the_same_as_python() -> None:
+    frames = assemble_both(vp8_stream(), video=True)
+    expected = [b"".join(depayload(VP8, p) for p in payloads) for payloads in vp8_frames()]
+    assert [data for _, data, _, _ in frames] == expected
+    assert [timestamp for _, _, timestamp, _ in frames] == [i * 3000 for i in range(12)]
+    keyframes = [index for index, (_, _, _, keyframe) in enumerate(frames) if keyframe]
+    assert keyframes == [0, 7]
+    assert any(len(payloads) == 1 for payloads in vp8_frames())
+    assert any(len(payloads) > 3 for payloads in vp8_frames())
+
+
+DAMAGE = [
+    "loss",
+    "duplicates",
+    "reorder",
+    "late",
+    "no-marker",
+    "timestamp",
+    "malformed",
+    "jump",
+    "all",
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_vp8_gives_the_same_frames_as_python(kind: str, seed: int) -> None:
+    rng = random.Random(f"{kind}/{seed}")
+    assemble_both(damage(vp8_stream(rng.randrange(65536)), rng, kind), video=True)
+
+
+@pytest.mark.parametrize("kind", ["clean", *DAMAGE])
+def test_audio_is_every_packet_as_it_came(kind: str) -> None:
+    rng = random.Random(kind)
+    packets = damage(opus_stream(rng), rng, kind)
+    packets[5] = (b"", *packets[5][1:])
+    frames = assemble_both(packets, video=False)
+    assert [data for _, data, _, _ in frames] == [p for p, _, _, _ in packets]
+    assert all(keyframe for _, _, _, keyframe in frames)
+
+
+def test_loss_is_counted_and_repaired_at_the_next_whole_frame() -> None:
+    """The rules themselves, on the real stream: a lost middle packet loses that frame
+    only; a whole frame lost leaves the next one whole (its start bit shows)."""
+    packets = vp8_stream()
+    lengths = [len(payloads) for payloads in vp8_frames()]
+    middle = lengths[0] + 1
+    frames = assemble_both(packets[:middle] + packets[middle + 1 :], video=True)
+    assert len(frames) == 11
+    second = slice(lengths[0], lengths[0] + lengths[1])
+    frames = assemble_both(packets[: second.start] + packets[second.stop :], video=True)
+    assert len(frames) == 11
+    native = _fastpath.FrameAssembler(True, True)
+    for packet in packets[:middle] + packets[middle + 1 :]:
+        native.add(*packet)
+    assert native.incomplete == 1
+
+
+def test_only_vp8_video_and_audio_are_assembled_in_c() -> None:
+    """rr_frames_new gives NULL for other video codecs (H264): Python assembles those."""
+    with pytest.raises(ValueError, match="VP8"):
+        _fastpath.FrameAssembler(True, False)
+    assert _fastpath.FrameAssembler(False, False).add(b"x", 1, 2, False) == (b"x", 2, True)
+    assert _fastpath.FrameAssembler(False, True).add(b"", 1, 2, True) == (b"", 2, True)
+
+
+def test_a_frame_over_the_cap_is_given_up_and_the_next_comes_through() -> None:
+    """No frame grows memory past FRAME_MAX_SIZE: one that would is incomplete (the one
+    place the C differs from Python, which would keep it); one of exactly the cap is kept."""
+    cap = _fastpath.FRAME_MAX_SIZE
+    native = _fastpath.FrameAssembler(True, True)
+    chunk = 1200
+
+    def frame(size: int, sequence: int, timestamp: int, marker: bool = True) -> list[Packet]:
+        body = bytes([0x00]) + os.urandom(size - 1)  # a keyframe tag, then anything
+        parts = [body[i : i + chunk] for i in range(0, size, chunk)]
+        return [
+            (
+                bytes([0x10 if i == 0 else 0x00]) + part,
+                (sequence + i) & 0xFFFF,
+                timestamp,
+                marker and i == len(parts) - 1,
+            )
+            for i, part in enumerate(parts)
+        ]
+
+    exact = frame(cap, 0, 1000)
+    built = [native.add(*p) for p in exact]
+    assert built[:-1] == [None] * (len(exact) - 1)
+    assert built[-1] == (b"".join(p[0][1:] for p in exact), 1000, True)
+    sequence = len(exact)
+    for size in (cap + 1, 3 * cap):
+        over = frame(size, sequence, 2000 + size)
+        assert all(native.add(*p) is None for p in over)
+        sequence += len(over)
+    assert native.incomplete == 2
+    # Never a marker, three caps' worth: given up when the next frame starts.
+    endless = frame(3 * cap, sequence, 9000, marker=False)
+    assert all(native.add(*p) is None for p in endless)
+    sequence += len(endless)
+    small = frame(500, sequence, 12000)
+    assert native.add(*small[0]) == (small[0][0][1:], 12000, True)
+    assert native.incomplete == 3
+    # Audio too (RTP cannot carry such a packet; a Python caller could).
+    audio = _fastpath.FrameAssembler(False, False)
+    assert audio.add(bytes(cap + 1), 1, 1, True) is None and audio.incomplete == 1
+    assert audio.add(bytes(cap), 2, 2, True) == (bytes(cap), 2, True)
+
+
+VP8_DESCRIPTOR_BYTES = st.sampled_from([0x00, 0x10, 0x80, 0x90, 0x91, 0x08, 0x17])
+EXTENSIONS = st.sampled_from([0x00, 0x80, 0x40, 0x20, 0x10, 0xF0, 0xC0, 0xFF])
+
+
+@st.composite
+def vp8_packets(draw: st.DrawFn) -> list[Packet]:
+    """Sequences of VP8-looking packets near each other in sequence and time: descriptors
+    of every shape (cut anywhere), markers anywhere, repeats, gaps, going backwards."""
+    packets = []
+    sequence = draw(st.integers(0, 65535))
+    timestamp = draw(st.integers(0, 2**32 - 1))
+    for _ in range(draw(st.integers(0, 60))):
+        sequence = (
+            sequence + draw(st.sampled_from([1, 1, 1, 1, 0, 2, 3, -1, -5, 0x8000, 0x8001]))
+        ) & 0xFFFF
+        timestamp = (timestamp + draw(st.sampled_from([0, 0, 0, 3000, -3000, 1]))) & 0xFFFFFFFF
+        head = bytes([draw(VP8_DESCRIPTOR_BYTES), draw(EXTENSIONS)])
+        payload = (head + draw(st.binary(max_size=8)))[: draw(st.integers(0, 10))]
+        packets.append((payload, sequence, timestamp, draw(st.booleans())))
+    return packets
+
+
+@FUZZ
+@given(packets=vp8_packets())
+def test_random_vp8_packets_give_the_same_frames_as_python(packets: list[Packet]) -> None:
+    assemble_both(packets, video=True)
+    assemble_both(packets, video=False)
+
+
+@settings(FUZZ, max_examples=200)
+@given(
+    video=st.booleans(),
+    vp8=st.booleans(),
+    payload=st.one_of(
+        st.binary(max_size=40), st.text(max_size=3), st.none(), st.just(bytearray(b"\x90"))
+    ),
+    sequence=st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 65535), st.floats(), st.none()),
+    timestamp=st.one_of(
+        st.integers(-(2**70), 2**70), st.integers(0, 2**32 - 1), st.text(max_size=2)
+    ),
+    marker=st.one_of(st.booleans(), st.integers(), st.none()),
+)
+def test_any_arguments_make_a_frame_nothing_or_a_clear_error(
+    video: bool, vp8: bool, payload: object, sequence: object, timestamp: object, marker: object
+) -> None:
+    try:
+        native = _fastpath.FrameAssembler(video, vp8)
+    except ValueError:
+        assert video and not vp8
+        return
+    for _ in range(2):
+        with contextlib.suppress(TypeError, ValueError):
+            native.add(payload, sequence, timestamp, marker)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        native.add(b"", 1, 2)  # type: ignore[call-arg]
