@@ -33,6 +33,8 @@
 /* Completed audio frames handed to Python at once (video frames go one by one). */
 #define FRAME_BATCH 16
 #define FRAME_BATCH_SECONDS 0.2
+/* The longest pause continue_timeline counts, in seconds (ten years). */
+#define MAX_GAP 3.2e8
 
 /* -- clocks ------------------------------------------------------------------ */
 
@@ -271,20 +273,25 @@ counted:
     return 1;
 }
 
+/* Signed addition without C's undefined overflow (values Python set may be anything). */
+static int64_t wrapping_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+
 /* Subscriber._continue_timeline. */
 static int64_t continue_timeline(LaneObject *self) {
     if (!self->has_last_out) return 0;
     double gap = monotonic_now() - self->last_out_at;
     if (!(gap >= MIN_SWITCH_GAP)) gap = MIN_SWITCH_GAP;
+    /* Python's ints do not overflow; ours must not either (a pause of years is one). */
+    if (gap > MAX_GAP) gap = MAX_GAP;
     /* Python's round(): half to even, which nearbyint does in the default mode. */
-    return self->last_out + (int64_t)nearbyint(gap * self->clock);
+    return wrapping_add(self->last_out, (int64_t)nearbyint(gap * self->clock));
 }
 
 /* Subscriber._timestamp. */
 static int64_t rewrite_timestamp(LaneObject *self, uint32_t timestamp) {
     int64_t delta = (uint32_t)(timestamp - self->timestamp_in);
     if (delta >= 0x80000000LL) delta -= 0x100000000LL;
-    int64_t out = self->timestamp_out + delta;
+    int64_t out = wrapping_add(self->timestamp_out, delta);
     if (delta > 0) {
         self->timestamp_in = timestamp;
         self->timestamp_out = out;
