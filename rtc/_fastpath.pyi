@@ -59,6 +59,7 @@ class FrameAssembler:
     def add(
         self, payload: bytes, sequence_number: int, timestamp: int, marker: bool, /
     ) -> tuple[bytes, int, bool] | None: ...
+
 def freeze_clock(monotonic: float | None, wall: float | None, /) -> None: ...
 
 class Lane:

@@ -318,6 +318,8 @@ class PacketSource:
         if self._keyframe_timer is not None:
             self._keyframe_timer.cancel()
             self._keyframe_timer = None
+        if self.native_fanout is not None:
+            self.native_fanout.flush()  # the last audio frames, to the listeners still here
         for subscriber in tuple(self._subscribers):
             subscriber.detach()
         self._subscribers.clear()
