@@ -135,6 +135,9 @@ class PacketSource:
     # -- media in --------------------------------------------------------
 
     def _set_codec(self, codec: RTCRtpCodecParameters) -> None:
+        fanout = self.native_fanout
+        if fanout is not None:
+            fanout.flush()  # frames of the codec before, with its timestamps
         if self.codec is None or self.codec.payloadType != codec.payloadType:
             logger.info("%r sends %s", self, codec.mimeType)
             self._assembler = FrameAssembler(self._video)
@@ -142,7 +145,6 @@ class PacketSource:
         self.codec = codec
         # Read once per codec, not per packet (`name` is computed from the MIME type).
         self._codec_name = codec.name.upper()
-        fanout = self.native_fanout
         if fanout is not None and codec.payloadType is not None:
             fanout.set_codec(codec.payloadType, self._codec_name, self._video)
 
