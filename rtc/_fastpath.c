@@ -40,7 +40,7 @@
 #define REPLAY_WINDOW 1024
 #define REPLAY_WORDS (REPLAY_WINDOW / 64)
 /* Larger than any RTP packet a browser sends or the relay writes. */
-#define MAX_PACKET 16384
+#define MAX_PACKET RR_MAX_PACKET
 
 typedef struct {
     uint32_t ssrc;

@@ -68,7 +68,10 @@ int rr_is_fanout(PyObject *o);
 /* Hands `packet` (valid only during the call) to every native lane of `fanout` and
  * counts it. Returns 0 when that is all, 1 when Python must also see this packet
  * (Python sinks are attached, or frames are wanted that the C does not assemble),
- * -1 with a Python exception set. */
+ * -1 with a Python exception set. A packet whose payload type is not the codec Python
+ * last set (PacketSource._set_codec) is neither counted nor forwarded and returns 1:
+ * PacketSource._on_python_packet, seeing a new codec, sets it and pushes it again.
+ * Callbacks into Python may run during the call (a keyframe wanted, frames built). */
 int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
 
 /* -- REMB estimator (rtc/native/remb.c) -------------------------------------- */
