@@ -711,6 +711,10 @@ class PacketSender:
     so that forwarded packets and (when codecs differ) re-encoded frames share
     one sequence. Must be created before the sender starts (before the local
     description is set).
+
+    On the native path its numbering, sending, counters and NACK history live in
+    `lane` (rtc/native/fanout.c), which a Subscriber's source also forwards through
+    without Python; `send` and `_retransmit` call into it.
     """
 
     def __init__(self, sender: RTCRtpSender) -> None:
