@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from rtc._fastpath import Destination, HeaderWriter, SrtpContext
+    from rtc._fastpath import Destination, Fanout, HeaderWriter, Lane, SrtpContext
 
 Mode = Literal["auto", "native", "python"]
 MODES: tuple[Mode, ...] = ("auto", "native", "python")
@@ -81,6 +81,22 @@ def destination(fd: int, host: str, port: int) -> Destination | None:
     if _native is None:
         return None
     made: Destination = _native.Destination(fd, host, port)
+    return made
+
+
+def lane() -> Lane | None:
+    """A native lane (one subscriber's rewriting and sending), or None on the Python path."""
+    if _native is None:
+        return None
+    made: Lane = _native.Lane()
+    return made
+
+
+def fanout() -> Fanout | None:
+    """A native fan-out for one source, or None on the Python path."""
+    if _native is None:
+        return None
+    made: Fanout = _native.Fanout()
     return made
 
 

@@ -28,6 +28,26 @@ int rr_is_srtp_context(PyObject *o);
 Py_ssize_t rr_srtp_unprotect(PyObject *context, const uint8_t *data, size_t size,
                              uint8_t *plain);
 
+/* -- header writing and sending (rtc/_fastpath.c) ---------------------------- */
+
+/* Larger than any RTP packet a browser sends or the relay writes. */
+#define RR_MAX_PACKET 16384
+
+/* 1 if `o` is a rtc._fastpath.HeaderWriter / rtc._fastpath.Destination. */
+int rr_is_header_writer(PyObject *o);
+int rr_is_destination(PyObject *o);
+
+/* HeaderWriter.seal into `out` (`capacity` bytes): the same bytes. `srtp` is an outbound
+ * SrtpContext; picture_id and original -1 when absent. Returns the sealed size, or -1
+ * when there is nothing to send (too large, an inbound context, OpenSSL failed). */
+Py_ssize_t rr_writer_seal(PyObject *writer, PyObject *srtp, int payload_type,
+                          uint16_t sequence_number, uint32_t timestamp, int marker, uint64_t ntp,
+                          const uint8_t *payload, size_t payload_size, int picture_id,
+                          int original, uint8_t *out, size_t capacity);
+
+/* One sendto(2) of `data` to a Destination: 0 when sent, else the errno. */
+int rr_destination_send(PyObject *destination, const uint8_t *data, size_t size);
+
 /* -- one decrypted RTP packet, as the receive side hands it on ------------------ */
 
 typedef struct {
@@ -48,7 +68,10 @@ int rr_is_fanout(PyObject *o);
 /* Hands `packet` (valid only during the call) to every native lane of `fanout` and
  * counts it. Returns 0 when that is all, 1 when Python must also see this packet
  * (Python sinks are attached, or frames are wanted that the C does not assemble),
- * -1 with a Python exception set. */
+ * -1 with a Python exception set. A packet whose payload type is not the codec Python
+ * last set (PacketSource._set_codec) is neither counted nor forwarded and returns 1:
+ * PacketSource._on_python_packet, seeing a new codec, sets it and pushes it again.
+ * Callbacks into Python may run during the call (a keyframe wanted, frames built). */
 int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
 
 /* -- REMB estimator (rtc/native/remb.c) -------------------------------------- */
