@@ -45,3 +45,11 @@ class HeaderWriter:
         original_sequence_number: int = -1,
         /,
     ) -> int: ...
+
+class RembEstimator:
+    """aiortc.rate.RemoteBitrateEstimator in C (rtc/native/remb.c): the same results."""
+
+    def __init__(self) -> None: ...
+    def add(
+        self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
+    ) -> tuple[int, list[int]] | None: ...

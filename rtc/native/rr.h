@@ -55,6 +55,10 @@ int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
 
 typedef struct rr_remb rr_remb;
 
+/* The most SSRCs an estimator remembers for its REMB (aiortc's grows without bound); a
+ * `capacity` of this many never cuts the list short. */
+#define RR_REMB_MAX_SSRCS 16
+
 /* A new estimator, as aiortc.rate.RemoteBitrateEstimator(); NULL when out of memory. */
 rr_remb *rr_remb_new(void);
 void rr_remb_free(rr_remb *remb);
