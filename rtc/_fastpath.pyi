@@ -53,3 +53,12 @@ class RembEstimator:
     def add(
         self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
     ) -> tuple[int, list[int]] | None: ...
+    def _c_add(
+        self,
+        abs_send_time: int,
+        arrival_time_ms: int,
+        payload_size: int,
+        ssrc: int,
+        capacity: int,
+        /,
+    ) -> tuple[int, list[int]] | None: ...

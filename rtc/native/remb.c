@@ -772,10 +772,44 @@ static PyObject *Remb_add(RembObject *self, PyObject *const *args, Py_ssize_t na
     return pair;
 }
 
+/* rr_remb_add as inbound.c calls it, for the tests: (bitrate, ssrcs) or None. */
+static PyObject *Remb_c_add(RembObject *self, PyObject *args) {
+    unsigned int abs_send_time, payload_size, ssrc;
+    long long arrival_time_ms;
+    int capacity;
+    if (!PyArg_ParseTuple(args, "ILIIi", &abs_send_time, &arrival_time_ms, &payload_size, &ssrc,
+                          &capacity))
+        return NULL;
+    if (capacity < 0 || capacity > RR_REMB_MAX_SSRCS) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be in [0, 16]");
+        return NULL;
+    }
+    uint64_t bitrate;
+    uint32_t ssrcs[RR_REMB_MAX_SSRCS];
+    int count;
+    if (!rr_remb_add(self->remb, abs_send_time, arrival_time_ms, payload_size, ssrc, &bitrate,
+                     ssrcs, &count, capacity))
+        Py_RETURN_NONE;
+    PyObject *list = PyList_New(count);
+    if (list == NULL) return NULL;
+    for (int i = 0; i < count; i++) {
+        PyObject *item = PyLong_FromUnsignedLong(ssrcs[i]);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return Py_BuildValue("(KN)", (unsigned long long)bitrate, list);
+}
+
 static PyMethodDef Remb_methods[] = {
     {"add", (PyCFunction)(void (*)(void))Remb_add, METH_FASTCALL | METH_KEYWORDS,
      "add(arrival_time_ms, abs_send_time, payload_size, ssrc) -> (bitrate, ssrcs) | None: "
      "aiortc.rate.RemoteBitrateEstimator.add; a tuple when a REMB should be sent now."},
+    {"_c_add", (PyCFunction)Remb_c_add, METH_VARARGS,
+     "_c_add(abs_send_time, arrival_time_ms, payload_size, ssrc, capacity): rr_remb_add, "
+     "the C entry point, for the tests."},
     {NULL}};
 
 static PyTypeObject RembType = {
