@@ -65,7 +65,8 @@ void rr_remb_free(rr_remb *remb);
 
 /* aiortc.rate.RemoteBitrateEstimator.add(abs_send_time, arrival_time_ms,
  * payload_size, ssrc): returns 1 and fills *bitrate and ssrcs[0 .. *count) (at most
- * `capacity`) when a REMB should be sent now, 0 when not. */
+ * `capacity`) when a REMB should be sent now, 0 when not. Also 0, with nothing sent,
+ * where aiortc would raise (see remb.c) and for arrival times beyond +-2**50 ms. */
 int rr_remb_add(rr_remb *remb, uint32_t abs_send_time, int64_t arrival_time_ms,
                 uint32_t payload_size, uint32_t ssrc, uint64_t *bitrate, uint32_t *ssrcs,
                 int *count, int capacity);
