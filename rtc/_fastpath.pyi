@@ -144,3 +144,20 @@ class Fanout:
     def set_codec(self, payload_type: int, name: str, video: bool, /) -> None: ...
     def set_lanes(self, lanes: tuple[Lane, ...], /) -> None: ...
     def flush(self) -> None: ...
+
+class RembEstimator:
+    """aiortc.rate.RemoteBitrateEstimator in C (rtc/native/remb.c): the same results."""
+
+    def __init__(self) -> None: ...
+    def add(
+        self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
+    ) -> tuple[int, list[int]] | None: ...
+    def _c_add(
+        self,
+        abs_send_time: int,
+        arrival_time_ms: int,
+        payload_size: int,
+        ssrc: int,
+        capacity: int,
+        /,
+    ) -> tuple[int, list[int]] | None: ...

@@ -52,7 +52,7 @@ from aiortc import (
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rate import RateBucket, RateCounter
+from aiortc.rate import RateBucket, RateCounter, RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
@@ -69,7 +69,7 @@ from av.frame import Frame
 from rtc import mux, packet_path, rtp
 
 if TYPE_CHECKING:
-    from rtc._fastpath import Destination, HeaderWriter, Lane, SrtpContext
+    from rtc._fastpath import Destination, HeaderWriter, Lane, RembEstimator, SrtpContext
 
 logger = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ class _InboundStream:
             stats = streams[ssrc] = StreamStatistics(codec.clockRate)
         self._stats = stats
         self._nack = getattr(receiver, _NACK_GENERATOR)
-        self._estimator = getattr(receiver, _BITRATE_ESTIMATOR)
+        self._estimator = inbound.estimator(receiver)
         self._rtx = rtx  # (original payload type, original SSRC) for a retransmission stream
 
     def receive(self, view: rtp.RtpView) -> None:
@@ -533,8 +533,12 @@ class _Inbound:
         for protocol in getattr(self._connection, _PROTOCOLS):
             protocol.datagram_received = self._skip_stun(protocol.datagram_received)
         self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
+        # On the native path, each video receiver's bandwidth estimator in C.
+        self._estimators: dict[RTCRtpReceiver, RembEstimator] = {}
         self._streams: dict[int, _InboundStream] = {}
-        self._abs_send_time_id: int | None = None
+        # aiortc's header extension ids for this transport: filled in when its receivers
+        # and senders start (after receive_packets is called), so read on each packet.
+        self._extension_ids = getattr(getattr(dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
         # The native path's decryption (rtc/_fastpath.c), made from the same keys
         # as the pylibsrtp session it stands in for, and remade if that changes.
         self._native = packet_path.enabled()
@@ -545,8 +549,24 @@ class _Inbound:
 
     def add(self, receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
         self._handlers[receiver] = handler
-        ids = getattr(getattr(self._dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
-        self._abs_send_time_id = ids.abs_send_time
+        # aiortc's estimator costs ~11 us a packet in Python; the C one gives the same
+        # REMBs. One per receiver, as aiortc has: its media and RTX streams share it.
+        if (
+            self._native
+            and receiver not in self._estimators
+            and getattr(receiver, _BITRATE_ESTIMATOR) is not None  # audio has none
+        ):
+            native = packet_path.remb_estimator()
+            if native is not None:
+                self._estimators[receiver] = native
+
+    def estimator(self, receiver: RTCRtpReceiver) -> RemoteBitrateEstimator | RembEstimator | None:
+        """The REMB estimator `receiver`'s packets go through: the native one, else aiortc's."""
+        native = self._estimators.get(receiver)
+        if native is not None:
+            return native
+        estimator: RemoteBitrateEstimator | None = getattr(receiver, _BITRATE_ESTIMATOR)
+        return estimator
 
     def _skip_stun(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
         def datagram_received(data: bytes, addr: Any) -> None:
@@ -586,7 +606,7 @@ class _Inbound:
         self._forward(plain)
 
     def _forward(self, plain: bytes) -> None:
-        view = rtp.parse(plain, self._abs_send_time_id)
+        view = rtp.parse(plain, self._extension_ids.abs_send_time)
         if view is None:
             self.unreadable += 1
             return

@@ -17,7 +17,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from rtc._fastpath import Destination, Fanout, HeaderWriter, Lane, SrtpContext
+    from rtc._fastpath import (
+        Destination,
+        Fanout,
+        HeaderWriter,
+        Lane,
+        RembEstimator,
+        SrtpContext,
+    )
 
 Mode = Literal["auto", "native", "python"]
 MODES: tuple[Mode, ...] = ("auto", "native", "python")
@@ -68,6 +75,15 @@ def header_writer(
         return None
     writer: HeaderWriter = _native.HeaderWriter(ssrc, mid, mid_id, abs_id)
     return writer
+
+
+def remb_estimator() -> RembEstimator | None:
+    """A native receive-side bandwidth estimator for one video receiver (aiortc's
+    RemoteBitrateEstimator in C, the same estimates), or None on the Python path."""
+    if _native is None:
+        return None
+    estimator: RembEstimator = _native.RembEstimator()
+    return estimator
 
 
 def enabled() -> bool:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import os
 import random
 import struct
+from collections.abc import Callable
 from fractions import Fraction
 from types import ModuleType
 
@@ -23,6 +25,7 @@ import numpy as np
 import pylibsrtp
 import pytest
 from aiortc.codecs import depayload, get_encoder
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import TimestampMapper
 from hypothesis import HealthCheck, given, settings
@@ -934,6 +937,235 @@ def _configured_lane(sent: list[bytes], video: bool = True) -> _fastpath.Lane:
     return lane
 
 
+# -- the REMB estimator (rtc/native/remb.c) against aiortc's -------------------------
+
+Arrival = tuple[int, int, int, int]  # arrival_time_ms, abs_send_time, payload_size, ssrc
+CLOCK_MS = 1_764_000_000_000  # where int(time.time() * 1000) is in 2026
+
+
+def abs_send_time(send_ms: float) -> int:
+    """The 24-bit abs-send-time (6.18 fixed-point seconds) a sender stamps at `send_ms`."""
+    return int(send_ms * (1 << 18) / 1000) & 0xFFFFFF
+
+
+def video(
+    rng: random.Random,
+    seconds: float,
+    *,
+    bitrate: int = 1_000_000,
+    start_ms: float = 0.0,
+    queue_ms: Callable[[float], float] = lambda t: 0.0,
+    ssrcs: tuple[int, ...] = (0x1234,),
+) -> list[Arrival]:
+    """30 fps video at `bitrate`: each frame in ~1 kB packets paced 1 ms apart, arriving
+    50 ms (plus jitter, plus `queue_ms` of the send time: congestion) after sending."""
+    trace = []
+    frame_bytes = bitrate // 8 // 30
+    for frame in range(int(seconds * 30)):
+        count = max(1, round(frame_bytes / 1000))
+        for i in range(count):
+            send = start_ms + frame * 1000 / 30 + i
+            arrival = send + 50 + queue_ms(send - start_ms) + rng.random() * 2
+            size = frame_bytes // count + rng.randint(-40, 40)
+            trace.append(
+                (CLOCK_MS + int(arrival), abs_send_time(send), size, ssrcs[frame % len(ssrcs)])
+            )
+    return trace
+
+
+def _run(estimator: object, trace: list[Arrival]) -> list[object]:
+    """What add() returns for each packet (an exception's type where it raises)."""
+    results: list[object] = []
+    for arrival_time_ms, send_time, size, ssrc in trace:
+        try:
+            results.append(
+                estimator.add(  # type: ignore[attr-defined]
+                    arrival_time_ms=arrival_time_ms,
+                    abs_send_time=send_time,
+                    payload_size=size,
+                    ssrc=ssrc,
+                )
+            )
+        except ZeroDivisionError as e:
+            results.append(type(e))
+    return results
+
+
+def same_as_aiortc(trace: list[Arrival]) -> list[object]:
+    """Feed `trace` to aiortc's estimator and the native one: every call returns the same."""
+    theirs = _run(RemoteBitrateEstimator(), trace)
+    ours = _run(_fastpath.RembEstimator(), trace)
+    for i, (a, b) in enumerate(zip(theirs, ours, strict=True)):
+        assert a == b, (i, trace[max(0, i - 3) : i + 1], a, b)
+    return theirs
+
+
+def estimates(results: list[object]) -> list[int]:
+    return [r[0] for r in results if isinstance(r, tuple)]
+
+
+def test_remb_steady_video_is_estimated_as_aiortc_does() -> None:
+    results = same_as_aiortc(video(random.Random(1), 20))
+    rates = estimates(results)
+    assert len(rates) > 30
+    # aiortc's start (30 Mbit/s until 3 s of measurement), then near what is sent.
+    assert 500_000 < rates[-1] < 3_000_000
+
+
+def test_remb_congestion_lowers_the_estimate_and_it_recovers() -> None:
+    def queue(t: float) -> float:
+        """Queueing delay growing 0.3 ms a ms from 8 s for 1.5 s, then draining."""
+        if t < 8_000:
+            return 0.0
+        if t < 9_500:
+            return (t - 8_000) * 0.3
+        return max(0.0, 450 - (t - 9_500) * 0.3)
+
+    trace = video(random.Random(2), 30, queue_ms=queue)
+    results = same_as_aiortc(trace)
+    timed = [(trace[i][0] - CLOCK_MS, r[0]) for i, r in enumerate(results) if isinstance(r, tuple)]
+    before = [rate for t, rate in timed if 6_000 < t < 8_000]
+    during = [rate for t, rate in timed if 8_000 < t < 11_000]
+    after = [rate for t, rate in timed if t > 25_000]
+    assert before and during and after
+    assert min(during) < 0.9 * min(before)  # the detector saw overuse: the estimate fell
+    assert after[-1] > min(during)  # and came back once the queue drained
+
+
+def test_remb_a_faster_stream_after_congestion_is_no_longer_near_the_max() -> None:
+    def queue(t: float) -> float:
+        return min(400.0, (t - 6_000) * 0.3) if 6_000 < t < 9_000 else 0.0
+
+    rng = random.Random(10)
+    trace = video(rng, 12, queue_ms=queue)
+    trace += video(rng, 12, bitrate=6_000_000, start_ms=12_000)
+    rates = estimates(same_as_aiortc(trace))
+    assert rates[-1] > 2_000_000
+
+
+def test_remb_the_c_entry_point_gives_the_same_estimates() -> None:
+    """rr_remb_add, which the inbound path calls: aiortc's estimates, its SSRCs cut to
+    the caller's capacity."""
+    trace = video(random.Random(11), 12, ssrcs=(7, 8, 9))
+    theirs = _run(RemoteBitrateEstimator(), trace)
+    native = _fastpath.RembEstimator()
+    ours = [native._c_add(t, a, size, ssrc, 2) for a, t, size, ssrc in trace]
+    assert [r[0] if r else None for r in ours] == [r[0] if r else None for r in theirs]
+    assert [r[1] for r in ours if r][-1] == [7, 8]
+    with pytest.raises(ValueError):
+        native._c_add(0, CLOCK_MS, 0, 0, 17)
+
+
+def test_remb_bursts_and_reordering() -> None:
+    rng = random.Random(3)
+    trace = video(rng, 12)
+    # Bursts: packets held back, then delivered within the same millisecond.
+    for start in range(100, len(trace) - 40, 180):
+        release = trace[start + 30][0]
+        for i in range(start, start + 30):
+            trace[i] = (release, *trace[i][1:])
+    # Reordering: neighbours swapped, and a few packets from much earlier.
+    for i in range(1, len(trace)):
+        if rng.random() < 0.05:
+            trace[i - 1], trace[i] = trace[i], trace[i - 1]
+    for i in range(300, len(trace), 400):
+        trace.insert(i, (trace[i][0], trace[i - 250][1], 900, 0x1234))
+    assert estimates(same_as_aiortc(trace))
+
+
+def test_remb_abs_send_time_wraps_around_2_24() -> None:
+    # abs-send-time wraps every 64 s; start 3 s before a wrap and cross two.
+    wrap_ms = (1 << 24) * 1000 / (1 << 18)
+    trace = video(random.Random(4), 8, start_ms=wrap_ms - 3_000)
+    trace += video(random.Random(5), 8, start_ms=2 * wrap_ms - 3_000)
+    trace = [(arrival, *rest) for arrival, *rest in trace]
+    assert any(a[1] > b[1] for a, b in itertools.pairwise(trace))  # it wrapped
+    assert estimates(same_as_aiortc(trace))
+
+
+def test_remb_several_ssrcs_are_all_in_the_estimate() -> None:
+    trace = video(random.Random(6), 10, ssrcs=(11, 22, 33, 44))
+    rates = same_as_aiortc(trace)
+    last = [r for r in rates if isinstance(r, tuple)][-1]
+    assert last[1] == [11, 22, 33, 44]
+
+
+def test_remb_pauses_and_time_going_back() -> None:
+    rng = random.Random(7)
+    trace = video(rng, 6)
+    for gap_ms in (1_500, 30_000, -20, -5_000, 200_000, -2_000_000):
+        offset = trace[-1][0] + gap_ms - trace[0][0]
+        trace += [(a + offset, *rest) for a, *rest in video(rng, 4)]
+    assert estimates(same_as_aiortc(trace))
+
+
+def test_remb_huge_and_empty_payloads() -> None:
+    rng = random.Random(8)
+    trace = [(a, t, rng.choice((0, 0xFFFFFFFF, s)), ssrc) for a, t, s, ssrc in video(rng, 8)]
+    assert estimates(same_as_aiortc(trace))
+    # 600 packets a second of 4 GB: 8000 * bytes in the window passes 2**53, where
+    # Python's int / int is still rounded once (and (double)a / b would not be).
+    trace = [(a, t, 0xFFFFFFFF - s % 7, ssrc) for a, t, s, ssrc in video(rng, 8, bitrate=4_800_000)]
+    assert estimates(same_as_aiortc(trace))
+
+    # A trickle of tiny packets, congested (the estimate's max becomes ~0.5 kbit/s),
+    # then empty ones, congested again: the estimate drops to 0 and aiortc's next
+    # additive increase divides by zero. The native one raises at the same packet.
+    def ramp(start: float) -> Callable[[float], float]:
+        def queue(t: float) -> float:
+            if t < start:
+                return 0.0
+            if t < start + 1_500:
+                return (t - start) * 0.5
+            return max(0.0, 750 - (t - start - 1_500) * 0.5)
+
+        return queue
+
+    rng = random.Random(0)
+    trace = [(a, t, 2, ssrc) for a, t, _, ssrc in video(rng, 12, bitrate=500, queue_ms=ramp(5_000))]
+    trace += [
+        (a, t, 0, ssrc)
+        for a, t, _, ssrc in video(rng, 12, bitrate=500, start_ms=12_000, queue_ms=ramp(3_000))
+    ]
+    results = same_as_aiortc(trace)
+    assert ZeroDivisionError in results
+
+
+def test_remb_remembers_at_most_16_ssrcs() -> None:
+    """aiortc's list grows with every SSRC ever seen; the native one keeps the 16 most
+    recently seen (a receiver has two), with the same estimate."""
+    trace = video(random.Random(9), 10, ssrcs=tuple(range(1, 41)))
+    theirs = _run(RemoteBitrateEstimator(), trace)
+    ours = _run(_fastpath.RembEstimator(), trace)
+    assert [r[0] if isinstance(r, tuple) else r for r in theirs] == [
+        r[0] if isinstance(r, tuple) else r for r in ours
+    ]
+    last = max(i for i, r in enumerate(ours) if isinstance(r, tuple))
+    seen = [ssrc for _, _, _, ssrc in trace[: last + 1]]
+    recent = list(dict.fromkeys(reversed(seen)))[:16]
+    result = ours[last]
+    assert isinstance(result, tuple) and sorted(result[1]) == sorted(recent)
+
+
+def test_remb_takes_aiortcs_arguments() -> None:
+    estimator = _fastpath.RembEstimator()
+    assert estimator.add(CLOCK_MS, 1000, 1200, 5) == RemoteBitrateEstimator().add(
+        CLOCK_MS, 1000, 1200, 5
+    )
+    with pytest.raises(TypeError):
+        estimator.add(CLOCK_MS, 1000, 1200)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        estimator.add(CLOCK_MS, 1000, 1200, 5, ssrc=5)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        estimator.add(CLOCK_MS, 1000, 1200, 5, size=5)  # type: ignore[call-arg]
+    with pytest.raises(OverflowError):
+        estimator.add(CLOCK_MS, -1, 1200, 5)
+    with pytest.raises(OverflowError):
+        estimator.add(1 << 60, 1, 1200, 5)
+    with pytest.raises(TypeError):
+        _fastpath.RembEstimator(1)  # type: ignore[call-arg]
+
+
 @FUZZ
 @given(
     packets=st.lists(
@@ -1096,3 +1328,66 @@ def test_forwarding_through_the_fanout_makes_no_python_objects(family: str) -> N
     finally:
         receiver.close()
         sender.close()
+
+
+@FUZZ
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 40), st.integers(-100, 3_000), st.sampled_from([0, 1, 33])),
+            st.one_of(st.integers(0, 20_000), st.integers(0, 0xFFFFFF)),
+            st.one_of(st.integers(0, 1_500), st.sampled_from([0, 0xFFFFFFFF])),
+            st.integers(0, 3),
+        ),
+        max_size=400,
+    )
+)
+def test_remb_any_trace_is_estimated_as_aiortc_does(
+    steps: list[tuple[int, int, int, int]],
+) -> None:
+    now, send = CLOCK_MS, 0
+    trace = []
+    for dt, dsend, size, ssrc in steps:
+        now += dt
+        send = (send + dsend) & 0xFFFFFF
+        trace.append((now, send, size, ssrc))
+    same_as_aiortc(trace)
+
+
+def test_remb_a_long_random_trace_is_estimated_as_aiortc_does() -> None:
+    rng = random.Random(14)
+    now, send, trace = CLOCK_MS, 0, []
+    for _ in range(30_000):
+        now += rng.choice((0, 0, 1, 2, 5, 33, 34, rng.randint(-50, 600)))
+        send = (send + rng.choice((0, 256, 8_700, rng.randint(0, 1 << 20)))) & 0xFFFFFF
+        trace.append((now, send, rng.choice((rng.randint(1, 1_300), 0, 60)), rng.randint(1, 3)))
+    assert estimates(same_as_aiortc(trace))
+
+
+@settings(FUZZ, max_examples=500)
+@given(
+    args=st.lists(
+        st.one_of(
+            st.integers(),
+            st.integers(-(1 << 66), 1 << 66),
+            st.integers(0, 0xFFFFFFFF),
+            st.floats(),
+            st.none(),
+            st.text(max_size=3),
+        ),
+        min_size=4,
+        max_size=4,
+    ),
+    repeat=st.integers(1, 30),
+)
+def test_remb_garbage_arguments_are_an_error_or_an_estimate(
+    args: list[object], repeat: int
+) -> None:
+    estimator = _fastpath.RembEstimator()
+    for i in range(repeat):
+        values = [a + i * 17 if isinstance(a, int) else a for a in args]
+        try:
+            result = estimator.add(*values)  # type: ignore[arg-type]
+        except (TypeError, OverflowError, ZeroDivisionError):
+            continue
+        assert result is None or (isinstance(result[0], int) and isinstance(result[1], list))

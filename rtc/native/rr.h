@@ -78,13 +78,18 @@ int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
 
 typedef struct rr_remb rr_remb;
 
+/* The most SSRCs an estimator remembers for its REMB (aiortc's grows without bound); a
+ * `capacity` of this many never cuts the list short. */
+#define RR_REMB_MAX_SSRCS 16
+
 /* A new estimator, as aiortc.rate.RemoteBitrateEstimator(); NULL when out of memory. */
 rr_remb *rr_remb_new(void);
 void rr_remb_free(rr_remb *remb);
 
 /* aiortc.rate.RemoteBitrateEstimator.add(abs_send_time, arrival_time_ms,
  * payload_size, ssrc): returns 1 and fills *bitrate and ssrcs[0 .. *count) (at most
- * `capacity`) when a REMB should be sent now, 0 when not. */
+ * `capacity`) when a REMB should be sent now, 0 when not. Also 0, with nothing sent,
+ * where aiortc would raise (see remb.c) and for arrival times beyond +-2**50 ms. */
 int rr_remb_add(rr_remb *remb, uint32_t abs_send_time, int64_t arrival_time_ms,
                 uint32_t payload_size, uint32_t ssrc, uint64_t *bitrate, uint32_t *ssrcs,
                 int *count, int capacity);
