@@ -132,11 +132,13 @@ bench: $(VENV)/.installed-test $(JANUS)
 
 # rtc/_fastpath.c under AddressSanitizer: the fuzz and differential tests of the
 # native module (tests/test_fastpath.py) against a build of its own in build/asan
-# (the normal in-place build is left alone). About 10 s, so `make test` runs it.
+# (the normal in-place build is left alone). PYTHONMALLOC=malloc so that reading past
+# a small bytes object is caught too (pymalloc pools would hide it). About 10 s, so
+# `make test` runs it.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 asan: $(VENV)/.installed-test | $(OPENSSL_H) $(PYTHON_H) $(CC_BIN)
 	RR_FASTPATH_ASAN=1 $(PY) setup.py -q build_ext --force --build-lib build/asan --build-temp build/asan-temp
-	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0 \
+	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 		RR_FASTPATH_MODULE=build/asan/$(FASTPATH) \
 		$(PY) -m pytest tests/test_fastpath.py -q -p no:cacheprovider
 

@@ -140,7 +140,14 @@ async def run(packets: int, burst: int) -> dict[str, float | str | int]:
         keys = aiortc_seam.srtp_key_material(a_sender.transport)
         assert keys is not None
         profile, a_key, _ = keys
-        seal = rtp_sealer(profile, a_key)
+        # A stamps abs-send-time on its video as browsers do (the relay's REMB estimate
+        # runs on it): its id as negotiated, its time the frame's RTP time.
+        abs_id = next(
+            int(line.split()[0].split(":")[1])
+            for line in a.localDescription.sdp.splitlines()
+            if line.startswith("a=extmap:") and line.endswith("/abs-send-time")
+        )
+        seal = rtp_sealer(profile, a_key, abs_id)
         selected = aiortc_seam.selected_pair(server_in)
         assert selected is not None
         target = (selected[0].host, selected[0].port)
@@ -194,7 +201,7 @@ async def run(packets: int, burst: int) -> dict[str, float | str | int]:
             await pc.close()
 
 
-def rtp_sealer(profile: int, key: bytes):  # type: ignore[no-untyped-def]
+def rtp_sealer(profile: int, key: bytes, abs_id: int):  # type: ignore[no-untyped-def]
     context = packet_path.srtp_context(profile, key, True)
     if context is None:
         import pylibsrtp
@@ -210,13 +217,16 @@ def rtp_sealer(profile: int, key: bytes):  # type: ignore[no-untyped-def]
     def seal(view: RtpView) -> bytes:
         header = struct.pack(
             "!BBHII",
-            0x80,
+            0x90,  # with a header extension
             (0x80 if view.marker else 0) | view.payload_type,
             view.sequence_number,
             view.timestamp,
             view.ssrc,
         )
-        data = protect(header + view.payload)
+        # abs-send-time (6.18 fixed-point seconds) from the RTP clock, one-byte form.
+        send_time = (view.timestamp * (1 << 18) // 90_000) & 0xFFFFFF
+        extension = struct.pack("!HHB", 0xBEDE, 1, abs_id << 4 | 2) + send_time.to_bytes(3)
+        data = protect(header + extension + view.payload)
         assert data is not None
         return data
 

@@ -40,7 +40,7 @@
 #define REPLAY_WINDOW 1024
 #define REPLAY_WORDS (REPLAY_WINDOW / 64)
 /* Larger than any RTP packet a browser sends or the relay writes. */
-#define MAX_PACKET 16384
+#define MAX_PACKET RR_MAX_PACKET
 
 typedef struct {
     uint32_t ssrc;
@@ -612,13 +612,19 @@ static int parse_seal_args(PyObject *const *args, Py_ssize_t nargs, SealArgs *a,
     return PyObject_GetBuffer(args[6], payload, PyBUF_SIMPLE) == 0;
 }
 
-static size_t sealed_size(WriterObject *self, const SealArgs *a, const Py_buffer *payload) {
+static size_t sealed_size_raw(WriterObject *self, const SrtpObject *srtp, long original,
+                              size_t payload_size) {
     return 12 + self->prefix_size + (self->with_abs ? 3 : 0) + self->suffix_size +
-           (a->original >= 0 ? 2 : 0) + (size_t)payload->len + a->srtp->tag_size;
+           (original >= 0 ? 2 : 0) + payload_size + srtp->tag_size;
+}
+
+static size_t sealed_size(WriterObject *self, const SealArgs *a, const Py_buffer *payload) {
+    return sealed_size_raw(self, a->srtp, a->original, (size_t)payload->len);
 }
 
 /* Writes the plaintext packet into `p` (sealed_size bytes of room) and protects it. */
-static int build(WriterObject *self, const SealArgs *a, const Py_buffer *payload, uint8_t *p) {
+static int build_raw(WriterObject *self, const SealArgs *a, const uint8_t *payload,
+                     size_t payload_size, uint8_t *p) {
     p[0] = self->first;
     p[1] = (uint8_t)((a->marker ? 0x80 : 0) | (a->payload_type & 0x7F));
     p[2] = (uint8_t)(a->sequence_number >> 8);
@@ -641,9 +647,9 @@ static int build(WriterObject *self, const SealArgs *a, const Py_buffer *payload
         p[at++] = (uint8_t)a->original;
     }
     uint8_t *body = p + at;
-    memcpy(body, payload->buf, (size_t)payload->len);
+    memcpy(body, payload, payload_size);
     if (a->picture_id >= 0) {
-        int bits = vp8_picture_id_bits(body, (size_t)payload->len);
+        int bits = vp8_picture_id_bits(body, payload_size);
         if (bits == 15) {
             body[2] = (uint8_t)(0x80 | ((a->picture_id >> 8) & 0x7F));
             body[3] = (uint8_t)a->picture_id;
@@ -651,7 +657,11 @@ static int build(WriterObject *self, const SealArgs *a, const Py_buffer *payload
             body[2] = (uint8_t)(a->picture_id & 0x7F);
         }
     }
-    return protect_buffer(a->srtp, p, at + (size_t)payload->len);
+    return protect_buffer(a->srtp, p, at + payload_size);
+}
+
+static int build(WriterObject *self, const SealArgs *a, const Py_buffer *payload, uint8_t *p) {
+    return build_raw(self, a, payload->buf, (size_t)payload->len, p);
 }
 
 /* seal(srtp, payload_type, sequence_number, timestamp, marker, ntp, payload,
@@ -717,6 +727,33 @@ static PyTypeObject WriterType = {
     .tp_init = (initproc)Writer_init,
     .tp_methods = Writer_methods,
 };
+
+/* For the other files of the module (rtc/native/rr.h). */
+int rr_is_header_writer(PyObject *o) { return PyObject_TypeCheck(o, &WriterType); }
+
+int rr_is_destination(PyObject *o) { return PyObject_TypeCheck(o, &DestinationType); }
+
+Py_ssize_t rr_writer_seal(PyObject *writer, PyObject *srtp, int payload_type,
+                          uint16_t sequence_number, uint32_t timestamp, int marker, uint64_t ntp,
+                          const uint8_t *payload, size_t payload_size, int picture_id,
+                          int original, uint8_t *out, size_t capacity) {
+    SrtpObject *context = (SrtpObject *)srtp;
+    WriterObject *self = (WriterObject *)writer;
+    if (!context->outbound) return -1;
+    size_t size = sealed_size_raw(self, context, original, payload_size);
+    if (size > capacity) return -1;
+    SealArgs a = {context, payload_type, sequence_number, picture_id, original, timestamp, ntp,
+                  marker};
+    if (!build_raw(self, &a, payload, payload_size, out)) return -1;
+    return (Py_ssize_t)size;
+}
+
+int rr_destination_send(PyObject *destination, const uint8_t *data, size_t size) {
+    DestinationObject *dest = (DestinationObject *)destination;
+    ssize_t sent =
+        sendto(dest->fd, data, size, 0, (struct sockaddr *)&dest->address, dest->address_size);
+    return sent < 0 ? errno : 0;
+}
 
 /* -- module ----------------------------------------------------------------------- */
 

@@ -1,5 +1,6 @@
 """Types of the C module rtc/_fastpath.c (see there for what it does)."""
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
@@ -129,3 +130,116 @@ class Inbound:
         error_received: Callable[[OSError], object],
         /,
     ) -> None: ...
+
+# rtc/native/frames.c
+FRAME_MAX_SIZE: int
+
+class FrameAssembler:
+    @property
+    def incomplete(self) -> int: ...
+    def __init__(self, video: bool, vp8: bool) -> None: ...
+    def add(
+        self, payload: bytes, sequence_number: int, timestamp: int, marker: bool, /
+    ) -> tuple[bytes, int, bool] | None: ...
+
+def freeze_clock(monotonic: float | None, wall: float | None, /) -> None: ...
+
+class Lane:
+    """One Subscriber with its PacketSender, rewriting, sealing and sending in C."""
+
+    active: bool
+    ready: bool
+    video: bool
+    vp8: bool
+    need_start: bool
+    clock: int
+    last_out: int | None
+    last_out_at: float
+    sequence_number: int
+    rtx_sequence_number: int
+    destination: Destination | None
+    on_keyframe_wanted: Callable[[], object] | None
+    @property
+    def payload_type(self) -> int: ...
+    @property
+    def forwarded(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def packets(self) -> int: ...
+    @property
+    def octets(self) -> int: ...
+    @property
+    def ntp(self) -> int: ...
+    @property
+    def rtp_timestamp(self) -> int: ...
+    @property
+    def send_dropped(self) -> int: ...
+    @property
+    def send_errors(self) -> int: ...
+    @property
+    def retransmitted(self) -> int: ...
+    def configure(
+        self,
+        writer: HeaderWriter,
+        rtx_writer: HeaderWriter | None,
+        srtp: SrtpContext,
+        payload_type: int,
+        rtx_payload_type: int | None,
+        transmit: Callable[[bytes], bool] | None,
+    ) -> None: ...
+    def push(
+        self, sequence_number: int, timestamp: int, marker: bool, payload: bytes, keyframe: bool, /
+    ) -> None: ...
+    def send(
+        self,
+        payload: bytes,
+        marker: bool,
+        timestamp: int,
+        sequence_number: int | None = None,
+        picture_id: int = -1,
+    ) -> bool: ...
+    def retransmit(self, sequence_number: int, /) -> bool: ...
+    def restart(self) -> None: ...
+
+class Fanout:
+    """One source's fan-out to its lanes, with its counters and frames built in C."""
+
+    python_sinks: bool
+    frames_wanted: bool
+    on_frames: Callable[[list[tuple[builtins.bytes, int, bool]]], object] | None
+    @property
+    def lanes(self) -> tuple[Lane, ...]: ...
+    @property
+    def frames(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def last_packet_at(self) -> float | None: ...
+    @property
+    def assembles(self) -> bool: ...
+    @property
+    def incomplete(self) -> int: ...
+    def push(
+        self, sequence_number: int, timestamp: int, marker: bool, payload: builtins.bytes, /
+    ) -> bool: ...
+    def set_codec(self, payload_type: int, name: str, video: bool, /) -> None: ...
+    def set_lanes(self, lanes: tuple[Lane, ...], /) -> None: ...
+    def flush(self) -> None: ...
+
+class RembEstimator:
+    """aiortc.rate.RemoteBitrateEstimator in C (rtc/native/remb.c): the same results."""
+
+    def __init__(self) -> None: ...
+    def add(
+        self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
+    ) -> tuple[int, list[int]] | None: ...
+    def _c_add(
+        self,
+        abs_send_time: int,
+        arrival_time_ms: int,
+        payload_size: int,
+        ssrc: int,
+        capacity: int,
+        /,
+    ) -> tuple[int, list[int]] | None: ...

@@ -71,7 +71,7 @@ from av.frame import Frame
 from rtc import mux, packet_path, rtp
 
 if TYPE_CHECKING:
-    from rtc._fastpath import Destination, HeaderWriter, Receiver, SrtpContext, Stream
+    from rtc._fastpath import Destination, HeaderWriter, Lane, Receiver, SrtpContext, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -399,6 +399,9 @@ MAX_STREAMS_PER_TRANSPORT = 16
 MAX_SEND_BUFFER = 256 * 1024
 # Outgoing packets kept for retransmission on NACK (about 2 s of video at 1 Mbit/s).
 SEND_HISTORY = 512
+# How often the native path looks at where to send and copies its counters to aiortc
+# (PacketSender._check_lane).
+LANE_CHECK_INTERVAL = 0.25
 
 PacketHandler = Callable[[RTCRtpCodecParameters, rtp.RtpView], None]
 
@@ -574,7 +577,10 @@ class _Inbound:
         self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
         self._receivers: dict[RTCRtpReceiver, Receiver] = {}
         self._streams: dict[int, _InboundStream] = {}
-        self._abs_send_time_id: int | None = None
+        # aiortc's header extension ids for this transport: filled in when its receivers
+        # and senders start (after receive_packets is called), so read on each packet
+        # (natively: each time a new SSRC is routed, which its receiver's start allows).
+        self._extension_ids = getattr(getattr(dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
         # The Python path's native decryption (rtc/_fastpath.c), made from the same
         # keys as the pylibsrtp session it stands in for, and remade if that changes.
         self._native = packet_path.enabled()
@@ -601,11 +607,8 @@ class _Inbound:
         on_python_packet: PacketHandler | None = None,
     ) -> None:
         self._handlers[receiver] = handler
-        ids = getattr(getattr(self._dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
-        self._abs_send_time_id = ids.abs_send_time
         if self._inbound is None:
             return
-        self._inbound.abs_send_time_id = ids.abs_send_time
         native_fanout = fanout if packet_path.is_fanout(fanout) else None
         self._receivers[receiver] = packet_path.inbound_receiver(
             handler if native_fanout is None or on_python_packet is None else on_python_packet,
@@ -661,6 +664,9 @@ class _Inbound:
         native = self._receivers.get(receiver)
         if native is None:
             return None
+        # Routed: aiortc has configured this transport's extension ids by now.
+        assert self._inbound is not None
+        self._inbound.abs_send_time_id = self._extension_ids.abs_send_time
         stream = packet_path.inbound_stream(native, view.ssrc, codec.clockRate, codec, rtx)
         # aiortc's receiver reports and getStats read this in place of a StreamStatistics.
         streams: dict[int, Any] = getattr(receiver, _REMOTE_STREAMS)
@@ -716,7 +722,7 @@ class _Inbound:
         self._forward(plain)
 
     def _forward(self, plain: bytes) -> None:
-        view = rtp.parse(plain, self._abs_send_time_id)
+        view = rtp.parse(plain, self._extension_ids.abs_send_time)
         if view is None:
             self._unreadable += 1
             return
@@ -859,6 +865,10 @@ class PacketSender:
     so that forwarded packets and (when codecs differ) re-encoded frames share
     one sequence. Must be created before the sender starts (before the local
     description is set).
+
+    On the native path its numbering, sending, counters and NACK history live in
+    `lane` (rtc/native/fanout.c), which a Subscriber's source also forwards through
+    without Python; `send` and `_retransmit` call into it.
     """
 
     def __init__(self, sender: RTCRtpSender) -> None:
@@ -885,11 +895,28 @@ class PacketSender:
         self.payload_type = 0
         self.ready = False
         # The next sequence number to use when nobody asks for a particular one.
-        self.sequence_number = random.getrandbits(16)
-        self.packets = 0
-        self.dropped = 0
-        self.retransmitted = 0
+        self._sequence_number = random.getrandbits(16)
+        self._packets = 0
+        self._dropped = 0
+        self._retransmitted = 0
         self._rtx_sequence_number = random.getrandbits(16)
+        # The native path: numbering, sealing, sending, counters and the NACK history
+        # in C (rtc/native/fanout.c), shared with the Subscriber that forwards through it.
+        self.lane: Lane | None = packet_path.lane()
+        if self.lane is not None:
+            self.lane.sequence_number = self._sequence_number
+            self.lane.rtx_sequence_number = self._rtx_sequence_number
+        self._lane_timer: asyncio.TimerHandle | None = None
+        self._lane_errors = 0
+        if self.lane is not None:
+            # getStats() reads the counters the lane keeps: copy them first.
+            get_stats = sender.getStats
+
+            async def synced_stats() -> Any:
+                self._sync_lane()
+                return await get_stats()
+
+            setattr(sender, "getStats", synced_stats)  # noqa: B010 (a method, on one instance)
         self._rtx_payload_type: int | None = None
         # (sequence number, timestamp, marker, payload, VP8 picture id or -1)
         self._history: list[tuple[int, int, bool, bytes, int] | None] = [None] * SEND_HISTORY
@@ -915,8 +942,27 @@ class PacketSender:
 
         Named like `Publisher.bytes`; below it, this class spells the type `builtins.bytes`.
         """
+        if self.lane is not None:
+            return self.lane.octets
         octets: int = self._state[_SENDER_OCTETS]
         return octets
+
+    @property
+    def sequence_number(self) -> int:
+        """The next sequence number, used when `send` is not given one."""
+        return self._sequence_number if self.lane is None else self.lane.sequence_number
+
+    @property
+    def packets(self) -> int:
+        return self._packets if self.lane is None else self.lane.packets
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped if self.lane is None else self.lane.send_dropped
+
+    @property
+    def retransmitted(self) -> int:
+        return self._retransmitted if self.lane is None else self.lane.retransmitted
 
     def _start(self, codec: RTCRtpCodecParameters) -> None:
         state = self._state
@@ -940,6 +986,22 @@ class PacketSender:
         self.codec = codec
         assert codec.payloadType is not None
         self.payload_type = codec.payloadType
+        lane = self.lane
+        if lane is not None:
+            if self._native_tx is None or self._native_writer is None:
+                # Not expected: the sender starts once DTLS is up. Nothing is sent then.
+                logger.error("%r: no SRTP keys for the native path", self)
+            else:
+                lane.configure(
+                    self._native_writer,
+                    self._native_rtx_writer,
+                    self._native_tx,
+                    self.payload_type,
+                    self._rtx_payload_type,
+                    self._transmit_native,
+                )
+                lane.ready = True
+                self._check_lane()
         self.ready = True
 
     async def _run(self, codec: RTCRtpCodecParameters) -> None:
@@ -964,6 +1026,12 @@ class PacketSender:
             logger.exception("RTP sending failed")
         finally:
             self.ready = False
+            if self.lane is not None:
+                self.lane.ready = False
+                self.lane.destination = None
+            if self._lane_timer is not None:
+                self._lane_timer.cancel()
+                self._lane_timer = None
             track = self._sender.track
             if track is not None:
                 track.stop()
@@ -982,12 +1050,16 @@ class PacketSender:
 
         `picture_id` (0 or more) replaces the VP8 picture id in `payload`'s descriptor.
         """
+        lane = self.lane
+        if lane is not None:
+            # The same numbering as the packets the lane forwards by itself.
+            return lane.send(payload, marker, timestamp, sequence_number, picture_id)
         if not self.ready:
             return False
         if sequence_number is None:
-            sequence_number = self.sequence_number
-        if (sequence_number - self.sequence_number) & 0xFFFF < 0x8000:
-            self.sequence_number = (sequence_number + 1) & 0xFFFF
+            sequence_number = self._sequence_number
+        if (sequence_number - self._sequence_number) & 0xFFFF < 0x8000:
+            self._sequence_number = (sequence_number + 1) & 0xFFFF
         ntp = rtp.ntp_now()
         native, tx = self._native_writer, self._native_tx
         if native is not None and tx is not None:
@@ -1027,7 +1099,7 @@ class PacketSender:
             body = payload if picture_id < 0 else rtp.with_vp8_picture_id(payload, picture_id)
             sent = self._transmit(header + body)
         if not sent:
-            self.dropped += 1
+            self._dropped += 1
             return False
         self._history[sequence_number % SEND_HISTORY] = (
             sequence_number,
@@ -1036,13 +1108,51 @@ class PacketSender:
             payload,
             picture_id,
         )
-        self.packets += 1
+        self._packets += 1
         state = self._state
         state[_SENDER_NTP] = ntp
         state[_SENDER_RTP_TIMESTAMP] = timestamp
         state[_SENDER_OCTETS] += len(payload)
         state[_SENDER_PACKETS] += 1
         return True
+
+    def _check_lane(self) -> None:
+        """The native path's periodic look, instead of one per packet: where to send, and
+        the lane's counters copied where aiortc's sender reports read them.
+
+        The nominated pair, DTLS's state and asyncio's send buffer change seldom; a
+        quarter second late is a few packets sent through `transmit` (the transport)
+        instead of our own sendto(2), or the other way round. Sender reports go every
+        0.5 to 1.5 s with the last packet's NTP and RTP time as one pair, so counters a
+        quarter second old cost them nothing.
+        """
+        lane = self.lane
+        self._lane_timer = None
+        if lane is None or not lane.ready:
+            return
+        lane.destination = self._direct_destination()
+        self._sync_lane()
+        errors = lane.send_errors - self._lane_errors
+        if errors and self._destination_pair is not None:
+            self._lane_errors = lane.send_errors
+            transport = self._destination_pair.protocol.transport
+            if isinstance(transport, mux.UdpMux):
+                transport.send_failures += errors
+        self._lane_timer = asyncio.get_running_loop().call_later(
+            LANE_CHECK_INTERVAL, self._check_lane
+        )
+
+    def _sync_lane(self) -> None:
+        """Copy the lane's counters where aiortc's sender reports and getStats() read them."""
+        lane = self.lane
+        if lane is None:
+            return
+        state = self._state
+        if lane.packets:
+            state[_SENDER_NTP] = lane.ntp
+            state[_SENDER_RTP_TIMESTAMP] = lane.rtp_timestamp
+        state[_SENDER_OCTETS] = lane.octets
+        state[_SENDER_PACKETS] = lane.packets
 
     def _transmit(self, plain: builtins.bytes) -> bool:
         dtls = self._dtls
@@ -1090,6 +1200,9 @@ class PacketSender:
 
     async def _retransmit(self, sequence_number: int) -> None:
         """aiortc's NACK handling calls this for each lost packet the browser reports."""
+        if self.lane is not None:
+            self.lane.retransmit(sequence_number)
+            return
         entry = self._history[sequence_number % SEND_HISTORY]
         if entry is None or entry[0] != sequence_number:
             return
@@ -1116,7 +1229,7 @@ class PacketSender:
                 + payload
             )
         if self._transmit(plain):
-            self.retransmitted += 1
+            self._retransmitted += 1
 
     def _retransmit_native(
         self,
@@ -1155,7 +1268,7 @@ class PacketSender:
                 picture_id,
             )
         if self._transmit_native(data):
-            self.retransmitted += 1
+            self._retransmitted += 1
 
 
 # -- the media port (rtc/mux.py) ---------------------------------------------

@@ -18,7 +18,17 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from rtc._fastpath import Destination, HeaderWriter, Inbound, Receiver, SrtpContext, Stream
+    from rtc._fastpath import (
+        Destination,
+        Fanout,
+        HeaderWriter,
+        Inbound,
+        Lane,
+        Receiver,
+        RembEstimator,
+        SrtpContext,
+        Stream,
+    )
 
 Mode = Literal["auto", "native", "python"]
 MODES: tuple[Mode, ...] = ("auto", "native", "python")
@@ -69,6 +79,15 @@ def header_writer(
         return None
     writer: HeaderWriter = _native.HeaderWriter(ssrc, mid, mid_id, abs_id)
     return writer
+
+
+def remb_estimator() -> RembEstimator | None:
+    """A native receive-side bandwidth estimator for one video receiver (aiortc's
+    RemoteBitrateEstimator in C, the same estimates), or None on the Python path."""
+    if _native is None:
+        return None
+    estimator: RembEstimator = _native.RembEstimator()
+    return estimator
 
 
 def enabled() -> bool:
@@ -125,6 +144,22 @@ def is_fanout(o: object) -> bool:
     """Whether `o` is a native fan-out (rtc/native/fanout.c) this path can push to."""
     fanout = getattr(_native, "Fanout", None)
     return fanout is not None and isinstance(o, fanout)
+
+
+def lane() -> Lane | None:
+    """A native lane (one subscriber's rewriting and sending), or None on the Python path."""
+    if _native is None:
+        return None
+    made: Lane = _native.Lane()
+    return made
+
+
+def fanout() -> Fanout | None:
+    """A native fan-out for one source, or None on the Python path."""
+    if _native is None:
+        return None
+    made: Fanout = _native.Fanout()
+    return made
 
 
 def name() -> str:

@@ -42,11 +42,7 @@ class Publisher(PacketSource):
         """Take packets straight from the connection (once the local description is set)."""
         # With a native fan-out (rtc/native/fanout.c) packets reach it from C, and
         # Python only sees the ones its own sinks need.
-        self._tap.receive_packets(
-            self._on_packet,
-            getattr(self, "native_fanout", None),
-            getattr(self, "_on_python_packet", None),
-        )
+        self._tap.receive_packets(self._on_packet, self.native_fanout, self._on_python_packet)
 
     def _on_assembled(self, frame: EncodedFrame) -> None:
         self._tap.decode_frame(frame.codec, frame.data, frame.timestamp)
@@ -58,9 +54,9 @@ class Publisher(PacketSource):
         if not data:
             return
         self._set_codec(codec)
-        self.frames += 1
-        self.bytes += len(data)
-        self.last_frame_at = self._loop.time()
+        self._frames += 1
+        self._bytes += len(data)
+        self._last_frame_at = self._loop.time()
         self._deliver(EncodedFrame(codec, data, frame.timestamp, is_keyframe(codec, data)))
 
     # -- subscribers -----------------------------------------------------
@@ -74,6 +70,7 @@ class Publisher(PacketSource):
         """Also deliver decoded frames to `subscriber` (its codec differs from ours)."""
         self._decoded_subscribers.add(subscriber)
         self._tap.decode = self._decoding = True
+        self._frames_wanted()
         if self._decode_task is None and not self._closed:
             self._decode_task = asyncio.create_task(self._run_decoded(), name=f"decode {self!r}")
 
@@ -81,6 +78,7 @@ class Publisher(PacketSource):
         self._decoded_subscribers.discard(subscriber)
         if not self._decoded_subscribers:
             self._tap.decode = self._decoding = False
+            self._frames_wanted()
 
     async def _run_decoded(self) -> None:
         try:

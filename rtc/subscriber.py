@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -27,6 +27,9 @@ from av.frame import Frame
 from rtc.media import same_codec
 from rtc.rtp import RtpView, read_vp8_picture_id
 from rtc.source import Source
+
+if TYPE_CHECKING:
+    from rtc._fastpath import Lane
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,9 @@ class PacketOutput(Protocol):
     """Where forwarded packets go (rtc.aiortc_seam.PacketSender)."""
 
     ready: bool
-    sequence_number: int
+
+    @property
+    def sequence_number(self) -> int: ...
 
     def send(
         self,
@@ -66,12 +71,15 @@ class Subscriber(MediaStreamTrack):
         self.name = name
         # The codec negotiated for sending to this peer; set once the answer exists.
         self.codec: RTCRtpCodecParameters | None = None
-        self.forwarded = 0
-        self.dropped = 0
+        self._forwarded = 0
+        self._dropped = 0
         self.keyframe_requests = 0
         self._event_loop = asyncio.get_running_loop()
         self._video = kind == "video"
         self._output: PacketOutput | None = None
+        # The native path: the output's Lane (rtc/native/fanout.c) keeps the forwarding
+        # state below and forwards the source's packets without Python once `active`.
+        self._lane: Lane | None = None
         self._source: Source | None = None
         self._force_encoder_keyframe: Callable[[], None] | None = None
         self._clock = 90000 if self._video else 48000
@@ -108,8 +116,29 @@ class Subscriber(MediaStreamTrack):
     def source(self) -> Source | None:
         return self._source
 
+    @property
+    def lane(self) -> Lane | None:
+        """Where the native path forwards (the PacketSender's Lane), or None."""
+        return self._lane
+
+    @property
+    def forwarded(self) -> int:
+        lane = self._lane
+        return self._forwarded + (0 if lane is None else lane.forwarded)
+
+    @property
+    def dropped(self) -> int:
+        lane = self._lane
+        return self._dropped + (0 if lane is None else lane.dropped)
+
     def set_output(self, output: PacketOutput) -> None:
         self._output = output
+        lane: Lane | None = getattr(output, "lane", None)
+        self._lane = lane
+        if lane is not None:
+            lane.video = self._video
+            lane.clock = self._clock
+            lane.on_keyframe_wanted = self._request_keyframe
 
     def set_codec(
         self, codec: RTCRtpCodecParameters | None, force_encoder_keyframe: Callable[[], None]
@@ -120,6 +149,10 @@ class Subscriber(MediaStreamTrack):
             self._time_base = Fraction(1, self._clock)
         self._forwardable = None
         self._force_encoder_keyframe = force_encoder_keyframe
+        lane = self._lane
+        if lane is not None:
+            lane.active = False
+            lane.clock = self._clock
 
     # -- source ----------------------------------------------------------
 
@@ -130,6 +163,11 @@ class Subscriber(MediaStreamTrack):
         self._source = publisher
         self._need_start = True
         self._offset = None
+        lane = self._lane
+        if lane is not None:
+            # Python looks at the new source's codec before the lane forwards it.
+            lane.active = False
+            lane.restart()
         publisher.add_subscriber(self)
         # Chromium sends keyframes rarely on its own: ask now, so the new
         # partner's first picture does not wait for the next natural one.
@@ -139,11 +177,15 @@ class Subscriber(MediaStreamTrack):
         """Start again at the source's next keyframe (its packets stopped for a while)."""
         self._need_start = True
         self._offset = None
+        if self._lane is not None:
+            self._lane.restart()
 
     def detach(self) -> None:
         source, self._source = self._source, None
         if source is not None:
             source.remove_subscriber(self)
+        if self._lane is not None:
+            self._lane.active = False
         self._decoding = False
         self._queue.clear()
 
@@ -164,11 +206,19 @@ class Subscriber(MediaStreamTrack):
             # packet of a stream: compare once, not per packet.
             self._forwardable = codec
             self._vp8 = codec.name.upper() == "VP8"
+        lane = self._lane
+        if lane is not None:
+            # The codecs meet and the output is ready: from the next packet on the
+            # source's Fanout hands this subscriber's packets to the lane in C.
+            lane.vp8 = self._vp8
+            lane.active = True
+            lane.push(view.sequence_number, view.timestamp, view.marker, view.payload, keyframe)
+            return
         if self._need_start:
             if self._video and not keyframe:
                 # Undecodable without what came before: wait for a keyframe.
                 if view.marker:
-                    self.dropped += 1
+                    self._dropped += 1
                     self._request_keyframe()
                 return
             self._start(view, output.sequence_number)
@@ -181,10 +231,10 @@ class Subscriber(MediaStreamTrack):
         picture_id = self._renumber_picture(payload) if self._vp8 else -1
         if output.send(payload, view.marker, timestamp & _U32, sequence_number, picture_id):
             if view.marker or not self._video:
-                self.forwarded += 1
+                self._forwarded += 1
         elif self._video:
             # The socket would not take it: the frame is broken, restart at a keyframe.
-            self.dropped += 1
+            self._dropped += 1
             self._need_start = True
             self._request_keyframe()
 
@@ -246,7 +296,13 @@ class Subscriber(MediaStreamTrack):
             return
         # Rebase in our clock: pts * time_base seconds, expressed in 1/_clock.
         clock = time_base.denominator // max(time_base.numerator, 1)
+        lane = self._lane
+        if lane is not None:
+            # The output timeline is the lane's: forwarded packets moved it last.
+            self._last_out, self._last_out_at = lane.last_out, lane.last_out_at
         frame.pts = self._rebase(frame.pts, clock)
+        if lane is not None:
+            lane.last_out, lane.last_out_at = self._last_out, self._last_out_at
         frame.time_base = self._time_base
         self._enqueue(frame)
 
@@ -263,6 +319,8 @@ class Subscriber(MediaStreamTrack):
             )
         self._decoding = True
         self._offset = None
+        if self._lane is not None:
+            self._lane.active = False
         self._source.decode_for(self)
 
     def _rebase(self, timestamp: int, clock: int) -> int:
@@ -283,7 +341,7 @@ class Subscriber(MediaStreamTrack):
     def _enqueue(self, frame: Frame) -> None:
         if len(self._queue) >= self._max_queued:
             self._queue.popleft()
-            self.dropped += 1
+            self._dropped += 1
             if self._video:
                 # The encoder will predict from a frame it never saw: ask it for a keyframe.
                 self._request_keyframe()
@@ -312,7 +370,7 @@ class Subscriber(MediaStreamTrack):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        self.forwarded += 1
+        self._forwarded += 1
         return self._queue.popleft()
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rate import RateCounter
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from rtc import _fastpath, aiortc_seam, rtp
 from rtc.media import is_keyframe
@@ -400,6 +401,51 @@ async def test_a_lost_packet_is_nacked_and_resent_and_reports_count_the_loss(
     finally:
         for pc in (a, server_in):
             await pc.close()
+
+
+async def test_the_server_still_sends_remb_to_the_browser(packet_path_mode) -> None:
+    """aiortc's receive-side bandwidth estimate (in C on the native path) reaches the
+    sending browser as RTCP REMB, for its video; audio has no estimator, as in aiortc."""
+    a, server = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        video_sender = a.addTrack(VideoStreamTrack())
+        a.addTrack(AudioStreamTrack())
+        rembs: list[tuple[int, list[int]]] = []
+        handle = video_sender._handle_rtcp_packet
+
+        async def observe(packet) -> None:  # type: ignore[no-untyped-def]
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                rembs.append(unpack_remb_fci(packet.fci))
+            await handle(packet)
+
+        video_sender._handle_rtcp_packet = observe  # type: ignore[method-assign]
+        await a.setLocalDescription(await a.createOffer())
+        await server.setRemoteDescription(a.localDescription)
+        await server.setLocalDescription(await server.createAnswer())
+        receivers = {t.kind: t.receiver for t in server.getTransceivers()}
+        views: list[rtp.RtpView] = []
+        for receiver in receivers.values():
+            aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+        await a.setRemoteDescription(server.localDescription)
+
+        # aiortc's estimator measures for 3 s before its first estimate.
+        started = asyncio.get_running_loop().time()
+        await _until(lambda: len(rembs) >= 2, limit=15)
+        bitrate, ssrcs = rembs[-1]
+        assert video_sender._ssrc in ssrcs  # type: ignore[attr-defined]
+        # Near what A sends (aiortc's VP8 of a green picture: a few tens of kbit/s).
+        stats = await video_sender.getStats()
+        sent = next(s for s in stats.values() if s.type == "outbound-rtp").bytesSent
+        sending = sent * 8 / (asyncio.get_running_loop().time() - started)
+        assert sending / 3 < bitrate < 3 * sending + 20_000, (bitrate, sending)
+
+        # Natively the estimate is made in C (rtc/native/inbound.c through remb.c), one
+        # estimator per video receiver as aiortc has, shared by its media and RTX streams.
+        inbound = receivers["video"].transport.__dict__["relay_inbound"]
+        assert (inbound._inbound is not None) == (packet_path_mode == "native")
+    finally:
+        await a.close()
+        await server.close()
 
 
 def test_packet_path_names_are_checked() -> None:

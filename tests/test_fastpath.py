@@ -9,20 +9,32 @@ against a build with AddressSanitizer.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import importlib.util
+import itertools
 import os
 import random
 import socket
 import struct
+from collections.abc import Callable
+from fractions import Fraction
 from types import ModuleType
 
+import av
+import numpy as np
 import pylibsrtp
 import pytest
+from aiortc.codecs import depayload, get_encoder
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import TimestampMapper
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtc import rtp
+from rtc.media import FrameAssembler
 
 
 def _load() -> ModuleType:
@@ -337,6 +349,1050 @@ def test_send_puts_on_the_wire_what_seal_returns(family: str) -> None:
         _fastpath.Destination(0, "example.org", 1)
     with pytest.raises(ValueError, match="out of range"):
         _fastpath.Destination(0, "127.0.0.1", 70000)
+
+
+# -- frame assembly (rtc/native/frames.c) against rtc.media.FrameAssembler -------------
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+# (payload, sequence number, RTP timestamp, marker): one packet as the relay receives it.
+Packet = tuple[bytes, int, int, bool]
+Frame = tuple[int, bytes, int, bool]  # the packet that completed it, bytes, timestamp, keyframe
+
+
+def assemble_both(packets: list[Packet], video: bool) -> list[Frame]:
+    """Feeds the Python and the C assembler the same packets: the same frames must come
+    out at the same packets, with the same incomplete count. The C returns the RTP
+    timestamp; mapped here once per frame, as the Python caller of the C would."""
+    codec = VP8 if video else OPUS
+    python = FrameAssembler(video)
+    native = _fastpath.FrameAssembler(video, True)
+    mapper = TimestampMapper()
+    expected: list[Frame] = []
+    got: list[Frame] = []
+    for index, (payload, sequence, timestamp, marker) in enumerate(packets):
+        view = rtp.RtpView(1, codec.payloadType, sequence, timestamp, marker, payload)
+        frame = python.add(codec, view)
+        if frame is not None:
+            expected.append((index, frame.data, frame.timestamp, frame.keyframe))
+        built = native.add(payload, sequence, timestamp, marker)
+        if built is not None:
+            data, rtp_timestamp, keyframe = built
+            assert len(data) <= _fastpath.FRAME_MAX_SIZE
+            got.append((index, data, mapper.map(rtp_timestamp), keyframe))
+    assert got == expected
+    assert native.incomplete == python.incomplete
+    return got
+
+
+@functools.cache
+def vp8_frames() -> list[list[bytes]]:
+    """Real VP8 from aiortc's encoder (libvpx through PyAV), packetized as aiortc sends it:
+    descriptors with 15-bit picture ids. Noise takes several packets per frame, a still
+    picture's inter frames one; frame 7 is a forced keyframe."""
+    encoder = get_encoder(VP8)
+    rng = np.random.default_rng(14)
+    still = np.full((240, 320, 3), 90, dtype=np.uint8)
+    out = []
+    for index in range(12):
+        noisy = index < 3 or index in (7, 10)
+        picture = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) if noisy else still
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts = index * 3000
+        frame.time_base = Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame, force_keyframe=index == 7)
+        out.append(payloads)
+    return out
+
+
+def vp8_stream(
+    first_sequence: int = 65500, first_timestamp: int = 2**32 - 4 * 3000
+) -> list[Packet]:
+    """The frames as packets, across the 16-bit sequence wrap and the 32-bit timestamp wrap."""
+    packets = []
+    sequence = first_sequence
+    for index, payloads in enumerate(vp8_frames()):
+        timestamp = (first_timestamp + index * 3000) & 0xFFFFFFFF
+        for position, payload in enumerate(payloads):
+            packets.append((payload, sequence & 0xFFFF, timestamp, position == len(payloads) - 1))
+            sequence += 1
+    return packets
+
+
+def opus_stream(rng: random.Random, count: int = 120) -> list[Packet]:
+    """Opus-like packets: 20 ms each (960 ticks), 3 to 250 bytes, marker on the first."""
+    return [
+        (
+            os.urandom(rng.randrange(3, 250)),
+            (65480 + i) & 0xFFFF,
+            (2**32 - 960 * 50 + 960 * i) & 0xFFFFFFFF,
+            i == 0,
+        )
+        for i in range(count)
+    ]
+
+
+MALFORMED_VP8 = [
+    b"",
+    b"\x80",  # X set, no extension byte
+    b"\x80\x80",  # I set, no picture id
+    b"\x80\x80\x80",  # 15-bit picture id cut short
+    b"\x80\xf0\x80\x01\x02",  # every extension, nothing behind them
+    b"\x90",  # a descriptor only
+    b"\x10\x00",  # one byte of a keyframe's frame tag
+    b"\x10\x01",  # one byte of an inter frame's
+]
+
+
+def damage(packets: list[Packet], rng: random.Random, kind: str) -> list[Packet]:
+    """What the network and hostile publishers do to a stream."""
+    out: list[Packet] = []
+    for packet in packets:
+        payload, sequence, timestamp, marker = packet
+        if kind in ("loss", "all") and rng.random() < 0.1:
+            continue
+        if kind in ("no-marker", "all") and marker and rng.random() < 0.3:
+            packet = (payload, sequence, timestamp, False)
+        if kind in ("timestamp", "all") and rng.random() < 0.05:
+            packet = (payload, sequence, (timestamp + 1500) & 0xFFFFFFFF, marker)
+        if kind in ("malformed", "all") and rng.random() < 0.1:
+            packet = (rng.choice(MALFORMED_VP8), sequence, timestamp, marker)
+        out.append(packet)
+        if kind in ("duplicates", "all") and rng.random() < 0.1:
+            out.append(packet)
+        if kind in ("reorder", "all") and len(out) > 2 and rng.random() < 0.1:
+            out[-1], out[-2] = out[-2], out[-1]
+        if kind in ("late", "all") and len(out) > 20 and rng.random() < 0.05:
+            out.append(out[-rng.randrange(2, 20)])  # a retransmission, after the fact
+    if kind == "jump" and len(out) > 10:  # the publisher's sequence numbers restart elsewhere
+        cut = len(out) // 2
+        out[cut:] = [(p, (s + 0x9000) & 0xFFFF, t, m) for p, s, t, m in out[cut:]]
+    return out
+
+
+def test_real_vp8_frames_come_out_whole_and_the_same_as_python() -> None:
+    frames = assemble_both(vp8_stream(), video=True)
+    expected = [b"".join(depayload(VP8, p) for p in payloads) for payloads in vp8_frames()]
+    assert [data for _, data, _, _ in frames] == expected
+    assert [timestamp for _, _, timestamp, _ in frames] == [i * 3000 for i in range(12)]
+    keyframes = [index for index, (_, _, _, keyframe) in enumerate(frames) if keyframe]
+    assert keyframes == [0, 7]
+    assert any(len(payloads) == 1 for payloads in vp8_frames())
+    assert any(len(payloads) > 3 for payloads in vp8_frames())
+
+
+DAMAGE = [
+    "loss",
+    "duplicates",
+    "reorder",
+    "late",
+    "no-marker",
+    "timestamp",
+    "malformed",
+    "jump",
+    "all",
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_vp8_gives_the_same_frames_as_python(kind: str, seed: int) -> None:
+    rng = random.Random(f"{kind}/{seed}")
+    assemble_both(damage(vp8_stream(rng.randrange(65536)), rng, kind), video=True)
+
+
+@pytest.mark.parametrize("kind", ["clean", *DAMAGE])
+def test_audio_is_every_packet_as_it_came(kind: str) -> None:
+    rng = random.Random(kind)
+    packets = damage(opus_stream(rng), rng, kind)
+    packets[5] = (b"", *packets[5][1:])
+    frames = assemble_both(packets, video=False)
+    assert [data for _, data, _, _ in frames] == [p for p, _, _, _ in packets]
+    assert all(keyframe for _, _, _, keyframe in frames)
+
+
+def test_loss_is_counted_and_repaired_at_the_next_whole_frame() -> None:
+    """The rules themselves, on the real stream: a lost middle packet loses that frame
+    only; a whole frame lost leaves the next one whole (its start bit shows)."""
+    packets = vp8_stream()
+    lengths = [len(payloads) for payloads in vp8_frames()]
+    middle = lengths[0] + 1
+    frames = assemble_both(packets[:middle] + packets[middle + 1 :], video=True)
+    assert len(frames) == 11
+    second = slice(lengths[0], lengths[0] + lengths[1])
+    frames = assemble_both(packets[: second.start] + packets[second.stop :], video=True)
+    assert len(frames) == 11
+    native = _fastpath.FrameAssembler(True, True)
+    for packet in packets[:middle] + packets[middle + 1 :]:
+        native.add(*packet)
+    assert native.incomplete == 1
+
+
+def test_only_vp8_video_and_audio_are_assembled_in_c() -> None:
+    """rr_frames_new gives NULL for other video codecs (H264): Python assembles those."""
+    with pytest.raises(ValueError, match="VP8"):
+        _fastpath.FrameAssembler(True, False)
+    assert _fastpath.FrameAssembler(False, False).add(b"x", 1, 2, False) == (b"x", 2, True)
+    assert _fastpath.FrameAssembler(False, True).add(b"", 1, 2, True) == (b"", 2, True)
+
+
+def test_a_frame_over_the_cap_is_given_up_and_the_next_comes_through() -> None:
+    """No frame grows memory past FRAME_MAX_SIZE: one that would is incomplete (the one
+    place the C differs from Python, which would keep it); one of exactly the cap is kept."""
+    cap = _fastpath.FRAME_MAX_SIZE
+    native = _fastpath.FrameAssembler(True, True)
+    chunk = 1200
+
+    def frame(size: int, sequence: int, timestamp: int, marker: bool = True) -> list[Packet]:
+        body = bytes([0x00]) + os.urandom(size - 1)  # a keyframe tag, then anything
+        parts = [body[i : i + chunk] for i in range(0, size, chunk)]
+        return [
+            (
+                bytes([0x10 if i == 0 else 0x00]) + part,
+                (sequence + i) & 0xFFFF,
+                timestamp,
+                marker and i == len(parts) - 1,
+            )
+            for i, part in enumerate(parts)
+        ]
+
+    exact = frame(cap, 0, 1000)
+    built = [native.add(*p) for p in exact]
+    assert built[:-1] == [None] * (len(exact) - 1)
+    assert built[-1] == (b"".join(p[0][1:] for p in exact), 1000, True)
+    sequence = len(exact)
+    for size in (cap + 1, 3 * cap):
+        over = frame(size, sequence, 2000 + size)
+        assert all(native.add(*p) is None for p in over)
+        sequence += len(over)
+    assert native.incomplete == 2
+    # Never a marker, three caps' worth: given up when the next frame starts.
+    endless = frame(3 * cap, sequence, 9000, marker=False)
+    assert all(native.add(*p) is None for p in endless)
+    sequence += len(endless)
+    small = frame(500, sequence, 12000)
+    assert native.add(*small[0]) == (small[0][0][1:], 12000, True)
+    assert native.incomplete == 3
+    # Audio too (RTP cannot carry such a packet; a Python caller could).
+    audio = _fastpath.FrameAssembler(False, False)
+    assert audio.add(bytes(cap + 1), 1, 1, True) is None and audio.incomplete == 1
+    assert audio.add(bytes(cap), 2, 2, True) == (bytes(cap), 2, True)
+
+
+VP8_DESCRIPTOR_BYTES = st.sampled_from([0x00, 0x10, 0x80, 0x90, 0x91, 0x08, 0x17])
+EXTENSIONS = st.sampled_from([0x00, 0x80, 0x40, 0x20, 0x10, 0xF0, 0xC0, 0xFF])
+
+
+@st.composite
+def vp8_packets(draw: st.DrawFn) -> list[Packet]:
+    """Sequences of VP8-looking packets near each other in sequence and time: descriptors
+    of every shape (cut anywhere), markers anywhere, repeats, gaps, going backwards."""
+    packets = []
+    sequence = draw(st.integers(0, 65535))
+    timestamp = draw(st.integers(0, 2**32 - 1))
+    for _ in range(draw(st.integers(0, 60))):
+        sequence = (
+            sequence + draw(st.sampled_from([1, 1, 1, 1, 0, 2, 3, -1, -5, 0x8000, 0x8001]))
+        ) & 0xFFFF
+        timestamp = (timestamp + draw(st.sampled_from([0, 0, 0, 3000, -3000, 1]))) & 0xFFFFFFFF
+        head = bytes([draw(VP8_DESCRIPTOR_BYTES), draw(EXTENSIONS)])
+        payload = (head + draw(st.binary(max_size=8)))[: draw(st.integers(0, 10))]
+        packets.append((payload, sequence, timestamp, draw(st.booleans())))
+    return packets
+
+
+@FUZZ
+@given(packets=vp8_packets())
+def test_random_vp8_packets_give_the_same_frames_as_python(packets: list[Packet]) -> None:
+    assemble_both(packets, video=True)
+    assemble_both(packets, video=False)
+
+
+@settings(FUZZ, max_examples=200)
+@given(
+    video=st.booleans(),
+    vp8=st.booleans(),
+    payload=st.one_of(
+        st.binary(max_size=40), st.text(max_size=3), st.none(), st.just(bytearray(b"\x90"))
+    ),
+    sequence=st.one_of(st.integers(-(2**70), 2**70), st.integers(0, 65535), st.floats(), st.none()),
+    timestamp=st.one_of(
+        st.integers(-(2**70), 2**70), st.integers(0, 2**32 - 1), st.text(max_size=2)
+    ),
+    marker=st.one_of(st.booleans(), st.integers(), st.none()),
+)
+def test_any_arguments_make_a_frame_nothing_or_a_clear_error(
+    video: bool, vp8: bool, payload: object, sequence: object, timestamp: object, marker: object
+) -> None:
+    try:
+        native = _fastpath.FrameAssembler(video, vp8)
+    except ValueError:
+        assert video and not vp8
+        return
+    for _ in range(2):
+        with contextlib.suppress(TypeError, ValueError):
+            native.add(payload, sequence, timestamp, marker)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        native.add(b"", 1, 2)  # type: ignore[call-arg]
+
+
+# -- Lane and Fanout (rtc/native/fanout.c) against Subscriber + PacketSender ----------
+
+
+class _Clock:
+    """loop.time() and time.time() for both paths at once: the Python one reads it
+    (Subscriber's loop, rtp.ntp_now), the native one is frozen to it."""
+
+    def __init__(self) -> None:
+        self.monotonic = 1000.0
+        self.wall = 1_700_000_000.0
+        self._set()
+
+    def advance(self, seconds: float) -> None:
+        self.monotonic += seconds
+        self.wall += seconds
+        self._set()
+
+    def _set(self) -> None:
+        _fastpath.freeze_clock(self.monotonic, self.wall)
+
+    def time(self) -> float:
+        return self.monotonic
+
+
+class _Wire:
+    """What one sender put on the wire, sealed with its own copy of the keys; `full`
+    holds the transmit calls (counted from 0) the socket refuses."""
+
+    def __init__(self, profile: int, key: bytes, full: set[int]) -> None:
+        self.sent: list[bytes] = []
+        self.calls = 0
+        self._full = full
+        self._tx = _fastpath.SrtpContext(profile, key, True)
+
+    def _accept(self) -> bool:
+        call, self.calls = self.calls, self.calls + 1
+        return call not in self._full
+
+    def plain(self, data: bytes) -> bool:
+        """The Python path's transmit: seal as its SRTP session would."""
+        if not self._accept():
+            return False
+        sealed = self._tx.protect(data)
+        assert sealed is not None
+        self.sent.append(sealed)
+        return True
+
+    def sealed(self, data: bytes) -> bool:
+        """The lane's transmit: it sealed already."""
+        if not self._accept():
+            return False
+        self.sent.append(data)
+        return True
+
+
+async def _pair_of_paths(kind: str, full: set[int], rtx: bool):  # type: ignore[no-untyped-def]
+    """The same subscriber twice: the Python Subscriber+PacketSender, and the same
+    classes on a Lane and Fanout, with the same keys and starting numbers."""
+    from aiortc import RTCPeerConnection
+    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+    from rtc import aiortc_seam, packet_path
+    from rtc.source import PacketSource
+    from rtc.subscriber import Subscriber
+
+    class Source(PacketSource):
+        def _ask_upstream(self) -> None:
+            pass
+
+    profile = _fastpath.PROFILE_AEAD_AES_128_GCM
+    key = os.urandom(28)
+    pc = RTCPeerConnection()
+    codec = _codec(kind)
+    sides = []
+    previous = packet_path.name()
+    packet_path.select("python")
+    try:
+        for native in (False, True):
+            track = VideoStreamTrack() if kind == "video" else AudioStreamTrack()
+            sender = aiortc_seam.PacketSender(pc.addTrack(track))
+            wire = _Wire(profile, key, full)
+            sender.payload_type = 96
+            sender._sequence_number = 65500
+            sender._rtx_sequence_number = 65530
+            sender._rtx_payload_type = 97 if rtx else None
+            sender._writer = rtp.HeaderWriter(4242, "1", 4, 2)
+            sender._rtx_writer = rtp.HeaderWriter(4343, "1", 4, 2)
+            sender._transmit = wire.plain  # type: ignore[method-assign]
+            sender.ready = True
+            if native:
+                lane = _fastpath.Lane()
+                lane.sequence_number = 65500
+                lane.rtx_sequence_number = 65530
+                lane.configure(
+                    _fastpath.HeaderWriter(4242, "1", 4, 2),
+                    _fastpath.HeaderWriter(4343, "1", 4, 2),
+                    _fastpath.SrtpContext(profile, key, True),
+                    96,
+                    97 if rtx else None,
+                    wire.sealed,
+                )
+                lane.ready = True
+                sender.lane = lane
+            subscriber = Subscriber("s", kind)
+            subscriber.set_output(sender)
+            subscriber.set_codec(codec, lambda: None)
+            sources = [Source(name, kind, keyframe_interval=0.0) for name in ("a", "b")]
+            for source in sources:
+                source.native_fanout = _fastpath.Fanout() if native else None
+                if native:
+                    source.native_fanout.on_frames = source._on_native_frames
+            sides.append((subscriber, sender, sources, wire))
+    finally:
+        packet_path.select(previous)
+    return codec, sides, pc
+
+
+def _codec(kind: str):  # type: ignore[no-untyped-def]
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    if kind == "video":
+        return RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    return RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=96)
+
+
+def _vp8_frame(
+    rng: random.Random, picture_id: int, seq: int, ts: int, key: bool, count: int, bits: int
+) -> list[rtp.RtpView]:
+    views = []
+    for index in range(count):
+        if bits == 15:
+            descriptor = bytes(
+                [
+                    0x90 if index == 0 else 0x80,
+                    0x80,
+                    0x80 | picture_id >> 8 & 0x7F,
+                    picture_id & 0xFF,
+                ]
+            )
+        elif bits == 7:
+            descriptor = bytes([0x90 if index == 0 else 0x80, 0x80, picture_id & 0x7F])
+        else:
+            descriptor = bytes([0x10 if index == 0 else 0x00])
+        body = (b"\x00" if key else b"\x01") if index == 0 else b""
+        body += os.urandom(rng.choice([1, 40, 900]))
+        views.append(
+            rtp.RtpView(
+                1,
+                96,
+                (seq + index) & 0xFFFF,
+                ts & 0xFFFFFFFF,
+                index == count - 1,
+                descriptor + body,
+            )
+        )
+    return views
+
+
+@pytest.mark.parametrize("seed", range(24))
+async def test_a_lane_sends_the_bytes_subscriber_and_packet_sender_send(seed: int) -> None:
+    """Partner switches, loss, reordering, both wraps, keyframe gating, a full socket,
+    holds, re-encoded frames and NACKs: the same packets in, the same bytes out."""
+    from rtc import aiortc_seam
+
+    rng = random.Random(seed)
+    kind = "video" if seed % 4 else "audio"
+    full = {rng.randrange(400) for _ in range(rng.choice([0, 3, 10]))}
+    rtx = seed % 3 != 0
+    clock = _Clock()
+    codec, sides, pc = await _pair_of_paths(kind, full, rtx)
+    # Per side and source: audio frames the C builds reach Python in batches, so
+    # only each source's own order is the same.
+    frames: list[list[list[tuple[bytes, int, bool]]]] = [[[], []], [[], []]]
+    try:
+        for index, (subscriber, _, sources, _) in enumerate(sides):
+            subscriber._event_loop = clock  # type: ignore[assignment]
+            for source in sources:
+                source._loop = clock  # type: ignore[assignment]
+            subscriber.attach(sources[0])
+            for number, source in enumerate(sources):
+                source.add_frame_listener(
+                    lambda f, i=index, n=number: frames[i][n].append(
+                        (f.data, f.timestamp, f.keyframe)
+                    )
+                )
+        original_ntp = rtp.ntp_now
+        rtp.ntp_now = lambda: int((clock.wall + rtp.NTP_UNIX_OFFSET) * 4294967296.0)
+        # Each partner's own numbering, near the wraps.
+        state = [
+            {
+                "seq": rng.choice([65530, 100, 30000]),
+                "ts": rng.choice([2**32 - 9000, 5]),
+                "pid": rng.choice([32760, 120, 5]),
+                "bits": rng.choice([15, 15, 7, 0]),
+            }
+            for _ in range(2)
+        ]
+        current = 0
+        for _step in range(60):
+            clock.advance(rng.choice([0.0, 0.001, 1 / 30, 0.2]))
+            action = rng.random()
+            if action < 0.08:
+                current = 1 - current
+                for subscriber, _, sources, _ in sides:
+                    subscriber.attach(sources[current])
+                continue
+            if action < 0.12:
+                held = not sides[0][2][current].held
+                for _, _, sources, _ in sides:
+                    sources[current].hold(held)
+                continue
+            if action < 0.18:
+                payload = os.urandom(rng.choice([10, 300]))
+                ts = rng.randrange(2**32)
+                results = [sender.send(payload, True, ts) for _, sender, _, _ in sides]
+                assert results[0] == results[1]
+                continue
+            if action < 0.26:
+                wire_seqs = [struct.unpack_from("!H", data, 2)[0] for data in sides[0][3].sent]
+                if wire_seqs:
+                    wanted = rng.choice([*wire_seqs, rng.randrange(65536)])
+                    for _, sender, _, _ in sides:
+                        await sender._retransmit(wanted)
+                continue
+            s = state[current]
+            if kind == "video":
+                count = rng.choice([1, 2, 3])
+                views = _vp8_frame(
+                    rng, s["pid"], s["seq"], s["ts"], rng.random() < 0.3, count, s["bits"]
+                )
+                s["pid"] = (s["pid"] + 1) & (0x7FFF if s["bits"] == 15 else 0x7F)
+            else:
+                count = 1
+                views = [
+                    rtp.RtpView(
+                        1,
+                        96,
+                        s["seq"],
+                        s["ts"],
+                        rng.random() < 0.1,
+                        os.urandom(rng.choice([3, 80])),
+                    )
+                ]
+            s["seq"] = (s["seq"] + count) & 0xFFFF
+            s["ts"] = (s["ts"] + (3000 if kind == "video" else 960)) & 0xFFFFFFFF
+            if rng.random() < 0.15 and len(views) > 1:
+                views.pop(rng.randrange(len(views)))  # lost
+            if rng.random() < 0.15 and len(views) > 1:
+                views[0], views[1] = views[1], views[0]  # reordered
+            for view in views:
+                for _, _, sources, _ in sides:
+                    sources[current]._on_packet(codec, view)
+        rtp.ntp_now = original_ntp
+        (py_sub, py_out, py_sources, py_wire), (c_sub, c_out, c_sources, c_wire) = sides
+        assert c_wire.sent == py_wire.sent
+        assert c_wire.calls == py_wire.calls
+        assert (c_sub.forwarded, c_sub.dropped) == (py_sub.forwarded, py_sub.dropped)
+        assert (c_out.packets, c_out.dropped, c_out.retransmitted) == (
+            py_out.packets,
+            py_out.dropped,
+            py_out.retransmitted,
+        )
+        assert c_out.sequence_number == py_out.sequence_number
+        assert c_out.bytes == py_out.bytes or c_out.lane is None
+        for a, b in zip(py_sources, c_sources, strict=True):
+            assert (b.frames, b.bytes, b.keyframe_requests) == (
+                a.frames,
+                a.bytes,
+                a.keyframe_requests,
+            )
+            assert b.last_frame_at == a.last_frame_at
+        for source in c_sources:
+            assert source.native_fanout is not None
+            source.native_fanout.flush()
+        assert frames[1] == frames[0]
+        assert c_sub.lane is not None and c_sub.lane.last_out == py_sub._last_out
+        assert c_sub.lane.last_out_at == py_sub._last_out_at
+    finally:
+        _fastpath.freeze_clock(None, None)
+        for subscriber, _, _, _ in sides:
+            subscriber.stop()
+        await pc.close()
+    del aiortc_seam
+
+
+def _configured_lane(sent: list[bytes], video: bool = True) -> _fastpath.Lane:
+    profile, size = PROFILES["aes-cm-hmac-sha1-80"]
+    lane = _fastpath.Lane()
+    lane.configure(
+        _fastpath.HeaderWriter(1, "0", 1, 2),
+        _fastpath.HeaderWriter(2, "0", 1, 2),
+        _fastpath.SrtpContext(profile, bytes(size), True),
+        96,
+        97,
+        lambda data: sent.append(data) or True,
+    )
+    lane.video = video
+    lane.vp8 = video
+    lane.ready = True
+    lane.active = True
+    return lane
+
+
+# -- the REMB estimator (rtc/native/remb.c) against aiortc's -------------------------
+
+Arrival = tuple[int, int, int, int]  # arrival_time_ms, abs_send_time, payload_size, ssrc
+CLOCK_MS = 1_764_000_000_000  # where int(time.time() * 1000) is in 2026
+
+
+def abs_send_time(send_ms: float) -> int:
+    """The 24-bit abs-send-time (6.18 fixed-point seconds) a sender stamps at `send_ms`."""
+    return int(send_ms * (1 << 18) / 1000) & 0xFFFFFF
+
+
+def video(
+    rng: random.Random,
+    seconds: float,
+    *,
+    bitrate: int = 1_000_000,
+    start_ms: float = 0.0,
+    queue_ms: Callable[[float], float] = lambda t: 0.0,
+    ssrcs: tuple[int, ...] = (0x1234,),
+) -> list[Arrival]:
+    """30 fps video at `bitrate`: each frame in ~1 kB packets paced 1 ms apart, arriving
+    50 ms (plus jitter, plus `queue_ms` of the send time: congestion) after sending."""
+    trace = []
+    frame_bytes = bitrate // 8 // 30
+    for frame in range(int(seconds * 30)):
+        count = max(1, round(frame_bytes / 1000))
+        for i in range(count):
+            send = start_ms + frame * 1000 / 30 + i
+            arrival = send + 50 + queue_ms(send - start_ms) + rng.random() * 2
+            size = frame_bytes // count + rng.randint(-40, 40)
+            trace.append(
+                (CLOCK_MS + int(arrival), abs_send_time(send), size, ssrcs[frame % len(ssrcs)])
+            )
+    return trace
+
+
+def _run(estimator: object, trace: list[Arrival]) -> list[object]:
+    """What add() returns for each packet (an exception's type where it raises)."""
+    results: list[object] = []
+    for arrival_time_ms, send_time, size, ssrc in trace:
+        try:
+            results.append(
+                estimator.add(  # type: ignore[attr-defined]
+                    arrival_time_ms=arrival_time_ms,
+                    abs_send_time=send_time,
+                    payload_size=size,
+                    ssrc=ssrc,
+                )
+            )
+        except ZeroDivisionError as e:
+            results.append(type(e))
+    return results
+
+
+def same_as_aiortc(trace: list[Arrival]) -> list[object]:
+    """Feed `trace` to aiortc's estimator and the native one: every call returns the same."""
+    theirs = _run(RemoteBitrateEstimator(), trace)
+    ours = _run(_fastpath.RembEstimator(), trace)
+    for i, (a, b) in enumerate(zip(theirs, ours, strict=True)):
+        assert a == b, (i, trace[max(0, i - 3) : i + 1], a, b)
+    return theirs
+
+
+def estimates(results: list[object]) -> list[int]:
+    return [r[0] for r in results if isinstance(r, tuple)]
+
+
+def test_remb_steady_video_is_estimated_as_aiortc_does() -> None:
+    results = same_as_aiortc(video(random.Random(1), 20))
+    rates = estimates(results)
+    assert len(rates) > 30
+    # aiortc's start (30 Mbit/s until 3 s of measurement), then near what is sent.
+    assert 500_000 < rates[-1] < 3_000_000
+
+
+def test_remb_congestion_lowers_the_estimate_and_it_recovers() -> None:
+    def queue(t: float) -> float:
+        """Queueing delay growing 0.3 ms a ms from 8 s for 1.5 s, then draining."""
+        if t < 8_000:
+            return 0.0
+        if t < 9_500:
+            return (t - 8_000) * 0.3
+        return max(0.0, 450 - (t - 9_500) * 0.3)
+
+    trace = video(random.Random(2), 30, queue_ms=queue)
+    results = same_as_aiortc(trace)
+    timed = [(trace[i][0] - CLOCK_MS, r[0]) for i, r in enumerate(results) if isinstance(r, tuple)]
+    before = [rate for t, rate in timed if 6_000 < t < 8_000]
+    during = [rate for t, rate in timed if 8_000 < t < 11_000]
+    after = [rate for t, rate in timed if t > 25_000]
+    assert before and during and after
+    assert min(during) < 0.9 * min(before)  # the detector saw overuse: the estimate fell
+    assert after[-1] > min(during)  # and came back once the queue drained
+
+
+def test_remb_a_faster_stream_after_congestion_is_no_longer_near_the_max() -> None:
+    def queue(t: float) -> float:
+        return min(400.0, (t - 6_000) * 0.3) if 6_000 < t < 9_000 else 0.0
+
+    rng = random.Random(10)
+    trace = video(rng, 12, queue_ms=queue)
+    trace += video(rng, 12, bitrate=6_000_000, start_ms=12_000)
+    rates = estimates(same_as_aiortc(trace))
+    assert rates[-1] > 2_000_000
+
+
+def test_remb_the_c_entry_point_gives_the_same_estimates() -> None:
+    """rr_remb_add, which the inbound path calls: aiortc's estimates, its SSRCs cut to
+    the caller's capacity."""
+    trace = video(random.Random(11), 12, ssrcs=(7, 8, 9))
+    theirs = _run(RemoteBitrateEstimator(), trace)
+    native = _fastpath.RembEstimator()
+    ours = [native._c_add(t, a, size, ssrc, 2) for a, t, size, ssrc in trace]
+    assert [r[0] if r else None for r in ours] == [r[0] if r else None for r in theirs]
+    assert [r[1] for r in ours if r][-1] == [7, 8]
+    with pytest.raises(ValueError):
+        native._c_add(0, CLOCK_MS, 0, 0, 17)
+
+
+def test_remb_bursts_and_reordering() -> None:
+    rng = random.Random(3)
+    trace = video(rng, 12)
+    # Bursts: packets held back, then delivered within the same millisecond.
+    for start in range(100, len(trace) - 40, 180):
+        release = trace[start + 30][0]
+        for i in range(start, start + 30):
+            trace[i] = (release, *trace[i][1:])
+    # Reordering: neighbours swapped, and a few packets from much earlier.
+    for i in range(1, len(trace)):
+        if rng.random() < 0.05:
+            trace[i - 1], trace[i] = trace[i], trace[i - 1]
+    for i in range(300, len(trace), 400):
+        trace.insert(i, (trace[i][0], trace[i - 250][1], 900, 0x1234))
+    assert estimates(same_as_aiortc(trace))
+
+
+def test_remb_abs_send_time_wraps_around_2_24() -> None:
+    # abs-send-time wraps every 64 s; start 3 s before a wrap and cross two.
+    wrap_ms = (1 << 24) * 1000 / (1 << 18)
+    trace = video(random.Random(4), 8, start_ms=wrap_ms - 3_000)
+    trace += video(random.Random(5), 8, start_ms=2 * wrap_ms - 3_000)
+    trace = [(arrival, *rest) for arrival, *rest in trace]
+    assert any(a[1] > b[1] for a, b in itertools.pairwise(trace))  # it wrapped
+    assert estimates(same_as_aiortc(trace))
+
+
+def test_remb_several_ssrcs_are_all_in_the_estimate() -> None:
+    trace = video(random.Random(6), 10, ssrcs=(11, 22, 33, 44))
+    rates = same_as_aiortc(trace)
+    last = [r for r in rates if isinstance(r, tuple)][-1]
+    assert last[1] == [11, 22, 33, 44]
+
+
+def test_remb_pauses_and_time_going_back() -> None:
+    rng = random.Random(7)
+    trace = video(rng, 6)
+    for gap_ms in (1_500, 30_000, -20, -5_000, 200_000, -2_000_000):
+        offset = trace[-1][0] + gap_ms - trace[0][0]
+        trace += [(a + offset, *rest) for a, *rest in video(rng, 4)]
+    assert estimates(same_as_aiortc(trace))
+
+
+def test_remb_huge_and_empty_payloads() -> None:
+    rng = random.Random(8)
+    trace = [(a, t, rng.choice((0, 0xFFFFFFFF, s)), ssrc) for a, t, s, ssrc in video(rng, 8)]
+    assert estimates(same_as_aiortc(trace))
+    # 600 packets a second of 4 GB: 8000 * bytes in the window passes 2**53, where
+    # Python's int / int is still rounded once (and (double)a / b would not be).
+    trace = [(a, t, 0xFFFFFFFF - s % 7, ssrc) for a, t, s, ssrc in video(rng, 8, bitrate=4_800_000)]
+    assert estimates(same_as_aiortc(trace))
+
+    # A trickle of tiny packets, congested (the estimate's max becomes ~0.5 kbit/s),
+    # then empty ones, congested again: the estimate drops to 0 and aiortc's next
+    # additive increase divides by zero. The native one raises at the same packet.
+    def ramp(start: float) -> Callable[[float], float]:
+        def queue(t: float) -> float:
+            if t < start:
+                return 0.0
+            if t < start + 1_500:
+                return (t - start) * 0.5
+            return max(0.0, 750 - (t - start - 1_500) * 0.5)
+
+        return queue
+
+    rng = random.Random(0)
+    trace = [(a, t, 2, ssrc) for a, t, _, ssrc in video(rng, 12, bitrate=500, queue_ms=ramp(5_000))]
+    trace += [
+        (a, t, 0, ssrc)
+        for a, t, _, ssrc in video(rng, 12, bitrate=500, start_ms=12_000, queue_ms=ramp(3_000))
+    ]
+    results = same_as_aiortc(trace)
+    assert ZeroDivisionError in results
+
+
+def test_remb_remembers_at_most_16_ssrcs() -> None:
+    """aiortc's list grows with every SSRC ever seen; the native one keeps the 16 most
+    recently seen (a receiver has two), with the same estimate."""
+    trace = video(random.Random(9), 10, ssrcs=tuple(range(1, 41)))
+    theirs = _run(RemoteBitrateEstimator(), trace)
+    ours = _run(_fastpath.RembEstimator(), trace)
+    assert [r[0] if isinstance(r, tuple) else r for r in theirs] == [
+        r[0] if isinstance(r, tuple) else r for r in ours
+    ]
+    last = max(i for i, r in enumerate(ours) if isinstance(r, tuple))
+    seen = [ssrc for _, _, _, ssrc in trace[: last + 1]]
+    recent = list(dict.fromkeys(reversed(seen)))[:16]
+    result = ours[last]
+    assert isinstance(result, tuple) and sorted(result[1]) == sorted(recent)
+
+
+def test_remb_takes_aiortcs_arguments() -> None:
+    estimator = _fastpath.RembEstimator()
+    assert estimator.add(CLOCK_MS, 1000, 1200, 5) == RemoteBitrateEstimator().add(
+        CLOCK_MS, 1000, 1200, 5
+    )
+    with pytest.raises(TypeError):
+        estimator.add(CLOCK_MS, 1000, 1200)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        estimator.add(CLOCK_MS, 1000, 1200, 5, ssrc=5)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        estimator.add(CLOCK_MS, 1000, 1200, 5, size=5)  # type: ignore[call-arg]
+    with pytest.raises(OverflowError):
+        estimator.add(CLOCK_MS, -1, 1200, 5)
+    with pytest.raises(OverflowError):
+        estimator.add(1 << 60, 1, 1200, 5)
+    with pytest.raises(TypeError):
+        _fastpath.RembEstimator(1)  # type: ignore[call-arg]
+
+
+@FUZZ
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+            st.booleans(),
+            st.binary(max_size=64) | st.binary(min_size=16000, max_size=17000),
+            st.booleans(),
+        ),
+        max_size=30,
+    ),
+    codec=st.sampled_from(["VP8", "H264", "OPUS"]),
+    last_out=st.none() | st.integers(-(2**63), 2**63 - 1),
+    last_out_at=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_lanes_and_fanouts_take_garbage(
+    packets: list[tuple[int, int, bool, bytes, bool]],
+    codec: str,
+    last_out: int | None,
+    last_out_at: float,
+) -> None:
+    """Any packet, any timeline Python may set: sent or dropped, never a crash; and
+    whatever is sent is a packet the receiver reads back."""
+    sent: list[bytes] = []
+    lane = _configured_lane(sent, video=codec != "OPUS")
+    lane.last_out = last_out
+    lane.last_out_at = last_out_at
+    fanout = _fastpath.Fanout()
+    fanout.set_codec(96, codec, codec != "OPUS")
+    fanout.set_lanes((lane,))
+    lane.active = True
+    fanout.frames_wanted = True
+    for seq, ts, marker, payload, keyframe in packets:
+        lane.push(seq, ts, marker, payload, keyframe)
+        fanout.push(seq, ts, marker, payload)
+        lane.send(payload, marker, ts, seq if keyframe else None, seq & 0x7FFF)
+        lane.retransmit(seq & 0xFFFF)
+    assert fanout.bytes == sum(len(p[3]) for p in packets)
+    for data in sent:
+        assert len(data) <= 16384
+    rx = _fastpath.SrtpContext(
+        PROFILES["aes-cm-hmac-sha1-80"][0], bytes(PROFILES["aes-cm-hmac-sha1-80"][1]), False
+    )
+    for data in sent:
+        plain = rx.unprotect(data)
+        if plain is not None:  # a repeat (retransmitted without RTX) is a replay to it
+            assert rtp.parse(plain) is not None
+
+
+@FUZZ
+@given(payload=st.binary(max_size=40), codec=st.sampled_from(["VP8", "H264", "AV1"]))
+def test_the_fanout_finds_the_keyframes_rtc_rtp_finds(payload: bytes, codec: str) -> None:
+    """Keyframe detection in C (gating a fresh lane) against rtc.rtp.starts_keyframe."""
+    sent: list[bytes] = []
+    lane = _configured_lane(sent)
+    fanout = _fastpath.Fanout()
+    fanout.set_codec(96, codec, True)
+    fanout.set_lanes((lane,))
+    lane.active = True
+    fanout.push(1, 1, False, payload)
+    assert (not lane.need_start) == rtp.starts_keyframe(codec, payload)
+
+
+def test_bad_calls_are_refused_with_a_reason() -> None:
+    lane = _fastpath.Lane()
+    fanout = _fastpath.Fanout()
+    with pytest.raises(TypeError):
+        fanout.set_lanes((lane, "not a lane"))
+    with pytest.raises(TypeError):
+        fanout.set_lanes([lane])
+    with pytest.raises(ValueError):
+        fanout.set_codec(300, "VP8", True)
+    with pytest.raises(TypeError):
+        lane.configure("w", None, "s", 96, None, None)
+    with pytest.raises(TypeError):
+        lane.destination = "nowhere"
+    with pytest.raises(ValueError):
+        lane.clock = 0
+    with pytest.raises(TypeError):
+        lane.push(1, 2, 3)
+    with pytest.raises(TypeError):
+        fanout.push(1, 2, 3)
+    # Not configured, not ready: nothing sent, nothing counted.
+    assert lane.send(b"x", True, 1) is False and lane.send_dropped == 0
+    assert lane.retransmit(5) is False
+    # A fanout without a codec yet leaves the packet to Python.
+    assert fanout.push(1, 2, True, b"x") is True
+    assert fanout.frames == 0
+
+
+def test_lanes_and_fanouts_are_freed_with_their_cycles() -> None:
+    """A lane calls back its subscriber, a fanout its source: cycles the collector frees."""
+    import gc
+    import weakref
+
+    class Owner:
+        def callback(self, *args: object) -> None:
+            pass
+
+    refs = []
+    for _ in range(200):
+        owner = Owner()
+        lane = _configured_lane([])
+        lane.on_keyframe_wanted = owner.callback
+        fanout = _fastpath.Fanout()
+        fanout.on_frames = owner.callback
+        fanout.set_lanes((lane,))
+        owner.lane, owner.fanout = lane, fanout  # type: ignore[attr-defined]
+        lane.push(1, 1, True, bytes(1000), True)  # fills a history entry
+        refs.append(weakref.ref(owner))
+        del owner, lane, fanout
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+
+@pytest.mark.parametrize("family", ["127.0.0.1"])
+def test_forwarding_through_the_fanout_makes_no_python_objects(family: str) -> None:
+    """Packet in, every lane's sendto(2) out: no Python object per packet (net blocks
+    flat, and no payload-sized peak from a copy)."""
+    import socket
+    import sys
+    import tracemalloc
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind((family, 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        lanes = []
+        for _ in range(3):
+            lane = _configured_lane([])
+            lane.destination = _fastpath.Destination(
+                sender.fileno(), family, receiver.getsockname()[1]
+            )
+            lanes.append(lane)
+        fanout = _fastpath.Fanout()
+        fanout.set_codec(96, "VP8", True)
+        fanout.set_lanes(tuple(lanes))
+        for lane in lanes:
+            lane.active = True
+        payload = bytes([0x90, 0x80, 0x80, 1, 0x00]) + bytes(1200)
+        numbers = list(range(3000))
+        later = iter(numbers[600:])
+        push = fanout.push
+        # Once round the NACK history: its buffers are made once, then reused.
+        for seq in numbers[:600]:
+            push(seq, seq * 10, True, payload)
+        tracemalloc.start()
+        blocks = sys.getallocatedblocks()
+        tracemalloc.reset_peak()
+        for seq in later:
+            push(seq, seq * 10, True, payload)
+        current, peak = tracemalloc.get_traced_memory()
+        grown = sys.getallocatedblocks() - blocks
+        tracemalloc.stop()
+        assert all(lane.packets == 3000 for lane in lanes)
+        assert grown < 50, grown
+        assert peak - current < 1000, (peak, current)
+    finally:
+        receiver.close()
+        sender.close()
+
+
+@FUZZ
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 40), st.integers(-100, 3_000), st.sampled_from([0, 1, 33])),
+            st.one_of(st.integers(0, 20_000), st.integers(0, 0xFFFFFF)),
+            st.one_of(st.integers(0, 1_500), st.sampled_from([0, 0xFFFFFFFF])),
+            st.integers(0, 3),
+        ),
+        max_size=400,
+    )
+)
+def test_remb_any_trace_is_estimated_as_aiortc_does(
+    steps: list[tuple[int, int, int, int]],
+) -> None:
+    now, send = CLOCK_MS, 0
+    trace = []
+    for dt, dsend, size, ssrc in steps:
+        now += dt
+        send = (send + dsend) & 0xFFFFFF
+        trace.append((now, send, size, ssrc))
+    same_as_aiortc(trace)
+
+
+def test_remb_a_long_random_trace_is_estimated_as_aiortc_does() -> None:
+    rng = random.Random(14)
+    now, send, trace = CLOCK_MS, 0, []
+    for _ in range(30_000):
+        now += rng.choice((0, 0, 1, 2, 5, 33, 34, rng.randint(-50, 600)))
+        send = (send + rng.choice((0, 256, 8_700, rng.randint(0, 1 << 20)))) & 0xFFFFFF
+        trace.append((now, send, rng.choice((rng.randint(1, 1_300), 0, 60)), rng.randint(1, 3)))
+    assert estimates(same_as_aiortc(trace))
+
+
+@settings(FUZZ, max_examples=500)
+@given(
+    args=st.lists(
+        st.one_of(
+            st.integers(),
+            st.integers(-(1 << 66), 1 << 66),
+            st.integers(0, 0xFFFFFFFF),
+            st.floats(),
+            st.none(),
+            st.text(max_size=3),
+        ),
+        min_size=4,
+        max_size=4,
+    ),
+    repeat=st.integers(1, 30),
+)
+def test_remb_garbage_arguments_are_an_error_or_an_estimate(
+    args: list[object], repeat: int
+) -> None:
+    estimator = _fastpath.RembEstimator()
+    for i in range(repeat):
+        values = [a + i * 17 if isinstance(a, int) else a for a in args]
+        try:
+            result = estimator.add(*values)  # type: ignore[arg-type]
+        except (TypeError, OverflowError, ZeroDivisionError):
+            continue
+        assert result is None or (isinstance(result[0], int) and isinstance(result[1], list))
 
 
 # -- the inbound path (rtc/native/inbound.c) against the Python one --------------------

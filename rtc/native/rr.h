@@ -28,6 +28,26 @@ int rr_is_srtp_context(PyObject *o);
 Py_ssize_t rr_srtp_unprotect(PyObject *context, const uint8_t *data, size_t size,
                              uint8_t *plain);
 
+/* -- header writing and sending (rtc/_fastpath.c) ---------------------------- */
+
+/* Larger than any RTP packet a browser sends or the relay writes. */
+#define RR_MAX_PACKET 16384
+
+/* 1 if `o` is a rtc._fastpath.HeaderWriter / rtc._fastpath.Destination. */
+int rr_is_header_writer(PyObject *o);
+int rr_is_destination(PyObject *o);
+
+/* HeaderWriter.seal into `out` (`capacity` bytes): the same bytes. `srtp` is an outbound
+ * SrtpContext; picture_id and original -1 when absent. Returns the sealed size, or -1
+ * when there is nothing to send (too large, an inbound context, OpenSSL failed). */
+Py_ssize_t rr_writer_seal(PyObject *writer, PyObject *srtp, int payload_type,
+                          uint16_t sequence_number, uint32_t timestamp, int marker, uint64_t ntp,
+                          const uint8_t *payload, size_t payload_size, int picture_id,
+                          int original, uint8_t *out, size_t capacity);
+
+/* One sendto(2) of `data` to a Destination: 0 when sent, else the errno. */
+int rr_destination_send(PyObject *destination, const uint8_t *data, size_t size);
+
 /* -- one decrypted RTP packet, as the receive side hands it on ------------------ */
 
 typedef struct {
@@ -48,12 +68,19 @@ int rr_is_fanout(PyObject *o);
 /* Hands `packet` (valid only during the call) to every native lane of `fanout` and
  * counts it. Returns 0 when that is all, 1 when Python must also see this packet
  * (Python sinks are attached, or frames are wanted that the C does not assemble),
- * -1 with a Python exception set. */
+ * -1 with a Python exception set. A packet whose payload type is not the codec Python
+ * last set (PacketSource._set_codec) is neither counted nor forwarded and returns 1:
+ * PacketSource._on_python_packet, seeing a new codec, sets it and pushes it again.
+ * Callbacks into Python may run during the call (a keyframe wanted, frames built). */
 int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
 
 /* -- REMB estimator (rtc/native/remb.c) -------------------------------------- */
 
 typedef struct rr_remb rr_remb;
+
+/* The most SSRCs an estimator remembers for its REMB (aiortc's grows without bound); a
+ * `capacity` of this many never cuts the list short. */
+#define RR_REMB_MAX_SSRCS 16
 
 /* A new estimator, as aiortc.rate.RemoteBitrateEstimator(); NULL when out of memory. */
 rr_remb *rr_remb_new(void);
@@ -61,7 +88,8 @@ void rr_remb_free(rr_remb *remb);
 
 /* aiortc.rate.RemoteBitrateEstimator.add(abs_send_time, arrival_time_ms,
  * payload_size, ssrc): returns 1 and fills *bitrate and ssrcs[0 .. *count) (at most
- * `capacity`) when a REMB should be sent now, 0 when not. */
+ * `capacity`) when a REMB should be sent now, 0 when not. Also 0, with nothing sent,
+ * where aiortc would raise (see remb.c) and for arrival times beyond +-2**50 ms. */
 int rr_remb_add(rr_remb *remb, uint32_t abs_send_time, int64_t arrival_time_ms,
                 uint32_t payload_size, uint32_t ssrc, uint64_t *bitrate, uint32_t *ssrcs,
                 int *count, int capacity);
