@@ -581,11 +581,6 @@ class _Inbound:
         # and senders start (after receive_packets is called), so read on each packet
         # (natively: each time a new SSRC is routed, which its receiver's start allows).
         self._extension_ids = getattr(getattr(dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
-        # The Python path's native decryption (rtc/_fastpath.c), made from the same
-        # keys as the pylibsrtp session it stands in for, and remade if that changes.
-        self._native = packet_path.enabled()
-        self._native_rx: SrtpContext | None = None
-        self._native_for: pylibsrtp.Session | None = None
         self._unreadable = 0
         self._ignored = 0
 
@@ -702,18 +697,6 @@ class _Inbound:
             self._pass_on(data, component)
 
     def _receive(self, srtp: pylibsrtp.Session, data: bytes) -> None:
-        if self._native:
-            if srtp is not self._native_for:
-                self._native_for = srtp
-                self._native_rx = _native_srtp(self._dtls, outbound=False)
-            native = self._native_rx
-            if native is not None:
-                plain = native.unprotect(data)
-                if plain is None:
-                    self._unreadable += 1
-                    return
-                self._forward(plain)
-                return
         try:
             plain = srtp.unprotect(data)
         except pylibsrtp.Error:
