@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
+import functools
 import logging
 import queue
 import random
 import time
 from array import array
+from asyncio.selector_events import _SelectorDatagramTransport  # type: ignore[attr-defined]
 from collections.abc import Callable, Sequence
 from socket import SOCK_DGRAM
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,7 +54,7 @@ from aiortc import (
 from aiortc.codecs import is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rate import RateBucket, RateCounter, RemoteBitrateEstimator
+from aiortc.rate import RateBucket, RateCounter
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
@@ -69,7 +71,7 @@ from av.frame import Frame
 from rtc import mux, packet_path, rtp
 
 if TYPE_CHECKING:
-    from rtc._fastpath import Destination, HeaderWriter, Lane, RembEstimator, SrtpContext
+    from rtc._fastpath import Destination, HeaderWriter, Lane, Receiver, SrtpContext, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,24 @@ _SENDER_NTP = "_RTCRtpSender__ntp_timestamp"
 _SENDER_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
 _SENDER_OCTETS = "_RTCRtpSender__octet_count"
 _SENDER_PACKETS = "_RTCRtpSender__packet_count"
+# asyncio's UDP transport, whose reader the native path replaces (see `_Inbound._take_reader`).
+_TRANSPORT_LOOP = "_loop"
+_TRANSPORT_FD = "_sock_fd"
+_TRANSPORT_CLOSED = "_conn_lost"
+_LOOP_ADD_READER = "_add_reader"  # without add_reader's check that no transport owns the fd
+_LOOP_REMOVE_READER = "_remove_reader"
+# StreamStatistics' state, carried onto the native Stream that replaces one.
+_STREAM_STATISTICS_FIELDS = (
+    "base_seq",
+    "max_seq",
+    "cycles",
+    "packets_received",
+    "_jitter_q4",
+    "_last_arrival",
+    "_last_timestamp",
+    "_expected_prior",
+    "_received_prior",
+)
 
 # Decoded-on-demand frames waiting for aiortc's decoder thread. Beyond this the
 # decoder is behind; dropping is better than growing.
@@ -197,9 +217,14 @@ class ReceiverTap:
         """Send a PLI upstream for every media stream; returns how many were asked."""
         return await send_pli(self._receiver)
 
-    def receive_packets(self, handler: PacketHandler) -> None:
+    def receive_packets(
+        self,
+        handler: PacketHandler,
+        fanout: object = None,
+        on_python_packet: PacketHandler | None = None,
+    ) -> None:
         """See the module function `receive_packets`."""
-        receive_packets(self._receiver, handler)
+        receive_packets(self._receiver, handler, fanout, on_python_packet)
 
 
 class PromptJitterBuffer(JitterBuffer):
@@ -475,7 +500,7 @@ class _InboundStream:
             stats = streams[ssrc] = StreamStatistics(codec.clockRate)
         self._stats = stats
         self._nack = getattr(receiver, _NACK_GENERATOR)
-        self._estimator = inbound.estimator(receiver)
+        self._estimator = getattr(receiver, _BITRATE_ESTIMATOR)
         self._rtx = rtx  # (original payload type, original SSRC) for a retransmission stream
 
     def receive(self, view: rtp.RtpView) -> None:
@@ -518,6 +543,11 @@ class _Inbound:
     a jitter buffer and a depacketizer before anyone saw it. Here a packet is
     decrypted and handed to its receiver's handler in the same call that read
     it from the socket. DTLS, STUN and RTCP still go aiortc's way.
+
+    Two implementations of the same steps: the Python path (`_InboundStream`,
+    one Python call chain per packet) and the native one (rtc/native/inbound.c:
+    the socket is read, packets decrypted, parsed, counted and handed on in C,
+    with aiortc's receiver reading its statistics from the C `Stream`s).
     """
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
@@ -528,45 +558,122 @@ class _Inbound:
         self._pass_on: Callable[[bytes, int], None] = self._connection.data_received
         # Packets from sockets not hooked below still arrive here.
         self._connection.data_received = self._data_received
+        # On the native path (rtc/native/inbound.c) a datagram goes from the socket
+        # to its source's fan-out in one C call; Python hears only of new SSRCs,
+        # NACKs and REMBs to send, and packets a Python sink must see.
+        self._inbound = packet_path.inbound(
+            MAX_STREAMS_PER_TRANSPORT, self._learn_native, self._native_ready
+        )
         # aioice tries to parse every datagram as STUN before handing it on;
         # RTP cannot be STUN (RFC 7983 section 7), so skip that on each socket.
         for protocol in getattr(self._connection, _PROTOCOLS):
-            protocol.datagram_received = self._skip_stun(protocol.datagram_received)
+            if self._inbound is not None:
+                self._take_reader(protocol, protocol.datagram_received)
+                protocol.datagram_received = functools.partial(
+                    self._inbound.datagram_received, protocol.datagram_received
+                )
+            else:
+                protocol.datagram_received = self._skip_stun(protocol.datagram_received)
         self._handlers: dict[RTCRtpReceiver, PacketHandler] = {}
-        # On the native path, each video receiver's bandwidth estimator in C.
-        self._estimators: dict[RTCRtpReceiver, RembEstimator] = {}
+        self._receivers: dict[RTCRtpReceiver, Receiver] = {}
         self._streams: dict[int, _InboundStream] = {}
         # aiortc's header extension ids for this transport: filled in when its receivers
-        # and senders start (after receive_packets is called), so read on each packet.
+        # and senders start (after receive_packets is called), so read on each packet
+        # (natively: each time a new SSRC is routed, which its receiver's start allows).
         self._extension_ids = getattr(getattr(dtls, _EXTENSIONS_MAP), _EXTENSION_IDS)
-        # The native path's decryption (rtc/_fastpath.c), made from the same keys
-        # as the pylibsrtp session it stands in for, and remade if that changes.
-        self._native = packet_path.enabled()
-        self._native_rx: SrtpContext | None = None
-        self._native_for: pylibsrtp.Session | None = None
-        self.unreadable = 0
-        self.ignored = 0
+        self._unreadable = 0
+        self._ignored = 0
 
-    def add(self, receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
+    @property
+    def unreadable(self) -> int:
+        """RTP datagrams SRTP or the parser refused."""
+        return self._unreadable + (self._inbound.unreadable if self._inbound is not None else 0)
+
+    @property
+    def ignored(self) -> int:
+        """RTP packets of SSRCs no receiver takes (or beyond MAX_STREAMS_PER_TRANSPORT)."""
+        return self._ignored + (self._inbound.ignored if self._inbound is not None else 0)
+
+    def add(
+        self,
+        receiver: RTCRtpReceiver,
+        handler: PacketHandler,
+        fanout: object = None,
+        on_python_packet: PacketHandler | None = None,
+    ) -> None:
         self._handlers[receiver] = handler
-        # aiortc's estimator costs ~11 us a packet in Python; the C one gives the same
-        # REMBs. One per receiver, as aiortc has: its media and RTX streams share it.
-        if (
-            self._native
-            and receiver not in self._estimators
-            and getattr(receiver, _BITRATE_ESTIMATOR) is not None  # audio has none
-        ):
-            native = packet_path.remb_estimator()
-            if native is not None:
-                self._estimators[receiver] = native
+        if self._inbound is None:
+            return
+        native_fanout = fanout if packet_path.is_fanout(fanout) else None
+        self._receivers[receiver] = packet_path.inbound_receiver(
+            handler if native_fanout is None or on_python_packet is None else on_python_packet,
+            native_fanout,
+            functools.partial(self.send_nack, receiver)
+            if getattr(receiver, _NACK_GENERATOR) is not None
+            else None,
+            functools.partial(self._send_remb, receiver)
+            if getattr(receiver, _BITRATE_ESTIMATOR) is not None
+            else None,
+        )
 
-    def estimator(self, receiver: RTCRtpReceiver) -> RemoteBitrateEstimator | RembEstimator | None:
-        """The REMB estimator `receiver`'s packets go through: the native one, else aiortc's."""
-        native = self._estimators.get(receiver)
-        if native is not None:
-            return native
-        estimator: RemoteBitrateEstimator | None = getattr(receiver, _BITRATE_ESTIMATOR)
-        return estimator
+    def _take_reader(self, protocol: Any, original: Callable[[bytes, Any], None]) -> None:
+        """Read an aioice socket of this connection from C, every datagram waiting per
+        wake-up (recvmmsg(2)), where asyncio reads one per event-loop turn.
+
+        Only a plain UDP socket asyncio reads with its selector: the media port's
+        shared socket, TURN and ICE-TCP keep their readers. The transport still owns
+        the socket: closing it (or pausing reading) removes this reader by its fd.
+        """
+        assert self._inbound is not None
+        transport = protocol.transport
+        if type(protocol) is not StunProtocol or type(transport) is not _SelectorDatagramTransport:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.type != SOCK_DGRAM or getattr(transport, _TRANSPORT_CLOSED):
+            return
+        loop = getattr(transport, _TRANSPORT_LOOP)
+        fd = getattr(transport, _TRANSPORT_FD)
+        getattr(loop, _LOOP_REMOVE_READER)(fd)
+        getattr(loop, _LOOP_ADD_READER)(
+            fd, self._inbound.drain, fd, original, protocol.error_received
+        )
+
+    def _native_ready(self) -> bool:
+        """RTP before the native context exists: make it if the DTLS keys are there."""
+        assert self._inbound is not None
+        if self._dtls._rx_srtp is None:
+            return False
+        context = _native_srtp(self._dtls, outbound=False)
+        if context is None:
+            return False
+        self._inbound.srtp = context
+        return True
+
+    def _learn_native(self, plain: bytes) -> Stream | None:
+        """A native Stream for a new SSRC (rtc/native/inbound.c registers it)."""
+        view = rtp.parse(plain)
+        route = self._route(plain, view) if view is not None else None
+        if view is None or route is None:
+            return None
+        receiver, codec, rtx = route
+        native = self._receivers.get(receiver)
+        if native is None:
+            return None
+        # Routed: aiortc has configured this transport's extension ids by now.
+        assert self._inbound is not None
+        self._inbound.abs_send_time_id = self._extension_ids.abs_send_time
+        stream = packet_path.inbound_stream(native, view.ssrc, codec.clockRate, codec, rtx)
+        # aiortc's receiver reports and getStats read this in place of a StreamStatistics.
+        streams: dict[int, Any] = getattr(receiver, _REMOTE_STREAMS)
+        previous = streams.get(view.ssrc)
+        if previous is not None:  # aiortc counted packets before us: carry its counts on
+            for name in _STREAM_STATISTICS_FIELDS:
+                setattr(stream, name, getattr(previous, name))
+        streams[view.ssrc] = stream
+        return stream
+
+    def _send_remb(self, receiver: RTCRtpReceiver, bitrate: int, ssrcs: list[int]) -> None:
+        self.send_feedback(receiver, RTCP_PSFB_APP, 0, pack_remb_fci(bitrate, ssrcs))
 
     def _skip_stun(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
         def datagram_received(data: bytes, addr: Any) -> None:
@@ -579,6 +686,10 @@ class _Inbound:
         return datagram_received
 
     def _data_received(self, data: bytes, component: int) -> None:
+        if self._inbound is not None:
+            if self._inbound.datagram(data) == packet_path.INBOUND_PASS:
+                self._pass_on(data, component)
+            return
         srtp = self._dtls._rx_srtp
         if srtp is not None and _is_rtp(data):
             self._receive(srtp, data)
@@ -586,29 +697,17 @@ class _Inbound:
             self._pass_on(data, component)
 
     def _receive(self, srtp: pylibsrtp.Session, data: bytes) -> None:
-        if self._native:
-            if srtp is not self._native_for:
-                self._native_for = srtp
-                self._native_rx = _native_srtp(self._dtls, outbound=False)
-            native = self._native_rx
-            if native is not None:
-                plain = native.unprotect(data)
-                if plain is None:
-                    self.unreadable += 1
-                    return
-                self._forward(plain)
-                return
         try:
             plain = srtp.unprotect(data)
         except pylibsrtp.Error:
-            self.unreadable += 1
+            self._unreadable += 1
             return
         self._forward(plain)
 
     def _forward(self, plain: bytes) -> None:
         view = rtp.parse(plain, self._extension_ids.abs_send_time)
         if view is None:
-            self.unreadable += 1
+            self._unreadable += 1
             return
         stream = self._streams.get(view.ssrc)
         if stream is None:
@@ -618,37 +717,46 @@ class _Inbound:
         stream.receive(view)
 
     def _learn(self, plain: bytes, view: rtp.RtpView) -> _InboundStream | None:
-        """Find the receiver of a new SSRC the way aiortc's router does (MID, SSRC, payload type)."""
         if len(self._streams) >= MAX_STREAMS_PER_TRANSPORT:
-            self.ignored += 1
+            self._ignored += 1
             return None
+        route = self._route(plain, view)
+        if route is None:
+            return None
+        receiver, codec, rtx = route
+        stream = _InboundStream(self, receiver, self._handlers[receiver], codec, view.ssrc, rtx)
+        self._streams[view.ssrc] = stream
+        return stream
+
+    def _route(
+        self, plain: bytes, view: rtp.RtpView
+    ) -> tuple[RTCRtpReceiver, RTCRtpCodecParameters, tuple[int, int] | None] | None:
+        """Find the receiver of a new SSRC the way aiortc's router does (MID, SSRC, payload type):
+        (receiver, codec, (original payload type, original SSRC) for RTX), or None (counted)."""
         try:
             packet = RtpPacket.parse(plain, getattr(self._dtls, _EXTENSIONS_MAP))
         except ValueError:
-            self.unreadable += 1
+            self._unreadable += 1
             return None
         receiver = getattr(self._dtls, _ROUTER).route_rtp(packet)
-        handler = self._handlers.get(receiver) if receiver is not None else None
-        if receiver is None or handler is None:
-            self.ignored += 1
+        if receiver is None or receiver not in self._handlers:
+            self._ignored += 1
             return None
         codecs: dict[int, RTCRtpCodecParameters] = getattr(receiver, _RECEIVER_CODECS)
         codec = codecs.get(view.payload_type)
         if codec is None:
-            self.ignored += 1
+            self._ignored += 1
             return None
         rtx = None
         if is_rtx(codec):
             original_ssrc = getattr(receiver, _RTX_SSRC).get(view.ssrc)
             apt = codec.parameters.get("apt")
             if original_ssrc is None or not isinstance(apt, int) or apt not in codecs:
-                self.ignored += 1
+                self._ignored += 1
                 return None
             rtx = (apt, original_ssrc)
             codec = codecs[apt]
-        stream = _InboundStream(self, receiver, handler, codec, view.ssrc, rtx)
-        self._streams[view.ssrc] = stream
-        return stream
+        return receiver, codec, rtx
 
     # RTCP feedback the receiver would have sent (aiortc sends its own receiver reports).
 
@@ -679,12 +787,21 @@ class _Inbound:
             logger.debug("RTCP feedback could not be protected", exc_info=True)
 
 
-def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
+def receive_packets(
+    receiver: RTCRtpReceiver,
+    handler: PacketHandler,
+    fanout: object = None,
+    on_python_packet: PacketHandler | None = None,
+) -> None:
     """Hand every RTP packet for `receiver` to `handler`, decrypted, instead of to aiortc.
 
     Call after the local description is set (when the receiver's transport is
     final) and before media flows. aiortc's receiver keeps its statistics,
     NACKs and REMB, but reassembles and decodes nothing.
+
+    On the native packet path, when `fanout` is a rtc._fastpath.Fanout, packets go
+    to it from C, and to `on_python_packet` only when the fan-out says Python must
+    see them; otherwise `handler` gets every packet.
     """
     dtls = receiver.transport
     for name in (_DTLS_STATE, _RX_SRTP, _TX_SRTP, _ROUTER, _EXTENSIONS_MAP):
@@ -703,7 +820,7 @@ def receive_packets(receiver: RTCRtpReceiver, handler: PacketHandler) -> None:
     inbound = dtls.__dict__.get("relay_inbound")
     if inbound is None:
         inbound = dtls.__dict__["relay_inbound"] = _Inbound(dtls)
-    inbound.add(receiver, handler)
+    inbound.add(receiver, handler, fanout, on_python_packet)
 
 
 def _destination(pair: Any) -> Destination | None:

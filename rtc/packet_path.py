@@ -13,17 +13,21 @@ every packet-path test both ways).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rtc._fastpath import (
         Destination,
         Fanout,
         HeaderWriter,
+        Inbound,
         Lane,
+        Receiver,
         RembEstimator,
         SrtpContext,
+        Stream,
     )
 
 Mode = Literal["auto", "native", "python"]
@@ -98,6 +102,48 @@ def destination(fd: int, host: str, port: int) -> Destination | None:
         return None
     made: Destination = _native.Destination(fd, host, port)
     return made
+
+
+# What Inbound.datagram returns for a datagram that is not its to take (not RTP,
+# or before the keys): the caller passes it on (rtc/native/inbound.c).
+INBOUND_PASS = 1
+
+
+def inbound(
+    max_streams: int, learn: Callable[[bytes], Stream | None], ready: Callable[[], bool]
+) -> Inbound | None:
+    """A native inbound path for one DTLS transport, or None on the Python path."""
+    if _native is None:
+        return None
+    made: Inbound = _native.Inbound(max_streams, learn, ready)
+    return made
+
+
+def inbound_receiver(
+    handler: Callable[[Any, Any], None],
+    fanout: object,
+    on_nack: Callable[[int, list[int]], None] | None,
+    on_remb: Callable[[int, list[int]], None] | None,
+) -> Receiver:
+    """Where one receiver's packets go on the native path, with its NACK and REMB state."""
+    assert _native is not None
+    made: Receiver = _native.Receiver(handler, fanout, on_nack, on_remb)
+    return made
+
+
+def inbound_stream(
+    receiver: Receiver, ssrc: int, clockrate: int, codec: object, rtx: tuple[int, int] | None
+) -> Stream:
+    """One inbound SSRC on the native path (its statistics stand in for aiortc's)."""
+    assert _native is not None
+    made: Stream = _native.Stream(receiver, ssrc, clockrate, codec, rtx)
+    return made
+
+
+def is_fanout(o: object) -> bool:
+    """Whether `o` is a native fan-out (rtc/native/fanout.c) this path can push to."""
+    fanout = getattr(_native, "Fanout", None)
+    return fanout is not None and isinstance(o, fanout)
 
 
 def lane() -> Lane | None:

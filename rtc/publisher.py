@@ -40,7 +40,9 @@ class Publisher(PacketSource):
 
     def start_receiving(self) -> None:
         """Take packets straight from the connection (once the local description is set)."""
-        self._tap.receive_packets(self._on_packet)
+        # With a native fan-out (rtc/native/fanout.c) packets reach it from C, and
+        # Python only sees the ones its own sinks need.
+        self._tap.receive_packets(self._on_packet, self.native_fanout, self._on_python_packet)
 
     def _on_assembled(self, frame: EncodedFrame) -> None:
         self._tap.decode_frame(frame.codec, frame.data, frame.timestamp)

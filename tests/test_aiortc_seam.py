@@ -240,7 +240,10 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
         # The path asked for is the one that runs, both ways.
         native = packet_path_mode == "native"
         inbound = receiver.transport.__dict__["relay_inbound"]
-        assert (inbound._native_rx is not None) == native
+        # (natively: rtc/native/inbound.c decrypts, with the connection's keys)
+        assert (inbound._inbound is not None and inbound._inbound.srtp is not None) == native
+        # (natively, reading aioice's socket itself: every datagram waiting per wake-up)
+        assert (inbound._inbound is not None and inbound._inbound.drained >= 30) == native
         assert (packets._native_tx is not None) == native
         # Decrypted, parsed, in order, VP8 from the start.
         first = views[0]
@@ -253,6 +256,11 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
         stats = await receiver.getStats()
         inbound = [s for s in stats.values() if s.type == "inbound-rtp"]
         assert inbound and inbound[0].packetsReceived >= 30
+        # (natively, from the C stream that stands in for aiortc's StreamStatistics)
+        remote = getattr(receiver, aiortc_seam._REMOTE_STREAMS)
+        assert {type(s).__name__ for s in remote.values()} == (
+            {"Stream"} if native else {"StreamStatistics"}
+        )
         # ...and decodes nothing.
         assert receiver.track._queue.qsize() == 0  # type: ignore[attr-defined]
 
@@ -321,6 +329,80 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
             await pc.close()
 
 
+async def test_a_lost_packet_is_nacked_and_resent_and_reports_count_the_loss(
+    packet_path_mode,
+) -> None:
+    """The network loses one of the publisher's packets on its way to the server: the
+    server NACKs it, the publisher's aiortc resends it over RTX and the server's handler
+    gets the original back; the receiver reports that reach the publisher say how far the
+    stream got and that one packet is lost from it (the resend counts on the RTX SSRC)."""
+    a, server_in = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        sender = a.addTrack(VideoStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        await server_in.setRemoteDescription(a.localDescription)
+        receiver = server_in.getTransceivers()[0].receiver
+        await server_in.setLocalDescription(await server_in.createAnswer())
+        views: list[rtp.RtpView] = []
+        aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+        transceiver = server_in.getTransceivers()[0]
+        media = aiortc_seam.negotiated_codec(transceiver)
+        assert media is not None and media.mimeType == "video/VP8"
+        media_pt = media.payloadType
+        assert any(c.mimeType == "video/rtx" for c in transceiver._codecs)  # type: ignore[attr-defined]
+
+        # The lossy network: one media packet A sends never arrives (A keeps it in its
+        # history as sent, as when a router drops it).
+        lost: list[int] = []
+        send_rtp = sender.transport._send_rtp
+
+        async def lossy(data: bytes) -> None:
+            if data[1] & 0x7F == media_pt and len(views) >= 40 and not lost:
+                lost.append(int.from_bytes(data[2:4], "big"))
+                return
+            await send_rtp(data)
+
+        sender.transport._send_rtp = lossy  # type: ignore[method-assign]
+        reports: list[object] = []
+        handle_rtcp = sender._handle_rtcp_packet
+
+        async def record_rtcp(packet):  # type: ignore[no-untyped-def]
+            reports.extend(getattr(packet, "reports", ()))
+            await handle_rtcp(packet)
+
+        sender._handle_rtcp_packet = record_rtcp  # type: ignore[method-assign]
+        await a.setRemoteDescription(server_in.localDescription)
+
+        def resent() -> bool:
+            return bool(lost) and any(v.sequence_number == lost[0] for v in views)
+
+        await _until(resent)
+        index = next(i for i, v in enumerate(views) if v.sequence_number == lost[0])
+        resend = views[index]
+        # It came back late (after later packets), whole, as the original stream's packet.
+        assert any(v.sequence_number == (lost[0] + 1) & 0xFFFF for v in views[:index])
+        assert resend.payload_type == media_pt and len(resend.payload) > 0
+        assert [v.ssrc for v in views] == [sender._ssrc] * len(views)
+
+        def reported() -> bool:
+            return any(
+                r.ssrc == sender._ssrc and r.packets_lost == 1 and r.highest_sequence > lost[0]
+                for r in reports  # type: ignore[attr-defined]
+            )
+
+        await _until(reported)
+        report = next(r for r in reversed(reports) if r.ssrc == sender._ssrc)  # type: ignore[attr-defined]
+        seen = {v.sequence_number for v in views}
+        assert report.highest_sequence in seen  # type: ignore[attr-defined]
+        assert report.packets_lost == 1  # type: ignore[attr-defined]
+        # (natively, the report is read from the C stream that stands in for aiortc's)
+        remote = getattr(receiver, aiortc_seam._REMOTE_STREAMS)[sender._ssrc]
+        assert (type(remote).__name__ == "Stream") == (packet_path_mode == "native")
+    finally:
+        for pc in (a, server_in):
+            await pc.close()
+
+
 async def test_the_server_still_sends_remb_to_the_browser(packet_path_mode) -> None:
     """aiortc's receive-side bandwidth estimate (in C on the native path) reaches the
     sending browser as RTCP REMB, for its video; audio has no estimator, as in aiortc."""
@@ -357,14 +439,10 @@ async def test_the_server_still_sends_remb_to_the_browser(packet_path_mode) -> N
         sending = sent * 8 / (asyncio.get_running_loop().time() - started)
         assert sending / 3 < bitrate < 3 * sending + 20_000, (bitrate, sending)
 
+        # Natively the estimate is made in C (rtc/native/inbound.c through remb.c), one
+        # estimator per video receiver as aiortc has, shared by its media and RTX streams.
         inbound = receivers["video"].transport.__dict__["relay_inbound"]
-        video = inbound.estimator(receivers["video"])
-        native = isinstance(video, _fastpath.RembEstimator)
-        assert native == (packet_path_mode == "native")
-        assert inbound.estimator(receivers["audio"]) is None
-        # Every stream of the video receiver (media, and RTX when it comes) shares it.
-        streams = [s for s in inbound._streams.values() if s._receiver is receivers["video"]]
-        assert streams and all(s._estimator is video for s in streams)
+        assert (inbound._inbound is not None) == (packet_path_mode == "native")
     finally:
         await a.close()
         await server.close()
@@ -531,3 +609,24 @@ def test_srtp_key_material_names_are_checked() -> None:
 
     with pytest.raises(aiortc_seam.SeamError, match="_ssl"):
         aiortc_seam.srtp_key_material(NotATransport())  # type: ignore[arg-type]
+
+
+def test_a_native_stream_carries_on_the_counts_of_the_statistics_it_replaces() -> None:
+    """Packets aiortc counted before the native path took over are not forgotten: the
+    C Stream that replaces a StreamStatistics starts from its state (the same names)."""
+    from aiortc.rtcrtpreceiver import StreamStatistics
+
+    theirs = StreamStatistics(90000)
+    for seq in (65530, 65531, 65533, 2, 1, 5):
+        theirs.add(rtp.RtpView(1, 96, seq, seq * 3000, False, b"x"))  # type: ignore[arg-type]
+    theirs.fraction_lost  # noqa: B018 (a report was sent: the interval restarts)
+    ours = _fastpath.Stream(_fastpath.Receiver(lambda codec, view: None), 1, 90000, None)
+    for name in aiortc_seam._STREAM_STATISTICS_FIELDS:
+        setattr(ours, name, getattr(theirs, name))
+    for seq in (6, 9, 8):
+        view = rtp.RtpView(1, 96, seq, seq * 3000, False, b"x")
+        theirs.add(view)  # type: ignore[arg-type]
+        ours.add(view)
+    for name in ("packets_received", "packets_expected", "packets_lost", "fraction_lost"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert (ours.max_seq, ours.cycles, ours.base_seq) == (9, 1 << 16, 65530)

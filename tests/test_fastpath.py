@@ -10,11 +10,13 @@ against a build with AddressSanitizer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib.util
 import itertools
 import os
 import random
+import socket
 import struct
 from collections.abc import Callable
 from fractions import Fraction
@@ -1391,3 +1393,369 @@ def test_remb_garbage_arguments_are_an_error_or_an_estimate(
         except (TypeError, OverflowError, ZeroDivisionError):
             continue
         assert result is None or (isinstance(result[0], int) and isinstance(result[1], list))
+
+
+# -- the inbound path (rtc/native/inbound.c) against the Python one --------------------
+
+
+def _fields(view: rtp.RtpView | None) -> tuple[object, ...] | None:
+    if view is None:
+        return None
+    return tuple(getattr(view, name) for name in rtp.RtpView.__slots__)
+
+
+def _with_abs_send_time(rng: random.Random, packet: bytes, ident: int) -> bytes:
+    """`packet` with a one-byte-profile extension block carrying abs-send-time (and
+    padding bytes, other elements, sometimes a reserved id 15 that ends the block)."""
+    first, second, seq, timestamp, ssrc = struct.unpack_from("!BBHII", packet)
+    csrcs = 4 * (first & 0x0F)
+    view = rtp.parse(packet)
+    assert view is not None
+    elements = b""
+    for _ in range(rng.randrange(4)):
+        elements += rng.choice(
+            [b"\x00", bytes([0x10 | rng.randrange(4)]) + os.urandom(4), b"\xf0"]
+        )[: rng.randrange(1, 6)]
+    elements += bytes([ident << 4 | 2]) + os.urandom(3)
+    elements += bytes(-len(elements) % 4)
+    header = struct.pack("!BBHII", first | 0x10, second, seq, timestamp, ssrc)
+    extension = struct.pack("!HH", rng.choice([0xBEDE, 0xBEDE, 0x1000]), len(elements) // 4)
+    tail = bytes(view.padding_size - 1) + bytes([view.padding_size]) if view.padding_size else b""
+    return header + packet[12 : 12 + csrcs] + extension + elements + view.payload + tail
+
+
+def test_parse_reads_what_rtc_rtp_parse_reads() -> None:
+    """Browsers' packets (CSRCs, extensions of both profiles, abs-send-time among other
+    elements, padding), and the same cut short or with their lengths bent."""
+    rng = random.Random(14)
+    for count in range(3000):
+        packet = rtp_packet(rng, rng.randrange(1 << 32), count, count * 90)
+        if rng.random() < 0.5:
+            packet = _with_abs_send_time(rng, packet, rng.randrange(1, 15))
+        if rng.random() < 0.3:
+            packet = packet[: rng.randrange(len(packet) + 1)]
+        if rng.random() < 0.2 and packet:
+            spot = rng.randrange(len(packet))
+            packet = packet[:spot] + bytes([rng.randrange(256)]) + packet[spot + 1 :]
+        for ident in (None, rng.randrange(0, 16)):
+            assert _fields(_fastpath.parse_rtp(packet, ident)) == _fields(rtp.parse(packet, ident))
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), ident=st.one_of(st.none(), st.integers(-1, 16)))
+def test_parse_of_garbage_is_what_rtc_rtp_parse_says(data: bytes, ident: int | None) -> None:
+    assert _fields(_fastpath.parse_rtp(data, ident)) == _fields(rtp.parse(data, ident))
+
+
+def _sequence(rng: random.Random, count: int, start: int) -> list[int]:
+    """Sequence numbers as a network delivers them: in order, lost, reordered,
+    duplicated, a jump ahead, across the 16-bit wrap."""
+    numbers = []
+    seq = start
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.05:
+            seq += rng.randrange(2, 40)  # a burst lost
+        elif roll < 0.06:
+            seq += rng.randrange(200, 3000)  # a jump ahead (past the NACK history)
+        elif roll < 0.12 and numbers:
+            numbers.append((seq - rng.randrange(1, 150)) & 0xFFFF)  # late, or a duplicate
+        seq += 1
+        numbers.append(seq & 0xFFFF)
+    return numbers
+
+
+def test_stream_statistics_are_aiortcs(monkeypatch) -> None:
+    """aiortc's StreamStatistics and the C Stream, given the same packets at the same
+    times, report the same numbers (what its receiver reports and getStats are made of)."""
+    from aiortc.rtcrtpreceiver import StreamStatistics
+
+    rng = random.Random(3)
+    receiver = _fastpath.Receiver(lambda codec, view: None)
+    for clockrate, start in ((90000, 65000), (48000, 10)):
+        theirs = StreamStatistics(clockrate)
+        ours = _fastpath.Stream(receiver, 1, clockrate, None)
+        now = 1_700_000_000.0
+        for index, seq in enumerate(_sequence(rng, 5000, start)):
+            now += rng.choice((0.0, 0.001, 0.02, 0.5))
+            timestamp = (seq * 3000 + rng.randrange(-50, 50)) & 0xFFFFFFFF
+            monkeypatch.setattr("time.time", lambda now=now: now)
+            theirs.add(rtp.RtpView(1, 96, seq, timestamp, False, b""))  # type: ignore[arg-type]
+            monkeypatch.undo()
+            ours.add_at(seq, timestamp, int(now * clockrate))
+            for name in (
+                "base_seq",
+                "max_seq",
+                "cycles",
+                "packets_received",
+                "jitter",
+                "packets_expected",
+                "packets_lost",
+                "_jitter_q4",
+                "_last_arrival",
+                "_last_timestamp",
+            ):
+                assert getattr(ours, name) == getattr(theirs, name), (index, name)
+            if index % 97 == 0:  # a report: fraction_lost starts a new interval
+                assert ours.fraction_lost == theirs.fraction_lost, index
+        assert theirs.cycles > 0 or start < 60000
+
+
+def test_the_nack_generator_is_aiortcs() -> None:
+    """Same sequence numbers (loss, reordering, jumps, the wrap): a NACK is due at the
+    same packets, for the same missing set."""
+    from aiortc.rtcrtpreceiver import NackGenerator
+
+    rng = random.Random(5)
+    theirs, ours = NackGenerator(), _fastpath.NackGenerator()
+    assert ours.max_seq is None and ours.missing == set()
+    for index, seq in enumerate(_sequence(rng, 20000, 60000)):
+        view = rtp.RtpView(1, 96, seq, 0, False, b"")
+        assert ours.add(seq) == theirs.add(view), index  # type: ignore[arg-type]
+        assert ours.missing == theirs.missing, index
+        assert ours.max_seq == theirs.max_seq
+
+
+class _Peer:
+    """The sending side of a connection: seals packets for an Inbound's context."""
+
+    def __init__(self) -> None:
+        profile, size = PROFILES["aes-128-gcm"]
+        key = os.urandom(size)
+        self.tx = _fastpath.SrtpContext(profile, key, True)
+        self.rx = _fastpath.SrtpContext(profile, key, False)
+
+    def seal(self, packet: bytes) -> bytes:
+        sealed = self.tx.protect(packet)
+        assert sealed is not None
+        return sealed
+
+
+def test_inbound_hands_on_what_the_python_path_hands_on() -> None:
+    """A media stream and its RTX stream (retransmissions and padding-only probes) through
+    Inbound: the handler sees what rtc.rtp.parse / unwrap_rtx give, NACKs are sent when
+    aiortc's generator says so with its missing list, statistics count every packet."""
+    from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+
+    rng = random.Random(8)
+    peer = _Peer()
+    seen: list[tuple[object, rtp.RtpView]] = []
+    nacks: list[tuple[int, list[int]]] = []
+    receiver = _fastpath.Receiver(
+        lambda codec, view: seen.append((codec, view)),
+        None,
+        lambda ssrc, lost: nacks.append((ssrc, lost)),
+    )
+    codec = object()
+    learnt: list[int] = []
+
+    def learn(plain: bytes) -> _fastpath.Stream | None:
+        view = rtp.parse(plain)
+        assert view is not None
+        learnt.append(view.ssrc)
+        if view.ssrc == 1111:
+            return _fastpath.Stream(receiver, 1111, 90000, codec)
+        if view.ssrc == 2222:
+            return _fastpath.Stream(receiver, 2222, 90000, codec, (96, 1111))
+        return None
+
+    inbound = _fastpath.Inbound(16, learn, lambda: False)
+    before_keys = peer.seal(rtp_packet(rng, 1111, 64990, 0))
+    assert inbound.datagram(before_keys) == _fastpath.INBOUND_PASS
+    inbound.srtp = peer.rx
+    inbound.abs_send_time_id = 3
+    nack, stats = NackGenerator(), {1111: StreamStatistics(90000), 2222: StreamStatistics(90000)}
+    expected: list[rtp.RtpView] = []
+    expected_nacks: list[tuple[int, list[int]]] = []
+    sent: dict[int, bytes] = {}
+    rtx_seq = 500
+    for index, seq in enumerate(_sequence(rng, 3000, 65000)):
+        if seq in sent and rng.random() < 0.5:  # resent as RTX, or a probe
+            probe = rng.random() < 0.2
+            payload = b"" if probe else rtp.rtx_payload(seq, rtp.parse(sent[seq]).payload)  # type: ignore[union-attr]
+            packet = struct.pack("!BBHII", 0xA0 if probe else 0x80, 97, rtx_seq, index, 2222)
+            packet += payload + (bytes(rng.randrange(1, 200)) if probe else b"")
+            if probe:
+                packet = packet[:-1] + bytes([len(packet) - 12])
+            rtx_seq += 1
+        else:
+            packet = rtp_packet(rng, 1111, seq, index * 3000)
+            packet = packet[:1] + bytes([packet[1] & 0x80 | 96]) + packet[2:]
+            if rng.random() < 0.3:
+                packet = _with_abs_send_time(rng, packet, 3)
+            sent.setdefault(seq, packet)
+        sealed = peer.seal(packet)
+        if rng.random() < 0.01:  # damaged on the way: refused, not handed on
+            sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+            assert inbound.datagram(sealed) == _fastpath.INBOUND_UNREADABLE
+            continue
+        if inbound.datagram(sealed) == _fastpath.INBOUND_UNREADABLE:
+            continue  # a replay of a packet sent before: SRTP refuses it
+        view = rtp.parse(packet, 3)
+        assert view is not None
+        stats[view.ssrc].add(view)  # type: ignore[arg-type]
+        if view.ssrc == 2222:
+            unwrapped = rtp.unwrap_rtx(view, 96, 1111)
+            if unwrapped is None:
+                continue
+            view = unwrapped
+        if nack.add(view):  # type: ignore[arg-type]
+            expected_nacks.append((1111, sorted(nack.missing)))
+        if view.payload:
+            expected.append(view)
+    assert [_fields(v) for _, v in seen] == [_fields(v) for v in expected]
+    assert all(c is codec for c, _ in seen)
+    assert nacks == expected_nacks and len(nacks) > 50
+    assert learnt == [1111, 2222]
+    for ssrc, theirs in stats.items():
+        ours = inbound.streams[ssrc]
+        assert (ours.packets_received, ours.max_seq, ours.packets_lost, ours.cycles) == (
+            theirs.packets_received,
+            theirs.max_seq,
+            theirs.packets_lost,
+            theirs.cycles,
+        )
+    # Not RTP (DTLS, STUN, RTCP): for the caller to pass on.
+    for other in (b"\x16\xfe\xfd" + bytes(20), b"\x00\x01" + bytes(30), b"\x80\xc8" + bytes(30)):
+        assert inbound.datagram(other) == _fastpath.INBOUND_PASS
+
+
+def test_new_ssrcs_beyond_the_limit_are_ignored_not_learnt() -> None:
+    peer = _Peer()
+    receiver = _fastpath.Receiver(lambda codec, view: None)
+    inbound = _fastpath.Inbound(
+        3,
+        lambda plain: _fastpath.Stream(receiver, rtp.parse(plain).ssrc, 90000, None),
+        bool,  # type: ignore[union-attr]
+    )
+    inbound.srtp = peer.rx
+    codes = [
+        inbound.datagram(peer.seal(struct.pack("!BBHII", 0x80, 96, 1, 0, ssrc) + b"x"))
+        for ssrc in range(5)
+    ]
+    assert codes == [_fastpath.INBOUND_HANDLED] * 3 + [_fastpath.INBOUND_IGNORED] * 2
+    assert sorted(inbound.streams) == [0, 1, 2] and inbound.ignored == 2
+
+
+def test_datagram_received_passes_on_what_is_not_rtp() -> None:
+    """As a socket protocol's datagram_received: RTP taken, the rest to the original."""
+    peer = _Peer()
+    views: list[rtp.RtpView] = []
+    receiver = _fastpath.Receiver(lambda codec, view: views.append(view))
+    inbound = _fastpath.Inbound(4, lambda plain: _fastpath.Stream(receiver, 5, 90000, "c"), bool)
+    inbound.srtp = peer.rx
+    passed: list[tuple[bytes, object]] = []
+    stun = b"\x00\x01\x00\x00" + bytes(16)
+    inbound.datagram_received(lambda data, addr: passed.append((data, addr)), stun, ("h", 1))
+    packet = struct.pack("!BBHII", 0x80, 96, 9, 0, 5) + b"payload"
+    inbound.datagram_received(lambda data, addr: passed.append((data, addr)), peer.seal(packet), 1)
+    assert passed == [(stun, ("h", 1))]
+    assert [(v.sequence_number, v.payload) for v in views] == [(9, b"payload")]
+
+
+@FUZZ
+@given(
+    data=st.binary(max_size=400),
+    first=st.integers(0x80, 0xBF),
+    rtx=st.booleans(),
+)
+def test_inbound_survives_garbage(data: bytes, first: int, rtx: bool) -> None:
+    """Random datagrams, and random plaintext sealed for real (so it gets past SRTP to the
+    parser, the RTX unwrap and the NACK generator): refused or handed on, never a crash."""
+    peer = _Peer()
+    receiver = _fastpath.Receiver(lambda codec, view: None, None, lambda ssrc, lost: None)
+
+    def learn(plain: bytes) -> _fastpath.Stream | None:
+        view = rtp.parse(plain)
+        return (
+            _fastpath.Stream(receiver, view.ssrc, 90000, None, (96, 1) if rtx else None)
+            if view
+            else None
+        )
+
+    inbound = _fastpath.Inbound(2, learn, bool)
+    inbound.srtp = peer.rx
+    inbound.abs_send_time_id = 1
+    inbound.datagram(data)
+    plain = bytes([first]) + data
+    sealed = peer.tx.protect(plain)
+    if sealed is not None:
+        assert (
+            inbound.datagram(sealed) != _fastpath.INBOUND_PASS
+            or len(plain) < 12
+            or 192 <= plain[1] <= 208
+        )
+
+
+def test_inbound_objects_are_collected() -> None:
+    """A learn callback that refers back to its Inbound (as _Inbound's does) is a cycle
+    the collector breaks; nothing stays behind."""
+    import gc
+    import weakref
+
+    class Holder:
+        inbound: object = None
+
+    peer = _Peer()
+    refs = []
+    for seq in range(50):
+        holder = Holder()
+        receiver = _fastpath.Receiver(lambda codec, view, h=holder: None)
+        inbound = _fastpath.Inbound(
+            4, lambda plain, h=holder, r=receiver: _fastpath.Stream(r, 5, 90000, h), bool
+        )
+        holder.inbound = inbound
+        inbound.srtp = peer.rx
+        inbound.datagram(peer.seal(struct.pack("!BBHII", 0x80, 96, seq, 0, 5) + b"x"))
+        assert len(inbound.streams) == 1
+        refs.append(weakref.ref(holder))
+        del holder, inbound, receiver
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+
+def test_drain_reads_every_datagram_waiting_and_passes_on_the_rest() -> None:
+    """As an event-loop reader on a real UDP socket: RTP handed on from C, DTLS/STUN to
+    the original with the address recvfrom gives, too-long datagrams counted and
+    dropped, a read error to error_received."""
+    peer = _Peer()
+    views: list[rtp.RtpView] = []
+    receiver = _fastpath.Receiver(lambda codec, view: views.append(view))
+    inbound = _fastpath.Inbound(4, lambda plain: _fastpath.Stream(receiver, 5, 90000, "c"), bool)
+    inbound.srtp = peer.rx
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        client.bind(("127.0.0.1", 0))
+        passed: list[tuple[bytes, object]] = []
+        errors: list[OSError] = []
+        stun = b"\x00\x01\x00\x00" + bytes(16)
+        sent = 0
+        for seq in range(100):  # more than one recvmmsg batch
+            packet = struct.pack("!BBHII", 0x80, 96, seq, 0, 5) + bytes([seq]) * 50
+            client.sendto(peer.seal(packet), server.getsockname())
+            sent += 1
+            if seq % 10 == 0:
+                client.sendto(stun, server.getsockname())
+                sent += 1
+        client.sendto(b"\x16" + bytes(5000), server.getsockname())  # longer than drain reads
+        sent += 1
+        while inbound.drained < sent:
+            before = inbound.drained
+            inbound.drain(server.fileno(), lambda d, a: passed.append((d, a)), errors.append)
+            assert inbound.drained > before
+        assert [(v.sequence_number, v.payload) for v in views] == [
+            (seq, bytes([seq]) * 50) for seq in range(100)
+        ]
+        assert passed == [(stun, client.getsockname())] * 10
+        assert inbound.truncated == 1 and not errors
+        inbound.drain(server.fileno(), passed.append, errors.append)  # nothing waiting
+        assert not errors
+    finally:
+        server.close()
+        client.close()
+    with open(os.devnull, "rb") as not_a_socket:
+        inbound.drain(not_a_socket.fileno(), passed.append, errors.append)
+    assert [error.errno for error in errors] == [errno.ENOTSOCK]
