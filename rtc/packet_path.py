@@ -25,7 +25,6 @@ if TYPE_CHECKING:
         Inbound,
         Lane,
         Receiver,
-        RembEstimator,
         SrtpContext,
         Stream,
     )
@@ -79,15 +78,6 @@ def header_writer(
         return None
     writer: HeaderWriter = _native.HeaderWriter(ssrc, mid, mid_id, abs_id)
     return writer
-
-
-def remb_estimator() -> RembEstimator | None:
-    """A native receive-side bandwidth estimator for one video receiver (aiortc's
-    RemoteBitrateEstimator in C, the same estimates), or None on the Python path."""
-    if _native is None:
-        return None
-    estimator: RembEstimator = _native.RembEstimator()
-    return estimator
 
 
 def enabled() -> bool:
