@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import errno
 import functools
 import logging
 import queue
@@ -957,7 +956,8 @@ class PacketSender:
         )
         self._rtx_payload_type = state[_SENDER_RTX_PT]
         self._dtls = self._sender.transport
-        self._native_tx = _native_srtp(self._dtls, outbound=True)
+        # The native path's sealing, for the lane only (it does all native sending).
+        self._native_tx = _native_srtp(self._dtls, outbound=True) if self.lane else None
         if self._native_tx is not None:
             self._native_writer = packet_path.header_writer(
                 self._sender._ssrc, mid, ids.mid, ids.abs_send_time
@@ -1044,43 +1044,10 @@ class PacketSender:
         if (sequence_number - self._sequence_number) & 0xFFFF < 0x8000:
             self._sequence_number = (sequence_number + 1) & 0xFFFF
         ntp = rtp.ntp_now()
-        native, tx = self._native_writer, self._native_tx
-        if native is not None and tx is not None:
-            destination = self._direct_destination()
-            if destination is not None:
-                # Header, SRTP and sendto(2) in one C call: no bytes object, no asyncio.
-                error = native.send(
-                    destination,
-                    tx,
-                    self.payload_type,
-                    sequence_number,
-                    timestamp,
-                    marker,
-                    ntp,
-                    payload,
-                    picture_id,
-                )
-                sent = error == 0
-                if not sent:
-                    self._send_failed(error)
-            else:
-                sent = self._transmit_native(
-                    native.seal(
-                        tx,
-                        self.payload_type,
-                        sequence_number,
-                        timestamp,
-                        marker,
-                        ntp,
-                        payload,
-                        picture_id,
-                    )
-                )
-        else:
-            assert self._writer is not None
-            header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
-            body = payload if picture_id < 0 else rtp.with_vp8_picture_id(payload, picture_id)
-            sent = self._transmit(header + body)
+        assert self._writer is not None
+        header = self._writer.header(self.payload_type, sequence_number, timestamp, marker, ntp)
+        body = payload if picture_id < 0 else rtp.with_vp8_picture_id(payload, picture_id)
+        sent = self._transmit(header + body)
         if not sent:
             self._dropped += 1
             return False
@@ -1168,13 +1135,6 @@ class PacketSender:
             return None
         return self._destination
 
-    def _send_failed(self, error: int) -> None:
-        transport = self._destination_pair.protocol.transport
-        if isinstance(transport, mux.UdpMux):
-            transport.send_failures += 1
-        if error > 0 and error not in (errno.EAGAIN, errno.ENOBUFS):
-            logger.debug("sending to %s failed: %s", self._destination_pair.remote_addr, error)
-
     def _transmit_native(self, data: builtins.bytes | None) -> bool:
         dtls = self._dtls
         if data is None or dtls is None or dtls._state is not DtlsState.CONNECTED:
@@ -1191,11 +1151,6 @@ class PacketSender:
             return
         _, timestamp, marker, payload, picture_id = entry
         ntp = rtp.ntp_now()
-        if self._native_tx is not None:
-            self._retransmit_native(
-                self._native_tx, sequence_number, timestamp, marker, payload, picture_id, ntp
-            )
-            return
         if picture_id >= 0:
             payload = rtp.with_vp8_picture_id(payload, picture_id)
         if self._rtx_payload_type is not None and self._rtx_writer is not None:
@@ -1212,45 +1167,6 @@ class PacketSender:
                 + payload
             )
         if self._transmit(plain):
-            self._retransmitted += 1
-
-    def _retransmit_native(
-        self,
-        tx: SrtpContext,
-        sequence_number: int,
-        timestamp: int,
-        marker: bool,
-        payload: builtins.bytes,
-        picture_id: int,
-        ntp: int,
-    ) -> None:
-        if self._rtx_payload_type is not None and self._native_rtx_writer is not None:
-            rtx_sequence_number = self._rtx_sequence_number
-            self._rtx_sequence_number = (rtx_sequence_number + 1) & 0xFFFF
-            data = self._native_rtx_writer.seal(
-                tx,
-                self._rtx_payload_type,
-                rtx_sequence_number,
-                timestamp,
-                marker,
-                ntp,
-                payload,
-                picture_id,
-                sequence_number,
-            )
-        else:
-            assert self._native_writer is not None
-            data = self._native_writer.seal(
-                tx,
-                self.payload_type,
-                sequence_number,
-                timestamp,
-                marker,
-                ntp,
-                payload,
-                picture_id,
-            )
-        if self._transmit_native(data):
             self._retransmitted += 1
 
 
