@@ -169,10 +169,12 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
     lobby.show_online = settings.show_online
     await lobby.start()
     app[LOBBY] = lobby
+    restore_handler = aiortc_seam.quiet_connect_after_close(asyncio.get_running_loop())
     if settings.clustered:
         logger.info("node %s joined the lobby at %s", node, _redacted(settings.redis))
     yield
     await lobby.close()
+    restore_handler()
     if peer_settings.media is not None:
         peer_settings.media.close()
     if redis is not None:

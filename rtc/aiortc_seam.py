@@ -51,6 +51,7 @@ from aiortc import (
     RTCRtpTransceiver,
 )
 from aiortc.codecs import is_rtx
+from aiortc.exceptions import InvalidStateError
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rate import RateBucket, RateCounter
@@ -123,6 +124,8 @@ _TRANSPORT_FD = "_sock_fd"
 _TRANSPORT_CLOSED = "_conn_lost"
 _LOOP_ADD_READER = "_add_reader"  # without add_reader's check that no transport owns the fd
 _LOOP_REMOVE_READER = "_remove_reader"
+# The task setRemoteDescription starts and nobody awaits (name-mangled, so its qualname).
+_CONNECT_TASK = "RTCPeerConnection.__connect"
 # StreamStatistics' state, carried onto the native Stream that replaces one.
 _STREAM_STATISTICS_FIELDS = (
     "base_seq",
@@ -1556,3 +1559,37 @@ def _gather_on(
         return candidates
 
     return get_component_candidates
+
+
+def quiet_connect_after_close(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Stop aiortc's connect task from logging a traceback when the connection closes under it.
+
+    setRemoteDescription starts ``RTCPeerConnection.__connect`` as a task nobody
+    awaits. When the server closes a connection while it is still connecting (a
+    refused ban, a visitor gone during ICE), the task's next step finds the ICE
+    transport closed, raises InvalidStateError, and asyncio logs "Task exception
+    was never retrieved" with a traceback: an error in the log for a normal
+    event. This loop exception handler logs exactly that case at debug and hands
+    everything else to the handler that was there before. Answers a function
+    that puts that handler back.
+    """
+    connect = getattr(RTCPeerConnection, "_RTCPeerConnection__connect", None)
+    if connect is None or connect.__qualname__ != _CONNECT_TASK:
+        raise SeamError(f"aiortc has no {_CONNECT_TASK}; update aiortc_seam")
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        task = context.get("future")
+        if (
+            isinstance(context.get("exception"), InvalidStateError)
+            and isinstance(task, asyncio.Task)
+            and getattr(task.get_coro(), "__qualname__", None) == _CONNECT_TASK
+        ):
+            logger.debug("a connection closed while connecting: %s", context["exception"])
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return lambda: loop.set_exception_handler(previous)

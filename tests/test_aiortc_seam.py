@@ -630,3 +630,52 @@ def test_a_native_stream_carries_on_the_counts_of_the_statistics_it_replaces() -
     for name in ("packets_received", "packets_expected", "packets_lost", "fraction_lost"):
         assert getattr(ours, name) == getattr(theirs, name), name
     assert (ours.max_seq, ours.cycles, ours.base_seq) == (9, 1 << 16, 65530)
+
+
+async def _close_ice_while_connecting() -> None:
+    """aiortc's connect task finds its ICE transport closed: what a refused visitor causes."""
+    offerer, answerer = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        offerer.addTransceiver("video")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        # This schedules aiortc's connect task; it has not run yet when the ICE
+        # transport closes under it.
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await answerer.getTransceivers()[0].receiver.transport.transport.stop()
+        await asyncio.sleep(0.1)
+    finally:
+        await offerer.close()
+        await answerer.close()
+    gc.collect()  # the unretrieved task's exception is reported when it is collected
+    await asyncio.sleep(0)
+
+
+async def test_a_connection_closed_while_connecting_logs_no_traceback() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    try:
+        # Without the seam's handler, aiortc's task reports an unretrieved exception ...
+        await _close_ice_while_connecting()
+        assert [type(c.get("exception")).__name__ for c in reported] == ["InvalidStateError"]
+        assert "__connect" in repr(reported[0]["future"])
+        reported.clear()
+        restore = aiortc_seam.quiet_connect_after_close(loop)
+        # ... with it, nothing reaches the handler that logs tracebacks,
+        await _close_ice_while_connecting()
+        assert reported == []
+
+        # ... while any other task's unretrieved exception still does.
+        async def fails() -> None:
+            raise ValueError("not aiortc's")
+
+        task = asyncio.ensure_future(fails())
+        await asyncio.sleep(0)
+        del task
+        gc.collect()
+        assert [type(c.get("exception")) for c in reported] == [ValueError]
+        restore()
+        assert loop.get_exception_handler() is not None  # the test's own, put back
+    finally:
+        loop.set_exception_handler(None)
