@@ -131,7 +131,8 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
             settings.redis, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
         )
         app[REDIS] = redis
-        bus = RedisBus(redis, node)
+        assert settings.cluster_secret is not None  # parse_settings insists with --redis
+        bus = RedisBus(redis, node, secret=settings.cluster_secret.encode())
         registry = NodeRegistry(redis, node)
         client = redis
 

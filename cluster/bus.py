@@ -17,13 +17,17 @@ resubscribing after a Redis restart) is held and tried again, in order per node,
 for up to HOLD_SECONDS. So chat typed during a short Redis outage arrives late
 rather than never; a node that is really gone is declared dead by the registry
 within that time, and what was held for it is dropped.
+
+With the cluster secret every message is signed (cluster/signing.py): a message
+published by anyone who can reach Redis but does not hold the secret, or replayed
+later than a minute, is dropped and logged, so nobody can speak for a session of
+this cluster (chat in its name, a forged pair handshake) from Redis alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -33,6 +37,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from .node import SessionRef
+from .signing import Signer
 from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
@@ -90,8 +95,11 @@ class LocalBus:
 class RedisBus:
     """Sessions on this node are called; others get a PUBLISH on their node's channel."""
 
-    def __init__(self, redis: Redis, node: str, *, key_prefix: str = "rr") -> None:
+    def __init__(
+        self, redis: Redis, node: str, *, key_prefix: str = "rr", secret: bytes | None = None
+    ) -> None:
         self.node = node
+        self._signer = Signer(secret, "bus message")
         self._redis = redis
         self._prefix = "{" + key_prefix + "}:bus:"
         self._handler: BusHandler = _drop
@@ -103,6 +111,8 @@ class RedisBus:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
         self.dropped = 0
+        # Messages dropped because they were not signed with the cluster secret.
+        self.refused = 0
 
     def channel(self, node: str) -> str:
         return self._prefix + node
@@ -137,7 +147,10 @@ class RedisBus:
         if to.node == self.node:
             self._handler(to.id, sender, message)
             return
-        payload = json.dumps({"to": to.id, "from": sender.id, "node": sender.node, "m": message})
+        # Sealed now: a message held for a while is still well inside its minute.
+        payload = self._signer.seal(
+            {"to": to.id, "from": sender.id, "node": sender.node, "m": message}
+        )
         try:
             if self._held_count + self._outbox.qsize() >= OUTBOX_SIZE:
                 raise asyncio.QueueFull
@@ -150,7 +163,10 @@ class RedisBus:
         assert self._subscription is not None
         async for message in self._subscription.messages():
             try:
-                data = json.loads(message["data"])
+                data = self._signer.open(message["data"])
+                if data is None:
+                    self.refused += 1
+                    continue
                 sender = SessionRef(str(data["from"]), str(data["node"]))
                 self._handler(str(data["to"]), sender, dict(data["m"]))
             except Exception:

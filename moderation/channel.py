@@ -20,7 +20,7 @@ and a sentence a moderator can act on.
 
 Every message is signed with the cluster secret (HMAC-SHA256, with the time it was
 sent): a message from anyone who can publish on Redis but does not hold the secret, or
-one replayed more than MAX_AGE seconds later, is dropped and logged, never served. So
+one replayed more than a minute later, is dropped and logged, never served (cluster/signing.py). So
 a kick, a ban's enforcement or a read of an evidence file (moderation/files.py) comes
 only from a node of this cluster.
 
@@ -32,18 +32,15 @@ with a lifetime and leases; their opening, renewals and endings are requests her
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
 from cluster.registry import NodeRegistry
+from cluster.signing import Signer
 from cluster.subscription import Subscription
 
 logger = logging.getLogger(__name__)
@@ -58,9 +55,6 @@ NoticeHandler = Callable[[str], None]
 CALL_TIMEOUT = 2.0
 MAX_PENDING = 256
 MAX_SERVING = 64
-# Seconds a signed message stays valid (the nodes' clocks are assumed NTP-synchronised).
-MAX_AGE = 60.0
-_MAC_CHARS = 64
 
 
 class ChannelError(Exception):
@@ -158,7 +152,7 @@ class RedisChannel(_Handlers):
         secret: bytes | None = None,
     ) -> None:
         super().__init__(node)
-        self._secret = secret
+        self._signer = Signer(secret, "moderation message")
         self._redis = redis
         self._registry = registry
         self._prefix = "{" + key_prefix + "}:moderation:"
@@ -206,7 +200,9 @@ class RedisChannel(_Handlers):
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            payload = self._seal({"id": request_id, "from": self.node, "op": op, "args": args})
+            payload = self._signer.seal(
+                {"id": request_id, "from": self.node, "op": op, "args": args}
+            )
             try:
                 heard = await self._redis.publish(self.channel(node), payload)
             except Exception as exc:
@@ -278,35 +274,13 @@ class RedisChannel(_Handlers):
 
     async def _publish_notice(self, name: str) -> None:
         try:
-            await self._redis.publish(self._notices, self._seal({"from": self.node, "n": name}))
+            await self._redis.publish(
+                self._notices, self._signer.seal({"from": self.node, "n": name})
+            )
         except Exception as exc:
             logger.debug("could not publish the %s notice (%s)", name, exc)
         finally:
             self._notifying.discard(name)
-
-    # -- signing ---------------------------------------------------------------
-
-    def _seal(self, body: dict[str, Any]) -> str:
-        if self._secret is None:
-            return json.dumps(body)
-        text = json.dumps(body | {"at": time.time()})
-        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest() + text
-
-    def _open(self, raw: str | bytes) -> dict[str, Any] | None:
-        """The message, or None (logged) when it is not signed by a node of this cluster."""
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        if self._secret is None:
-            return dict(json.loads(text))
-        mac, text = text[:_MAC_CHARS], text[_MAC_CHARS:]
-        expected = hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, expected):
-            logger.warning("dropped a moderation message not signed with the cluster secret")
-            return None
-        data = dict(json.loads(text))
-        if abs(time.time() - float(data.get("at", 0))) > MAX_AGE:
-            logger.warning("dropped a moderation message older than %g s (replayed?)", MAX_AGE)
-            return None
-        return data
 
     # -- answering -------------------------------------------------------------
 
@@ -314,7 +288,7 @@ class RedisChannel(_Handlers):
         assert self._subscription is not None
         async for message in self._subscription.messages():
             try:
-                data = self._open(message["data"])
+                data = self._signer.open(message["data"])
                 if data is None:
                     continue
                 channel = message.get("channel")
@@ -369,6 +343,6 @@ class RedisChannel(_Handlers):
 
     async def _reply(self, asker: str, reply: dict[str, Any]) -> None:
         try:
-            await self._redis.publish(self.channel(asker), self._seal(reply))
+            await self._redis.publish(self.channel(asker), self._signer.seal(reply))
         except Exception as exc:
             logger.warning("could not answer a moderation request from %s (%s)", asker, exc)

@@ -2,12 +2,18 @@
 
 Pub/sub keeps nothing, so what a node sends while Redis is away (or while the
 other node has not yet subscribed again) is held by the sender and published
-again, in order, for up to HOLD_SECONDS (cluster/bus.py).
+again, in order, for up to HOLD_SECONDS (cluster/bus.py). The buses sign with a
+cluster secret, as every clustered node does; what is not signed with it is
+refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +25,7 @@ from cluster import bus as bus_module
 from cluster.bus import RedisBus
 from cluster.node import SessionRef
 
+SECRET = b"the cluster secret, 16+ bytes"
 TO_B = SessionRef("someone", "B")
 FROM_A = SessionRef("sender", "A")
 
@@ -49,7 +56,7 @@ class Received:
 async def buses() -> AsyncIterator[tuple[list[RedisServer], RedisBus, Received]]:
     server = RedisServer()
     clients = [client(server), client(server)]
-    a, b = RedisBus(clients[0], "A"), RedisBus(clients[1], "B")
+    a, b = RedisBus(clients[0], "A", secret=SECRET), RedisBus(clients[1], "B", secret=SECRET)
     received = Received()
     b.set_handler(received)
     await a.start()
@@ -95,3 +102,39 @@ async def test_what_nobody_can_receive_is_dropped_after_the_hold(buses, monkeypa
         while a.dropped == 0:
             await asyncio.sleep(0.1)
     assert a.dropped == 1
+
+
+def _signed(secret: bytes, body: dict[str, Any]) -> str:
+    text = json.dumps(body)
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest() + text
+
+
+async def test_a_message_not_signed_with_the_cluster_secret_is_refused() -> None:
+    """Whoever can publish on Redis cannot speak for a session: an unsigned message,
+    one signed with another secret and a replay older than a minute are dropped;
+    a message from a node of the cluster still arrives."""
+    server = RedisServer()
+    clients = [client(server), client(server), client(server)]
+    a, b = RedisBus(clients[0], "A", secret=SECRET), RedisBus(clients[1], "B", secret=SECRET)
+    received = Received()
+    b.set_handler(received)
+    await a.start()
+    await b.start()
+    try:
+        forged = {"to": TO_B.id, "from": FROM_A.id, "node": FROM_A.node, "m": {"t": "forged"}}
+        attacker = clients[2]
+        channel = b.channel("B")
+        await attacker.publish(channel, json.dumps(forged))
+        await attacker.publish(channel, _signed(b"another secret entirely", forged))
+        await attacker.publish(channel, _signed(SECRET, forged | {"at": time.time() - 120}))
+        a.send(TO_B, FROM_A, {"t": "real"})
+        assert await received.until(1, within=5) == ["real"]
+        await asyncio.sleep(0.2)  # nothing forged trails in after it
+        assert [m["t"] for m in received.messages] == ["real"]
+        assert b.refused == 3
+    finally:
+        await a.close()
+        await b.close()
+        for c in clients:
+            await c.aclose()
+        server.stop()
