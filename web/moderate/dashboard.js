@@ -26,7 +26,7 @@ async function refreshTables() {
   ]);
   $("#recordings tbody").innerHTML = recordings.map((r) => `<tr>
     <td><code>${esc(r.name)}</code>${r.live ? ' <span class="rec">● recording</span>' : ""}</td><td>${Math.round(r.bytes / 1024)} KiB</td><td>${when(r.modified)}</td>
-    <td>${r.live ? "" : `<button data-act="play" data-name="${esc(r.name)}">play</button> <a href="${API}/recordings/${encodeURIComponent(r.name)}?download=1">download</a>`}</td></tr>`).join("");
+    <td>${r.live ? "" : `<button data-act="play" data-name="${esc(r.name)}" data-node="${esc(r.node ?? "")}">play</button> <a href="${esc(recordingUrl(r.name, r.node, true))}">download</a>`}</td></tr>`).join("");
   $("#bans tbody").innerHTML = bans.map((b) => `<tr>
     <td>${b.id}</td><td><code>${esc(b.identity ?? (b.person ? "browser of a report" : ""))}</code></td><td>${esc(b.ip ?? (b.address ? "address of a report" : ""))}</td><td>${esc(b.reason)}</td>
     <td>${b.expiresAt ? when(b.expiresAt) : "for good"}</td><td>${esc(b.createdBy)}</td>
@@ -93,10 +93,20 @@ async function showChat(ids, nodes) {
     <b>${esc(l.sender)}</b> ${esc(l.text)}</li>`).join("") || '<li class="meta">no chat yet</li>';
 }
 
-function play(name) {
+// A recording's address; naming the node that holds it spares every node the search
+// (the player asks again for each byte range it seeks to).
+function recordingUrl(name, node, download = false) {
+  const query = new URLSearchParams();
+  if (node && node !== live.here) query.set("node", node);
+  if (download) query.set("download", "1");
+  const url = `${API}/recordings/${encodeURIComponent(name)}`;
+  return query.toString() ? `${url}?${query}` : url;
+}
+
+function play(name, node) {
   const player = $("#player");
   player.hidden = false;
-  player.src = `${API}/recordings/${encodeURIComponent(name)}`;
+  player.src = recordingUrl(name, node);
   player.play().catch(() => {});
 }
 
@@ -142,7 +152,7 @@ document.addEventListener("click", async (event) => {
       }
       case "release": await api(`/sessions/${encodeURIComponent(ids[0])}/release`, { method: "POST", body: { node: nodes[0] } }); break;
       case "lift": await api(`/bans/${button.dataset.id}/lift`, { method: "POST", body: {} }); break;
-      case "play": return play(button.dataset.name);
+      case "play": return play(button.dataset.name, button.dataset.node);
     }
     await Promise.all([refreshSessions(), refreshTables(), queue.refresh()]);
   } catch (error) {
