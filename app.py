@@ -27,7 +27,7 @@ from moderation.channel import LocalChannel, ModerationChannel, RedisChannel
 from moderation.files import RemoteFiles
 from moderation.live import LiveSessions
 from moderation.remote import RemoteFeedCollector, RemoteMedia
-from moderation.routes import FILES, LIVE, MODERATION, setup_routes
+from moderation.routes import FILES, LIVE, MODERATION, follow_new_media, setup_routes
 from moderation.service import FlagCollector, Moderation, ModerationSettings
 from moderation.store_protocol import ModerationStoreProtocol, open_store
 from moderation.throttle import AuditHook as LoginThrottleAudit
@@ -259,6 +259,7 @@ async def _moderation_context(app: web.Application) -> AsyncIterator[None]:
     )
     await moderation.start()
     app[MODERATION] = moderation
+    follow_new_media(app)
     app[LIVE] = LiveSessions(moderation)
     app[FILES] = RemoteFiles(moderation)
     # Watching and recording people held by other nodes: their media through the pipe,

@@ -263,7 +263,7 @@ class LiveSessions:
     def _row(
         self, session: Session, open_reports: int, loop_now: float, wall_offset: float
     ) -> dict[str, Any]:
-        followed = self.moderation.followed.get(session.id)
+        followed = self.moderation.person(session.id)
         return {
             "id": session.id,
             # The node holding them: pass it back with any action on this person.
@@ -329,7 +329,7 @@ class LiveSessions:
         }
 
     async def _thumbnail_here(self, args: dict[str, Any]) -> dict[str, Any]:
-        followed = self.moderation.followed.get(str(args["id"]))
+        followed = self.moderation.person(str(args["id"]))
         if followed is None or followed.thumbnail is None:
             raise ChannelError(404, "no thumbnail")
         return {"jpeg": base64.b64encode(followed.thumbnail).decode()}

@@ -101,6 +101,8 @@ class _TrackState:
     track: Track
     clock: int
     started: bool = False
+    # The next frame comes from a new stream (Recorder.new_source).
+    resuming: bool = False
     size: tuple[int, int] | None = None
     stream: Stream | None = None
     last_timestamp: int = 0
@@ -189,6 +191,15 @@ class Recorder:
 
     # -- frames in ---------------------------------------------------------
 
+    def new_source(self) -> None:
+        """What follows comes from a new stream of the same person (a new media connection).
+
+        Its first frames may depend on pictures this file never had, so video goes on
+        at the new stream's first keyframe; the time between is kept, by arrival.
+        """
+        for state in self._tracks.values():
+            state.resuming = state.started
+
     def write(self, track_name: str, frame: EncodedFrame, received_at: float | None = None) -> bool:
         """Add `frame` to `track_name`; False if it was skipped.
 
@@ -216,6 +227,13 @@ class Recorder:
             if self._origin is None:
                 self._origin = at
             pts = max(0, round((at - self._origin) * state.clock))
+        elif state.resuming:
+            if state.track.kind == "video" and not frame.keyframe:
+                state.skipped += 1
+                return False
+            state.resuming = False
+            # The new stream's timestamps have nothing to do with the old one's.
+            pts = state.last_pts + max(1, round((at - state.last_at) * state.clock))
         else:
             step = frame.timestamp - state.last_timestamp
             if 0 < step <= MAX_TIMESTAMP_STEP * state.clock:

@@ -25,7 +25,7 @@ from moderation.recorder import PARTS, RECORDING_NAME, extract_part
 from moderation.remote import RemoteFeedError, RemoteMedia
 from moderation.service import BanMade, Moderation, ban_json, report_json
 from moderation.store import ClaimConflict, ReportStatus
-from rtc.peer import PeerError
+from rtc.peer import Peer, PeerError
 from rtc.watcher import Watched, Watcher
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ async def thumbnail(request: web.Request) -> web.Response:
         except ChannelError as exc:
             return _failed(exc)
     else:
-        followed = request.app[MODERATION].followed.get(session_id)
+        followed = request.app[MODERATION].person(session_id)
         if followed is None or followed.thumbnail is None:
             raise web.HTTPNotFound()
         jpeg = followed.thumbnail
@@ -682,6 +682,18 @@ async def watch(request: web.Request) -> web.Response:
     await _audit(request, "watch", ",".join(targets), watcher.id)
     logger.info("%r started", watcher)
     return web.json_response({"watchId": watcher.id, "sdp": answer})
+
+
+def follow_new_media(app: web.Application) -> None:
+    """Moderators' watchers go on with a watched person's new media connection."""
+    watchers = app[WATCHERS]
+
+    def follow(session_id: str, peer: Peer) -> None:
+        for watcher in watchers.values():
+            if session_id in watcher.watched:
+                watcher.follow(peer)
+
+    app[MODERATION].media_listeners.append(follow)
 
 
 async def stop_watching(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +203,19 @@ class Followed:
     def flags(self) -> list[Flag]:
         return list(self.analysis.active.values())
 
+    def take_over(self, earlier: Followed) -> None:
+        """Go on with what moderation kept of this person on their earlier media connection.
+
+        A changed network (or a page recovering its connection) gives a person a new
+        Peer; they stay the same person to moderation: their flags, their hold, their
+        thumbnail, and a recording a moderator started, which goes on in the same file.
+        """
+        self.analysis = earlier.analysis
+        self.thumbnail, self.thumbnail_at = earlier.thumbnail, earlier.thumbnail_at
+        self.last_sample_at = earlier.last_sample_at
+        self.held = earlier.held
+        self.recording, earlier.recording = earlier.recording, None
+
 
 class Moderation:
     """Reports with evidence, bans, recordings, thumbnails and flags for one Lobby."""
@@ -226,6 +239,12 @@ class Moderation:
         self.settings = settings
         self.recordings_dir = Path(settings.recordings_dir)
         self.followed: dict[str, Followed] = {}
+        # People whose media connection went away while they stay (a changed network,
+        # a visit held for a resume): what was kept of them, until their next connection.
+        self.parked: dict[str, Followed] = {}
+        # Called with a session id and the Peer moderation follows it on from now,
+        # the first or a new one (routes.py points moderators' watchers at it).
+        self.media_listeners: list[Callable[[str, Peer], None]] = []
         self.pseudonyms = Pseudonyms(store.pseudonym_key())
         # (pair id, session id) -> that person's media of a pair that ended, oldest first.
         self.retained: dict[tuple[str, str], Retained] = {}
@@ -266,6 +285,7 @@ class Moderation:
         self.lobby.report_window = self.settings.report_window
         self.lobby.pair_listeners.append(self._on_pair)
         self.lobby.pair_end_listeners.append(self._on_pair_end)
+        self.lobby.peer_listeners.append(self._on_new_peer)
         self._loop_task = asyncio.create_task(self._run(), name="moderation")
         self._retention_task = asyncio.create_task(self._retention(), name="retention")
 
@@ -277,7 +297,7 @@ class Moderation:
             *(t for t in (self._loop_task, self._retention_task, *self._tasks) if t is not None),
             return_exceptions=True,
         )
-        for followed in list(self.followed.values()):
+        for followed in [*self.followed.values(), *self.parked.values()]:
             self._forget(followed)
         self.lobby.report_handler = None
         self.lobby.block_handler = None
@@ -332,19 +352,39 @@ class Moderation:
 
     def _on_pair(self, session: Session) -> None:
         self._reconcile()
-        followed = self.followed.get(session.id)
+        followed = self.person(session.id)
         if followed is not None and followed.held is not None:
             # A new partner of a held stream: its page covers the picture from the
             # start. Soon, not now: listeners run before `matched` is sent.
             asyncio.get_running_loop().call_soon(self._tell_partner, session, True)
+
+    def person(self, session_id: str) -> Followed | None:
+        """What moderation keeps of someone here, whether their media is up or not."""
+        return self.followed.get(session_id) or self.parked.get(session_id)
+
+    def _on_new_peer(self, session: Session, peer: Peer) -> None:
+        """A media connection was answered: a held person's video is held on it too.
+
+        Now, before it connects and anything is forwarded from it; waiting for the
+        next tick would show the partner up to a second of what the hold hides.
+        """
+        followed = self.person(session.id)
+        video = peer.publishers.get("video")
+        if followed is not None and followed.held is not None and video is not None:
+            video.hold(True)
 
     def _reconcile(self) -> None:
         """Follow every session whose media is up; buffer only paired ones."""
         sessions = self.lobby.sessions
         for session_id, gone in list(self.followed.items()):
             session = sessions.get(session_id)
-            if session is None or session.peer is not gone.peer:
+            if session is None:
                 self._forget(gone)
+            elif session.peer is not gone.peer:
+                self._park(gone)
+        for session_id, parked in list(self.parked.items()):
+            if session_id not in sessions:
+                self._forget(parked)
         for session in sessions.values():
             peer = session.peer
             if peer is None or not peer.publishers:
@@ -354,6 +394,11 @@ class Moderation:
                 followed = self.followed[session.id] = Followed(
                     session, peer, StreamAnalysis(self._analyzers())
                 )
+                earlier = self.parked.pop(session.id, None)
+                if earlier is not None:
+                    self._take_over(followed, earlier)
+                for listener in self.media_listeners:
+                    listener(session.id, peer)
             followed.listen(self._frame_listener)
             if session.state == State.PAIRED:
                 for kind, publisher in peer.publishers.items():
@@ -449,10 +494,30 @@ class Moderation:
             self.retained_total -= oldest.bytes
 
     def _forget(self, followed: Followed) -> None:
+        """The person left: their recording ends."""
+        self._park(followed)
+        self.parked.pop(followed.session.id, None)
+        self._close_recording(followed)
+
+    def _park(self, followed: Followed) -> None:
+        """Their media connection went away but they stay: keep them for the next one."""
         followed.unlisten()
         followed.buffers.clear()
         self.followed.pop(followed.session.id, None)
-        self._close_recording(followed)
+        self.parked[followed.session.id] = followed
+
+    def _take_over(self, followed: Followed, earlier: Followed) -> None:
+        followed.take_over(earlier)
+        logger.info("%s: moderation follows their new media connection", followed.session.id)
+        if followed.recording is not None:
+            followed.recording.recorder.new_source()
+        video = followed.peer.publishers.get("video")
+        if video is None:
+            return
+        if followed.held is not None:
+            video.hold(True)  # already, if the lobby told us of this Peer (_on_new_peer)
+        if followed.recording is not None:
+            video.request_keyframe()  # the file goes on from the new connection's first
 
     def _frame_listener(self, followed: Followed, kind: str) -> Any:
         def on_frame(frame: EncodedFrame) -> None:
@@ -542,7 +607,7 @@ class Moderation:
 
     def release(self, session_id: str) -> bool:
         """A moderator looked: forward the held video to partners again."""
-        followed = self.followed.get(session_id)
+        followed = self.person(session_id)
         if followed is None or followed.held is None:
             return False
         followed.held = None
@@ -708,7 +773,7 @@ class Moderation:
         return followed.recording
 
     def stop_recording(self, session_id: str) -> Path | None:
-        followed = self.followed.get(session_id)
+        followed = self.person(session_id)
         if followed is None or followed.recording is None:
             return None
         return self._close_recording(followed)
@@ -736,7 +801,7 @@ class Moderation:
     def recordings(self) -> list[dict[str, Any]]:
         live = {
             f.recording.recorder.path.name: f.recording
-            for f in self.followed.values()
+            for f in [*self.followed.values(), *self.parked.values()]
             if f.recording is not None
         }
         if self.remote is not None:
@@ -911,7 +976,7 @@ class Moderation:
         """Report subjects of the people the nudity analyzer flags now (or holds)."""
         return {
             _subject(followed.session)
-            for followed in self.followed.values()
+            for followed in [*self.followed.values(), *self.parked.values()]
             if followed.held is not None or "nudity" in followed.analysis.active
         }
 

@@ -53,6 +53,8 @@ class Watcher:
         self.moderator = moderator
         self.watched: list[str] = []
         self.subscribers: list[Subscriber] = []
+        # Which watched person each subscriber shows (a Peer's name is its session id).
+        self._shows: dict[int, str] = {}
         self._settings = settings if settings is not None else PeerSettings()
         self._pc: RTCPeerConnection | None = None
         self._closed = False
@@ -97,6 +99,7 @@ class Watcher:
                 subscriber.sees_held = True
                 sender = pc.addTrack(subscriber)
                 subscriber.set_output(aiortc_seam.PacketSender(sender))
+                self._shows[id(subscriber)] = peer.name
                 hook = aiortc_seam.on_keyframe_request(sender, subscriber.on_keyframe_request)
                 self.subscribers.append(subscriber)
                 keyframe_hooks.append((subscriber, sender, hook))
@@ -114,6 +117,21 @@ class Watcher:
             if publisher is not None:
                 subscriber.attach(publisher)
         return str(pc.localDescription.sdp)
+
+    def follow(self, peer: Watched) -> None:
+        """Show `peer` from now on where this watcher showed someone of that name.
+
+        A watched person's media connection can be replaced (a changed network); the
+        watcher goes on with the new one, from its next keyframe, like their partner.
+        """
+        if self._closed:
+            return
+        for subscriber in self.subscribers:
+            if self._shows.get(id(subscriber)) != peer.name:
+                continue
+            publisher = peer.publishers.get(subscriber.kind)
+            if publisher is not None and subscriber.source is not publisher:
+                subscriber.attach(publisher)
 
     def _on_connection_state(self) -> None:
         if self._pc is not None and self._pc.connectionState in ("failed", "closed"):

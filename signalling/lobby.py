@@ -109,6 +109,10 @@ class Lobby:
         # Called with each session of this node whose pair just ended (moderation keeps
         # that pair's last seconds for reports made after the partner left).
         self.pair_end_listeners: list[Callable[[Session, RecentPartner], None]] = []
+        # Called with a session and its new media connection once it is answered, before
+        # anything is forwarded from it (moderation holds a held person's video back on
+        # every connection they make, not only the first).
+        self.peer_listeners: list[Callable[[Session, Peer], None]] = []
         self.report_moves_on = True
         # Seconds after a pair ends during which either side may still report or block.
         self.report_window = DEFAULT_WINDOW
@@ -357,6 +361,8 @@ class Lobby:
             elif session.incoming is peer:
                 await self._drop_incoming(session)
             raise
+        for listener in self.peer_listeners:
+            listener(session, peer)
         session.send({"type": "answer", "sdp": answer})
 
     async def _candidate(self, session: Session, candidate: p.Candidate) -> None:

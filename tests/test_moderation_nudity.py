@@ -447,3 +447,36 @@ async def test_a_held_stream_is_held_from_a_partner_on_another_node_too(
     assert json.loads(body) == {"released": flagged.id, "node": flagged.hello["node"]}
     await partner.wait_for("partner_shown", timeout=TIMEOUT)
     await partner.wait_frames(count=3, after=time.time(), timeout=TIMEOUT)
+
+
+async def test_a_held_stream_stays_held_on_the_persons_new_media_connection(
+    relay_server, clients, tmp_path
+) -> None:
+    # A changed network, or a page that simply sends a new offer, gives the flagged
+    # person a new connection: the hold is on the person, so it holds there too,
+    # from the new connection's first packet (not from the next sample's flag).
+    flagged = await connected(
+        relay_server, clients, 1, media_file=positive_clip(tmp_path / "p.webm")
+    )
+    partner = await connected(relay_server, clients, 2)
+    await flagged.start()
+    await partner.start()
+    await partner.wait_for("matched", timeout=TIMEOUT)
+    await partner.wait_for("partner_hidden", timeout=TIMEOUT)
+    await asyncio.sleep(0.5)  # a packet or two may have been in flight
+
+    quiet_since = time.time()
+    await flagged.negotiate(keep_old=True)
+    # The new connection carries the partner's video to the flagged person ...
+    await flagged.wait_frames(count=10, after=time.time(), tag=2, timeout=TIMEOUT)
+    await asyncio.sleep(1.5)
+    # ... and nothing of the flagged person's to the partner.
+    assert _frames_after(partner, quiet_since) == 0
+    view = await session_view(relay_server, flagged.id)
+    assert view["held"]["name"] == "nudity"
+    assert [m["type"] for m in partner.messages].count("partner_shown") == 0
+
+    status, body = await _post(relay_server, f"/sessions/{flagged.id}/release")
+    assert status == 200, body
+    await partner.wait_for("partner_shown", timeout=TIMEOUT)
+    await partner.wait_frames(count=3, after=time.time(), timeout=TIMEOUT)

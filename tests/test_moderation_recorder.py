@@ -244,6 +244,27 @@ def test_timestamps_that_jump_back_are_bridged_by_arrival_time(tmp_path: Path) -
     assert info["duration"] == pytest.approx(2.0, abs=0.05)
 
 
+def test_a_new_source_goes_on_at_its_first_keyframe_after_the_time_between(
+    tmp_path: Path,
+) -> None:
+    # The person's new media connection: another encoder, joined mid-GOP half a second
+    # after the old one's last frame. Its first frames refer to pictures this file
+    # never had; they are skipped until its keyframe, and every frame decodes cleanly.
+    first, second = encode_video(30), encode_video(60, first_counter=100)
+    assert second[30].keyframe and not any(f.keyframe for f in second[5:30])
+    path = new_recording_path(tmp_path)
+    with Recorder(path, [Track("video", VP8)]) as recorder:
+        for i, frame in enumerate(first):
+            recorder.write("video", frame, 100 + i / FPS)
+        recorder.new_source()
+        for k, frame in enumerate(second[5:]):
+            recorder.write("video", frame, 101.5 + k / FPS)
+        assert recorder.stats()["video"] == {"written": 60, "skipped": 25, "mismatched": 0}
+    info = read_back(path)
+    assert info["counters"] == list(range(30)) + list(range(130, 160))
+    assert info["duration"] == pytest.approx(1.5 + 55 / FPS, abs=0.1)
+
+
 def test_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedCodec):
         Recorder(tmp_path / "h264.webm", [Track("video", H264)])

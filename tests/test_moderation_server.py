@@ -404,6 +404,77 @@ async def test_a_recording_of_a_known_stream_reads_back_frame_by_frame(
     assert {"record", "stop_recording", "play"} <= set(actions)
 
 
+async def test_watching_and_recording_go_on_when_the_person_gets_a_new_media_connection(
+    relay_server, clients, tmp_path
+) -> None:
+    """A changed network gives b a new media connection (the page's make-before-break);
+    to moderation b is the same person: the watch feed and the recording go on."""
+    a, b = await paired(relay_server, clients)
+    await a.wait_frames(tag=2, count=10, timeout=TIMEOUT)
+    name = (await api(relay_server, "POST", "/recordings", json={"sessionIds": [b.id]}))[
+        "recording"
+    ][0]["name"]
+    pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    watched: list = []  # b's stamps, as the moderator decodes them
+
+    async def consume(track) -> None:
+        while True:
+            stamp = read_stamp((await track.recv()).to_ndarray(format="rgb24"))
+            if stamp is not None:
+                watched.append(stamp)
+
+    tasks = []
+    pc.on(
+        "track",
+        lambda track: (
+            tasks.append(asyncio.ensure_future(consume(track))) if track.kind == "video" else None
+        ),
+    )
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await api(
+            relay_server,
+            "POST",
+            "/watch",
+            json={"sessionIds": [b.id], "sdp": pc.localDescription.sdp},
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+        async def frames_sent_after(moment: float, count: int) -> bool:
+            return sum(s.send_time_ms / 1000 > moment for s in watched) >= count
+
+        await until(lambda: frames_sent_after(0, 10), what="b's video in the watch feed")
+
+        await b.negotiate(keep_old=True)
+        # From here on b's video leaves on the new connection only.
+        replaced = time.time() + 0.1
+        await a.wait_frames(tag=2, count=10, after=replaced, timeout=TIMEOUT)
+        await until(
+            lambda: frames_sent_after(replaced, 15), what="the new connection's video watched"
+        )
+        assert (await session_view(relay_server, b.id))["recording"] is True
+        stopped = await api(relay_server, "POST", "/recordings/stop", json={"sessionIds": [b.id]})
+        assert stopped["stopped"][0]["name"] == name
+        await api(relay_server, "DELETE", f"/watch/{answer['watchId']}")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await pc.close()
+
+    path = tmp_path / name
+    path.write_bytes(await api(relay_server, "GET", f"/recordings/{name}"))
+    _, _, stamps, times = read_video(path)
+    recorded = [(t, s) for t, s in zip(times, stamps, strict=True) if s is not None]
+    counters = [s.counter for _, s in recorded]
+    assert counters == sorted(counters) and len(set(counters)) == len(counters)
+    # One file across both connections, at the sender's pace throughout.
+    assert sum(s.send_time_ms / 1000 > replaced for _, s in recorded) >= 10
+    (t0, first), (t1, last) = recorded[0], recorded[-1]
+    assert t1 - t0 == pytest.approx((last.send_time_ms - first.send_time_ms) / 1000, abs=0.5)
+
+
 # -- watching --------------------------------------------------------------------
 
 
