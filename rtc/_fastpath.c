@@ -770,7 +770,7 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (m == NULL) return NULL;
     /* The other files' types (rtc/native/): fan-out, REMB, inbound path, frames. */
     if (rr_register_fanout(m) < 0 || rr_register_remb(m) < 0 || rr_register_inbound(m) < 0 ||
-        rr_register_frames(m) < 0) {
+        rr_register_frames(m) < 0 || rr_register_pipe_out(m) < 0 || rr_register_pipe_in(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -727,6 +727,11 @@ static int assemble(FanoutObject *self, const rr_packet *packet, double now) {
     return 0;
 }
 
+int rr_fanout_accepts(PyObject *fanout, int payload_type) {
+    int expected = ((FanoutObject *)fanout)->payload_type;
+    return expected >= 0 && payload_type == expected;
+}
+
 int rr_fanout_push(PyObject *fanout, const rr_packet *packet) {
     FanoutObject *self = (FanoutObject *)fanout;
     /* A codec Python has not set up yet (or a changed one): Python sees it first. */

@@ -74,6 +74,24 @@ int rr_is_fanout(PyObject *o);
  * Callbacks into Python may run during the call (a keyframe wanted, frames built). */
 int rr_fanout_push(PyObject *fanout, const rr_packet *packet);
 
+/* 1 when rr_fanout_push would take a packet of `payload_type` (it is the codec Python
+ * last set), 0 when Python must see it first (no codec yet, or another one). */
+int rr_fanout_accepts(PyObject *fanout, int payload_type);
+
+/* -- the pipe between nodes, sending (rtc/native/pipe_out.c) -------------------- */
+
+/* 1 if `o` is a rtc._fastpath.PipeOut: a member of a Fanout's lanes like a Lane. */
+int rr_is_pipe_out(PyObject *o);
+
+/* Whether Python has activated the PipeOut (else the fan-out leaves the packet to Python). */
+int rr_pipe_out_active(PyObject *pipe_out);
+
+/* _OutgoingStream.push_packet in C: queue `packet` (a CODEC message first when it is a
+ * keyframe) on the PipeOut's destination. 0, or -1 with a Python exception set. */
+int rr_pipe_out_forward(PyObject *pipe_out, const rr_packet *packet, int keyframe);
+
+/* -- the pipe between nodes, receiving (rtc/native/pipe_in.c) ------------------- */
+
 /* -- REMB estimator (rtc/native/remb.c) -------------------------------------- */
 
 typedef struct rr_remb rr_remb;
@@ -120,5 +138,7 @@ int rr_register_fanout(PyObject *module);
 int rr_register_remb(PyObject *module);
 int rr_register_inbound(PyObject *module);
 int rr_register_frames(PyObject *module);
+int rr_register_pipe_out(PyObject *module);
+int rr_register_pipe_in(PyObject *module);
 
 #endif
