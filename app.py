@@ -16,6 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from cluster.bus import LocalBus, RedisBus, SessionBus
+from cluster.connect import connect as cluster_connect
 from cluster.node import new_node_id
 from cluster.registry import BEAT_TTL, NodeRegistry
 from config import Settings
@@ -125,11 +126,7 @@ async def _lobby_context(app: web.Application) -> AsyncIterator[None]:
             return MemoryMatcher(on_match, matcher_settings)
 
     else:
-        # Timeouts: without them a Redis host that vanishes (no RST) stalls every call for
-        # minutes of TCP retries. 5 s is above the matcher feed's 1 s XREAD BLOCK.
-        redis = Redis.from_url(
-            settings.redis, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-        )
+        redis = cluster_connect(settings.redis)
         app[REDIS] = redis
         assert settings.cluster_secret is not None  # parse_settings insists with --redis
         bus = RedisBus(redis, node, secret=settings.cluster_secret.encode())

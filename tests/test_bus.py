@@ -23,6 +23,7 @@ from redis_server import RedisServer
 
 from cluster import bus as bus_module
 from cluster.bus import RedisBus
+from cluster.connect import connect
 from cluster.node import SessionRef
 
 SECRET = b"the cluster secret, 16+ bytes"
@@ -31,7 +32,7 @@ FROM_A = SessionRef("sender", "A")
 
 
 def client(server: RedisServer) -> Redis:
-    return Redis.from_url(server.url, decode_responses=True, socket_connect_timeout=2)
+    return connect(server.url)
 
 
 class Received:
@@ -109,10 +110,11 @@ def _signed(secret: bytes, body: dict[str, Any]) -> str:
     return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest() + text
 
 
-async def test_a_message_not_signed_with_the_cluster_secret_is_refused() -> None:
+async def test_a_message_not_signed_with_the_cluster_secret_is_refused(caplog) -> None:
     """Whoever can publish on Redis cannot speak for a session: an unsigned message,
-    one signed with another secret and a replay older than a minute are dropped;
-    a message from a node of the cluster still arrives."""
+    one signed with another secret, a replay older than a minute and garbage are
+    dropped, with one warning rather than a line (or a traceback) each; a message
+    from a node of the cluster still arrives."""
     server = RedisServer()
     clients = [client(server), client(server), client(server)]
     a, b = RedisBus(clients[0], "A", secret=SECRET), RedisBus(clients[1], "B", secret=SECRET)
@@ -127,11 +129,18 @@ async def test_a_message_not_signed_with_the_cluster_secret_is_refused() -> None
         await attacker.publish(channel, json.dumps(forged))
         await attacker.publish(channel, _signed(b"another secret entirely", forged))
         await attacker.publish(channel, _signed(SECRET, forged | {"at": time.time() - 120}))
+        await attacker.publish(channel, _signed(SECRET, forged | {"at": "now"}))
+        await attacker.publish(channel, b"\xff\xfe not text")
+        await attacker.publish(channel, "0" * 64 + "[1, 2]")
         a.send(TO_B, FROM_A, {"t": "real"})
         assert await received.until(1, within=5) == ["real"]
         await asyncio.sleep(0.2)  # nothing forged trails in after it
         assert [m["t"] for m in received.messages] == ["real"]
-        assert b.refused == 3
+        assert b.refused == 6
+        warnings = [r for r in caplog.records if r.name == "cluster.signing"]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "not signed with the cluster secret" in warnings[0].getMessage()
+        assert not [r for r in caplog.records if r.exc_info], "a traceback for bad input"
     finally:
         await a.close()
         await b.close()

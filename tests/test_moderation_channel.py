@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from cluster.connect import connect
 from cluster.registry import NodeRegistry
 from moderation import channel as channel_module
 from moderation.channel import ChannelError, LocalChannel, RedisChannel
@@ -26,7 +27,7 @@ CLUSTER_SECRET = b"test-cluster-secret-0123"
 async def pair(redis_url: str) -> AsyncIterator[list[Node]]:
     made: list[Node] = []
     for name in ("A", "B"):
-        redis = Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=2)
+        redis = connect(redis_url)
         registry = NodeRegistry(redis, name)
         registry.count = lambda: 0  # members are kept only with a count, as the Lobby sets
         await registry.start()
