@@ -2040,6 +2040,8 @@ def test_any_datagram_is_taken_or_dropped_never_a_crash(encrypt: bool) -> None:
     for bad in (("not an address" * 10, 1), ("127.0.0.1\x00", 1)):
         with pytest.raises(ValueError):
             reader.receive(b"", *bad)
+    with pytest.raises(ValueError):
+        reader.receive(bytes(65536), "127.0.0.1", 1)  # more than a socket read gives
     with pytest.raises(TypeError):
         reader.add_stream("127.0.0.1", 1, 5, object(), publishers[0])
     with pytest.raises(ValueError):
@@ -2094,3 +2096,30 @@ def test_the_pipe_reader_keeps_what_it_must_and_frees_the_rest() -> None:
         del reader
     gc.collect()
     assert [sys.getrefcount(o) for o in (on_message, derive, publisher, fanout)] == baseline
+
+
+def test_the_pipe_reader_drains_a_socket_up_to_its_limit() -> None:
+    messages: list[tuple[str, int, int, bytes]] = []
+    reader = _fuzz_reader(False, messages)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        epoch = os.urandom(8)
+        for counter in range(40):  # more than one recvmmsg batch
+            body = struct.pack("!BIH", 4, counter, 3) + b"abc"
+            client.sendto(_seal(False, epoch, counter, body), server.getsockname())
+        client.sendto(bytes(60000), server.getsockname())  # a big one: malformed
+        assert reader.drain(server.fileno(), 25) == 25
+        assert reader.drain(server.fileno(), 64) == 16
+        assert reader.drain(server.fileno(), 64) == 0  # nothing waiting
+        port = client.getsockname()[1]
+        assert messages == [("127.0.0.1", port, 4, b"abc")] * 40
+        assert (reader.received, reader.dropped["malformed"]) == (40, 1)
+    finally:
+        server.close()
+        client.close()
+    with open(os.devnull, "rb") as not_a_socket, pytest.raises(OSError) as raised:
+        reader.drain(not_a_socket.fileno(), 64)
+    assert raised.value.errno == errno.ENOTSOCK

@@ -635,6 +635,12 @@ static PyObject *PipeReader_receive(PipeReaderObject *self, PyObject *args) {
     PyObject *host;
     int port;
     if (!PyArg_ParseTuple(args, "y*Ui", &data, &host, &port)) return NULL;
+    if (data.len > RECEIVE_SIZE) {
+        /* No socket reads more (drain's buffers, and the plaintext's, are this long). */
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "longer than a datagram is read");
+        return NULL;
+    }
     peer_t peer;
     if (parse_peer(host, port, &peer) < 0 || begin(self) < 0) {
         PyBuffer_Release(&data);
@@ -688,6 +694,7 @@ static PyObject *PipeReader_drain(PipeReaderObject *self, PyObject *args) {
     if (draining) return PyLong_FromLong(0); /* re-entered: the next wake-up reads */
     if (begin(self) < 0) return NULL;
     draining = 1;
+    self->closed = 0; /* a new wake-up of an open socket (_read_ready checks) */
     PyObject *failed_type = NULL, *failed_value = NULL, *failed_traceback = NULL;
     int socket_error = 0;
     long read = 0;
@@ -743,7 +750,8 @@ static PyObject *PipeReader_drain(PipeReaderObject *self, PyObject *args) {
     return PyLong_FromLong(read);
 }
 
-/* close(): the endpoint closed its socket; a drain under way stops after this datagram. */
+/* close(): the endpoint closed its socket; a drain under way stops after this datagram
+ * (its fd may be another socket's by the next read). */
 static PyObject *PipeReader_close(PipeReaderObject *self, PyObject *unused) {
     (void)unused;
     self->closed = 1;
