@@ -701,9 +701,9 @@ class PipeEndpoint:
             name=name or f"pipe:{peer[0]}:{peer[1]}/{stream_id}",
             keyframe_interval=self.keyframe_interval,
         )
-        self._incoming[peer, stream_id] = publisher
         if self._reader is not None:
-            self._expect(publisher)
+            self._expect(publisher)  # first: a stream the reader refused is not expected at all
+        self._incoming[peer, stream_id] = publisher
         return publisher
 
     def _expect(self, publisher: PipePublisher) -> None:
