@@ -2123,3 +2123,34 @@ def test_the_pipe_reader_drains_a_socket_up_to_its_limit() -> None:
     with open(os.devnull, "rb") as not_a_socket, pytest.raises(OSError) as raised:
         reader.drain(not_a_socket.fileno(), 64)
     assert raised.value.errno == errno.ENOTSOCK
+
+
+def test_a_failing_callback_is_raised_and_the_reader_goes_on() -> None:
+    seen: list[int] = []
+
+    def on_message(host: str, port: int, kind: int, stream_id: int, body: bytes) -> None:
+        seen.append(stream_id)
+        if stream_id == 1:
+            raise RuntimeError("a bug in a handler")
+
+    reader = _fastpath.PipeReader(bytes(range(32)), None, on_message)
+    epoch = os.urandom(8)
+    two = struct.pack("!BIH", 4, 1, 0) + struct.pack("!BIH", 4, 2, 0)
+    with pytest.raises(RuntimeError):
+        reader.receive(_seal(False, epoch, 0, two), "127.0.0.1", 1)
+    assert seen == [1]  # as in Python: the rest of that datagram is not handed on
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        for counter in range(1, 4):
+            client.sendto(_seal(False, epoch, counter, two), server.getsockname())
+        with pytest.raises(RuntimeError):
+            reader.drain(server.fileno(), 64)
+        assert seen == [1, 1, 1, 1]  # every datagram read, the first error raised
+        assert reader.received == 4
+        assert reader.drain(server.fileno(), 64) == 0
+    finally:
+        server.close()
+        client.close()
