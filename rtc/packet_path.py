@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         HeaderWriter,
         Inbound,
         Lane,
+        PipeReader,
         Receiver,
         SrtpContext,
         Stream,
@@ -149,6 +150,19 @@ def fanout() -> Fanout | None:
     if _native is None:
         return None
     made: Fanout = _native.Fanout()
+    return made
+
+
+def pipe_reader(
+    mac_key: bytes | None,
+    derive: Callable[[bytes], bytes] | None,
+    on_message: Callable[[str, int, int, int, bytes], object],
+) -> PipeReader | None:
+    """The native receiving side of a pipe endpoint (rtc/native/pipe_in.c), or None on the
+    Python path. `mac_key` for HMAC tags, or `derive(epoch) -> key` for AES-GCM."""
+    if _native is None:
+        return None
+    made: PipeReader = _native.PipeReader(mac_key, derive, on_message)
     return made
 
 

@@ -62,7 +62,7 @@ import os
 import socket
 import struct
 from collections import Counter, OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from cryptography.exceptions import InvalidTag
@@ -70,8 +70,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from rtc import packet_path
 from rtc.rtp import RtpView
 from rtc.source import DecodedSink, PacketSource
+
+if TYPE_CHECKING:
+    from rtc._fastpath import PipeReader
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +257,18 @@ class PipePublisher(PacketSource):
             ),
         )
         return True
+
+    def _on_native_leftover(
+        self, payload_type: int, sequence_number: int, timestamp: int, marker: bool, payload: bytes
+    ) -> None:
+        """The Python part of a packet the native reader pushed to the fan-out (which
+        took it: the codec is this one) when the fan-out says Python must see it too."""
+        codec = self.codec
+        if codec is not None:
+            view = RtpView(
+                self.stream_id, payload_type, sequence_number, timestamp, marker, payload
+            )
+            self._on_python_packet(codec, view)
 
     def _receive_codec(self, body: bytes) -> bool:
         # The sender repeats its CODEC ahead of every keyframe: the same bytes, nothing to parse.
@@ -447,6 +463,9 @@ class PipeEndpoint:
         self._retired: deque[tuple[Address, bytes]] = deque(maxlen=4 * MAX_EPOCHS)
         self._outgoing: dict[int, _OutgoingStream] = {}
         self._incoming: dict[tuple[Address, int], PipePublisher] = {}
+        # The native path's reader (rtc/native/pipe_in.c), made in `start`: it owns the
+        # checks, keys, replay windows and counters above for what it reads.
+        self._reader: PipeReader | None = None
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Messages waiting for their datagram (see `_queue`), by destination.
@@ -455,16 +474,39 @@ class PipeEndpoint:
         self._rooms: dict[Address, int] = {}
         # Datagrams and messages, both ways.
         self.sent = 0
-        self.received = 0
+        self._received = 0
         self.messages_sent = 0
-        self.messages_received = 0
+        self._messages_received = 0
         self.errors = 0
-        # Datagrams thrown away, by reason: malformed, unauthenticated, replayed,
-        # unknown_stream, wrong_address.
-        self.dropped: Counter[str] = Counter()
+        # Python's part of `dropped` (all of it on the Python path).
+        self._dropped: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<PipeEndpoint {self.host}:{self.port}>"
+
+    # -- counters (the native reader's plus Python's) -----------------------
+
+    @property
+    def received(self) -> int:
+        """Datagrams taken: authentic, well formed, not replayed."""
+        reader = self._reader
+        return self._received + (0 if reader is None else reader.received)
+
+    @property
+    def messages_received(self) -> int:
+        reader = self._reader
+        return self._messages_received + (0 if reader is None else reader.messages_received)
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """What was thrown away, by reason: malformed, unauthenticated, replayed (whole
+        datagrams), unknown_stream, wrong_address (one message each)."""
+        reader = self._reader
+        if reader is None:
+            return Counter(self._dropped)
+        dropped = Counter(self._dropped)
+        dropped.update({reason: count for reason, count in reader.dropped.items() if count})
+        return dropped
 
     # -- lifecycle -------------------------------------------------------
 
@@ -488,6 +530,15 @@ class PipeEndpoint:
             raise
         self._socket, self._loop = sock, loop
         self.host, self.port = sock.getsockname()[:2]
+        if self._reader is None:
+            self._reader = packet_path.pipe_reader(
+                None if self.encrypt else self._mac_key,
+                self._derive_key if self.encrypt else None,
+                self._on_native_message,
+            )
+            if self._reader is not None:
+                for publisher in self._incoming.values():
+                    self._expect(publisher)
         loop.add_reader(sock.fileno(), self._read_ready)
 
     @property
@@ -504,6 +555,8 @@ class PipeEndpoint:
             self._flush_handle.cancel()
         self._flush()  # the BYEs
         sock, self._socket = self._socket, None
+        if self._reader is not None:
+            self._reader.close()  # a drain under way stops (see `_read_ready`)
         if sock is not None and self._loop is not None:
             self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -648,8 +701,16 @@ class PipeEndpoint:
             name=name or f"pipe:{peer[0]}:{peer[1]}/{stream_id}",
             keyframe_interval=self.keyframe_interval,
         )
+        if self._reader is not None:
+            self._expect(publisher)  # first: a stream the reader refused is not expected at all
         self._incoming[peer, stream_id] = publisher
         return publisher
+
+    def _expect(self, publisher: PipePublisher) -> None:
+        """Tell the native reader about a stream in (its packets go to its fan-out)."""
+        assert self._reader is not None
+        host, port = publisher.peer
+        self._reader.add_stream(host, port, publisher.stream_id, publisher.native_fanout, publisher)
 
     async def stop_receiving(self, stream_id: int, from_addr: Address) -> None:
         publisher = self._incoming.get((_address(from_addr), stream_id))
@@ -660,11 +721,23 @@ class PipeEndpoint:
         key = (publisher.peer, publisher.stream_id)
         if self._incoming.get(key) is publisher:
             del self._incoming[key]
+            if self._reader is not None:
+                self._reader.remove_stream(
+                    publisher.peer[0], publisher.peer[1], publisher.stream_id
+                )
 
     def _read_ready(self) -> None:
         """The socket is readable: take what is waiting, up to DRAIN datagrams."""
         sock = self._socket
         if sock is None:
+            return
+        if self._reader is not None:
+            # One C call: recvmmsg, and each datagram checked and handed on in C.
+            try:
+                self._reader.drain(sock.fileno(), DRAIN)
+            except OSError as exc:
+                self.errors += 1
+                logger.debug("pipe socket error: %r", exc)
             return
         for _ in range(DRAIN):
             try:
@@ -680,36 +753,40 @@ class PipeEndpoint:
                 return
 
     def _receive(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """One datagram from `addr` (the native reader's, when there is one)."""
+        if self._reader is not None:
+            self._reader.receive(data, addr[0], addr[1])
+            return
         if len(data) < HEADER_SIZE + TAG_SIZE:
-            self.dropped["malformed"] += 1
+            self._dropped["malformed"] += 1
             return
         version, epoch, counter = _HEADER.unpack_from(data)
         if version != VERSION:
-            self.dropped["malformed"] += 1
+            self._dropped["malformed"] += 1
             return
         if self.encrypt:
             opened = self._open(data, epoch)
             if opened is None:
-                self.dropped["unauthenticated"] += 1
+                self._dropped["unauthenticated"] += 1
                 return
             data, start, end = opened, 0, len(opened)
         else:
             end = len(data) - TAG_SIZE
             tag = hmac.digest(self._mac_key, data[:end], "sha256")[:TAG_SIZE]
             if not hmac.compare_digest(tag, data[end:]):
-                self.dropped["unauthenticated"] += 1
+                self._dropped["unauthenticated"] += 1
                 return
             start = HEADER_SIZE
         messages = _split(data, start, end)
         if messages is None:
-            self.dropped["malformed"] += 1
+            self._dropped["malformed"] += 1
             return
         peer: Address = (addr[0], addr[1])
         if not self._fresh(peer, epoch, counter):
-            self.dropped["replayed"] += 1
+            self._dropped["replayed"] += 1
             return
-        self.received += 1
-        self.messages_received += len(messages)
+        self._received += 1
+        self._messages_received += len(messages)
         incoming = self._incoming
         for kind, stream_id, body_start, body_end in messages:
             if kind == MessageType.RTP:
@@ -717,7 +794,7 @@ class PipeEndpoint:
                 if publisher is None:
                     self._drop_unknown(stream_id, any(s == stream_id for _, s in incoming))
                 elif not publisher._receive_rtp(data, body_start, body_end):
-                    self.dropped["malformed"] += 1
+                    self._dropped["malformed"] += 1
             else:
                 self._receive_control(peer, kind, stream_id, data[body_start:body_end])
 
@@ -729,7 +806,7 @@ class PipeEndpoint:
                 self._drop_unknown(stream_id, any(s == stream_id for _, s in self._incoming))
             elif kind == MessageType.CODEC:
                 if not publisher._receive_codec(body):
-                    self.dropped["malformed"] += 1
+                    self._dropped["malformed"] += 1
             else:
                 logger.info("%r: the sender ended the stream", publisher)
                 publisher.ended = True
@@ -742,10 +819,20 @@ class PipeEndpoint:
             else:
                 stream.send_codec()
         else:
-            self.dropped["malformed"] += 1
+            self._dropped["malformed"] += 1
+
+    def _on_native_message(
+        self, host: str, port: int, kind: int, stream_id: int, body: bytes
+    ) -> None:
+        """A message other than RTP, from the native reader."""
+        self._receive_control((host, port), kind, stream_id, body)
+
+    def _derive_key(self, epoch: bytes) -> bytes:
+        """The AES-GCM key of a sender epoch (the native reader asks once per new epoch)."""
+        return _hkdf(self._secret, 16, _AEAD_INFO, epoch)
 
     def _drop_unknown(self, stream_id: int, known_elsewhere: bool) -> None:
-        self.dropped["wrong_address" if known_elsewhere else "unknown_stream"] += 1
+        self._dropped["wrong_address" if known_elsewhere else "unknown_stream"] += 1
 
     def _open(self, data: bytes, epoch: bytes) -> bytes | None:
         """The body of an encrypted datagram, or None if it does not authenticate."""

@@ -1759,3 +1759,398 @@ def test_drain_reads_every_datagram_waiting_and_passes_on_the_rest() -> None:
     with open(os.devnull, "rb") as not_a_socket:
         inbound.drain(not_a_socket.fileno(), passed.append, errors.append)
     assert [error.errno for error in errors] == [errno.ENOTSOCK]
+
+
+# -- the pipe between nodes, receiving (rtc/native/pipe_in.c) -----------------------
+
+PIPE_SECRET = b"a cluster secret of some length"
+_VP8_KEY = b"\x90\x80\x80\x01" + bytes(40)  # starts a keyframe (P bit clear)
+_VP8_DELTA = b"\x90\x80\x80\x01\x01" + bytes(30)
+
+
+def _rtp_body(payload_type: int, seq: int, timestamp: int, marker: bool, payload: bytes) -> bytes:
+    return struct.pack("!BHI", payload_type | (0x80 if marker else 0), seq, timestamp) + payload
+
+
+class _PipeArrivals:
+    """A Python sink on a PipePublisher: what a subscriber would be handed."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int, int, bool, bytes, bool]] = []
+
+    def push_packet(self, codec: object, view: rtp.RtpView, keyframe: bool) -> None:
+        self.seen.append(
+            (
+                view.ssrc,
+                view.payload_type,
+                view.sequence_number,
+                view.timestamp,
+                view.marker,
+                view.payload,
+                keyframe,
+            )
+        )
+
+    def detach(self) -> None:
+        pass
+
+
+async def _pipe_receivers(encrypt: bool):  # type: ignore[no-untyped-def]
+    """Two senders (x, z: two other nodes) and two receiving endpoints expecting video
+    stream 1 and audio stream 2 from x: one on the Python path, one reading with this
+    module's PipeReader and Fanouts (set up as PipeEndpoint.start does)."""
+    from rtc import packet_path
+    from rtc.pipe import PipeEndpoint
+
+    previous = packet_path.name()
+    packet_path.select("python")
+    try:
+        made = [PipeEndpoint(PIPE_SECRET, encrypt=encrypt) for _ in range(4)]
+        for endpoint in made:
+            await endpoint.start()
+        x, _, python, native = made
+        sinks = []
+        for receiver in (python, native):
+            video = receiver.receive_stream(1, "video", x.address)
+            receiver.receive_stream(2, "audio", x.address)
+            if receiver is native:
+                for publisher in receiver.streams_in:
+                    fanout = _fastpath.Fanout()
+                    fanout.on_frames = publisher._on_native_frames
+                    publisher.native_fanout = fanout
+                native._reader = _fastpath.PipeReader(
+                    None if encrypt else native._mac_key,
+                    native._derive_key if encrypt else None,
+                    native._on_native_message,
+                )
+                for publisher in receiver.streams_in:
+                    native._expect(publisher)
+            sink = _PipeArrivals()
+            video.add_subscriber(sink)
+            sinks.append(sink)
+    finally:
+        packet_path.select(previous)
+    return made, sinks
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["hmac", "aead"])
+async def test_the_pipe_reader_takes_and_drops_what_the_python_endpoint_does(
+    encrypt: bool,
+) -> None:
+    from rtc.pipe import HEADER_SIZE, TAG_SIZE, MessageType, codec_to_json
+
+    (x, z, python, native), (python_sink, native_sink) = await _pipe_receivers(encrypt)
+    captured: list[bytes] = []
+    for sender in (x, z):
+        sender._sendto = lambda data, to: captured.append(data)  # type: ignore[method-assign]
+    to = ("127.0.0.1", 9)
+
+    def datagram(sender, *messages: tuple[int, int, bytes]) -> bytes:  # type: ignore[no-untyped-def]
+        for kind, stream_id, body in messages:
+            sender._send(kind, stream_id, body, to)
+        sender._flush()
+        return captured.pop()
+
+    def raw(parts: list[bytes]) -> bytes:
+        x._send_datagram(to, parts)
+        return captured.pop()
+
+    vp8 = codec_to_json(_codec("video"))
+    opus = codec_to_json(_codec("audio"))
+    rtp_kind, codec_kind = MessageType.RTP, MessageType.CODEC
+    # Sent first, so the media after them are within the replay window.
+    start = [
+        (datagram(x, (rtp_kind, 1, _rtp_body(96, 1, 0, False, _VP8_KEY))), x),  # before the codec
+        (
+            datagram(
+                x,
+                (codec_kind, 1, vp8),
+                (codec_kind, 2, opus),
+                (rtp_kind, 1, _rtp_body(96, 2, 0, False, _VP8_KEY)),
+                (rtp_kind, 1, _rtp_body(96, 3, 0, True, b"\x10" + bytes(9))),
+                (rtp_kind, 2, _rtp_body(111, 100, 0, True, b"opus")),
+            ),
+            x,
+        ),
+    ]
+    media = []
+    for index in range(8):
+        seq = 10 + 3 * index
+        media.append(
+            datagram(
+                x,
+                (rtp_kind, 1, _rtp_body(96, seq, 3000 * index, False, _VP8_DELTA + bytes([index]))),
+                (rtp_kind, 2, _rtp_body(111, index, 960 * index, False, bytes([index]) * 20)),
+                (rtp_kind, 1, _rtp_body(96, seq + 1, 3000 * index, True, _VP8_DELTA)),
+            )
+        )
+    far = [
+        datagram(x, (rtp_kind, 1, _rtp_body(96, 500 + i, 0, True, _VP8_DELTA))) for i in range(130)
+    ]
+    valid = datagram(x, (rtp_kind, 1, _rtp_body(96, 900, 1, True, _VP8_KEY)))
+    sequence = [
+        *start,
+        (media[0], x),
+        (media[2], x),  # reordered within the window
+        (media[1], x),
+        (media[1], x),  # replayed
+        *[(d, x) for d in media[3:]],
+        (far[-1], x),
+        (far[0], x),  # beyond the window
+        (far[-2], x),
+        (datagram(x, (rtp_kind, 1, _rtp_body(100, 7, 0, True, b"x"))), x),  # a new payload type
+        (datagram(x, (rtp_kind, 1, b"\x60\x00")), x),  # an RTP body too short
+        (datagram(x, (rtp_kind, 99, _rtp_body(96, 1, 0, True, b"x"))), x),  # unknown stream
+        (datagram(z, (rtp_kind, 1, _rtp_body(96, 8, 0, True, b"z"))), z),  # the wrong address
+        (datagram(z, (codec_kind, 1, vp8)), z),
+        (datagram(x, (codec_kind, 1, b"not json")), x),
+        (datagram(x, (codec_kind, 1, vp8), (codec_kind, 1, vp8)), x),
+        (datagram(x, (MessageType.KEYFRAME_REQUEST, 1, b"")), x),
+        (datagram(x, (MessageType.CODEC_REQUEST, 5, b"")), x),
+        (datagram(x, (9, 1, b"what"), (rtp_kind, 1, _rtp_body(96, 901, 2, True, _VP8_KEY))), x),
+        (raw([b""]), x),  # no message
+        (raw([struct.pack("!BIH", 1, 1, 50) + b"short"]), x),  # a length past the end
+        (raw([struct.pack("!BIH", 5, 2, 0) + b"\x01\x00"]), x),  # a header cut short
+        (valid[: HEADER_SIZE + TAG_SIZE - 1], x),
+        (valid[:40], x),
+        (bytes([1]) + valid[1:], x),  # another version
+        (valid[:-1] + bytes([valid[-1] ^ 1]), x),  # a forged tag
+        (valid[:1] + os.urandom(8) + valid[9:], x),  # an epoch never seen
+        (valid, x),
+        (valid, z),  # the same datagram from another address: its own window
+        (datagram(x, (MessageType.BYE, 2, b""), (MessageType.BYE, 7, b"")), x),
+    ]
+    try:
+        for data, sender in sequence:
+            for receiver in (python, native):
+                receiver._receive(data, sender.address)
+        assert native._reader is not None and python._reader is None
+        assert native._reader.received > 0
+        assert native_sink.seen == python_sink.seen
+        assert len(native_sink.seen) > 20, (python.dropped, [s[2] for s in python_sink.seen])
+        assert (native.received, native.messages_received) == (
+            python.received,
+            python.messages_received,
+        )
+        assert dict(native.dropped) == dict(python.dropped)
+        assert set(python.dropped) == {
+            "malformed",
+            "unauthenticated",
+            "replayed",
+            "unknown_stream",
+            "wrong_address",
+        }
+        assert native.messages_sent == python.messages_sent  # CODEC_REQUESTs
+        for mine, theirs in zip(native.streams_in, python.streams_in, strict=True):
+            assert (mine.frames, mine.bytes, mine.ended, mine.codec) == (
+                theirs.frames,
+                theirs.bytes,
+                theirs.ended,
+                theirs.codec,
+            )
+        if encrypt:
+            assert native._reader.epochs == len(python._peer_aeads) == 2  # not the forged one
+        assert native._reader.windows == len(python._windows) == 3  # (x, z, x's from z)
+    finally:
+        for endpoint in (x, z, python, native):
+            await endpoint.close()
+    assert native._reader.streams == 0
+
+
+class _FuzzPublisher:
+    """Stands for a PipePublisher: what the reader hands Python."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _receive_rtp(self, data: bytes, start: int, end: int) -> bool:
+        self.calls += 1
+        return end - start >= 7
+
+    def _on_native_leftover(self, *args: object) -> None:
+        self.calls += 1
+
+
+def _fuzz_reader(encrypt: bool, messages: list[tuple[str, int, int, bytes]]):  # type: ignore[no-untyped-def]
+    key = bytes(range(32))
+    return _fastpath.PipeReader(
+        None if encrypt else key,
+        (lambda epoch: key[:16]) if encrypt else None,
+        lambda host, port, kind, stream_id, body: messages.append((host, port, kind, body)),
+    )
+
+
+def _seal(encrypt: bool, epoch: bytes, counter: int, messages: bytes) -> bytes:
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = bytes(range(32))
+    header = struct.pack("!B8sQ", 2, epoch, counter)
+    if encrypt:
+        return header + AESGCM(key[:16]).encrypt(bytes(4) + header[-8:], messages, header)
+    return header + messages + hmac.digest(key, header + messages, "sha256")[:16]
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["hmac", "aead"])
+def test_any_datagram_is_taken_or_dropped_never_a_crash(encrypt: bool) -> None:
+    rng = random.Random(14)
+    messages: list[tuple[str, int, int, bytes]] = []
+    reader = _fuzz_reader(encrypt, messages)
+    fanout = _fastpath.Fanout()
+    fanout.set_codec(96, "VP8", True)
+    fanout.python_sinks = True
+    publishers = [_FuzzPublisher(), _FuzzPublisher()]
+    reader.add_stream("127.0.0.1", 5000, 1, fanout, publishers[0])
+    reader.add_stream("::1", 5000, 2, None, publishers[1])
+    epochs = [os.urandom(8) for _ in range(3)]
+    counter = 0
+    taken = 0
+    for round_ in range(3000):
+        parts = []
+        for _ in range(rng.randrange(0, 5)):
+            kind = rng.choice([1, 1, 1, 2, 3, 4, 5, rng.randrange(256)])
+            body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 30)))
+            if kind == 1 and rng.random() < 0.7:
+                body = _rtp_body(
+                    rng.choice([96, 96, 97]), rng.randrange(65536), 0, rng.random() < 0.5, body
+                )
+            length = len(body) if rng.random() < 0.9 else rng.randrange(65536)
+            parts.append(struct.pack("!BIH", kind, rng.choice([1, 2, 3]), length) + body)
+        counter += rng.choice([1, 1, 2, -3, 200])
+        data = _seal(encrypt, rng.choice(epochs), max(counter, 0), b"".join(parts))
+        mutation = rng.randrange(6)
+        if mutation == 1:
+            data = bytearray(data)
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            data = bytes(data)
+        elif mutation == 2:
+            data = data[: rng.randrange(len(data) + 1)]
+        elif mutation == 3:
+            data = os.urandom(rng.randrange(0, 80))
+        host = rng.choice(["127.0.0.1", "::1", "10.0.0.1"])
+        before = reader.received
+        reader.receive(data, host, 5000)
+        taken += reader.received - before
+        if round_ == 1500:
+            assert reader.remove_stream("127.0.0.1", 5000, 1)
+            assert not reader.remove_stream("127.0.0.1", 5000, 1)
+    assert taken > 500 and messages and publishers[0].calls and publishers[1].calls
+    assert reader.windows <= 256 and reader.epochs <= 256
+    for bad in (("not an address" * 10, 1), ("127.0.0.1\x00", 1)):
+        with pytest.raises(ValueError):
+            reader.receive(b"", *bad)
+    with pytest.raises(ValueError):
+        reader.receive(bytes(65536), "127.0.0.1", 1)  # more than a socket read gives
+    with pytest.raises(TypeError):
+        reader.add_stream("127.0.0.1", 1, 5, object(), publishers[0])
+    with pytest.raises(ValueError):
+        _fastpath.PipeReader(b"short", None, print)
+    with pytest.raises(ValueError):
+        _fastpath.PipeReader(None, None, print)
+
+
+def test_the_pipe_reader_keeps_what_it_must_and_frees_the_rest() -> None:
+    import gc
+    import sys
+
+    # Many sender epochs: at most MAX_EPOCHS keys and windows, and the windows let go
+    # are refused (the retired list), as PipeEndpoint._fresh does.
+    messages: list[tuple[str, int, int, bytes]] = []
+    reader = _fuzz_reader(True, messages)
+    body = struct.pack("!BIH", 5, 1, 0)
+    first = os.urandom(8)
+    reader.receive(_seal(True, first, 0, body), "127.0.0.1", 1)
+    for index in range(300):
+        reader.receive(_seal(True, index.to_bytes(8, "big"), 0, body), "127.0.0.1", 1)
+    assert (reader.epochs, reader.windows, reader.received) == (256, 256, 301)
+    reader.receive(_seal(True, first, 1, body), "127.0.0.1", 1)
+    assert reader.dropped["replayed"] == 1
+    derivations = []
+
+    def derive(epoch: bytes) -> bytes:
+        derivations.append(epoch)
+        return bytes(range(16))
+
+    forged = _fastpath.PipeReader(None, derive, print)
+    for _ in range(10):
+        forged.receive(os.urandom(8) + os.urandom(8) + os.urandom(40), "127.0.0.1", 1)
+        forged.receive(b"\x02" + os.urandom(8) + os.urandom(40), "127.0.0.1", 1)
+    assert len(derivations) == 10 and forged.epochs == 0
+    assert forged.dropped["unauthenticated"] == 10 and forged.dropped["malformed"] == 10
+
+    # Nothing kept after a reader goes: callbacks, publishers, fan-outs.
+    def on_message(*args: object) -> None:
+        pass
+
+    publisher = _FuzzPublisher()
+    fanout = _fastpath.Fanout()
+    baseline = [sys.getrefcount(o) for o in (on_message, derive, publisher, fanout)]
+    for index in range(500):
+        reader = _fastpath.PipeReader(None, derive, on_message)
+        for stream_id in range(20):
+            reader.add_stream("127.0.0.1", 1, stream_id, fanout, publisher)
+        reader.remove_stream("127.0.0.1", 1, 3)
+        reader.receive(_seal(True, first, index, body), "127.0.0.1", 1)
+        reader.receive(_seal(True, first, index, body), "127.0.0.1", 1)
+        del reader
+    gc.collect()
+    assert [sys.getrefcount(o) for o in (on_message, derive, publisher, fanout)] == baseline
+
+
+def test_the_pipe_reader_drains_a_socket_up_to_its_limit() -> None:
+    messages: list[tuple[str, int, int, bytes]] = []
+    reader = _fuzz_reader(False, messages)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        epoch = os.urandom(8)
+        for counter in range(40):  # more than one recvmmsg batch
+            body = struct.pack("!BIH", 4, counter, 3) + b"abc"
+            client.sendto(_seal(False, epoch, counter, body), server.getsockname())
+        client.sendto(bytes(60000), server.getsockname())  # a big one: malformed
+        assert reader.drain(server.fileno(), 25) == 25
+        assert reader.drain(server.fileno(), 64) == 16
+        assert reader.drain(server.fileno(), 64) == 0  # nothing waiting
+        port = client.getsockname()[1]
+        assert messages == [("127.0.0.1", port, 4, b"abc")] * 40
+        assert (reader.received, reader.dropped["malformed"]) == (40, 1)
+    finally:
+        server.close()
+        client.close()
+    with open(os.devnull, "rb") as not_a_socket, pytest.raises(OSError) as raised:
+        reader.drain(not_a_socket.fileno(), 64)
+    assert raised.value.errno == errno.ENOTSOCK
+
+
+def test_a_failing_callback_is_raised_and_the_reader_goes_on() -> None:
+    seen: list[int] = []
+
+    def on_message(host: str, port: int, kind: int, stream_id: int, body: bytes) -> None:
+        seen.append(stream_id)
+        if stream_id == 1:
+            raise RuntimeError("a bug in a handler")
+
+    reader = _fastpath.PipeReader(bytes(range(32)), None, on_message)
+    epoch = os.urandom(8)
+    two = struct.pack("!BIH", 4, 1, 0) + struct.pack("!BIH", 4, 2, 0)
+    with pytest.raises(RuntimeError):
+        reader.receive(_seal(False, epoch, 0, two), "127.0.0.1", 1)
+    assert seen == [1]  # as in Python: the rest of that datagram is not handed on
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        for counter in range(1, 4):
+            client.sendto(_seal(False, epoch, counter, two), server.getsockname())
+        with pytest.raises(RuntimeError):
+            reader.drain(server.fileno(), 64)
+        assert seen == [1, 1, 1, 1]  # every datagram read, the first error raised
+        assert reader.received == 4
+        assert reader.drain(server.fileno(), 64) == 0
+    finally:
+        server.close()
+        client.close()
