@@ -2074,7 +2074,8 @@ def test_the_pipe_reader_keeps_what_it_must_and_frees_the_rest() -> None:
 
     forged = _fastpath.PipeReader(None, derive, print)
     for _ in range(10):
-        forged.receive(os.urandom(8) + os.urandom(8) + os.urandom(40), "127.0.0.1", 1)
+        # Version 1 (not the pipe's): malformed, whatever follows.
+        forged.receive(b"\x01" + os.urandom(8) + os.urandom(40), "127.0.0.1", 1)
         forged.receive(b"\x02" + os.urandom(8) + os.urandom(40), "127.0.0.1", 1)
     assert len(derivations) == 10 and forged.epochs == 0
     assert forged.dropped["unauthenticated"] == 10 and forged.dropped["malformed"] == 10
