@@ -49,8 +49,11 @@ async def until(predicate: Callable[[], object], limit: float = 20.0) -> None:
 
 
 @pytest.fixture
-async def endpoints(request: pytest.FixtureRequest) -> AsyncIterator[tuple[PipeEndpoint, ...]]:
-    """Node X's and node Y's endpoints (and a third, another node with the same secret)."""
+async def endpoints(
+    request: pytest.FixtureRequest, packet_path_mode: str
+) -> AsyncIterator[tuple[PipeEndpoint, ...]]:
+    """Node X's and node Y's endpoints (and a third, another node with the same secret),
+    on each packet path (the native one sends with rtc/native/pipe_out.c)."""
     encrypt = getattr(request, "param", False)
     made = [PipeEndpoint(SECRET, encrypt=encrypt) for _ in range(3)]
     for endpoint in made:
@@ -61,7 +64,7 @@ async def endpoints(request: pytest.FixtureRequest) -> AsyncIterator[tuple[PipeE
 
 
 @pytest.fixture
-async def publisher() -> AsyncIterator[Publisher]:
+async def publisher(packet_path_mode: str) -> AsyncIterator[Publisher]:
     """A video Publisher on the receiver of a real peer connection, as the server builds it."""
     browser, server = RTCPeerConnection(), RTCPeerConnection()
     browser.addTrack(VideoStreamTrack())
