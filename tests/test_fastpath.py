@@ -2031,3 +2031,83 @@ def test_pipe_writers_and_outs_are_freed_with_their_cycles() -> None:
     gc.collect()
     sock.close()
     assert all(ref() is None for ref in refs)
+
+
+@FUZZ
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("push"),
+                st.integers(0, 0xFFFF),
+                st.integers(0, 0xFFFFFFFF),
+                st.booleans(),
+                st.binary(max_size=3000),
+                st.booleans(),
+            ),
+            st.tuples(st.sampled_from(["restart", "codec", "flush", "control", "inactive"])),
+        ),
+        max_size=40,
+    ),
+    encrypt=st.booleans(),
+    room=st.integers(8, 4000),
+)
+def test_whatever_a_pipe_out_sends_authenticates_and_parses(
+    steps: list[tuple[object, ...]], encrypt: bool, room: int
+) -> None:
+    """Any sequence of packets, restarts, codec changes and flushes: every datagram the
+    writer sends opens with the key and splits into whole messages (rtc.pipe's reader)."""
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from rtc import pipe
+
+    epoch = bytes(range(8))
+    key = (
+        pipe._hkdf(PIPE_SECRET, 16, pipe._AEAD_INFO, epoch)
+        if encrypt
+        else pipe._hkdf(PIPE_SECRET, 32, pipe._MAC_INFO)
+    )
+    sent: list[bytes] = []
+    writer = _fastpath.PipeWriter(0, epoch, key, encrypt, list)  # transmit: no sendto(2)
+    writer.transmit = lambda data, to: sent.append(data)
+    out = _fastpath.PipeOut(writer, writer.destination("127.0.0.1", 9, room), 3)
+    # Another destination: control messages batched apart from the stream's.
+    other = writer.destination("127.0.0.1", 10, 100)
+    fanout = _fastpath.Fanout()
+    fanout.set_codec(96, "VP8", True)
+    fanout.set_lanes((out,))
+    out.set_codec(b'{"mimeType":"video/VP8"}', True)
+    out.active = True
+    for step in steps:
+        if step[0] == "push":
+            _, seq, ts, marker, payload, direct = step
+            if direct:
+                out.push(seq, ts, marker, 96, payload, payload[:1] == b"\x00")
+            else:
+                fanout.push(seq, ts, marker, payload)
+        elif step[0] == "restart":
+            out.restart()
+        elif step[0] == "codec":
+            out.set_codec(b"{}", True)
+        elif step[0] == "flush":
+            writer.flush()
+        elif step[0] == "control":
+            writer.queue(other, struct.pack("!BIH", 4, 3, 0), b"")
+        else:
+            out.active = not out.active
+    writer.flush()
+    assert writer.counter == len(sent) == writer.sent
+    for counter, data in enumerate(sent):
+        version, got_epoch, got_counter = struct.unpack_from("!B8sQ", data)
+        assert (version, got_epoch, got_counter) == (2, epoch, counter)
+        if encrypt:
+            body = AESGCM(key).decrypt(bytes(4) + data[9:17], data[17:], data[:17])
+            messages = pipe._split(body, 0, len(body))
+        else:
+            tag = hmac.digest(key, data[:-16], "sha256")[:16]
+            assert tag == data[-16:]
+            messages = pipe._split(data, 17, len(data) - 16)
+        assert messages, data.hex()
+        assert all(stream_id == 3 for _, stream_id, _, _ in messages)

@@ -271,7 +271,8 @@ static int writer_send(PipeWriterObject *self, PipeDestinationObject *destinatio
 static int writer_queue(PipeWriterObject *self, PipeDestinationObject *destination,
                         const uint8_t *head, size_t head_size, const uint8_t *body,
                         size_t body_size) {
-    if (self->fd < 0) return 0;
+    /* Closed, or cleared by the collector (a cycle being freed): nothing more to send. */
+    if (self->fd < 0 || self->pending == NULL || self->on_pending == NULL) return 0;
     if (body_size > MAX_BODY) {
         self->errors++;
         return 0;
@@ -382,7 +383,7 @@ static PyObject *PipeWriter_queue(PipeWriterObject *self, PyObject *const *args,
 static PyObject *PipeWriter_flush(PipeWriterObject *self, PyObject *unused) {
     (void)unused;
     PyObject *pending = self->pending;
-    if (PyList_GET_SIZE(pending) == 0) Py_RETURN_NONE;
+    if (pending == NULL || PyList_GET_SIZE(pending) == 0) Py_RETURN_NONE;
     PyObject *fresh = PyList_New(0);
     if (fresh == NULL) return NULL;
     self->pending = fresh; /* what a transmit callback queues belongs to the next cycle */
@@ -402,6 +403,7 @@ static PyObject *PipeWriter_flush(PipeWriterObject *self, PyObject *unused) {
 static PyObject *PipeWriter_close(PipeWriterObject *self, PyObject *unused) {
     (void)unused;
     self->fd = -1;
+    if (self->pending == NULL) Py_RETURN_NONE;
     Py_ssize_t count = PyList_GET_SIZE(self->pending);
     for (Py_ssize_t i = 0; i < count; i++) {
         PipeDestinationObject *destination =
