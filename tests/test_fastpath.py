@@ -2111,3 +2111,52 @@ def test_whatever_a_pipe_out_sends_authenticates_and_parses(
             messages = pipe._split(data, 17, len(data) - 16)
         assert messages, data.hex()
         assert all(stream_id == 3 for _, stream_id, _, _ in messages)
+
+
+def test_piping_through_the_fanout_makes_no_python_objects() -> None:
+    """Packet in, the pipe's sealed datagram out by sendto(2): Python is called once per
+    flush cycle (on_pending), never per packet, and no Python object is made per packet."""
+    import sys
+    import tracemalloc
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        cycles: list[None] = []
+        writer = _fastpath.PipeWriter(
+            sender.fileno(), bytes(8), bytes(32), False, lambda: cycles.append(None)
+        )
+        to = writer.destination("127.0.0.1", receiver.getsockname()[1], 1400 - 33)
+        outs = [_fastpath.PipeOut(writer, to, stream_id) for stream_id in range(2)]
+        fanout = _fastpath.Fanout()
+        fanout.set_codec(96, "VP8", True)
+        fanout.set_lanes(tuple(outs))
+        for out in outs:
+            out.set_codec(b'{"mimeType":"video/VP8"}', True)
+            out.active = True
+        payload = bytes([0x90, 0x80, 0x80, 1, 0x01]) + bytes(500)
+        push, flush = fanout.push, writer.flush
+        for seq in range(100):
+            assert not push(seq, seq * 10, True, payload)
+        flush()
+        cycles.clear()
+        tracemalloc.start()
+        blocks = sys.getallocatedblocks()
+        tracemalloc.reset_peak()
+        for seq in range(100, 3000):
+            assert not push(seq, seq * 10, True, payload)
+            if seq % 8 == 7:
+                flush()
+        flush()
+        current, peak = tracemalloc.get_traced_memory()
+        grown = sys.getallocatedblocks() - blocks
+        tracemalloc.stop()
+        assert len(cycles) == (3000 - 100 + 7) // 8
+        assert writer.messages_sent == 2 * 3000 + 2 and writer.errors == 0
+        assert grown < 50 + len(cycles) // 100, grown
+        assert peak - current < 1000, (peak, current)
+    finally:
+        receiver.close()
+        sender.close()
