@@ -6,6 +6,10 @@ Two measurements, each with HMAC (the default) and with AES-GCM (--pipe-encrypt)
   socket: the sending sink (message header, the datagram, its tag) and the
   receiving endpoint (check, replay window, parse, the PipePublisher's fan-out
   to no one).
+- `source_send_us`: the sending node's whole cost per packet, from the
+  source's fan-out (`PacketSource._on_packet`) to the socket: on the native
+  packet path (RR_PACKET_PATH) that is the C fan-out and rtc/native/pipe_out.c,
+  with no Python per packet; `send_us` calls the Python sink directly.
 - `loopback_cpu_us`: process CPU per packet through two real endpoints on
   loopback, both sides in this process, sockets and event loop included.
 
@@ -107,6 +111,19 @@ async def measure(encrypt: bool, count: int, per_turn: int) -> dict[str, Any]:
     await node_x.close()
     await node_y.close()
 
+    # From the source's fan-out to the socket (what node_y does not read, the kernel drops).
+    node_x, node_y, source, piped = await _endpoints(encrypt)
+    source._on_packet(VP8, views[0])
+    node_x._flush()
+    started_source = time.perf_counter()
+    for first in range(0, count, per_turn):
+        for view in views[first : first + per_turn]:
+            source._on_packet(VP8, view)
+        node_x._flush()
+    source_send = time.perf_counter() - started_source
+    await node_x.close()
+    await node_y.close()
+
     # Over loopback, both ends in this process.
     node_x, node_y, source, piped = await _endpoints(encrypt)
     arrivals = _Arrivals()
@@ -140,6 +157,7 @@ async def measure(encrypt: bool, count: int, per_turn: int) -> dict[str, Any]:
         "datagrams": datagrams,
         "payload_bytes": PAYLOAD_SIZE,
         "send_us": round((sent - started) / count * 1e6, 2),
+        "source_send_us": round(source_send / count * 1e6, 2),
         "receive_us": round((received - sent) / count * 1e6, 2),
         "loopback_cpu_us": round(cpu / count * 1e6, 2),
         "loopback_delivered": round(delivered / count, 4),

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
         HeaderWriter,
         Inbound,
         Lane,
+        PipeDestination,
+        PipeOut,
         PipeReader,
+        PipeWriter,
         Receiver,
         SrtpContext,
         Stream,
@@ -163,6 +166,24 @@ def pipe_reader(
     if _native is None:
         return None
     made: PipeReader = _native.PipeReader(mac_key, derive, on_message)
+    return made
+
+
+def pipe_writer(
+    fd: int, epoch: bytes, key: bytes, encrypt: bool, on_pending: Callable[[], object]
+) -> PipeWriter | None:
+    """A native sender for a pipe endpoint's socket (rtc/native/pipe_out.c), or None on
+    the Python path. `key`: the HMAC key, or with `encrypt` the epoch's AES-128-GCM key."""
+    if _native is None:
+        return None
+    made: PipeWriter = _native.PipeWriter(fd, epoch, key, encrypt, on_pending)
+    return made
+
+
+def pipe_out(writer: PipeWriter, destination: PipeDestination, stream_id: int) -> PipeOut:
+    """One stream `writer` sends to `destination`: a member of its source's fan-out."""
+    assert _MODULE is not None  # a writer exists, so the module does
+    made: PipeOut = _MODULE.PipeOut(writer, destination, stream_id)
     return made
 
 

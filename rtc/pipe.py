@@ -48,6 +48,11 @@ the stream starts and ahead of every keyframe, and again on CODEC_REQUEST
 (which the receiver sends when a packet's payload type does not match the
 codec it knows); KEYFRAME_REQUEST asks the sending publisher for a keyframe
 (it rate limits); BYE says the sender stopped the stream.
+
+On the native packet path (rtc/packet_path.py) the sending side runs in C
+(rtc/native/pipe_out.c): a `PipeWriter` per endpoint batches, seals and sends
+the datagrams, and each stream out has a `PipeOut` in its source's C fan-out,
+so no Python runs per packet; the bytes are the same.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ from rtc.rtp import RtpView
 from rtc.source import DecodedSink, PacketSource
 
 if TYPE_CHECKING:
-    from rtc._fastpath import PipeReader
+    from rtc._fastpath import PipeDestination, PipeOut, PipeReader, PipeWriter
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +312,11 @@ class PipePublisher(PacketSource):
 
 
 class _OutgoingStream:
-    """Sits in a local source's fan-out and sends every packet on over the pipe."""
+    """Sits in a local source's fan-out and sends every packet on over the pipe.
+
+    On the native path its `lane` (rtc/native/pipe_out.c) does `push_packet`'s work in
+    the source's C fan-out; Python sees a packet only to set the codec and activate it.
+    """
 
     __slots__ = (
         "_codec",
@@ -316,6 +325,7 @@ class _OutgoingStream:
         "_last_sequence",
         "_restarting",
         "_sequence_offset",
+        "lane",
         "publisher",
         "sees_held",
         "stream_id",
@@ -330,8 +340,10 @@ class _OutgoingStream:
         stream_id: int,
         *,
         sees_held: bool = False,
+        lane: PipeOut | None = None,
     ) -> None:
         self._endpoint = endpoint
+        self.lane = lane
         # A stream to a moderator's watcher on another node goes on while the publisher
         # is held for review (PacketSource.hold), as a local watcher's does.
         self.sees_held = sees_held
@@ -354,8 +366,17 @@ class _OutgoingStream:
     def restart(self) -> None:
         """Resume after a pause at the publisher's next keyframe (see `__init__`)."""
         self._restarting = True
+        if self.lane is not None:
+            self.lane.restart()
+            # Python sees the packets up to the keyframe: the codec may have changed
+            # while the stream was out of the fan-out (held), unseen by the lane.
+            self.lane.active = False
 
     def push_packet(self, codec: RTCRtpCodecParameters, view: RtpView, keyframe: bool) -> None:
+        lane = self.lane
+        if lane is not None:
+            self._push_native(lane, codec, view, keyframe)
+            return
         if self._restarting:
             if not keyframe:
                 return
@@ -385,13 +406,40 @@ class _OutgoingStream:
             payload,
         )
 
+    def _push_native(
+        self, lane: PipeOut, codec: RTCRtpCodecParameters, view: RtpView, keyframe: bool
+    ) -> None:
+        """A packet the fan-out left to Python (its codec changed, or the lane is new):
+        give the lane the codec, activate it, and let it take this packet."""
+        if lane.restarting and not keyframe:
+            return  # as push_packet: the codec is not taken before the restart
+        if codec is not self._codec:
+            self._codec, self._codec_body = codec, codec_to_json(codec)
+            lane.set_codec(self._codec_body, True)
+        lane.active = True
+        lane.push(
+            view.sequence_number,
+            view.timestamp,
+            view.marker,
+            view.payload_type,
+            view.payload,
+            keyframe,
+        )
+
     def send_codec(self) -> None:
         codec = self._codec or self.publisher.codec
         if codec is None:
             return
+        lane = self.lane
         if codec is not self._codec or not self._codec_body:
             self._codec = codec
             self._codec_body = codec_to_json(codec)
+            if lane is not None:
+                lane.set_codec(self._codec_body, False)
+        if lane is not None:
+            # Queued by the writer, in one sequence with the lane's RTP messages.
+            lane.send_codec()
+            return
         self._endpoint._send(MessageType.CODEC, self.stream_id, self._codec_body, self.to)
 
     def detach(self) -> None:
@@ -472,19 +520,44 @@ class PipeEndpoint:
         self._batches: dict[Address, _Batch] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._rooms: dict[Address, int] = {}
-        # Datagrams and messages, both ways.
-        self.sent = 0
+        # The native path's sender (rtc/native/pipe_out.c), made in `start`: it does
+        # `_queue`, `_flush` and `_send_datagram` in C; its destinations by address.
+        self._writer: PipeWriter | None = None
+        self._destinations: dict[Address, PipeDestination] = {}
+        # Datagrams and messages, both ways: Python's part (all of it on the Python
+        # path); the properties add the native writer's and reader's.
+        self._sent = 0
         self._received = 0
-        self.messages_sent = 0
+        self._messages_sent = 0
         self._messages_received = 0
-        self.errors = 0
-        # Python's part of `dropped` (all of it on the Python path).
+        self._errors = 0
         self._dropped: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<PipeEndpoint {self.host}:{self.port}>"
 
-    # -- counters (the native reader's plus Python's) -----------------------
+    # -- counters (Python's plus the native writer's and reader's) ------------
+
+    @property
+    def sent(self) -> int:
+        """Datagrams sent."""
+        return self._sent + (self._writer.sent if self._writer is not None else 0)
+
+    @property
+    def messages_sent(self) -> int:
+        """Messages queued to be sent."""
+        writer = self._writer
+        return self._messages_sent + (writer.messages_sent if writer is not None else 0)
+
+    @property
+    def errors(self) -> int:
+        """Messages too large, datagrams not sent, socket errors receiving."""
+        return self._errors + (self._writer.errors if self._writer is not None else 0)
+
+    @errors.setter
+    def errors(self, value: int) -> None:
+        # `self.errors += 1` where Python counts one (the receiving side).
+        self._errors = value - (self._writer.errors if self._writer is not None else 0)
 
     @property
     def received(self) -> int:
@@ -530,6 +603,10 @@ class PipeEndpoint:
             raise
         self._socket, self._loop = sock, loop
         self.host, self.port = sock.getsockname()[:2]
+        key = _hkdf(self._secret, 16, _AEAD_INFO, self._epoch) if self.encrypt else self._mac_key
+        self._writer = packet_path.pipe_writer(
+            sock.fileno(), self._epoch, key, self.encrypt, self._on_pending
+        )
         if self._reader is None:
             self._reader = packet_path.pipe_reader(
                 None if self.encrypt else self._mac_key,
@@ -554,6 +631,8 @@ class PipeEndpoint:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         self._flush()  # the BYEs
+        if self._writer is not None:
+            self._writer.close()  # before the socket: its descriptor may be reused
         sock, self._socket = self._socket, None
         if self._reader is not None:
             self._reader.close()  # a drain under way stops (see `_read_ready`)
@@ -575,7 +654,14 @@ class PipeEndpoint:
             raise ValueError(f"stream id {stream_id} is not a 32-bit number")
         if stream_id in self._outgoing:
             raise ValueError(f"stream {stream_id} is already being sent")
-        stream = _OutgoingStream(self, publisher, _address(to), stream_id, sees_held=sees_held)
+        address = _address(to)
+        writer = self._writer
+        lane = None
+        if writer is not None and self._socket is not None:
+            lane = packet_path.pipe_out(writer, self._destination(address), stream_id)
+        stream = _OutgoingStream(
+            self, publisher, address, stream_id, sees_held=sees_held, lane=lane
+        )
         self._outgoing[stream_id] = stream
         publisher.add_subscriber(stream)
         stream.send_codec()
@@ -608,8 +694,12 @@ class PipeEndpoint:
         if self._socket is None:
             return
         if len(body) > MAX_BODY:
-            self.errors += 1
+            self._errors += 1
             logger.warning("%r: a %d-byte message does not fit in the pipe", self, len(body))
+            return
+        writer = self._writer
+        if writer is not None:
+            writer.queue(self._destination(to), head, body)
             return
         size = len(head) + len(body)
         batch = self._batches.get(to)
@@ -625,7 +715,27 @@ class PipeEndpoint:
         batch.parts.append(head)
         batch.parts.append(body)
         batch.size += size
-        self.messages_sent += 1
+        self._messages_sent += 1
+
+    def _destination(self, to: Address) -> PipeDestination:
+        """The native writer's destination `to` (there is a writer)."""
+        destination = self._destinations.get(to)
+        if destination is None:
+            assert self._writer is not None
+            destination = self._writer.destination(to[0], to[1], self._room(to))
+            if len(self._destinations) >= MAX_EPOCHS:  # bounded as `_rooms`
+                self._destinations.clear()
+            self._destinations[to] = destination
+        return destination
+
+    def _on_pending(self) -> None:
+        """The native writer queued the first message of a flush cycle (as `_queue` does)."""
+        assert self._writer is not None and self._loop is not None
+        # Tests and the benchmark catch datagrams by replacing `_sendto` on the
+        # endpoint: then the writer hands them to it instead of sending them itself.
+        self._writer.transmit = self.__dict__.get("_sendto")
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush_next_turn)
 
     def _room(self, to: Address) -> int:
         """How many bytes of messages one datagram to `to` carries."""
@@ -652,6 +762,8 @@ class PipeEndpoint:
     def _flush(self) -> None:
         """Send every queued message: one datagram per destination, or a few if they are many."""
         self._flush_handle = None
+        if self._writer is not None:
+            self._writer.flush()
         batches, self._batches = self._batches, {}
         for to, batch in batches.items():
             if batch.parts:
@@ -674,13 +786,14 @@ class PipeEndpoint:
         except OSError as exc:
             # A full send buffer (BlockingIOError) or an unreachable node: media
             # tolerates a lost datagram, and a blocked event loop would cost more.
-            self.errors += 1
+            self._errors += 1
             logger.debug("%r: sending to %s failed: %r", self, to, exc)
             return
-        self.sent += 1
+        self._sent += 1
 
     def _sendto(self, datagram: bytes, to: Address) -> None:
-        """Where a datagram leaves (tests and the benchmark catch it here)."""
+        """Where a datagram leaves (tests and the benchmark catch it here; on the native
+        path replacing it on the endpoint makes the writer hand datagrams to it)."""
         assert self._socket is not None
         self._socket.sendto(datagram, to)
 

@@ -2155,3 +2155,403 @@ def test_a_failing_callback_is_raised_and_the_reader_goes_on() -> None:
     finally:
         server.close()
         client.close()
+
+
+# -- the pipe between nodes, sending side (rtc/native/pipe_out.c) ------------------
+
+PIPE_EPOCH = bytes.fromhex("0123456789abcdef")
+
+
+def _pipe_frame(
+    payload_type: int, picture: int, sequence: int, *, key: bool, size: int
+) -> list[rtp.RtpView]:
+    """One VP8 frame of three packets of about `size` bytes (a keyframe when `key`)."""
+    views = []
+    for index in range(3):
+        descriptor = bytes(
+            [0x90 if index == 0 else 0x80, 0x80, 0x80 | picture >> 8, picture & 0xFF]
+        )
+        first = (b"\x00" if key else b"\x01") if index == 0 else b""
+        body = first + bytes([(picture + index) & 0xFF]) * (size - len(first))
+        views.append(
+            rtp.RtpView(
+                1111,
+                payload_type,
+                (sequence + index) & 0xFFFF,
+                (3000 * picture) & 0xFFFFFFFF,
+                index == 2,
+                descriptor + body,
+            )
+        )
+    return views
+
+
+async def _pipe_side(native: bool, encrypt: bool, receiver: socket.socket, monkeypatch):  # type: ignore[no-untyped-def]
+    """A PipeEndpoint with the fixed epoch and a source sending to `receiver`, on one path."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from rtc import packet_path, pipe
+    from rtc.source import PacketSource
+
+    class Source(PacketSource):
+        def _ask_upstream(self) -> None:
+            pass
+
+    # This module's build (`make asan`'s own under ASan) is the native path here.
+    monkeypatch.setattr(packet_path, "_MODULE", _fastpath)
+    monkeypatch.setattr(packet_path, "_native", _fastpath if native else None)
+    endpoint = pipe.PipeEndpoint(PIPE_SECRET, encrypt=encrypt, max_datagram=1400)
+    endpoint._epoch = PIPE_EPOCH
+    endpoint._aead = AESGCM(pipe._hkdf(PIPE_SECRET, 16, pipe._AEAD_INFO, PIPE_EPOCH))
+    await endpoint.start()
+    assert (endpoint._writer is not None) == native
+    source = Source("s", "video", keyframe_interval=0.0)
+    assert (source.native_fanout is not None) == native
+    return endpoint, source
+
+
+def _pipe_script(endpoint, source, to) -> None:  # type: ignore[no-untyped-def]
+    """Everything a sending node does on the pipe, with the ends of event-loop turns."""
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from rtc.pipe import MessageType
+
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    endpoint.send_stream(source, to, 7)
+    endpoint._flush()
+    sequence, picture = 100, 0
+
+    def frames(codec, count, *, key_first, size=60, turn=True):  # type: ignore[no-untyped-def]
+        nonlocal sequence, picture
+        for index in range(count):
+            views = _pipe_frame(
+                codec.payloadType, picture, sequence, key=key_first and index == 0, size=size
+            )
+            for view in views:
+                source._on_packet(codec, view)
+            sequence += 3
+            picture += 1
+            if turn:
+                endpoint._flush()
+
+    frames(vp8, 3, key_first=True)
+    frames(vp8, 4, key_first=False, turn=False)  # one turn: a full datagram, then the rest
+    endpoint._flush()
+    frames(vp8, 2, key_first=True, size=500)  # packets that overflow a batch
+    endpoint._send(MessageType.KEYFRAME_REQUEST, 7, b"", endpoint._outgoing[7].to)
+    endpoint._outgoing[7].send_codec()  # a CODEC_REQUEST's answer, between packets
+    frames(vp8, 1, key_first=False)
+    # A new codec object (the same payload type), then another payload type.
+    frames(
+        RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96),
+        2,
+        key_first=False,
+    )
+    vp8_97 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97)
+    frames(vp8_97, 2, key_first=False)
+    # Held for review, released: a restart at the next keyframe, numbered on.
+    source.hold(True)
+    frames(vp8_97, 2, key_first=True)
+    source.hold(False)
+    frames(vp8_97, 2, key_first=False)
+    frames(vp8_97, 2, key_first=True)
+    # A message too large for the pipe (its header cannot even say its length): counted.
+    endpoint._queue(endpoint._outgoing[7].to, struct.pack("!BIH", 2, 7, 0), bytes(70_000))
+    endpoint.stop_sending(7)
+    endpoint._flush()
+
+
+def _receive_all(receiver: socket.socket) -> list[bytes]:
+    got = []
+    receiver.settimeout(0.5)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            got.append(receiver.recv(65_535))
+    return got
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["hmac", "aead"])
+async def test_the_native_pipe_sends_the_python_pipes_datagrams(encrypt: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The same packets, controls and turns through a PacketSource into a PipeEndpoint on
+    each path, with the same epoch: the same datagrams, and the same counters; and the
+    native one's packets went through C (Python saw only a codec change or restart)."""
+    from rtc import pipe
+
+    native_pushes = []
+    original = pipe._OutgoingStream._push_native
+
+    def counted(self, *args):  # type: ignore[no-untyped-def]
+        native_pushes.append(args[2].sequence_number)
+        original(self, *args)
+
+    monkeypatch.setattr(pipe._OutgoingStream, "_push_native", counted)
+    datagrams, counters = [], []
+    for native in (False, True):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        try:
+            endpoint, source = await _pipe_side(native, encrypt, receiver, monkeypatch)
+            _pipe_script(endpoint, source, receiver.getsockname())
+            datagrams.append(_receive_all(receiver))
+            counters.append((endpoint.sent, endpoint.messages_sent, endpoint.errors))
+            await endpoint.close()
+        finally:
+            receiver.close()
+    python, native = datagrams
+    assert len(python) > 10 and 1000 < max(len(d) for d in python) <= 1400
+    assert [d.hex() for d in native] == [d.hex() for d in python]
+    assert counters[0] == counters[1] and counters[0][2] == 1
+    # Python saw: the first packet, each codec change, each packet waiting out the restart.
+    assert 0 < len(native_pushes) <= 12, native_pushes
+
+
+def test_pipe_writers_and_outs_take_garbage() -> None:
+    """Wrong types, bad sizes, huge bodies, a closed descriptor: refused or counted."""
+    pending = []
+    with pytest.raises(ValueError):
+        _fastpath.PipeWriter(-1, b"short", bytes(32), False, pending.clear)
+    with pytest.raises(ValueError):
+        _fastpath.PipeWriter(-1, bytes(8), bytes(32), True, pending.clear)  # GCM: 16 bytes
+    with pytest.raises(TypeError):
+        _fastpath.PipeWriter(-1, bytes(8), bytes(32), False, 3)
+    with pytest.raises(TypeError):
+        _fastpath.PipeWriter("fd", bytes(8), bytes(32), False, pending.clear)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    writer = _fastpath.PipeWriter(
+        sock.fileno(), bytes(8), bytes(32), False, lambda: pending.append(1)
+    )
+    with pytest.raises(ValueError):
+        writer.destination("example.org", 1, 1000)
+    with pytest.raises(ValueError):
+        writer.destination("127.0.0.1", 70_000, 1000)
+    for room in (0, 7, 1 << 20, -1):
+        with pytest.raises(ValueError):
+            writer.destination("127.0.0.1", 1, room)
+    to = writer.destination("127.0.0.1", sock.getsockname()[1], 100)
+    far = writer.destination("::1", 9, 100)  # another family than the socket: an error
+    with pytest.raises(TypeError):
+        writer.queue(to, b"x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        writer.queue("to", b"", b"")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        writer.queue(to, "head", b"")  # type: ignore[arg-type]
+    writer.queue(to, b"", bytes(0x10000))  # too large: counted
+    assert writer.errors == 1 and writer.messages_sent == 0 and not pending
+    writer.queue(to, bytes(7), bytes(40_000))  # larger than the room: a datagram of its own
+    writer.queue(to, bytes(7), b"")
+    writer.queue(far, bytes(7), b"")
+    assert pending == [1] and writer.messages_sent == 3
+    writer.flush()
+    assert writer.sent == 2 and writer.errors == 2 and writer.counter == 3
+    assert len(sock.recv(65_535)) == 17 + 7 + 40_000 + 16
+    with pytest.raises(TypeError):
+        _fastpath.PipeOut(writer, "to", 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        _fastpath.PipeOut(writer, to, 1 << 32)
+    with pytest.raises(OverflowError):
+        _fastpath.PipeOut(writer, to, -1)
+    out = _fastpath.PipeOut(writer, to, 5)
+    with pytest.raises(ValueError):
+        out.active = True  # no codec yet
+    out.send_codec()  # nothing to send yet
+    with pytest.raises(TypeError):
+        out.set_codec("{}", True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        out.set_codec(bytes(0x10000), True)
+    with pytest.raises(TypeError):
+        out.push(1, 2, True, 96, b"x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        out.push(1, 2, True, 96, "x", False)  # type: ignore[arg-type]
+    out.set_codec(b"{}", True)
+    out.active = True
+    fanout = _fastpath.Fanout()
+    fanout.set_codec(96, "VP8", True)
+    fanout.set_lanes((out,))
+    for size in (0, 1, 0xFFFF - 7, 0xFFFF - 6, 1 << 17):
+        out.push(1 << 40, -1, 2, 1000, bytes(size), True)
+        fanout.push(1, 2, True, bytes(size))
+    with pytest.raises(TypeError):
+        fanout.set_lanes((out, writer))  # type: ignore[arg-type]
+    fanout.set_codec(97, "VP8", True)
+    assert not out.active
+    writer.close()
+    sock.close()
+    messages = writer.messages_sent
+    out.active = True
+    out.push(1, 2, True, 96, b"x", True)  # closed: nothing queued or sent
+    writer.queue(to, b"", b"")
+    writer.flush()
+    assert writer.messages_sent == messages and writer.closed
+    writer.close()
+
+
+def test_a_pipe_writer_on_a_closed_descriptor_counts_errors() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fd = sock.fileno()
+    sock.close()
+    for encrypt in (False, True):
+        writer = _fastpath.PipeWriter(fd, bytes(8), bytes(16 if encrypt else 32), encrypt, list)
+        to = writer.destination("127.0.0.1", 9, 1000)
+        writer.queue(to, bytes(7), b"abc")
+        writer.flush()
+        assert writer.sent == 0 and writer.errors == 1
+
+
+def test_pipe_writers_and_outs_are_freed_with_their_cycles() -> None:
+    """on_pending calls back the endpoint, which holds the writer: cycles the collector frees."""
+    import gc
+    import weakref
+
+    class Owner:
+        def callback(self, *args: object) -> None:
+            pass
+
+    refs = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for index in range(200):
+        owner = Owner()
+        encrypt = index % 2 == 0
+        key = bytes(16 if encrypt else 32)
+        writer = _fastpath.PipeWriter(sock.fileno(), bytes(8), key, encrypt, owner.callback)
+        writer.transmit = owner.callback
+        out = _fastpath.PipeOut(writer, writer.destination("127.0.0.1", 9, 1000), index)
+        out.set_codec(b"{}", True)
+        out.push(1, 2, True, 96, bytes(2000), True)  # queued, never flushed
+        fanout = _fastpath.Fanout()
+        fanout.set_lanes((out,))
+        owner.writer, owner.out, owner.fanout = writer, out, fanout  # type: ignore[attr-defined]
+        refs.append(weakref.ref(owner))
+        del owner, writer, out, fanout
+    gc.collect()
+    sock.close()
+    assert all(ref() is None for ref in refs)
+
+
+@FUZZ
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("push"),
+                st.integers(0, 0xFFFF),
+                st.integers(0, 0xFFFFFFFF),
+                st.booleans(),
+                st.binary(max_size=3000),
+                st.booleans(),
+            ),
+            st.tuples(st.sampled_from(["restart", "codec", "flush", "control", "inactive"])),
+        ),
+        max_size=40,
+    ),
+    encrypt=st.booleans(),
+    room=st.integers(8, 4000),
+)
+def test_whatever_a_pipe_out_sends_authenticates_and_parses(
+    steps: list[tuple[object, ...]], encrypt: bool, room: int
+) -> None:
+    """Any sequence of packets, restarts, codec changes and flushes: every datagram the
+    writer sends opens with the key and splits into whole messages (rtc.pipe's reader)."""
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from rtc import pipe
+
+    epoch = bytes(range(8))
+    key = (
+        pipe._hkdf(PIPE_SECRET, 16, pipe._AEAD_INFO, epoch)
+        if encrypt
+        else pipe._hkdf(PIPE_SECRET, 32, pipe._MAC_INFO)
+    )
+    sent: list[bytes] = []
+    writer = _fastpath.PipeWriter(0, epoch, key, encrypt, list)  # transmit: no sendto(2)
+    writer.transmit = lambda data, to: sent.append(data)
+    out = _fastpath.PipeOut(writer, writer.destination("127.0.0.1", 9, room), 3)
+    # Another destination: control messages batched apart from the stream's.
+    other = writer.destination("127.0.0.1", 10, 100)
+    fanout = _fastpath.Fanout()
+    fanout.set_codec(96, "VP8", True)
+    fanout.set_lanes((out,))
+    out.set_codec(b'{"mimeType":"video/VP8"}', True)
+    out.active = True
+    for step in steps:
+        if step[0] == "push":
+            _, seq, ts, marker, payload, direct = step
+            if direct:
+                out.push(seq, ts, marker, 96, payload, payload[:1] == b"\x00")
+            else:
+                fanout.push(seq, ts, marker, payload)
+        elif step[0] == "restart":
+            out.restart()
+        elif step[0] == "codec":
+            out.set_codec(b"{}", True)
+        elif step[0] == "flush":
+            writer.flush()
+        elif step[0] == "control":
+            writer.queue(other, struct.pack("!BIH", 4, 3, 0), b"")
+        else:
+            out.active = not out.active
+    writer.flush()
+    assert writer.counter == len(sent) == writer.sent
+    for counter, data in enumerate(sent):
+        version, got_epoch, got_counter = struct.unpack_from("!B8sQ", data)
+        assert (version, got_epoch, got_counter) == (2, epoch, counter)
+        if encrypt:
+            body = AESGCM(key).decrypt(bytes(4) + data[9:17], data[17:], data[:17])
+            messages = pipe._split(body, 0, len(body))
+        else:
+            tag = hmac.digest(key, data[:-16], "sha256")[:16]
+            assert tag == data[-16:]
+            messages = pipe._split(data, 17, len(data) - 16)
+        assert messages, data.hex()
+        assert all(stream_id == 3 for _, stream_id, _, _ in messages)
+
+
+def test_piping_through_the_fanout_makes_no_python_objects() -> None:
+    """Packet in, the pipe's sealed datagram out by sendto(2): Python is called once per
+    flush cycle (on_pending), never per packet, and no Python object is made per packet."""
+    import sys
+    import tracemalloc
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        cycles: list[None] = []
+        writer = _fastpath.PipeWriter(
+            sender.fileno(), bytes(8), bytes(32), False, lambda: cycles.append(None)
+        )
+        to = writer.destination("127.0.0.1", receiver.getsockname()[1], 1400 - 33)
+        outs = [_fastpath.PipeOut(writer, to, stream_id) for stream_id in range(2)]
+        fanout = _fastpath.Fanout()
+        fanout.set_codec(96, "VP8", True)
+        fanout.set_lanes(tuple(outs))
+        for out in outs:
+            out.set_codec(b'{"mimeType":"video/VP8"}', True)
+            out.active = True
+        payload = bytes([0x90, 0x80, 0x80, 1, 0x01]) + bytes(500)
+        push, flush = fanout.push, writer.flush
+        for seq in range(100):
+            assert not push(seq, seq * 10, True, payload)
+        flush()
+        cycles.clear()
+        tracemalloc.start()
+        blocks = sys.getallocatedblocks()
+        tracemalloc.reset_peak()
+        for seq in range(100, 3000):
+            assert not push(seq, seq * 10, True, payload)
+            if seq % 8 == 7:
+                flush()
+        flush()
+        current, peak = tracemalloc.get_traced_memory()
+        grown = sys.getallocatedblocks() - blocks
+        tracemalloc.stop()
+        assert len(cycles) == (3000 - 100 + 7) // 8
+        assert writer.messages_sent == 2 * 3000 + 2 and writer.errors == 0
+        assert grown < 50 + len(cycles) // 100, grown
+        assert peak - current < 1000, (peak, current)
+    finally:
+        receiver.close()
+        sender.close()

@@ -53,7 +53,8 @@ async def endpoints(
     request: pytest.FixtureRequest, packet_path_mode: str
 ) -> AsyncIterator[tuple[PipeEndpoint, ...]]:
     """Node X's and node Y's endpoints (and a third, another node with the same secret),
-    on each packet path (the native one reads with rtc/native/pipe_in.c)."""
+    on each packet path (the native one reads with rtc/native/pipe_in.c and sends with
+    rtc/native/pipe_out.c)."""
     encrypt = getattr(request, "param", False)
     made = [PipeEndpoint(SECRET, encrypt=encrypt) for _ in range(3)]
     for endpoint in made:

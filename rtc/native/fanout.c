@@ -14,7 +14,8 @@
  * lanes, and builds frames for moderation with rtc/native/frames.c when that
  * assembles the codec. It tells its caller when Python must see a packet too:
  * Python sinks (a pipe, a Python-path subscriber), a lane Python has not
- * activated yet, or frames wanted that C does not build.
+ * activated yet, or frames wanted that C does not build. A member of its lanes
+ * may also be a PipeOut (rtc/native/pipe_out.c): a stream sent to another node.
  */
 #include "rr.h"
 
@@ -748,7 +749,18 @@ int rr_fanout_push(PyObject *fanout, const rr_packet *packet) {
     Py_INCREF(lanes);
     Py_ssize_t count = PyTuple_GET_SIZE(lanes);
     for (Py_ssize_t i = 0; i < count; i++) {
-        LaneObject *lane = (LaneObject *)PyTuple_GET_ITEM(lanes, i);
+        PyObject *member = PyTuple_GET_ITEM(lanes, i);
+        if (rr_is_pipe_out(member)) {
+            /* A stream to another node (rtc/native/pipe_out.c). */
+            if (!rr_pipe_out_active(member)) {
+                python = 1;
+            } else if (rr_pipe_out_forward(member, packet, keyframe) < 0) {
+                Py_DECREF(lanes);
+                return -1;
+            }
+            continue;
+        }
+        LaneObject *lane = (LaneObject *)member;
         if (!lane->active) {
             python = 1;
             continue;
@@ -811,19 +823,25 @@ static PyObject *Fanout_set_codec(FanoutObject *self, PyObject *args) {
     self->codec = codec;
     /* A new codec object: each subscriber checks again that it can take it as it is. */
     Py_ssize_t count = PyTuple_GET_SIZE(self->lanes);
-    for (Py_ssize_t i = 0; i < count; i++)
-        ((LaneObject *)PyTuple_GET_ITEM(self->lanes, i))->active = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *member = PyTuple_GET_ITEM(self->lanes, i);
+        if (rr_is_pipe_out(member))
+            rr_pipe_out_deactivate(member);
+        else
+            ((LaneObject *)member)->active = 0;
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *Fanout_set_lanes(FanoutObject *self, PyObject *lanes) {
     if (!PyTuple_Check(lanes)) {
-        PyErr_SetString(PyExc_TypeError, "set_lanes() takes a tuple of Lanes");
+        PyErr_SetString(PyExc_TypeError, "set_lanes() takes a tuple of Lanes and PipeOuts");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lanes); i++) {
-        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(lanes, i), &LaneType)) {
-            PyErr_SetString(PyExc_TypeError, "set_lanes() takes a tuple of Lanes");
+        PyObject *member = PyTuple_GET_ITEM(lanes, i);
+        if (!PyObject_TypeCheck(member, &LaneType) && !rr_is_pipe_out(member)) {
+            PyErr_SetString(PyExc_TypeError, "set_lanes() takes a tuple of Lanes and PipeOuts");
             return NULL;
         }
     }

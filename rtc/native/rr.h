@@ -5,7 +5,8 @@
  *   fanout.c  - a source's fan-out to its subscribers' lanes (rewrite, seal, send);
  *   remb.c    - the receive-side bandwidth estimate (aiortc.rate's, in C);
  *   inbound.c - a connection's inbound RTP: decrypt, parse, statistics, NACK, REMB;
- *   frames.c  - whole frames out of a stream's packets, for moderation (rtc.media's rules).
+ *   frames.c  - whole frames out of a stream's packets, for moderation (rtc.media's rules);
+ *   pipe_out.c - streams sent to another node over the pipe (rtc/pipe.py), batched and sealed.
  * Each registers its Python types with rr_register_*; the C entry points below
  * are how one hands packets to another without a Python object per packet.
  */
@@ -89,6 +90,9 @@ int rr_pipe_out_active(PyObject *pipe_out);
 /* _OutgoingStream.push_packet in C: queue `packet` (a CODEC message first when it is a
  * keyframe) on the PipeOut's destination. 0, or -1 with a Python exception set. */
 int rr_pipe_out_forward(PyObject *pipe_out, const rr_packet *packet, int keyframe);
+
+/* The fan-out's codec changed: Python must see the next packet (as a Lane's `active`). */
+void rr_pipe_out_deactivate(PyObject *pipe_out);
 
 /* -- the pipe between nodes, receiving (rtc/native/pipe_in.c) ------------------- */
 
