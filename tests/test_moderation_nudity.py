@@ -26,12 +26,6 @@ import av
 import cv2
 import numpy as np
 import pytest
-from aiortc import (
-    RTCBundlePolicy,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
 from moderators import moderators_file
 
 from moderation.analyzers import StreamAnalysis
@@ -53,6 +47,7 @@ from tests.test_moderation_server import (
     until,
 )
 from tests.visits import connected
+from tests.watching import WatchingClient
 from tools.make_nudity_positive import vp8_round_trip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,43 +279,18 @@ async def _post(server, path: str) -> tuple[int, str]:
 
 async def _watched_frames(server, session_id: str, count: int) -> int:
     """Watch one session as a moderator (rtc/watcher.py) until `count` video frames decode."""
-    pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    frames = 0
-    enough = asyncio.Event()
-
-    async def consume(track) -> None:
-        nonlocal frames
-        while True:
-            await track.recv()
-            frames += 1
-            if frames >= count:
-                enough.set()
-
-    tasks: list[asyncio.Task[None]] = []
-    pc.on(
-        "track",
-        lambda track: (
-            tasks.append(asyncio.ensure_future(consume(track))) if track.kind == "video" else None
-        ),
-    )
-    try:
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
+    async with WatchingClient() as watch:
         answer = await api(
-            server,
-            "POST",
-            "/watch",
-            json={"sessionIds": [session_id], "sdp": pc.localDescription.sdp},
+            server, "POST", "/watch", json={"sessionIds": [session_id], "sdp": await watch.offer()}
         )
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-        await asyncio.wait_for(enough.wait(), TIMEOUT)
+        await watch.accept(answer["sdp"])
+
+        async def enough() -> bool:
+            return watch.frames >= count
+
+        await until(enough, what=f"{count} watched frames")
         await api(server, "DELETE", f"/watch/{answer['watchId']}")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await pc.close()
-    return frames
+        return watch.frames
 
 
 def _frames_after(client, at: float) -> int:

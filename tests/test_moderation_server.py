@@ -17,12 +17,6 @@ import aiohttp
 import av
 import numpy as np
 import pytest
-from aiortc import (
-    RTCBundlePolicy,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
 
 from app import create_app
 from config import Settings
@@ -30,6 +24,7 @@ from moderation.service import ban_message, ban_until
 from moderation.store import Ban
 from rtc.stamp import read_stamp
 from tests.visits import connected, matched
+from tests.watching import WatchingClient
 
 TIMEOUT = 20.0
 SECRET = "s3cret-token-for-tests-0123456789"
@@ -414,36 +409,14 @@ async def test_watching_and_recording_go_on_when_the_person_gets_a_new_media_con
     name = (await api(relay_server, "POST", "/recordings", json={"sessionIds": [b.id]}))[
         "recording"
     ][0]["name"]
-    pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    watched: list = []  # b's stamps, as the moderator decodes them
-
-    async def consume(track) -> None:
-        while True:
-            stamp = read_stamp((await track.recv()).to_ndarray(format="rgb24"))
-            if stamp is not None:
-                watched.append(stamp)
-
-    tasks = []
-    pc.on(
-        "track",
-        lambda track: (
-            tasks.append(asyncio.ensure_future(consume(track))) if track.kind == "video" else None
-        ),
-    )
-    try:
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
+    async with WatchingClient() as watch:
         answer = await api(
-            relay_server,
-            "POST",
-            "/watch",
-            json={"sessionIds": [b.id], "sdp": pc.localDescription.sdp},
+            relay_server, "POST", "/watch", json={"sessionIds": [b.id], "sdp": await watch.offer()}
         )
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        await watch.accept(answer["sdp"])
 
         async def frames_sent_after(moment: float, count: int) -> bool:
-            return sum(s.send_time_ms / 1000 > moment for s in watched) >= count
+            return watch.count(tag=2, sent_after=moment) >= count
 
         await until(lambda: frames_sent_after(0, 10), what="b's video in the watch feed")
 
@@ -458,10 +431,6 @@ async def test_watching_and_recording_go_on_when_the_person_gets_a_new_media_con
         stopped = await api(relay_server, "POST", "/recordings/stop", json={"sessionIds": [b.id]})
         assert stopped["stopped"][0]["name"] == name
         await api(relay_server, "DELETE", f"/watch/{answer['watchId']}")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await pc.close()
 
     path = tmp_path / name
     path.write_bytes(await api(relay_server, "GET", f"/recordings/{name}"))
@@ -482,36 +451,14 @@ async def test_watching_a_pair_receives_both_streams_without_disturbing_them(
     relay_server, clients
 ) -> None:
     a, b = await paired(relay_server, clients)
-    # max-bundle: aiortc's "balanced" policy breaks a second video m-line (see rtc/watcher.py).
-    pc = RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    seen: dict[int, int] = {}
-
-    async def consume(track) -> None:
-        while True:
-            frame = await track.recv()
-            stamp = read_stamp(frame.to_ndarray(format="rgb24"))
-            if stamp is not None:
-                seen[stamp.tag] = seen.get(stamp.tag, 0) + 1
-
-    tasks = []
-    pc.on(
-        "track",
-        lambda track: (
-            tasks.append(asyncio.ensure_future(consume(track))) if track.kind == "video" else None
-        ),
-    )
-    try:
-        for _ in range(2):
-            pc.addTransceiver("audio", direction="recvonly")
-            pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
+    async with WatchingClient(people=2) as watch:
         answer = await api(
             relay_server,
             "POST",
             "/watch",
-            json={"sessionIds": [a.id, b.id], "sdp": pc.localDescription.sdp},
+            json={"sessionIds": [a.id, b.id], "sdp": await watch.offer()},
         )
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        await watch.accept(answer["sdp"])
         # `node` names the node holding a session; this server is in no cluster.
         for node, status, says in (
             ("elsewhere", 404, "not part of a cluster"),
@@ -527,7 +474,7 @@ async def test_watching_a_pair_receives_both_streams_without_disturbing_them(
             assert code == status and says in text, (node, code, text)
 
         async def both() -> bool:
-            return seen.get(1, 0) >= 10 and seen.get(2, 0) >= 10
+            return watch.count(tag=1) >= 10 and watch.count(tag=2) >= 10
 
         await until(both, what="frames of both users")
         # The pair's own streams kept flowing in order.
@@ -539,10 +486,6 @@ async def test_watching_a_pair_receives_both_streams_without_disturbing_them(
         await until(pair_flows, what="the pair's own frames")
         assert a.summary()["counter_regressions"] == 0
         await api(relay_server, "DELETE", f"/watch/{answer['watchId']}")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await pc.close()
     actions = [e["action"] for e in (await api(relay_server, "GET", "/audit"))["audit"]]
     assert "watch" in actions and "stop_watching" in actions
 
