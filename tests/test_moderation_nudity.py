@@ -298,13 +298,11 @@ def _frames_after(client, at: float) -> int:
     return sum(1 for frame in client.frames if frame.recv_time > at)
 
 
-async def test_a_flagged_stream_is_held_back_from_its_partner_until_a_moderator_releases_it(
-    relay_server, clients, tmp_path
-) -> None:
-    flagged = await connected(
-        relay_server, clients, 1, media_file=positive_clip(tmp_path / "p.webm")
-    )
-    partner = await connected(relay_server, clients, 2)
+async def _flagged_pair(server, clients, tmp_path):
+    """A person sending the positive clip, paired with one sending stamped video, once the
+    partner has been told the flagged person's video is hidden."""
+    flagged = await connected(server, clients, 1, media_file=positive_clip(tmp_path / "p.webm"))
+    partner = await connected(server, clients, 2)
     await flagged.start()
     await partner.start()
     await flagged.wait_for("matched", timeout=TIMEOUT)
@@ -312,6 +310,13 @@ async def test_a_flagged_stream_is_held_back_from_its_partner_until_a_moderator_
     # (Whether a frame reaches the partner before the first sample is judged is a race.)
     hidden = await partner.wait_for("partner_hidden", timeout=TIMEOUT)
     assert hidden["reason"] == "nudity"
+    return flagged, partner
+
+
+async def test_a_flagged_stream_is_held_back_from_its_partner_until_a_moderator_releases_it(
+    relay_server, clients, tmp_path
+) -> None:
+    flagged, partner = await _flagged_pair(relay_server, clients, tmp_path)
     view = await session_view(relay_server, flagged.id)
     (flag,) = [f for f in view["flags"] if f["name"] == "nudity"]
     assert flag["score"] >= 0.5
@@ -425,14 +430,7 @@ async def test_a_held_stream_stays_held_on_the_persons_new_media_connection(
     # A changed network, or a page that simply sends a new offer, gives the flagged
     # person a new connection: the hold is on the person, so it holds there too,
     # from the new connection's first packet (not from the next sample's flag).
-    flagged = await connected(
-        relay_server, clients, 1, media_file=positive_clip(tmp_path / "p.webm")
-    )
-    partner = await connected(relay_server, clients, 2)
-    await flagged.start()
-    await partner.start()
-    await partner.wait_for("matched", timeout=TIMEOUT)
-    await partner.wait_for("partner_hidden", timeout=TIMEOUT)
+    flagged, partner = await _flagged_pair(relay_server, clients, tmp_path)
     await asyncio.sleep(0.5)  # a packet or two may have been in flight
 
     quiet_since = time.time()
