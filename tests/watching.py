@@ -72,6 +72,6 @@ class WatchingClient:
         while True:
             frame = await track.recv()
             self.frames += 1
-            stamp = read_stamp(frame.to_ndarray(format="rgb24"))  # type: ignore[attr-defined]
+            stamp = read_stamp(frame.to_ndarray(format="rgb24"))
             if stamp is not None:
                 self.stamps.append(stamp)
