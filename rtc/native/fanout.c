@@ -362,7 +362,7 @@ static int lane_forward(LaneObject *self, uint16_t sequence_number, uint32_t tim
     return 0;
 }
 
-static int arg_u32(PyObject *o, uint32_t *out) {
+int rr_arg_u32(PyObject *o, uint32_t *out) {
     unsigned long value = PyLong_AsUnsignedLongMask(o);
     if (value == (unsigned long)-1 && PyErr_Occurred()) return 0;
     *out = (uint32_t)value;
@@ -376,7 +376,7 @@ static PyObject *Lane_push(LaneObject *self, PyObject *const *args, Py_ssize_t n
         return NULL;
     }
     uint32_t sequence, timestamp;
-    if (!arg_u32(args[0], &sequence) || !arg_u32(args[1], &timestamp)) return NULL;
+    if (!rr_arg_u32(args[0], &sequence) || !rr_arg_u32(args[1], &timestamp)) return NULL;
     int marker = PyObject_IsTrue(args[2]), keyframe = PyObject_IsTrue(args[4]);
     if (marker < 0 || keyframe < 0) return NULL;
     Py_buffer payload;
@@ -400,8 +400,8 @@ static PyObject *Lane_send(LaneObject *self, PyObject *args, PyObject *kwargs) {
                                      &timestamp_obj, &sequence_obj, &picture_id))
         return NULL;
     uint32_t timestamp, sequence = 0;
-    if (!arg_u32(timestamp_obj, &timestamp) ||
-        (sequence_obj != Py_None && !arg_u32(sequence_obj, &sequence))) {
+    if (!rr_arg_u32(timestamp_obj, &timestamp) ||
+        (sequence_obj != Py_None && !rr_arg_u32(sequence_obj, &sequence))) {
         PyBuffer_Release(&payload);
         return NULL;
     }
@@ -417,7 +417,7 @@ static PyObject *Lane_send(LaneObject *self, PyObject *args, PyObject *kwargs) {
 /* retransmit(sequence_number) -> bool: resend from the history (RTX when negotiated). */
 static PyObject *Lane_retransmit(LaneObject *self, PyObject *arg) {
     uint32_t wanted;
-    if (!arg_u32(arg, &wanted)) return NULL;
+    if (!rr_arg_u32(arg, &wanted)) return NULL;
     uint16_t sequence = (uint16_t)wanted;
     HistoryEntry *entry = &self->history[sequence % SEND_HISTORY];
     if (!entry->used || entry->sequence_number != sequence || self->srtp == NULL ||
@@ -786,7 +786,7 @@ static PyObject *Fanout_push(FanoutObject *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     uint32_t sequence, timestamp;
-    if (!arg_u32(args[0], &sequence) || !arg_u32(args[1], &timestamp)) return NULL;
+    if (!rr_arg_u32(args[0], &sequence) || !rr_arg_u32(args[1], &timestamp)) return NULL;
     int marker = PyObject_IsTrue(args[2]);
     if (marker < 0) return NULL;
     Py_buffer payload;

@@ -875,29 +875,39 @@ static PyObject *Inbound_datagram_received(InboundObject *self, PyObject *const 
     Py_RETURN_NONE;
 }
 
-/* A datagram's source as socket.recvfrom gives it (CPython's makesockaddr). */
-static PyObject *make_address(const struct sockaddr_storage *address) {
-    char host[INET6_ADDRSTRLEN + IF_NAMESIZE + 2];
+int rr_format_host(const struct sockaddr_storage *address, char *host, int *port) {
     if (address->ss_family == AF_INET) {
         const struct sockaddr_in *v4 = (const struct sockaddr_in *)address;
-        if (inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host) == NULL) Py_RETURN_NONE;
-        return Py_BuildValue("(si)", host, (int)ntohs(v4->sin_port));
+        if (inet_ntop(AF_INET, &v4->sin_addr, host, RR_HOST_SIZE) == NULL) return -1;
+        *port = ntohs(v4->sin_port);
+        return 0;
     }
     if (address->ss_family == AF_INET6) {
         const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)address;
-        if (inet_ntop(AF_INET6, &v6->sin6_addr, host, INET6_ADDRSTRLEN) == NULL) Py_RETURN_NONE;
+        if (inet_ntop(AF_INET6, &v6->sin6_addr, host, INET6_ADDRSTRLEN) == NULL) return -1;
         if (v6->sin6_scope_id != 0) {
             char name[IF_NAMESIZE];
             size_t used = strlen(host);
             if (if_indextoname(v6->sin6_scope_id, name) != NULL)
-                snprintf(host + used, sizeof host - used, "%%%s", name);
+                snprintf(host + used, RR_HOST_SIZE - used, "%%%s", name);
             else
-                snprintf(host + used, sizeof host - used, "%%%u", v6->sin6_scope_id);
+                snprintf(host + used, RR_HOST_SIZE - used, "%%%u", v6->sin6_scope_id);
         }
-        return Py_BuildValue("(siII)", host, (int)ntohs(v6->sin6_port),
-                             (unsigned)ntohl(v6->sin6_flowinfo), (unsigned)v6->sin6_scope_id);
+        *port = ntohs(v6->sin6_port);
+        return 0;
     }
-    Py_RETURN_NONE;
+    return -1;
+}
+
+/* A datagram's source as socket.recvfrom gives it (CPython's makesockaddr). */
+static PyObject *make_address(const struct sockaddr_storage *address) {
+    char host[RR_HOST_SIZE];
+    int port;
+    if (rr_format_host(address, host, &port) < 0) Py_RETURN_NONE;
+    if (address->ss_family == AF_INET) return Py_BuildValue("(si)", host, port);
+    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)address;
+    return Py_BuildValue("(siII)", host, port, (unsigned)ntohl(v6->sin6_flowinfo),
+                         (unsigned)v6->sin6_scope_id);
 }
 
 /* Where drain reads to: one set for the process (the GIL serialises the readers). */

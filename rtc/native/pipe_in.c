@@ -47,10 +47,8 @@
 /* Datagrams per recvmmsg(2): a drain of DRAIN (64) is a few calls. */
 #define DRAIN_BATCH 16
 /* A host as the socket reports it: an IPv6 literal with a scope name at most. */
-#define HOST_SIZE (INET6_ADDRSTRLEN + IF_NAMESIZE + 2)
-
 typedef struct {
-    char host[HOST_SIZE];
+    char host[RR_HOST_SIZE];
     int port;
 } peer_t;
 
@@ -276,7 +274,7 @@ static int parse_peer(PyObject *host, int port, peer_t *peer) {
     Py_ssize_t size;
     const char *text = PyUnicode_AsUTF8AndSize(host, &size);
     if (text == NULL) return -1;
-    if (size >= HOST_SIZE || (Py_ssize_t)strlen(text) != size) {
+    if (size >= RR_HOST_SIZE || (Py_ssize_t)strlen(text) != size) {
         PyErr_SetString(PyExc_ValueError, "not a host address");
         return -1;
     }
@@ -656,27 +654,10 @@ static PyObject *PipeReader_receive(PipeReaderObject *self, PyObject *args) {
 /* The sender's address as Python's socket module reports it (host, port). */
 static int peer_from(const struct sockaddr_storage *address, peer_t *peer) {
     memset(peer, 0, sizeof *peer);
-    if (address->ss_family == AF_INET) {
-        const struct sockaddr_in *v4 = (const struct sockaddr_in *)address;
-        if (inet_ntop(AF_INET, &v4->sin_addr, peer->host, sizeof peer->host) == NULL) return -1;
-        peer->port = ntohs(v4->sin_port);
-        return 0;
-    }
-    if (address->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)address;
-        if (inet_ntop(AF_INET6, &v6->sin6_addr, peer->host, INET6_ADDRSTRLEN) == NULL) return -1;
-        if (v6->sin6_scope_id != 0) {
-            char name[IF_NAMESIZE];
-            size_t used = strlen(peer->host);
-            if (if_indextoname(v6->sin6_scope_id, name) != NULL)
-                snprintf(peer->host + used, sizeof peer->host - used, "%%%s", name);
-            else
-                snprintf(peer->host + used, sizeof peer->host - used, "%%%u", v6->sin6_scope_id);
-        }
-        peer->port = ntohs(v6->sin6_port);
-        return 0;
-    }
-    return -1;
+    int port;
+    if (rr_format_host(address, peer->host, &port) < 0) return -1;
+    peer->port = port;
+    return 0;
 }
 
 /* Where drain reads to: one set for the process (the GIL serialises the readers, and

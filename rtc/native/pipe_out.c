@@ -610,13 +610,6 @@ int rr_pipe_out_forward(PyObject *pipe_out, const rr_packet *packet, int keyfram
                         packet->payload_size);
 }
 
-static int arg_u32(PyObject *o, uint32_t *out) {
-    unsigned long value = PyLong_AsUnsignedLongMask(o);
-    if (value == (unsigned long)-1 && PyErr_Occurred()) return 0;
-    *out = (uint32_t)value;
-    return 1;
-}
-
 /* push(sequence_number, timestamp, marker, payload_type, payload, keyframe): one packet
  * (the one Python saw while activating this PipeOut). */
 static PyObject *PipeOut_push(PipeOutObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -625,8 +618,8 @@ static PyObject *PipeOut_push(PipeOutObject *self, PyObject *const *args, Py_ssi
         return NULL;
     }
     uint32_t sequence, timestamp, payload_type;
-    if (!arg_u32(args[0], &sequence) || !arg_u32(args[1], &timestamp) ||
-        !arg_u32(args[3], &payload_type))
+    if (!rr_arg_u32(args[0], &sequence) || !rr_arg_u32(args[1], &timestamp) ||
+        !rr_arg_u32(args[3], &payload_type))
         return NULL;
     int marker = PyObject_IsTrue(args[2]), keyframe = PyObject_IsTrue(args[5]);
     if (marker < 0 || keyframe < 0) return NULL;

@@ -15,7 +15,24 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <stdint.h>
+#include <sys/socket.h>
+
+/* -- small helpers the files share ---------------------------------------------- */
+
+/* A Python int as a uint32_t, masked as PyLong_AsUnsignedLongMask does: 1, or 0 with a
+ * Python exception set (rtc/native/fanout.c). */
+int rr_arg_u32(PyObject *o, uint32_t *out);
+
+/* Room for rr_format_host's text: an IPv6 address with a "%scope" suffix. */
+#define RR_HOST_SIZE (INET6_ADDRSTRLEN + IF_NAMESIZE + 2)
+
+/* A datagram's source as Python's socket module writes it (CPython's makesockaddr): the
+ * host into `host` (RR_HOST_SIZE bytes), with "%scope" on a scoped IPv6 address, and the
+ * port. 0, or -1 for another address family (rtc/native/inbound.c). */
+int rr_format_host(const struct sockaddr_storage *address, char *host, int *port);
 
 /* -- SRTP (rtc/_fastpath.c) --------------------------------------------------- */
 
