@@ -215,6 +215,12 @@ class Followed:
         self.last_sample_at = earlier.last_sample_at
         self.held = earlier.held
         self.recording, earlier.recording = earlier.recording, None
+        if self.recording is not None:
+            # The file goes on from the new connection's first keyframe.
+            self.recording.recorder.new_source()
+            video = self.peer.publishers.get("video")
+            if video is not None:
+                video.request_keyframe()
 
 
 class Moderation:
@@ -396,7 +402,9 @@ class Moderation:
                 )
                 earlier = self.parked.pop(session.id, None)
                 if earlier is not None:
-                    self._take_over(followed, earlier)
+                    # (Its hold is on the new connection already: _on_new_peer.)
+                    followed.take_over(earlier)
+                    logger.info("%s: moderation follows their new media connection", session.id)
                 for listener in self.media_listeners:
                     listener(session.id, peer)
             followed.listen(self._frame_listener)
@@ -495,29 +503,19 @@ class Moderation:
 
     def _forget(self, followed: Followed) -> None:
         """The person left: their recording ends."""
-        self._park(followed)
+        self._unfollow(followed)
         self.parked.pop(followed.session.id, None)
         self._close_recording(followed)
 
     def _park(self, followed: Followed) -> None:
         """Their media connection went away but they stay: keep them for the next one."""
+        self._unfollow(followed)
+        self.parked[followed.session.id] = followed
+
+    def _unfollow(self, followed: Followed) -> None:
         followed.unlisten()
         followed.buffers.clear()
         self.followed.pop(followed.session.id, None)
-        self.parked[followed.session.id] = followed
-
-    def _take_over(self, followed: Followed, earlier: Followed) -> None:
-        followed.take_over(earlier)
-        logger.info("%s: moderation follows their new media connection", followed.session.id)
-        if followed.recording is not None:
-            followed.recording.recorder.new_source()
-        video = followed.peer.publishers.get("video")
-        if video is None:
-            return
-        if followed.held is not None:
-            video.hold(True)  # already, if the lobby told us of this Peer (_on_new_peer)
-        if followed.recording is not None:
-            video.request_keyframe()  # the file goes on from the new connection's first
 
     def _frame_listener(self, followed: Followed, kind: str) -> Any:
         def on_frame(frame: EncodedFrame) -> None:

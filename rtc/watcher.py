@@ -53,8 +53,8 @@ class Watcher:
         self.moderator = moderator
         self.watched: list[str] = []
         self.subscribers: list[Subscriber] = []
-        # Which watched person each subscriber shows (a Peer's name is its session id).
-        self._shows: dict[int, str] = {}
+        # Each subscriber with the watched person it shows (a Peer's name is its session id).
+        self._shows: list[tuple[str, Subscriber]] = []
         self._settings = settings if settings is not None else PeerSettings()
         self._pc: RTCPeerConnection | None = None
         self._closed = False
@@ -99,7 +99,7 @@ class Watcher:
                 subscriber.sees_held = True
                 sender = pc.addTrack(subscriber)
                 subscriber.set_output(aiortc_seam.PacketSender(sender))
-                self._shows[id(subscriber)] = peer.name
+                self._shows.append((peer.name, subscriber))
                 hook = aiortc_seam.on_keyframe_request(sender, subscriber.on_keyframe_request)
                 self.subscribers.append(subscriber)
                 keyframe_hooks.append((subscriber, sender, hook))
@@ -126,8 +126,8 @@ class Watcher:
         """
         if self._closed:
             return
-        for subscriber in self.subscribers:
-            if self._shows.get(id(subscriber)) != peer.name:
+        for name, subscriber in self._shows:
+            if name != peer.name:
                 continue
             publisher = peer.publishers.get(subscriber.kind)
             if publisher is not None and subscriber.source is not publisher:
