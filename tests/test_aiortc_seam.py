@@ -13,7 +13,7 @@ import random
 import socket
 
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rate import RateCounter
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -217,6 +217,20 @@ class _Silent(MediaStreamTrack):
         await asyncio.Event().wait()
 
 
+async def _answer_and_take_packets(
+    publisher: RTCPeerConnection, server_in: RTCPeerConnection
+) -> tuple[RTCRtpReceiver, list[rtp.RtpView]]:
+    """The server answers the publisher's offer and takes its packets (receive_packets):
+    the receiver, and the views handed over, as they arrive."""
+    await publisher.setLocalDescription(await publisher.createOffer())
+    await server_in.setRemoteDescription(publisher.localDescription)
+    receiver = server_in.getTransceivers()[0].receiver
+    await server_in.setLocalDescription(await server_in.createAnswer())
+    views: list[rtp.RtpView] = []
+    aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+    return receiver, views
+
+
 async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_path_mode) -> None:
     """Browser A -> server (receive_packets) -> server (PacketSender) -> browser B, all real,
     through each packet path."""
@@ -224,12 +238,7 @@ async def test_packets_forwarded_through_the_seam_decode_at_the_far_end(packet_p
     server_out, b = RTCPeerConnection(), RTCPeerConnection()
     try:
         a.addTrack(VideoStreamTrack())
-        await a.setLocalDescription(await a.createOffer())
-        await server_in.setRemoteDescription(a.localDescription)
-        receiver = server_in.getTransceivers()[0].receiver
-        await server_in.setLocalDescription(await server_in.createAnswer())
-        views: list[rtp.RtpView] = []
-        aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+        receiver, views = await _answer_and_take_packets(a, server_in)
 
         sender = server_out.addTrack(_Silent())
         packets = aiortc_seam.PacketSender(sender)
@@ -339,12 +348,7 @@ async def test_a_lost_packet_is_nacked_and_resent_and_reports_count_the_loss(
     a, server_in = RTCPeerConnection(), RTCPeerConnection()
     try:
         sender = a.addTrack(VideoStreamTrack())
-        await a.setLocalDescription(await a.createOffer())
-        await server_in.setRemoteDescription(a.localDescription)
-        receiver = server_in.getTransceivers()[0].receiver
-        await server_in.setLocalDescription(await server_in.createAnswer())
-        views: list[rtp.RtpView] = []
-        aiortc_seam.receive_packets(receiver, lambda codec, view: views.append(view))
+        receiver, views = await _answer_and_take_packets(a, server_in)
         transceiver = server_in.getTransceivers()[0]
         media = aiortc_seam.negotiated_codec(transceiver)
         assert media is not None and media.mimeType == "video/VP8"
